@@ -1,0 +1,138 @@
+"""Local folder source.
+
+Walks with ``os.scandir`` (streaming, sorted per directory) rather than a full recursive listing,
+so memory stays flat on large trees. Symlinks are resolved; a link that leaves the root, dangles
+or loops is reported as a skip with its reason and never read. Reading goes through fsspec so the
+same code reads other file systems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
+
+from headwater.errors import ConfigError, InputError
+from headwater.models import normalize_relpath
+from headwater.ports import SourceEntry
+
+
+def _matches(relpath: str, patterns: list[str]) -> bool:
+    # "**/*.md" should also match "top.md": also test the pattern without its leading "**/".
+    path = PurePosixPath(relpath)
+    for pattern in patterns:
+        if path.match(pattern) or fnmatch(relpath, pattern):
+            return True
+        if pattern.startswith("**/") and (path.match(pattern[3:]) or fnmatch(relpath, pattern[3:])):
+            return True
+    return False
+
+
+class FileSource:
+    def __init__(self, url: str, include: list[str] | None = None, exclude: list[str] | None = None) -> None:
+        raw = unquote(url.removeprefix("file://"))
+        self.root = Path(raw).expanduser().resolve()
+        self.uri = self.root.as_uri()
+        self.include = include or ["**/*"]
+        self.exclude = exclude or []
+
+    def _check_root(self) -> None:
+        if not self.root.is_dir():
+            msg = f"source folder {self.root} does not exist or is not a directory"
+            raise ConfigError(msg)
+
+    async def scan(self) -> AsyncIterator[SourceEntry]:
+        self._check_root()
+        walker = self._walk(self.root, "", {self._key(self.root)})
+        while True:
+            batch = await asyncio.to_thread(_take, walker, 512)
+            for entry in batch:
+                yield entry
+            if len(batch) < 512:
+                return
+
+    @staticmethod
+    def _key(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+
+    def _walk(self, folder: Path, prefix: str, visiting: set[tuple[int, int]]) -> Iterator[SourceEntry]:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for item in entries:
+            relpath = f"{prefix}{item.name}"
+            yield from self._visit(item, relpath, visiting)
+
+    def _visit(self, item: os.DirEntry[str], relpath: str, visiting: set[tuple[int, int]]) -> Iterator[SourceEntry]:
+        path = Path(item.path)
+        if _matches(relpath, self.exclude) or _matches(relpath + "/", self.exclude):
+            return
+        if item.is_symlink():
+            problem = self._link_problem(path)
+            if problem:
+                if _matches(relpath, self.include):
+                    yield self._entry(relpath, path, problem=problem)
+                return
+        if item.is_dir():
+            key = self._key(path)
+            if key in visiting:
+                yield self._entry(relpath, path, problem="symlink loop: directory already being walked")
+                return
+            yield from self._walk(path, relpath + "/", visiting | {key})
+        elif _matches(relpath, self.include):
+            if not item.is_file():
+                yield self._entry(relpath, path, problem="not a regular file")
+                return
+            yield self._entry(relpath, path)
+
+    def _link_problem(self, path: Path) -> str | None:
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            return f"broken or looping symlink: {exc.__class__.__name__}"
+        if target != self.root and self.root not in target.parents:
+            return "symlink points outside the source root"
+        return None
+
+    def _entry(self, relpath: str, path: Path, problem: str | None = None) -> SourceEntry:
+        size = mtime_ns = 0
+        if problem is None:
+            try:
+                st = path.stat()
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            except OSError as exc:
+                problem = f"cannot stat: {exc.strerror}"
+        return SourceEntry(
+            relpath=normalize_relpath(relpath), uri=path.as_uri() if path.is_absolute() else str(path),
+            size=size, mtime_ns=mtime_ns, problem=problem,
+        )
+
+    async def read(self, entry: SourceEntry, max_bytes: int) -> bytes:
+        return await asyncio.to_thread(self._read, entry, max_bytes)
+
+    def _read(self, entry: SourceEntry, max_bytes: int) -> bytes:
+        import fsspec
+
+        path = self.root / entry.relpath
+        try:
+            with fsspec.open(str(path), "rb") as handle:
+                data: bytes = handle.read(max_bytes + 1)
+        except OSError as exc:
+            msg = f"{entry.relpath}: cannot read: {exc.strerror or exc}"
+            raise InputError(msg, field="content") from exc
+        if len(data) > max_bytes:
+            msg = f"{entry.relpath}: {len(data)}+ bytes is over the limit of {max_bytes} bytes"
+            raise InputError(msg, field="size")
+        return data
+
+
+def _take(iterator: Iterator[SourceEntry], n: int) -> list[SourceEntry]:
+    out: list[SourceEntry] = []
+    for item in iterator:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out

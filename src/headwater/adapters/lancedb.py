@@ -1,0 +1,158 @@
+"""LanceDB vector store: the embedded default, one table of chunks on disk under the home folder.
+
+Every write adds a table version, so writes are batched (one per commit group) and ``close()``
+compacts and drops old versions; otherwise a few incremental runs triple the size on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+
+from headwater.adapters._thread import OwnThread
+from headwater.errors import ConfigError, PermanentError
+from headwater.models import Chunk
+from headwater.ports import Vectors
+
+TABLE = "chunks"
+_KEY_COLUMNS = ["doc_id", "chunk_id", "uri", "offset", "length", "chunk_hash", "text"]
+_IN_BATCH = 2000
+
+
+def _schema(dimensions: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("doc_id", pa.string()), ("chunk_id", pa.string()), ("uri", pa.string()),
+            ("offset", pa.int64()), ("length", pa.int64()), ("chunk_hash", pa.string()),
+            ("text", pa.string()), ("vector", pa.list_(pa.float32(), dimensions)),
+        ]
+    )
+
+
+def _quote(values: Sequence[str]) -> str:
+    return ",".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+class LanceVectorStore:
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "lancedb" or not (parts.netloc + parts.path):
+            msg = f"vector store URL {url!r} must look like lancedb:///path/to/folder"
+            raise ConfigError(msg)
+        self.url = url
+        self.path = parts.netloc + parts.path
+        self._thread = OwnThread("lancedb")
+        self._table: Any = None
+        self._writes = 0
+
+    async def open(self, dimensions: int) -> None:
+        os.environ.setdefault("LANCE_LOG", "error")
+        await self._thread.call(self._open, dimensions)
+
+    def _open(self, dimensions: int) -> None:
+        import lancedb
+
+        db = lancedb.connect(self.path)
+        table = db.create_table(TABLE, schema=_schema(dimensions), mode="create", exist_ok=True)
+        stored = table.schema.field("vector").type.list_size
+        if stored != dimensions:
+            msg = (
+                f"vector store {self.url} holds {stored}-dimensional vectors but the embedder makes "
+                f"{dimensions}; use another --home or --vector-store for this embedder"
+            )
+            raise ConfigError(msg)
+        self._table = table
+
+    async def upsert(self, chunks: Sequence[Chunk], vectors: Vectors, *, fresh: bool = False) -> None:
+        if not chunks:
+            return
+        await self._thread.call(self._upsert, chunks, vectors, fresh)
+
+    def _upsert(self, chunks: Sequence[Chunk], vectors: Vectors, fresh: bool) -> None:
+        dims = vectors.shape[1]
+        data = pa.table(
+            {
+                "doc_id": [c.doc_id for c in chunks], "chunk_id": [c.chunk_id for c in chunks],
+                "uri": [c.uri for c in chunks], "offset": [c.offset for c in chunks],
+                "length": [c.length for c in chunks], "chunk_hash": [c.chunk_hash for c in chunks],
+                "text": [c.text for c in chunks],
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)), dims
+                ),
+            },
+            schema=_schema(dims),
+        )
+        try:
+            if fresh:
+                self._table.add(data)
+            else:
+                (
+                    self._table.merge_insert("chunk_id")
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute(data)
+                )
+        except OSError as exc:
+            msg = f"writing {len(chunks)} vectors to {self.url} failed: {exc}"
+            raise PermanentError(msg) from exc
+        self._writes += 1
+
+    async def delete_stale(self, keep: dict[str, set[str]]) -> None:
+        if keep:
+            await self._thread.call(self._delete_stale, keep)
+
+    def _delete_stale(self, keep: dict[str, set[str]]) -> None:
+        doc_ids = sorted(keep)
+        for start in range(0, len(doc_ids), _IN_BATCH):
+            part = doc_ids[start : start + _IN_BATCH]
+            kept = sorted(chunk_id for doc_id in part for chunk_id in keep[doc_id])
+            predicate = f"doc_id IN ({_quote(part)})"
+            if kept:
+                predicate += f" AND chunk_id NOT IN ({_quote(kept)})"
+            self._table.delete(predicate)
+            self._writes += 1
+
+    async def search(self, vector: Vectors, k: int) -> list[tuple[Chunk, float]]:
+        def _search() -> list[tuple[Chunk, float]]:
+            rows = (
+                self._table.search(np.asarray(vector, dtype=np.float32).reshape(-1))
+                .metric("cosine").select([*_KEY_COLUMNS, "_distance"]).limit(k).to_list()
+            )
+            return [(Chunk(**{c: row[c] for c in _KEY_COLUMNS}), 1.0 - float(row["_distance"])) for row in rows]
+
+        return await self._thread.call(_search)
+
+    async def scan(self) -> AsyncIterator[Chunk]:
+        reader = await self._thread.call(
+            lambda: self._table.search().select(_KEY_COLUMNS).limit(None).to_batches(4096)
+        )
+        while True:
+            batch = await self._thread.call(_next_batch, reader)
+            if batch is None:
+                return
+            for row in batch.to_pylist():
+                yield Chunk(**row)
+
+    async def count(self) -> int:
+        return int(await self._thread.call(self._table.count_rows))
+
+    async def close(self) -> None:
+        if self._table is not None and self._writes:
+            await self._thread.call(self._compact)
+        self._thread.shutdown()
+
+    def _compact(self) -> None:
+        self._table.optimize(cleanup_older_than=timedelta(minutes=1))
+
+
+def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None

@@ -1,0 +1,348 @@
+"""SQLite metadata store: document state, chunk keys, the DLQ and the embedding cache.
+
+State lives in ``state.db`` in WAL mode with ``synchronous=FULL`` (a committed "done" survives a
+power cut); the embedding cache lives in ``cache.db`` with ``synchronous=NORMAL``, because losing a
+cache entry only costs a re-embedding. Writes are batched: one transaction per commit group.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from headwater.adapters._thread import OwnThread
+from headwater.errors import ConfigError
+from headwater.ports import ChunkKey, DeadLetter, DocState, Vectors
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY, source TEXT NOT NULL, uri TEXT NOT NULL, content_hash TEXT,
+    size INTEGER NOT NULL DEFAULT 0, mtime_ns INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, error_count INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS documents_source ON documents (source);
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL, chunk_hash TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (doc_id);
+CREATE TABLE IF NOT EXISTS dlq (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, input_ref TEXT NOT NULL,
+    source TEXT NOT NULL, stage TEXT NOT NULL, error_type TEXT NOT NULL, message TEXT NOT NULL,
+    traceback TEXT NOT NULL, attempts INTEGER NOT NULL, created_at TEXT NOT NULL, replayed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+CACHE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    embedder_id TEXT NOT NULL, chunk_hash TEXT NOT NULL, vector BLOB NOT NULL,
+    PRIMARY KEY (embedder_id, chunk_hash)
+) WITHOUT ROWID;
+"""
+_DOC_COLUMNS = "doc_id, source, uri, content_hash, size, mtime_ns, status, attempts, error_count, version"
+_IN_BATCH = 500  # stays under SQLite's host-parameter limit
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _path_from_url(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or not parts.path:
+        msg = f"metadata store URL {url!r} must look like sqlite:///path/to/state.db"
+        raise ConfigError(msg)
+    return Path(parts.path)
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class SQLiteMetadataStore:
+    """Implements DocumentState, DeadLetters and EmbeddingCache on one SQLite file (+ cache file)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = _path_from_url(url)
+        self._thread = OwnThread("sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._cache: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self._thread.call(self._open)
+
+    def _open(self) -> None:
+        self._db = _connect(self.path, "FULL")
+        self._db.executescript(SCHEMA)
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (doc_id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._cache = _connect(self.path.with_name("cache.db"), "NORMAL")
+        self._cache.executescript(CACHE_SCHEMA)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            for conn in (self._db, self._cache):
+                if conn is not None:
+                    conn.close()
+            self._db = self._cache = None
+
+        await self._thread.call(_close)
+        self._thread.shutdown()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            msg = f"metadata store {self.url} used before open()"
+            raise RuntimeError(msg)
+        return self._db
+
+    def _tx(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(sql, rows)
+
+    # -- settings ----------------------------------------------------------------------------
+    async def get_setting(self, key: str) -> str | None:
+        def _get() -> str | None:
+            row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._thread.call(_get)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        await self._thread.call(
+            self._tx, "INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(key, value)],
+        )
+
+    # -- DocumentState -------------------------------------------------------------------------
+    async def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocState]:
+        return await self._thread.call(self._get_documents, list(doc_ids))
+
+    def _get_documents(self, doc_ids: list[str]) -> dict[str, DocState]:
+        found: dict[str, DocState] = {}
+        for start in range(0, len(doc_ids), _IN_BATCH):
+            part = doc_ids[start : start + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            for row in self.db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_id IN ({marks})", part):
+                found[row[0]] = _doc_from_row(row)
+        return found
+
+    async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:
+        def _get() -> dict[str, list[ChunkKey]]:
+            found: dict[str, list[ChunkKey]] = {}
+            ids = list(doc_ids)
+            for start in range(0, len(ids), _IN_BATCH):
+                part = ids[start : start + _IN_BATCH]
+                marks = ",".join("?" * len(part))
+                sql = f"SELECT doc_id, chunk_id, chunk_hash FROM chunks WHERE doc_id IN ({marks})"
+                for doc_id, chunk_id, chunk_hash in self.db.execute(sql, part):
+                    found.setdefault(doc_id, []).append(
+                        ChunkKey(doc_id=doc_id, chunk_id=chunk_id, chunk_hash=chunk_hash)
+                    )
+            return found
+
+        return await self._thread.call(_get)
+
+    async def claim(self, docs: Sequence[tuple[str, str, str]]) -> dict[str, int]:
+        def _claim() -> dict[str, int]:
+            now = _now()
+            self._tx(
+                "INSERT INTO documents (doc_id, source, uri, status, attempts, updated_at) "
+                "VALUES (?, ?, ?, 'pending', 1, ?) ON CONFLICT(doc_id) DO UPDATE SET "
+                "status = 'pending', attempts = attempts + 1, source = excluded.source, "
+                "uri = excluded.uri, updated_at = excluded.updated_at",
+                [(doc_id, source, uri, now) for doc_id, source, uri in docs],
+            )
+            return {d.doc_id: d.attempts for d in self._get_documents([d[0] for d in docs]).values()}
+
+        return await self._thread.call(_claim)
+
+    async def commit(self, docs: Sequence[DocState], chunks: dict[str, Sequence[ChunkKey]]) -> None:
+        def _commit() -> None:
+            now = _now()
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany(
+                    f"INSERT OR REPLACE INTO documents ({_DOC_COLUMNS}, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(*_doc_to_row(d), now) for d in docs],
+                )
+                changed = [(doc_id,) for doc_id in chunks]
+                self.db.executemany("DELETE FROM chunks WHERE doc_id = ?", changed)
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)",
+                    [(k.chunk_id, k.doc_id, k.chunk_hash) for keys in chunks.values() for k in keys],
+                )
+
+        await self._thread.call(_commit)
+
+    async def finish(self, doc_ids: Sequence[str], status: str = "done") -> None:
+        await self._thread.call(
+            self._tx,
+            "UPDATE documents SET status = ?, updated_at = ?, "
+            "attempts = CASE WHEN ? = 'done' THEN 0 ELSE attempts END WHERE doc_id = ?",
+            [(status, _now(), status, doc_id) for doc_id in doc_ids],
+        )
+
+    async def forget(self, doc_ids: Sequence[str]) -> None:
+        def _forget() -> None:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany("DELETE FROM chunks WHERE doc_id = ?", [(d,) for d in doc_ids])
+                self.db.executemany("DELETE FROM documents WHERE doc_id = ?", [(d,) for d in doc_ids])
+
+        await self._thread.call(_forget)
+
+    async def documents_with_status(self, statuses: Sequence[str]) -> list[DocState]:
+        marks = ",".join("?" * len(statuses))
+        rows = await self._thread.call(
+            lambda: self.db.execute(
+                f"SELECT {_DOC_COLUMNS} FROM documents WHERE status IN ({marks})", list(statuses)
+            ).fetchall()
+        )
+        return [_doc_from_row(r) for r in rows]
+
+    async def note_seen(self, doc_ids: Sequence[str]) -> None:
+        await self._thread.call(
+            self.db.executemany, "INSERT OR IGNORE INTO seen VALUES (?)", [(d,) for d in doc_ids]
+        )
+
+    async def unseen(self, source: str, limit: int) -> list[DocState]:
+        def _unseen() -> list[DocState]:
+            rows = self.db.execute(
+                f"SELECT {_DOC_COLUMNS} FROM documents WHERE source = ? "
+                "AND doc_id NOT IN (SELECT doc_id FROM seen) ORDER BY doc_id LIMIT ?",
+                (source, limit),
+            )
+            return [_doc_from_row(r) for r in rows]
+
+        return await self._thread.call(_unseen)
+
+    async def chunk_keys(self) -> AsyncIterator[ChunkKey]:
+        after = ""
+        while True:
+            rows = await self._thread.call(
+                lambda a=after: self.db.execute(
+                    "SELECT doc_id, chunk_id, chunk_hash FROM chunks WHERE chunk_id > ? ORDER BY chunk_id LIMIT 5000",
+                    (a,),
+                ).fetchall()
+            )
+            if not rows:
+                return
+            for doc_id, chunk_id, chunk_hash in rows:
+                yield ChunkKey(doc_id=doc_id, chunk_id=chunk_id, chunk_hash=chunk_hash)
+            after = rows[-1][1]
+
+    async def counts(self) -> dict[str, int]:
+        def _counts() -> dict[str, int]:
+            one = self.db.execute
+            result = {
+                "documents": one("SELECT count(*) FROM documents").fetchone()[0],
+                "chunks": one("SELECT count(*) FROM chunks").fetchone()[0],
+                "dlq": one("SELECT count(*) FROM dlq WHERE replayed_at IS NULL").fetchone()[0],
+            }
+            for status, n in one("SELECT status, count(*) FROM documents GROUP BY status"):
+                result[f"documents_{status}"] = n
+            return result
+
+        return await self._thread.call(_counts)
+
+    # -- DeadLetters ---------------------------------------------------------------------------
+    async def add(self, letter: DeadLetter) -> int:
+        def _add() -> int:
+            with self.db:
+                cur = self.db.execute(
+                    "INSERT INTO dlq (kind, input_ref, source, stage, error_type, message, traceback, "
+                    "attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (letter.kind, letter.input_ref, letter.source, letter.stage, letter.error_type,
+                     letter.message, letter.traceback, letter.attempts, letter.created_at or _now()),
+                )
+                return int(cur.lastrowid or 0)
+
+        return await self._thread.call(_add)
+
+    async def list(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
+        where = "" if include_replayed else "WHERE replayed_at IS NULL"
+        rows = await self._thread.call(
+            lambda: self.db.execute(f"SELECT * FROM dlq {where} ORDER BY id LIMIT ?", (limit,)).fetchall()
+        )
+        return [_letter_from_row(r) for r in rows]
+
+    async def get(self, letter_id: int) -> DeadLetter | None:
+        row = await self._thread.call(
+            lambda: self.db.execute("SELECT * FROM dlq WHERE id = ?", (letter_id,)).fetchone()
+        )
+        return None if row is None else _letter_from_row(row)
+
+    async def mark_replayed(self, letter_ids: Sequence[int]) -> None:
+        await self._thread.call(
+            self._tx, "UPDATE dlq SET replayed_at = ? WHERE id = ?", [(_now(), i) for i in letter_ids]
+        )
+
+    # -- EmbeddingCache ------------------------------------------------------------------------
+    async def get_vectors(self, embedder_id: str, chunk_hashes: Sequence[str]) -> dict[str, Vectors]:
+        def _get() -> dict[str, Vectors]:
+            assert self._cache is not None
+            found: dict[str, Vectors] = {}
+            hashes = list(chunk_hashes)
+            for start in range(0, len(hashes), _IN_BATCH):
+                part = hashes[start : start + _IN_BATCH]
+                marks = ",".join("?" * len(part))
+                rows = self._cache.execute(
+                    f"SELECT chunk_hash, vector FROM embeddings WHERE embedder_id = ? AND chunk_hash IN ({marks})",
+                    [embedder_id, *part],
+                )
+                for chunk_hash, blob in rows:
+                    found[chunk_hash] = np.frombuffer(blob, dtype=np.float32)
+            return found
+
+        return await self._thread.call(_get)
+
+    async def put_vectors(self, embedder_id: str, vectors: dict[str, Vectors]) -> None:
+        def _put() -> None:
+            assert self._cache is not None
+            with self._cache:
+                self._cache.execute("BEGIN")
+                self._cache.executemany(
+                    "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
+                    [(embedder_id, h, v.astype(np.float32).tobytes()) for h, v in vectors.items()],
+                )
+
+        await self._thread.call(_put)
+
+
+def _doc_from_row(row: Sequence[object]) -> DocState:
+    doc_id, source, uri, content_hash, size, mtime_ns, status, attempts, error_count, version = row
+    return DocState(
+        doc_id=str(doc_id), source=str(source), uri=str(uri),
+        content_hash=None if content_hash is None else str(content_hash),
+        size=int(size), mtime_ns=int(mtime_ns), status=str(status),  # type: ignore[call-overload]
+        attempts=int(attempts), error_count=int(error_count), version=int(version),  # type: ignore[call-overload]
+    )
+
+
+def _doc_to_row(d: DocState) -> tuple[object, ...]:
+    return (d.doc_id, d.source, d.uri, d.content_hash, d.size, d.mtime_ns, d.status, d.attempts,
+            d.error_count, d.version)
+
+
+def _letter_from_row(row: Sequence[object]) -> DeadLetter:
+    (id_, kind, input_ref, source, stage, error_type, message, tb, attempts, created_at, replayed_at) = row
+    return DeadLetter(
+        id=int(id_), kind=str(kind), input_ref=str(input_ref), source=str(source),  # type: ignore[call-overload]
+        stage=str(stage), error_type=str(error_type), message=str(message), traceback=str(tb),
+        attempts=int(attempts), created_at=str(created_at),  # type: ignore[call-overload]
+        replayed_at=None if replayed_at is None else str(replayed_at),
+    )

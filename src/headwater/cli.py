@@ -1,0 +1,253 @@
+"""The ``headwater`` command: parse options → Settings → the Python API → render events.
+
+Exit codes: 0 the run completed (failures are in the DLQ and the summary), 1 ``--fail-on-error``
+saw a failure or ``verify`` found disagreements, 2 usage errors, 3 configuration errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from headwater.config import Settings, load_settings
+from headwater.errors import ConfigError, HeadwaterError
+
+T = TypeVar("T")
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+                  help="Ingest documents and signals for AI systems: incremental, crash-safe, observable.")
+ingest_app = typer.Typer(no_args_is_help=True, help="Run an ingestion once (batch).")
+dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay the dead-letter queue.")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(dlq_app, name="dlq")
+
+err = Console(stderr=True)
+out = Console()
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME; default ./.headwater]")]
+EmbedderOpt = Annotated[str | None, typer.Option("--embedder", help="hash:// | minilm:// [env HEADWATER_EMBEDDER]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def settings_from(**options: Any) -> Settings:
+    return load_settings(**options)
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Turn our errors into exit codes and one clear line, never a traceback."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(3) from exc
+    except HeadwaterError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@ingest_app.command("docs")
+def ingest_docs(
+    path: Annotated[str, typer.Argument(help="Folder to index (.md .markdown .txt .rst .pdf, recursive)")],
+    home: HomeOpt = None,
+    embedder: EmbedderOpt = None,
+    include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable)")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable)")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Chunk size in characters")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(help="Chunk overlap in characters")] = None,
+    pii_scrub: Annotated[bool | None, typer.Option("--pii-scrub/--no-pii-scrub", help="Redact PII")] = None,
+    workers: Annotated[int | None, typer.Option(help="Extraction processes (0 = one per core)")] = None,
+    json_out: JsonOpt = False,
+    fail_on_error: Annotated[bool, typer.Option("--fail-on-error", help="Exit 1 if any document failed")] = False,
+) -> None:
+    """Index a folder incrementally: unchanged files are skipped, deleted ones removed."""
+    from headwater.bootstrap import build_document_pipeline
+    from headwater.cli_render import render_events, summary_lines
+
+    def work() -> Any:
+        settings = settings_from(home=home, embedder=embedder, include=include, exclude=exclude,
+                                 chunk_size_chars=chunk_size, chunk_overlap_chars=chunk_overlap,
+                                 pii_scrub=pii_scrub, workers=workers)
+        pipeline = build_document_pipeline(settings, path)
+        return asyncio.run(render_events(pipeline.stream_events(), json_lines=json_out, console=err))
+
+    final = run_guarded(work)
+    if not json_out:
+        for line in summary_lines(final):
+            out.print(line)
+    if fail_on_error and final.documents_failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="What to search for")],
+    k: Annotated[int, typer.Option("-k", help="How many hits")] = 5,
+    home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Search the index."""
+    from headwater.pipeline.index import query as run_query
+
+    hits = run_guarded(lambda: asyncio.run(run_query(settings_from(home=home, embedder=embedder), text, k)))
+    if json_out:
+        sys.stdout.write(json.dumps(hits, ensure_ascii=False) + "\n")
+        return
+    for i, hit in enumerate(hits, 1):
+        snippet = " ".join(hit["text"].split())[:200]
+        out.print(f"[bold]{i}.[/] {hit['uri']} [dim]@{hit['offset']} score {hit['score']:.3f}[/]\n   {snippet}")
+
+
+@app.command()
+def status(home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False) -> None:
+    """Counts of documents, chunks, vectors and DLQ entries, and the index fingerprint."""
+    from headwater.pipeline.index import status as run_status
+
+    result = run_guarded(lambda: asyncio.run(run_status(settings_from(home=home, embedder=embedder))))
+    if json_out:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    for key, value in result.items():
+        out.print(f"{key}: {value}")
+
+
+@app.command()
+def verify(
+    home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what disagrees, then verify again")] = False,
+) -> None:
+    """Check that metadata and the vector store agree (no lost, duplicate or orphan vectors)."""
+    from headwater.pipeline.index import verify as run_verify
+
+    before, after = run_guarded(lambda: asyncio.run(run_verify(settings_from(home=home, embedder=embedder), repair=repair)))
+    final = after or before
+    if json_out:
+        sys.stdout.write(json.dumps({"before": before.as_dict(), "after": after.as_dict() if after else None}) + "\n")
+    else:
+        for name, report in (("found", before), ("after repair", after)):
+            if report is None:
+                continue
+            out.print(f"{name}: " + ("ok" if report.ok else "DISAGREES"))
+            for key, values in report.as_dict().items():
+                if key != "ok" and values:
+                    out.print(f"  {key}: {len(values)} e.g. {values[:3]}")
+    if not final.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    home: HomeOpt = None, embedder: EmbedderOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="Output format (jsonl)")] = "jsonl",
+) -> None:
+    """Print every chunk in the vector store, one JSON object a line."""
+    from headwater.pipeline.index import export as run_export
+
+    if fmt != "jsonl":
+        err.print(f"[red]unsupported --format {fmt!r}[/]: only jsonl")
+        raise typer.Exit(2)
+
+    async def dump(settings: Settings) -> None:
+        async for row in run_export(settings):
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    run_guarded(lambda: asyncio.run(dump(settings_from(home=home, embedder=embedder))))
+
+
+@dlq_app.command("list")
+def dlq_list(home: HomeOpt = None, json_out: JsonOpt = False,
+             all_: Annotated[bool, typer.Option("--all", help="Include replayed entries")] = False) -> None:
+    """List dead-lettered inputs."""
+    letters = run_guarded(lambda: asyncio.run(_letters(settings_from(home=home), all_)))
+    if json_out:
+        sys.stdout.write(json.dumps([_letter_dict(lt, full=False) for lt in letters]) + "\n")
+        return
+    for lt in letters:
+        out.print(f"{lt.id}\t{lt.kind}\t{lt.stage}\t{lt.error_type}\t{lt.input_ref}\t{lt.message[:120]}")
+
+
+@dlq_app.command("show")
+def dlq_show(letter_id: int, home: HomeOpt = None) -> None:
+    """Show one entry with its full context (traceback included)."""
+    letter = run_guarded(lambda: asyncio.run(_letter(settings_from(home=home), letter_id)))
+    if letter is None:
+        err.print(f"no DLQ entry {letter_id}")
+        raise typer.Exit(1)
+    sys.stdout.write(json.dumps(_letter_dict(letter, full=True), indent=2) + "\n")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    letter_id: Annotated[int | None, typer.Argument(help="Entry to replay")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every open entry")] = False,
+    home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Re-run dead-lettered documents; those that fail again get a new entry."""
+    from headwater.pipeline.index import replay_documents
+
+    if (letter_id is None) == (not all_):
+        err.print("give an entry ID or --all")
+        raise typer.Exit(2)
+    ids = None if all_ else [letter_id] if letter_id is not None else None
+    finals = run_guarded(lambda: asyncio.run(replay_documents(settings_from(home=home, embedder=embedder), ids)))
+    for final in finals:
+        if json_out:
+            from headwater.events import to_json
+
+            sys.stdout.write(to_json(final).decode() + "\n")
+        else:
+            out.print(f"replayed: {final.documents_added + final.documents_updated} indexed, "
+                      f"{final.documents_failed} failed again")
+
+
+async def _letters(settings: Settings, include_replayed: bool) -> list[Any]:
+    from headwater.bootstrap import make_metadata_store
+
+    store = make_metadata_store(settings)
+    await store.open()
+    try:
+        return await store.list(include_replayed=include_replayed, limit=100_000)
+    finally:
+        await store.close()
+
+
+async def _letter(settings: Settings, letter_id: int) -> Any:
+    from headwater.bootstrap import make_metadata_store
+
+    store = make_metadata_store(settings)
+    await store.open()
+    try:
+        return await store.get(letter_id)
+    finally:
+        await store.close()
+
+
+def _letter_dict(letter: Any, *, full: bool) -> dict[str, Any]:
+    import msgspec
+
+    data: dict[str, Any] = msgspec.to_builtins(letter)
+    if not full:
+        data.pop("traceback", None)
+    return data
+
+
+def _register_extensions() -> None:
+    try:
+        from headwater import cli_signals
+    except ImportError:
+        return
+    cli_signals.register(app)
+
+
+def main() -> None:
+    _register_extensions()
+    app()
+
+
+if __name__ == "__main__":
+    main()

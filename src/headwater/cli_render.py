@@ -1,0 +1,91 @@
+"""Rendering of pipeline events for people and scripts: a rich progress bar on a terminal, a
+plain progress line every few seconds elsewhere (CI logs, pipes), or one JSON event a line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from headwater.events import Event, to_json
+
+PLAIN_INTERVAL_SECONDS = 5.0
+
+
+async def render_events(
+    events: AsyncIterator[Any], *, json_lines: bool, console: Console, label: str = "ingest"
+) -> Any:
+    """Consume ``events`` and return the last one (the RunCompleted)."""
+    if json_lines:
+        return await _render_json(events)
+    if console.is_interactive:
+        return await _render_bar(events, console, label)
+    return await _render_plain(events, console, label)
+
+
+async def _render_json(events: AsyncIterator[Any]) -> Any:
+    last = None
+    out = sys.stdout.buffer
+    async for event in events:
+        out.write(to_json(event) + b"\n")
+        last = event
+    out.flush()
+    return last
+
+
+def _line_for(event: Event) -> str | None:
+    kind = type(event).__name__
+    if kind.endswith("Failed"):
+        return f"[red]failed[/] {getattr(event, 'uri', '')}: {getattr(event, 'message', '')}"
+    return None
+
+
+async def _render_bar(events: AsyncIterator[Any], console: Console, label: str) -> Any:
+    last = None
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(label, total=None)
+        async for event in events:
+            last = event
+            if (line := _line_for(event)) is not None:
+                console.print(line)
+            done = _done_count(event)
+            if done is not None:
+                bar.update(task, completed=done[0], total=done[1])
+            elif type(event).__name__ in {"DocumentCompleted", "DocumentSkipped", "DocumentFailed"}:
+                bar.advance(task)
+    return last
+
+
+async def _render_plain(events: AsyncIterator[Any], console: Console, label: str) -> Any:
+    last = None
+    shown = time.monotonic()
+    async for event in events:
+        last = event
+        if (line := _line_for(event)) is not None:
+            console.print(line)
+        done = _done_count(event)
+        if done is not None and time.monotonic() - shown >= PLAIN_INTERVAL_SECONDS:
+            shown = time.monotonic()
+            eta = getattr(event, "eta_seconds", None)
+            total = "?" if done[1] is None else str(done[1])
+            console.print(f"{label}: {done[0]}/{total} done" + (f", eta {eta:.0f}s" if eta is not None else ""))
+    return last
+
+
+def _done_count(event: Any) -> tuple[int, int | None] | None:
+    if type(event).__name__ != "BatchProgress":
+        return None
+    return event.completed + event.failed + event.skipped, event.estimated_total
+
+
+def summary_lines(final: Any) -> list[str]:
+    """`key: value` pairs of the final event, for people."""
+    fields = [f for f in final.__struct_fields__ if f not in {"version", "run_id"}]
+    return [f"{f.replace('_', ' ')}: {getattr(final, f)}" for f in fields]

@@ -1,0 +1,83 @@
+"""Settings: environment variables with the ``HEADWATER_`` prefix, then ``headwater.toml``, then defaults.
+
+The CLI only ever overrides fields of this one object, so every option also has its environment
+variable (``--embedder`` ↔ ``HEADWATER_EMBEDDER``) and the Python API sees the same values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from headwater.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Everything a run can be configured with. Units are in the names."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEADWATER_", toml_file="headwater.toml", extra="ignore", validate_default=True
+    )
+
+    home: Path = Path(".headwater")
+    embedder: str = "hash://"
+    vector_store: str | None = None  # default: lancedb://{home}/vectors
+    metadata_store: str | None = None  # default: sqlite:///{home}/state.db
+
+    include: list[str] = Field(default_factory=lambda: ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.pdf"])
+    exclude: list[str] = Field(default_factory=lambda: ["**/.*", "**/.*/**"])
+    chunk_size_chars: int = Field(1000, ge=50)
+    chunk_overlap_chars: int = Field(100, ge=0)
+    pii_scrub: bool = False
+
+    embed_batch_size: int = Field(256, ge=1)
+    commit_batch_chunks: int = Field(2048, ge=1)
+    concurrency: int = Field(4, ge=1)
+    workers: int = Field(0, ge=0)  # extraction processes; 0 = one per core
+    max_attempts: int = Field(3, ge=1)
+    queue_size: int = Field(256, ge=1)
+
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    pdf_max_pages: int = Field(2000, ge=1)
+    extract_timeout_seconds: float = Field(60.0, gt=0)
+    progress_interval_seconds: float = Field(2.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def vector_store_url(self) -> str:
+        return self.vector_store or f"lancedb://{self.home.resolve()}/vectors"
+
+    @property
+    def metadata_store_url(self) -> str:
+        return self.metadata_store or f"sqlite:///{self.home.resolve()}/state.db"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into a ConfigError that names the field."""
+    clean = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        msg = f"invalid configuration: {problems}"
+        raise ConfigError(msg) from exc

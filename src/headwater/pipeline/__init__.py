@@ -1,0 +1,1 @@
+"""The only code that awaits ports: bounded queues, retries, dead-lettering, events."""

@@ -1,0 +1,148 @@
+"""Group commit: embed what the cache lacks, write vectors, record state, then clean up.
+
+The order is the crash-safety argument (DESIGN §4): vectors are written before the metadata
+says so, and stale vectors are deleted only after the replacement is committed. A document is
+``done`` only after its cleanup, so a crash anywhere leaves it non-done and the next run redoes
+the (idempotent) steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from headwater.events import DocumentCompleted
+from headwater.models import Chunk
+from headwater.pipeline.engine import with_retries
+from headwater.pipeline.faults import crash_point
+from headwater.ports import ChunkKey, DocState, Embedder, EmbeddingCache, Vectors, VectorStore
+from headwater.stages.prepare import PreparedDocument
+from headwater.ports import DocumentState, SourceEntry
+
+UPSERT_SLICE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyDocument:
+    entry: SourceEntry
+    doc_id: str
+    source: str
+    before: DocState | None
+    content_hash: str
+    prepared: PreparedDocument
+
+
+@dataclass
+class CommitStats:
+    embedded: int = 0
+    reused: int = 0
+    embed_calls: int = 0
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        embedder: Embedder,
+        cache: EmbeddingCache,
+        vectors: VectorStore,
+        state: DocumentState,
+        *,
+        batch_size: int,
+        concurrency: int,
+    ) -> None:
+        self.embedder = embedder
+        self.cache = cache
+        self.vectors = vectors
+        self.state = state
+        self.batch_size = batch_size
+        self.limit = asyncio.Semaphore(concurrency)
+        self.stats = CommitStats()
+
+    async def vectors_for(self, hashes_to_text: dict[str, str]) -> tuple[dict[str, Vectors], set[str]]:
+        """Vectors for every hash: from the cache, else embedded (in concurrent batches) and cached."""
+        found = await self.cache.get_vectors(self.embedder.id, list(hashes_to_text))
+        missing = [h for h in hashes_to_text if h not in found]
+        self.stats.reused += len(found)
+        batches = [missing[i : i + self.batch_size] for i in range(0, len(missing), self.batch_size)]
+        results = await asyncio.gather(*(self._embed([hashes_to_text[h] for h in b]) for b in batches))
+        fresh: dict[str, Vectors] = {}
+        for batch, matrix in zip(batches, results, strict=True):
+            fresh.update(zip(batch, matrix, strict=True))
+        if fresh:
+            await self.cache.put_vectors(self.embedder.id, fresh)
+        self.stats.embedded += len(fresh)
+        found.update(fresh)
+        return found, set(fresh)
+
+    async def _embed(self, texts: list[str]) -> Vectors:
+        async with self.limit:
+            self.stats.embed_calls += 1
+            matrix = await with_retries(lambda: self.embedder.embed(texts))
+        _check_vectors(matrix, len(texts), self.embedder)
+        return matrix
+
+    async def commit(self, group: Sequence[ReadyDocument]) -> list[DocumentCompleted]:
+        texts = {c.chunk_hash: c.text for r in group for c in r.prepared.chunks}
+        vectors, embedded = await self.vectors_for(texts)
+        old = await self.state.get_chunks([r.doc_id for r in group if r.before is not None])
+        await self._upsert(group, vectors)
+        crash_point("after_upsert")
+        await self.state.commit(
+            [_state_after(r, "cleanup") for r in group],
+            {r.doc_id: [ChunkKey(doc_id=r.doc_id, chunk_id=c.chunk_id, chunk_hash=c.chunk_hash)
+                        for c in r.prepared.chunks] for r in group},
+        )
+        crash_point("after_commit")
+        keep = {r.doc_id: {c.chunk_id for c in r.prepared.chunks} for r in group if r.before is not None}
+        await self.vectors.delete_stale(keep)
+        crash_point("after_cleanup")
+        await self.state.finish([r.doc_id for r in group])
+        return [_completed(r, old.get(r.doc_id, []), embedded) for r in group]
+
+    async def _upsert(self, group: Sequence[ReadyDocument], vectors: dict[str, Vectors]) -> None:
+        for fresh in (True, False):
+            rows = [
+                Chunk(doc_id=r.doc_id, chunk_id=c.chunk_id, uri=r.entry.relpath, offset=c.offset,
+                      length=c.length, chunk_hash=c.chunk_hash, text=c.text)
+                for r in group if (r.before is None) == fresh for c in r.prepared.chunks
+            ]
+            for start in range(0, len(rows), UPSERT_SLICE):
+                part = rows[start : start + UPSERT_SLICE]
+                matrix = np.stack([vectors[c.chunk_hash] for c in part]).astype(np.float32)
+                await with_retries(lambda p=part, m=matrix, f=fresh: self.vectors.upsert(p, m, fresh=f))
+                crash_point("mid_upsert")
+
+
+def _check_vectors(matrix: Vectors, n: int, embedder: Embedder) -> None:
+    from headwater.errors import PermanentError
+
+    if matrix.shape != (n, embedder.dimensions):
+        msg = f"embedder {embedder.id} returned shape {matrix.shape}, expected ({n}, {embedder.dimensions})"
+        raise PermanentError(msg)
+    if not np.isfinite(matrix).all():
+        msg = f"embedder {embedder.id} returned NaN or infinite values"
+        raise PermanentError(msg)
+
+
+def _state_after(r: ReadyDocument, status: str) -> DocState:
+    version = (r.before.version if r.before else 0) + 1
+    return DocState(
+        doc_id=r.doc_id, source=r.source, uri=r.entry.relpath, content_hash=r.content_hash,
+        size=r.entry.size, mtime_ns=r.entry.mtime_ns, status=status, attempts=0, error_count=0,
+        version=version,
+    )
+
+
+def _completed(r: ReadyDocument, old: list[ChunkKey], embedded: set[str]) -> DocumentCompleted:
+    new_ids = {c.chunk_id for c in r.prepared.chunks}
+    added = r.before is None or r.before.content_hash is None
+    return DocumentCompleted(
+        doc_id=r.doc_id, uri=r.entry.relpath, outcome="added" if added else "updated",
+        chunks=len(r.prepared.chunks),
+        chunks_embedded=len({c.chunk_hash for c in r.prepared.chunks} & embedded),
+        chunks_deleted=len({k.chunk_id for k in old} - new_ids),
+        pii_redactions=sum(r.prepared.redactions.values()),
+    )

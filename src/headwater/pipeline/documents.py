@@ -1,0 +1,381 @@
+"""The document pipeline: Source → read → (extract, normalize, chunk in worker processes) →
+group commit (embed, upsert, record, clean up) → deletions of vanished documents.
+
+``stream_events()`` is the one primitive; everything else collects it. Stages are connected by
+bounded queues, so a slow embedder or store slows the scan instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import traceback
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from headwater.config import Settings
+from headwater.errors import ConfigError, HeadwaterError, InputError, RetryableError
+from headwater.events import (
+    BatchProgress, DocumentCompleted, DocumentDeleted, DocumentEvent, DocumentFailed, DocumentSkipped,
+    Event, RunCompleted, RunStarted,
+)
+from headwater.models import make_doc_id, sha256_hex
+from headwater.pipeline.commit import GroupCommitter, ReadyDocument
+from headwater.pipeline.engine import CpuPool, Progress
+from headwater.pipeline.faults import crash_point
+from headwater.ports import (
+    DeadLetter, DeadLetters, DocState, DocumentState, Embedder, EmbeddingCache, Source, SourceEntry, VectorStore,
+)
+from headwater.stages.chunk import chunker_key
+from headwater.stages.prepare import PrepareOptions, prepare_document
+
+_END = object()
+SCAN_BATCH = 256
+
+
+class MetadataStore(DocumentState, DeadLetters, EmbeddingCache, Protocol):
+    """The three metadata ports together, as the embedded SQLite store provides them."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def get_setting(self, key: str) -> str | None: ...
+    async def set_setting(self, key: str, value: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    entry: SourceEntry
+    doc_id: str
+    before: DocState | None
+    attempts: int
+
+
+class DocumentPipeline:
+    """Incremental, idempotent, crash-safe ingestion of one source into a vector store.
+
+    Args:
+        only: relative paths to (re)process; everything else is left alone and nothing is
+            deleted (DLQ replay uses this).
+    """
+
+    def __init__(
+        self, source: Source, embedder: Embedder, vectors: VectorStore, metadata: MetadataStore,
+        settings: Settings, *, only: Collection[str] | None = None, run_id: str = "",
+    ) -> None:
+        self.source = source
+        self.embedder = embedder
+        self.vectors = vectors
+        self.metadata = metadata
+        self.settings = settings
+        self.only = set(only) if only is not None else None
+        self.run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+    async def stream_events(self) -> AsyncIterator[DocumentEvent]:
+        events: asyncio.Queue[Any] = asyncio.Queue(maxsize=1024)
+
+        async def runner() -> None:
+            try:
+                await _DocumentRun(self, events.put).execute()
+            finally:
+                await events.put(_END)
+
+        task = asyncio.create_task(runner())
+        try:
+            while (event := await events.get()) is not _END:
+                yield event
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def iter_results(self) -> AsyncIterator[DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted]:
+        async for event in self.stream_events():
+            if isinstance(event, DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted):
+                yield event
+
+    async def run_async(self) -> RunCompleted:
+        final = None
+        async for event in self.stream_events():
+            if isinstance(event, RunCompleted):
+                final = event
+        assert final is not None, "stream_events always ends with RunCompleted"
+        return final
+
+    def run(self) -> RunCompleted:
+        return asyncio.run(self.run_async())
+
+
+class _DocumentRun:
+    """One execution: owns the queues, the counters and the open adapters."""
+
+    def __init__(self, pipeline: DocumentPipeline, emit: Callable[[Any], Any]) -> None:
+        self.p = pipeline
+        self.s = pipeline.settings
+        self._emit = emit
+        self.progress = Progress()
+        self.counts: dict[str, int] = dict.fromkeys(
+            ["seen", "added", "updated", "unchanged", "deleted", "skipped", "failed", "chunks_deleted"], 0
+        )
+        self.work: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.s.queue_size)
+        self.ready: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.s.queue_size)
+        self.in_flight = 0
+        self.force = False
+        self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
+        self.options = PrepareOptions(
+            chunk_size_chars=self.s.chunk_size_chars, chunk_overlap_chars=self.s.chunk_overlap_chars,
+            pii_scrub=self.s.pii_scrub, pdf_max_pages=self.s.pdf_max_pages,
+            chunker_key=chunker_key(self.s.chunk_size_chars, self.s.chunk_overlap_chars, self.s.pii_scrub),
+        )
+        self.committer = GroupCommitter(
+            pipeline.embedder, pipeline.metadata, pipeline.vectors, pipeline.metadata,
+            batch_size=self.s.embed_batch_size, concurrency=self.s.concurrency,
+        )
+
+    async def emit(self, event: Event) -> None:
+        await self._emit(event)
+
+    async def execute(self) -> None:
+        p = self.p
+        await p.metadata.open()
+        try:
+            await p.embedder.open()
+            await p.vectors.open(p.embedder.dimensions)
+            await self._check_settings()
+            await self.emit(RunStarted(run_id=p.run_id, kind="documents", source=p.source.uri))
+            ticker = asyncio.create_task(self._tick())
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._scan())
+                    readers = [tg.create_task(self._prepare_loop()) for _ in range(self.s.concurrency)]
+                    committer = tg.create_task(self._commit_loop())
+                    await asyncio.gather(*readers)
+                    await self.ready.put(_END)
+                    await committer
+                if p.only is None:
+                    await self._delete_vanished()
+            finally:
+                ticker.cancel()
+            await self.emit(self._final())
+        finally:
+            self.pool.close()
+            await p.vectors.close()
+            await p.embedder.close()
+            await p.metadata.close()
+
+    async def _check_settings(self) -> None:
+        stored = await self.p.metadata.get_setting("embedder_id")
+        if stored is not None and stored != self.p.embedder.id:
+            msg = (
+                f"this home was indexed with embedder {stored!r}, not {self.p.embedder.id!r}: "
+                "use another --home (vectors of two embedders cannot share an index)"
+            )
+            raise ConfigError(msg)
+        await self.p.metadata.set_setting("embedder_id", self.p.embedder.id)
+        key = self.options.chunker_key
+        # A new chunker configuration re-keys every chunk: the unchanged-file fast path must not apply.
+        self.force = (await self.p.metadata.get_setting("chunker_key")) not in (None, key)
+        await self.p.metadata.set_setting("chunker_key", key)
+
+    # -- scan ---------------------------------------------------------------------------------
+    async def _scan(self) -> None:
+        batch: list[SourceEntry] = []
+        try:
+            async for entry in self.p.source.scan():
+                batch.append(entry)
+                if len(batch) >= SCAN_BATCH:
+                    await self._classify(batch)
+                    batch = []
+            await self._classify(batch)
+            self.progress.listing_done = True
+        finally:
+            for _ in range(self.s.concurrency):
+                await self.work.put(_END)
+
+    async def _classify(self, batch: list[SourceEntry]) -> None:
+        if not batch:
+            return
+        ids = [make_doc_id(e.relpath) for e in batch]
+        self.progress.listed += len(batch)
+        self.counts["seen"] += len(batch)
+        await self.p.metadata.note_seen(ids)
+        states = await self.p.metadata.get_documents(ids)
+        todo: list[tuple[SourceEntry, str]] = []
+        for entry, doc_id in zip(batch, ids, strict=True):
+            state = states.get(doc_id)
+            if entry.problem is not None:
+                await self._skip(doc_id, entry.relpath, entry.problem)
+            elif self.p.only is not None and entry.relpath not in self.p.only:
+                self.progress.listed -= 1
+                self.counts["seen"] -= 1
+            elif reason := self._fast_skip(entry, state):
+                await self._skip(doc_id, entry.relpath, reason)
+            else:
+                todo.append((entry, doc_id))
+        if todo:
+            attempts = await self.p.metadata.claim([(d, self.p.source.uri, e.relpath) for e, d in todo])
+            for entry, doc_id in todo:
+                await self.work.put(_Work(entry, doc_id, states.get(doc_id), attempts.get(doc_id, 1)))
+
+    def _fast_skip(self, entry: SourceEntry, state: DocState | None) -> str | None:
+        """Unchanged size and mtime: not even read (the no-change re-run never opens a file)."""
+        if state is None or self.force or (state.size, state.mtime_ns) != (entry.size, entry.mtime_ns):
+            return None
+        return {"done": "unchanged", "failed": "previously_failed"}.get(state.status)
+
+    async def _skip(self, doc_id: str, uri: str, reason: str) -> None:
+        if reason == "unchanged":
+            self.counts["unchanged"] += 1
+        else:
+            self.counts["skipped"] += 1
+        self.progress.skipped += 1
+        await self.emit(DocumentSkipped(run_id=self.p.run_id, doc_id=doc_id, uri=uri, reason=reason))
+
+    # -- read + prepare -----------------------------------------------------------------------------
+    async def _prepare_loop(self) -> None:
+        while (work := await self.work.get()) is not _END:
+            self.in_flight += 1
+            try:
+                ready = await self._prepare(work)
+            except InputError as exc:
+                await self._fail(work, "extract", exc, status="failed")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug on one input must not stop the run
+                await self._fail(work, "extract", exc, status="error")
+                continue
+            if ready is not None:
+                await self.ready.put(ready)
+
+    async def _prepare(self, work: _Work) -> ReadyDocument | None:
+        p = self.p
+        data = await p.source.read(work.entry, self.s.max_file_bytes)
+        content_hash = sha256_hex(data)
+        before = work.before
+        if before is not None and not self.force and before.content_hash == content_hash \
+                and before.status in ("done", "failed"):
+            # Touched, not changed: record the new mtime so the next run takes the fast path.
+            touched = DocState(**{**_fields(before), "size": work.entry.size, "mtime_ns": work.entry.mtime_ns})
+            await p.metadata.commit([touched], {})
+            self.in_flight -= 1
+            await self._skip(work.doc_id, work.entry.relpath,
+                             "unchanged" if before.status == "done" else "previously_failed")
+            return None
+        if work.attempts > self.s.max_attempts:
+            msg = (f"{work.entry.relpath}: gave up after {work.attempts - 1} attempts that never finished "
+                   "(the input crashed or hung the worker)")
+            raise InputError(msg)
+        prepared = await self.pool.run(work.entry.relpath, prepare_document, work.doc_id,
+                                       work.entry.relpath, data, self.options)
+        crash_point("after_extract")
+        return ReadyDocument(entry=work.entry, doc_id=work.doc_id, source=p.source.uri, before=before,
+                             content_hash=content_hash, prepared=prepared)
+
+    # -- commit ---------------------------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        done = False
+        while not done:
+            group: list[ReadyDocument] = []
+            chunks = 0
+            while chunks < self.s.commit_batch_chunks:
+                try:
+                    item = await asyncio.wait_for(self.ready.get(), timeout=0.05 if group else None)
+                except TimeoutError:
+                    break
+                if item is _END:
+                    done = True
+                    break
+                group.append(item)
+                chunks += len(item.prepared.chunks)
+            if group:
+                await self._commit(group)
+
+    async def _commit(self, group: list[ReadyDocument]) -> None:
+        try:
+            completed = await self.committer.commit(group)
+        except HeadwaterError as exc:
+            status = "error" if isinstance(exc, RetryableError) else "failed"
+            for ready in group:
+                await self._fail(_Work(ready.entry, ready.doc_id, ready.before, 0), "commit", exc, status=status,
+                                 content_hash=ready.content_hash, delete_chunks=False)
+            return
+        for event in completed:
+            self.counts[event.outcome] += 1
+            self.counts["chunks_deleted"] += event.chunks_deleted
+            self.progress.completed += 1
+            self.in_flight -= 1
+            await self.emit(event.__class__(**{**_fields(event), "run_id": self.p.run_id}))
+
+    # -- failures and deletions --------------------------------------------------------------------------
+    async def _fail(self, work: _Work, stage: str, exc: Exception, *, status: str,
+                    content_hash: str | None = None, delete_chunks: bool = True) -> None:
+        """Dead-letter one document. Its old chunks go too: a clean run would not index bad input."""
+        p = self.p
+        self.in_flight -= 1
+        attempts = max(work.attempts, 1)
+        letter = DeadLetter(
+            id=0, kind="document", input_ref=work.entry.relpath, source=p.source.uri, stage=stage,
+            error_type=type(exc).__name__, message=str(exc), attempts=attempts,
+            traceback="".join(traceback.format_exception(exc)), created_at="",
+        )
+        if delete_chunks:
+            await p.vectors.delete_stale({work.doc_id: set()})
+        state = DocState(
+            doc_id=work.doc_id, source=p.source.uri, uri=work.entry.relpath, content_hash=content_hash,
+            size=work.entry.size, mtime_ns=work.entry.mtime_ns, status=status, attempts=attempts,
+            error_count=(work.before.error_count if work.before else 0) + 1,
+            version=work.before.version if work.before else 0,
+        )
+        await p.metadata.commit([state], {work.doc_id: []} if delete_chunks else {})
+        dlq_id = await p.metadata.add(letter)
+        self.counts["failed"] += 1
+        self.progress.failed += 1
+        await self.emit(DocumentFailed(
+            run_id=p.run_id, doc_id=work.doc_id, uri=work.entry.relpath, stage=stage,
+            error_type=letter.error_type, message=letter.message, attempts=attempts, dlq_id=dlq_id,
+        ))
+
+    async def _delete_vanished(self) -> None:
+        p = self.p
+        while batch := await p.metadata.unseen(p.source.uri, 500):
+            ids = [d.doc_id for d in batch]
+            await p.metadata.finish(ids, status="deleting")
+            old = await p.metadata.get_chunks(ids)
+            await p.vectors.delete_stale({doc_id: set() for doc_id in ids})
+            crash_point("during_delete")
+            await p.metadata.forget(ids)
+            for doc in batch:
+                removed = len(old.get(doc.doc_id, []))
+                self.counts["deleted"] += 1
+                self.counts["chunks_deleted"] += removed
+                await self.emit(DocumentDeleted(run_id=p.run_id, doc_id=doc.doc_id, uri=doc.uri, chunks_deleted=removed))
+
+    # -- progress ----------------------------------------------------------------------------------------
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.progress_interval_seconds)
+            await self.emit(self._progress_event())
+
+    def _progress_event(self) -> BatchProgress:
+        pr = self.progress
+        return BatchProgress(
+            run_id=self.p.run_id, completed=pr.completed, failed=pr.failed, skipped=pr.skipped,
+            in_flight=max(self.in_flight, 0), estimated_total=pr.listed if pr.listing_done else None,
+            eta_seconds=pr.eta_seconds(), elapsed_seconds=round(pr.clock() - pr.started, 3),
+        )
+
+    def _final(self) -> RunCompleted:
+        c, st = self.counts, self.committer.stats
+        return RunCompleted(
+            run_id=self.p.run_id, documents_seen=c["seen"], documents_added=c["added"],
+            documents_updated=c["updated"], documents_unchanged=c["unchanged"], documents_deleted=c["deleted"],
+            documents_skipped=c["skipped"], documents_failed=c["failed"], chunks_embedded=st.embedded,
+            chunks_deleted=c["chunks_deleted"], chunks_reused=st.reused, embed_calls=st.embed_calls,
+            elapsed_seconds=round(self.progress.clock() - self.progress.started, 3),
+        )
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f: getattr(obj, f) for f in obj.__struct_fields__}

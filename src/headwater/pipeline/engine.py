@@ -1,0 +1,116 @@
+"""Shared engine pieces: a CPU pool that survives crashing or hanging inputs, retry with
+backoff and jitter for RetryableError, and the progress/ETA arithmetic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from headwater.errors import InputError, RetryableError
+
+T = TypeVar("T")
+
+
+class CpuPool:
+    """Runs picklable functions in worker processes (one per core by default).
+
+    A task that hangs past its timeout or kills its worker (segfault, OOM) breaks only itself:
+    the pool is replaced and the task fails with InputError; other tasks in flight are re-run.
+    With ``workers == 1`` tasks run in a thread instead (no start-up cost, easier debugging).
+    """
+
+    def __init__(self, workers: int, timeout_seconds: float) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self.timeout_seconds = timeout_seconds
+        self._executor: Executor | None = None
+        self._generation = 0
+
+    def _get(self) -> Executor:
+        if self._executor is None:
+            if self.workers == 1:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+            else:
+                import multiprocessing
+
+                ctx = multiprocessing.get_context("forkserver")
+                self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._executor
+
+    def _replace(self, generation: int) -> None:
+        if generation != self._generation or self._executor is None:
+            return  # another task already replaced it
+        executor, self._executor = self._executor, None
+        self._generation += 1
+        if isinstance(executor, ProcessPoolExecutor):
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        for attempt in range(3):
+            generation = self._generation
+            future = loop.run_in_executor(self._get(), fn, *args)
+            try:
+                return await asyncio.wait_for(future, self.timeout_seconds)
+            except TimeoutError as exc:
+                self._replace(generation)
+                msg = f"{what}: extraction took longer than {self.timeout_seconds:g} s"
+                raise InputError(msg, field="content") from exc
+            except BrokenProcessPool as exc:
+                self._replace(generation)
+                if attempt == 2:
+                    msg = f"{what}: the extraction process crashed on this input (3 times)"
+                    raise InputError(msg, field="content") from exc
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], attempts: int = 5, max_wait_seconds: float = 30.0) -> T:
+    """Retry RetryableError with exponential backoff and full jitter; anything else propagates."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(RetryableError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(initial=0.2, max=max_wait_seconds),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable")
+
+
+class Progress:
+    """Counts for BatchProgress; the ETA assumes the rate of the run so far."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.listed = 0
+        self.listing_done = False
+        self.completed = 0
+        self.failed = 0
+        self.skipped = 0
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.skipped
+
+    def eta_seconds(self) -> float | None:
+        elapsed = self.clock() - self.started
+        if not self.listing_done or self.finished == 0 or elapsed <= 0:
+            return None
+        rate = self.finished / elapsed
+        return max(0.0, (self.listed - self.finished) / rate)

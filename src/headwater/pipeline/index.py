@@ -1,0 +1,179 @@
+"""Operations on a built index: fingerprint and status, verify and repair, query, export, and
+replay of dead-lettered documents. They read the vector store itself, not only our bookkeeping,
+because bookkeeping is exactly what a crash or an external delete makes wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from headwater.bootstrap import build_document_pipeline, make_embedder, make_metadata_store, make_vector_store
+from headwater.config import Settings
+from headwater.events import RunCompleted
+from headwater.models import Chunk
+
+_NO_DIMENSIONS = 0
+
+
+async def _open_index(settings: Settings) -> tuple[Any, Any, Any]:
+    metadata, vectors, embedder = make_metadata_store(settings), make_vector_store(settings), make_embedder(settings)
+    await metadata.open()
+    await embedder.open()
+    await vectors.open(embedder.dimensions)
+    return metadata, vectors, embedder
+
+
+async def _close_index(metadata: Any, vectors: Any, embedder: Any) -> None:
+    await vectors.close()
+    await embedder.close()
+    await metadata.close()
+
+
+async def status(settings: Settings) -> dict[str, Any]:
+    """Counts plus ``fingerprint``: sha256 of the sorted ``doc_id\\tchunk_id\\tchunk_hash\\n`` lines
+    read from the vector store; equal fingerprints mean equal indexes."""
+    metadata, vectors, embedder = await _open_index(settings)
+    try:
+        counts = await metadata.counts()
+        lines = sorted([f"{c.doc_id}\t{c.chunk_id}\t{c.chunk_hash}\n" async for c in vectors.scan()])
+        digest = hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+        return {**counts, "vectors": len(lines), "fingerprint": digest, "embedder": embedder.id,
+                "home": str(settings.home)}
+    finally:
+        await _close_index(metadata, vectors, embedder)
+
+
+@dataclass
+class VerifyReport:
+    lost: list[str] = field(default_factory=list)  # in metadata, missing from the vector store
+    orphans: list[str] = field(default_factory=list)  # in the vector store, unknown to metadata
+    duplicates: list[str] = field(default_factory=list)  # stored more than once
+    drift: list[str] = field(default_factory=list)  # same id, different doc or hash
+    incomplete: list[str] = field(default_factory=list)  # documents left mid-update by a crash
+    affected_docs: set[str] = field(default_factory=set)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.orphans or self.duplicates or self.drift or self.incomplete)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "lost": self.lost, "orphans": self.orphans, "duplicates": self.duplicates,
+                "drift": self.drift, "incomplete": self.incomplete}
+
+
+async def verify(settings: Settings, *, repair: bool = False) -> tuple[VerifyReport, VerifyReport | None]:
+    """Compare metadata with the vector store; with ``repair``, fix it and verify again."""
+    metadata, vectors, embedder = await _open_index(settings)
+    try:
+        report = await _compare(metadata, vectors)
+        if not repair or report.ok:
+            return report, None
+        sources = await _repair_marks(metadata, vectors, report)
+    finally:
+        await _close_index(metadata, vectors, embedder)
+    for source, relpaths in sources.items():
+        await build_document_pipeline(settings, source, only=relpaths).run_async()
+    metadata, vectors, embedder = await _open_index(settings)
+    try:
+        return report, await _compare(metadata, vectors)
+    finally:
+        await _close_index(metadata, vectors, embedder)
+
+
+async def _compare(metadata: Any, vectors: Any) -> VerifyReport:
+    expected = {k.chunk_id: (k.doc_id, k.chunk_hash) async for k in metadata.chunk_keys()}
+    stored: Counter[str] = Counter()
+    report = VerifyReport()
+    async for chunk in vectors.scan():
+        stored[chunk.chunk_id] += 1
+        want = expected.get(chunk.chunk_id)
+        if want is None:
+            report.orphans.append(chunk.chunk_id)
+            report.affected_docs.add(chunk.doc_id)
+        elif want != (chunk.doc_id, chunk.chunk_hash):
+            report.drift.append(chunk.chunk_id)
+            report.affected_docs.update({chunk.doc_id, want[0]})
+    for chunk_id, n in stored.items():
+        if n > 1:
+            report.duplicates.append(chunk_id)
+            report.affected_docs.add(expected.get(chunk_id, ("", ""))[0])
+    for chunk_id, (doc_id, _) in expected.items():
+        if chunk_id not in stored:
+            report.lost.append(chunk_id)
+            report.affected_docs.add(doc_id)
+    counts = await metadata.counts()
+    for status in ("pending", "cleanup", "deleting"):
+        if counts.get(f"documents_{status}"):
+            report.incomplete.append(f"{counts[f'documents_{status}']} documents {status}")
+    report.affected_docs.discard("")
+    return report
+
+
+async def _repair_marks(metadata: Any, vectors: Any, report: VerifyReport) -> dict[str, set[str]]:
+    """Drop the affected documents' vectors and mark them pending; returns what to re-ingest."""
+    states = await metadata.get_documents(sorted(report.affected_docs))
+    unknown = report.affected_docs - set(states)
+    await vectors.delete_stale({doc_id: set() for doc_id in report.affected_docs})
+    incomplete = [d async for d in _incomplete_docs(metadata)]
+    redo = list(states.values()) + incomplete
+    await metadata.claim([(d.doc_id, d.source, d.uri) for d in redo])
+    sources: dict[str, set[str]] = {}
+    for doc in redo:
+        sources.setdefault(doc.source, set()).add(doc.uri)
+    del unknown  # vectors of documents metadata never knew are simply removed
+    return sources
+
+
+async def _incomplete_docs(metadata: Any) -> AsyncIterator[Any]:
+    for state in await metadata.documents_with_status(["pending", "cleanup", "deleting"]):
+        yield state
+
+
+async def query(settings: Settings, text: str, k: int) -> list[dict[str, Any]]:
+    metadata, vectors, embedder = await _open_index(settings)
+    try:
+        vector = (await embedder.embed([text]))[0]
+        hits = await vectors.search(vector, k)
+        return [{**_chunk_dict(chunk), "score": round(score, 6)} for chunk, score in hits]
+    finally:
+        await _close_index(metadata, vectors, embedder)
+
+
+async def export(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    metadata, vectors, embedder = await _open_index(settings)
+    try:
+        async for chunk in vectors.scan():
+            yield _chunk_dict(chunk)
+    finally:
+        await _close_index(metadata, vectors, embedder)
+
+
+def _chunk_dict(chunk: Chunk) -> dict[str, Any]:
+    return {"doc_id": chunk.doc_id, "uri": chunk.uri, "chunk_id": chunk.chunk_id, "offset": chunk.offset,
+            "length": chunk.length, "chunk_hash": chunk.chunk_hash, "text": chunk.text}
+
+
+async def replay_documents(settings: Settings, letter_ids: list[int] | None) -> list[RunCompleted]:
+    """Re-run dead-lettered documents (all open letters when ``letter_ids`` is None)."""
+    metadata = make_metadata_store(settings)
+    await metadata.open()
+    try:
+        letters = [lt for lt in await metadata.list(limit=1_000_000)
+                   if lt.kind == "document" and (letter_ids is None or lt.id in letter_ids)]
+        states = {}
+        for letter in letters:
+            from headwater.models import make_doc_id
+
+            states.update(await metadata.get_documents([make_doc_id(letter.input_ref)]))
+        await metadata.claim([(d.doc_id, d.source, d.uri) for d in states.values()])
+        await metadata.mark_replayed([lt.id for lt in letters])
+    finally:
+        await metadata.close()
+    by_source: dict[str, set[str]] = {}
+    for letter in letters:
+        by_source.setdefault(letter.source, set()).add(letter.input_ref)
+    return [await build_document_pipeline(settings, src, only=refs).run_async() for src, refs in by_source.items()]

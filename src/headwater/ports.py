@@ -1,0 +1,190 @@
+"""The ports: what the pipelines need from the outside world, as Protocols.
+
+Adapters live in ``headwater.adapters`` and are chosen by URL scheme (``registry.py``). A
+constructor only records its URL (cheap, picklable); ``open()`` connects. Every method that writes
+is idempotent, because the engine replays work after a crash rather than trusting bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from headwater.models import Chunk
+
+Vectors = npt.NDArray[np.float32]
+
+
+class SourceEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One object a source lists. ``problem`` set means: skip it, with this reason, unread."""
+
+    relpath: str
+    uri: str
+    size: int
+    mtime_ns: int
+    problem: str | None = None
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A tree of documents (a local folder, a bucket prefix).
+
+    ``scan`` streams entries in a deterministic order and never yields anything outside the root;
+    it raises if the listing itself fails, so a partial listing never looks like deletions.
+    """
+
+    uri: str
+
+    def scan(self) -> AsyncIterator[SourceEntry]: ...
+
+    async def read(self, entry: SourceEntry, max_bytes: int) -> bytes:
+        """Whole object; raises InputError when unreadable or larger than ``max_bytes``."""
+        ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Batch text → vectors. ``id`` names model and settings: it keys the embedding cache."""
+
+    id: str
+    dimensions: int
+
+    async def open(self) -> None: ...
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        """Float32 array of shape (len(texts), dimensions); a text's vector never depends on its batch."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DocState(msgspec.Struct, frozen=True, kw_only=True):
+    doc_id: str
+    source: str
+    uri: str
+    content_hash: str | None
+    size: int
+    mtime_ns: int
+    status: str  # pending | cleanup | done | failed | deleting
+    attempts: int
+    error_count: int
+    version: int
+
+
+class ChunkKey(msgspec.Struct, frozen=True, kw_only=True):
+    doc_id: str
+    chunk_id: str
+    chunk_hash: str
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Chunk vectors keyed by ``chunk_id``.
+
+    ``upsert`` is idempotent per chunk id; ``delete_stale`` removes a document's rows whose ids
+    are not in ``keep`` (so a crash between upsert and cleanup is repaired by re-running it).
+    """
+
+    async def open(self, dimensions: int) -> None: ...
+
+    async def upsert(self, chunks: Sequence[Chunk], vectors: Vectors, *, fresh: bool = False) -> None:
+        """``fresh`` promises none of these ids exist yet (a pure append is cheaper than a merge)."""
+        ...
+
+    async def delete_stale(self, keep: dict[str, set[str]]) -> None:
+        """For each doc_id, delete its rows whose chunk_id is not in the set (empty set: all)."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def search(self, vector: Vectors, k: int) -> list[tuple[Chunk, float]]: ...
+
+    def scan(self) -> AsyncIterator[Chunk]:
+        """Every stored chunk (no vectors), for fingerprints, verify and export."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class DocumentState(Protocol):
+    """What the metadata store knows about documents and their chunks.
+
+    Life of a document in one run: ``claim`` (pending, attempts + 1) → vectors upserted →
+    ``commit`` (cleanup, with its chunk keys) → stale vectors deleted → ``finish`` (done). Only
+    ``done`` lets a later run skip the document, so a crash anywhere is repaired by re-running.
+    """
+
+    async def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocState]: ...
+
+    async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:
+        """Committed chunk keys per document (what the vector store holds for it)."""
+        ...
+
+    async def claim(self, docs: Sequence[tuple[str, str, str]]) -> dict[str, int]:
+        """Mark (doc_id, source, uri) pending and count an attempt; returns attempts per doc."""
+        ...
+
+    async def commit(self, docs: Sequence[DocState], chunks: dict[str, Sequence[ChunkKey]]) -> None: ...
+
+    async def finish(self, doc_ids: Sequence[str], status: str = "done") -> None: ...
+
+    async def forget(self, doc_ids: Sequence[str]) -> None:
+        """Remove documents and their chunk keys (after their vectors were deleted)."""
+        ...
+
+    async def note_seen(self, doc_ids: Sequence[str]) -> None:
+        """Remember ids listed by this run's scan (kept in the store, not in RAM)."""
+        ...
+
+    async def unseen(self, source: str, limit: int) -> list[DocState]:
+        """Documents of ``source`` the scan did not list: deleted from the source."""
+        ...
+
+    def chunk_keys(self) -> AsyncIterator[ChunkKey]:
+        """Every chunk the metadata says should be in the vector store."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """documents, chunks, dlq (unreplayed) and documents per status."""
+        ...
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    kind: str  # "document" | "signal" | ...
+    input_ref: str
+    source: str
+    stage: str
+    error_type: str
+    message: str
+    traceback: str
+    attempts: int
+    created_at: str
+    replayed_at: str | None = None
+
+
+@runtime_checkable
+class DeadLetters(Protocol):
+    """The dead-letter queue: every input that failed, with full context, until replayed."""
+
+    async def add(self, letter: DeadLetter) -> int: ...
+
+    async def list(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def get(self, letter_id: int) -> DeadLetter | None: ...
+
+    async def mark_replayed(self, letter_ids: Sequence[int]) -> None: ...
+
+
+@runtime_checkable
+class EmbeddingCache(Protocol):
+    """Vectors by (embedder id, chunk_hash): the same text is never embedded twice."""
+
+    async def get_vectors(self, embedder_id: str, chunk_hashes: Sequence[str]) -> dict[str, Vectors]: ...
+
+    async def put_vectors(self, embedder_id: str, vectors: dict[str, Vectors]) -> None: ...

@@ -1,0 +1,76 @@
+"""PII scrub: e-mail addresses, phone numbers, payment cards (Luhn-checked), IBANs (mod-97
+checked) and IP addresses become typed placeholders; the counts are reported per kind.
+
+Checksums keep false positives down: a 16-digit order number is not a card unless Luhn agrees.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable
+
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
+_IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}(?!\w)")
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(candidate: str) -> bool:
+    compact = candidate.replace(" ", "")
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    number = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(number) % 97 == 1
+
+
+def _card_ok(match: str) -> bool:
+    digits = re.sub(r"\D", "", match)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+def _ip_ok(match: str) -> bool:
+    try:
+        ipaddress.ip_address(match)
+    except ValueError:
+        return False
+    return True
+
+
+# Order matters: cards and IBANs before phones, which would otherwise claim their digits.
+_RULES: list[tuple[str, re.Pattern[str], Callable[[str], bool]]] = [
+    ("EMAIL", _EMAIL, lambda _: True),
+    ("IBAN", _IBAN, iban_ok),
+    ("CARD", _CARD, _card_ok),
+    ("IP", _IPV4, _ip_ok),
+    ("IP", _IPV6, _ip_ok),
+    ("PHONE", _PHONE, lambda m: sum(ch.isdigit() for ch in m) >= 7),
+]
+
+
+def scrub_pii(text: str) -> tuple[str, Counter[str]]:
+    counts: Counter[str] = Counter()
+    for label, pattern, check in _RULES:
+
+        def replace(match: re.Match[str], label: str = label, check: Callable[[str], bool] = check) -> str:
+            if not check(match.group(0)):
+                return match.group(0)
+            counts[label] += 1
+            return f"[{label}]"
+
+        text = pattern.sub(replace, text)
+    return text, counts
