@@ -1,0 +1,134 @@
+"""Feature set declarations: what to compute, declared once, run unchanged by every engine.
+
+A feature set names its windows, aggregations, lateness and late policy. The batch backfill,
+the stream worker and (later) Spark all take a :class:`FeatureSetSpec` and hand it to the same
+stage functions, so their FeatureRows cannot drift apart. Declarations come from
+``headwater.toml`` (``[feature_sets.NAME]`` tables) or from CLI flags; both parse through here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from headwater.errors import ConfigError
+
+LatePolicy = Literal["drop", "hold", "correct"]
+AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std")
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration_ms(text: str | int) -> int:
+    """``"1s"`` → 1000, ``"1m"`` → 60000, a bare integer is milliseconds."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = _DURATION.match(str(text))
+    if match is None:
+        msg = f"invalid duration {text!r}: expected an integer with a unit ms, s, m, h or d"
+        raise ConfigError(msg)
+    return int(match.group(1)) * _UNITS_MS[match.group(2) or "ms"]
+
+
+class WindowSpec(msgspec.Struct, frozen=True, kw_only=True, order=True):
+    """A window family: tumbling when ``slide_ms == size_ms``, sliding (hopping) otherwise."""
+
+    size_ms: int
+    slide_ms: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.size_ms}ms" if self.slide_ms == self.size_ms else f"{self.size_ms}ms/{self.slide_ms}ms"
+
+
+def parse_window(text: str) -> WindowSpec:
+    """``"5s"`` is tumbling; ``"1m/10s"`` (or ``"1m every 10s"``) slides every 10 s."""
+    size_text, _, slide_text = text.replace(" every ", "/").partition("/")
+    size = parse_duration_ms(size_text)
+    slide = parse_duration_ms(slide_text) if slide_text else size
+    if size <= 0 or slide <= 0 or slide > size:
+        msg = f"invalid window {text!r}: need 0 < slide <= size"
+        raise ConfigError(msg)
+    return WindowSpec(size_ms=size, slide_ms=slide)
+
+
+class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One declared feature set. ``version`` is part of every row's key: bump it when semantics change.
+
+    ``correct_horizon_ms`` bounds how long closed windows stay correctable (policy ``correct``);
+    later events are dropped into the late table. ``points`` turns the per-event EWMA and
+    z-score on.
+    """
+
+    name: str
+    version: int = 1
+    windows: tuple[WindowSpec, ...] = (
+        WindowSpec(size_ms=1000, slide_ms=1000),
+        WindowSpec(size_ms=5000, slide_ms=5000),
+        WindowSpec(size_ms=60_000, slide_ms=60_000),
+    )
+    aggregations: tuple[str, ...] = AGGREGATIONS
+    field: str = "value"
+    lateness_ms: int = 2000
+    late_policy: LatePolicy = "drop"
+    correct_horizon_ms: int = 600_000
+    ewma_alpha: float = 0.1
+    zscore_window_ms: int = 60_000
+    points: bool = True
+
+    def fingerprint(self) -> bytes:
+        """Canonical bytes of the declaration (checkpoints refuse to resume across a change)."""
+        return msgspec.json.encode(self, order="sorted")
+
+    @property
+    def dedup_horizon_ms(self) -> int:
+        """Extra time, past the close of the largest window, that dedup state is kept."""
+        return self.correct_horizon_ms if self.late_policy == "correct" else 0
+
+
+def build_feature_set(name: str, declared: dict[str, Any] | None = None, **overrides: Any) -> FeatureSetSpec:
+    """Merge a ``headwater.toml`` table with CLI overrides (None = not given) and validate it."""
+    raw: dict[str, Any] = dict(declared or {})
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    raw.pop("name", None)
+    fields: dict[str, Any] = {"name": name}
+    try:
+        if "windows" in raw:
+            windows = raw.pop("windows")
+            if isinstance(windows, str):
+                windows = [w for w in windows.split(",") if w.strip()]
+            fields["windows"] = tuple(sorted({parse_window(str(w)) for w in windows}))
+        for key in ("lateness", "correct_horizon", "zscore_window"):
+            if key in raw:
+                fields[f"{key}_ms"] = parse_duration_ms(raw.pop(key))
+        if "policy" in raw:
+            fields["late_policy"] = raw.pop("policy")
+        if "aggregations" in raw:
+            fields["aggregations"] = tuple(raw.pop("aggregations"))
+        fields.update(raw)
+        spec = msgspec.convert(fields, FeatureSetSpec)
+    except (msgspec.ValidationError, TypeError) as exc:
+        msg = f"invalid feature set {name!r}: {exc}"
+        raise ConfigError(msg) from exc
+    _check(spec)
+    return spec
+
+
+def _check(spec: FeatureSetSpec) -> None:
+    problems = []
+    if not spec.windows:
+        problems.append("no windows")
+    unknown = sorted(set(spec.aggregations) - set(AGGREGATIONS))
+    if unknown:
+        problems.append(f"unknown aggregations {unknown} (known: {', '.join(AGGREGATIONS)})")
+    if spec.lateness_ms < 0 or spec.correct_horizon_ms < 0:
+        problems.append("lateness and correct_horizon must be >= 0")
+    if not 0.0 < spec.ewma_alpha <= 1.0:
+        problems.append("ewma_alpha must be in (0, 1]")
+    if spec.version < 0 or spec.zscore_window_ms <= 0:
+        problems.append("version must be >= 0 and zscore_window > 0")
+    if problems:
+        msg = f"invalid feature set {spec.name!r}: {'; '.join(problems)}"
+        raise ConfigError(msg)
