@@ -1,0 +1,119 @@
+"""Strict decoding: every bad record names its row, field path and reason; nothing is coerced."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from headwater.models import canonical_json
+from headwater.stages.decode import DecodeLimits, decode_arrow, decode_csv_lines, decode_json_lines
+
+NOW = 1_700_000_000_000
+LIMITS = DecodeLimits(now_ms=NOW, max_future_ms=3_600_000, max_record_bytes=300)
+GOOD = {"entity_id": "a", "event_time": "2023-11-14T22:13:20.123Z", "sequence": 1, "value": 2.5}
+
+
+def line(**changes: object) -> bytes:
+    obj = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in obj.items() if v is not ...}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "reason"),
+    [
+        (b'{"entity_id": "a", ', "$", "malformed JSON"),
+        (b"NaN", "$", "malformed JSON"),
+        (line(entity_id=...), "$.entity_id", "missing"),
+        (line(sequence="1"), "$.sequence", "Expected `int"),
+        (line(sequence=True), "$.sequence", "got `bool`"),
+        (line(value="2.5"), "$.value", "got `str`"),
+        (b'{"entity_id":"a","event_time":1,"sequence":1,"value":1e999}', "$.value", "out of range"),
+        (line(event_time=1.7e12), "$.event_time", "got `float`"),
+        (line(event_time="2023-11-14 22:13:20"), "$.event_time", "zone"),
+        (line(event_time="2023-11-14T22:13:20.123456Z"), "$.event_time", "sub-millisecond"),
+        (line(event_time="yesterday"), "$.event_time", "RFC 3339"),
+        (line(event_time=NOW + 7_200_000), "$.event_time", "future"),
+        (line(value=..., payload={"temp": 1.0}), "$.payload.value", "missing"),
+        (line(value=..., payload={"value": 1.0, "x": "hot"}), "$.payload[...]", "got `str`"),
+        (line(entity_id="x" * 400), "$", "exceeds"),
+        (line(entity_id=""), "$.entity_id", "1 to 256"),
+        (
+            json.dumps({"specversion": "1.0", "id": "1", "source": "s", "data": {"entity_id": "a"}}).encode(),
+            "$.data.event_time",
+            "missing",
+        ),
+    ],
+)
+def test_bad_json_lines_are_reported(raw: bytes, field: str, reason: str) -> None:
+    frame, errors = decode_json_lines([line(), raw, line(sequence=3)], 10, LIMITS)
+    assert frame["row"].to_list() == [10, 12]
+    assert len(errors) == 1
+    assert errors[0].row == 11
+    assert errors[0].field == field
+    assert reason in errors[0].reason
+
+
+def test_good_json_lines_and_cloudevents() -> None:
+    ce = {"specversion": "1.0", "id": "42", "source": "gw", "type": "t", "data": {**GOOD, "sequence": 7}}
+    payload = line(value=..., payload={"value": 1.0, "b": 2.0, "a": -1.5}, event_time=1_699_999_999_000)
+    frame, errors = decode_json_lines([line(), json.dumps(ce).encode(), b"", payload], 1, LIMITS)
+    assert errors == []
+    assert frame["event_time"].to_list() == [
+        1_699_999_999_123 + 1_000,
+        1_699_999_999_123 + 1_000,
+        1_699_999_999_000,
+    ]
+    assert frame["ce_key"].to_list() == [None, "gw\x0042", None]
+    assert frame["extra"].to_list() == ["", "", canonical_json({"a": -1.5, "b": 2.0}).decode()]
+    assert frame["row"].to_list() == [1, 2, 4]
+
+
+def test_csv_is_strict() -> None:
+    header = ["entity_id", "event_time", "sequence", "value"]
+    lines = [
+        "a,1000,1,2.5",
+        "a,2023-11-14T22:13:20Z,2,3",
+        "a,1000,x,1",
+        "a,1000,3,nan",
+        "a,1000,4",
+        "b,1000,5,1e3",
+    ]
+    frame, errors = decode_csv_lines(header, lines, 2, LIMITS)
+    assert frame["row"].to_list() == [2, 3, 7]
+    assert frame["value"].to_list() == [2.5, 3.0, 1000.0]
+    assert [(e.row, e.field) for e in errors] == [(4, "$.sequence"), (5, "$.value"), (6, "$")]
+
+
+def test_arrow_columns_validated_without_coercion() -> None:
+    table = pa.table(
+        {
+            "entity_id": ["a", None, "c", "d", "e", "f"],
+            "event_time": pa.array([1000, 2000, None, 4000, 5000, NOW + 10**9], pa.int64()),
+            "sequence": pa.array([1, 2, 3, None, 5, 6], pa.int64()),
+            "value": [1.0, 2.0, 3.0, 4.0, float("inf"), 6.0],
+        }
+    )
+    frame, errors = decode_arrow(table, 100, LIMITS)
+    assert frame["row"].to_list() == [100]
+    assert [(e.row, e.field) for e in errors] == [
+        (101, "$.entity_id"),
+        (102, "$.event_time"),
+        (103, "$.sequence"),
+        (104, "$.value"),
+        (105, "$.event_time"),
+    ]
+
+
+def test_arrow_timestamps_and_wrong_types() -> None:
+    ts = pa.array([1_500_000, 1_000_001], pa.timestamp("us", tz="UTC"))
+    table = pa.table({"entity_id": ["a", "b"], "event_time": ts, "sequence": [1, 2], "value": [1, 2]})
+    frame, errors = decode_arrow(table, 0, LIMITS)
+    assert frame["event_time"].to_list() == [1500]
+    assert errors[0].reason.startswith("sub-millisecond")
+    wrong = pa.table({"entity_id": ["a"], "event_time": [1.5], "sequence": [1], "value": [1.0]})
+    frame, errors = decode_arrow(wrong, 0, LIMITS)
+    assert frame.height == 0
+    assert errors[0].field == "$.event_time"
+    assert "double" in errors[0].reason.lower() or "float" in errors[0].reason.lower()
