@@ -28,8 +28,8 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay the dead-le
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(dlq_app, name="dlq")
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME; default ./.headwater]")]
 EmbedderOpt = Annotated[str | None, typer.Option("--embedder", help="hash:// | minilm:// [env HEADWATER_EMBEDDER]")]

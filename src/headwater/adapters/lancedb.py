@@ -52,8 +52,16 @@ class LanceVectorStore:
         self._writes = 0
 
     async def open(self, dimensions: int) -> None:
+        """Connects lazily, on first use: importing lancedb costs ~2 s, and a no-change run
+        never touches the vector store."""
         os.environ.setdefault("LANCE_LOG", "error")
-        await self._thread.call(self._open, dimensions)
+        self._dimensions = dimensions
+
+    @property
+    def table(self) -> Any:
+        if self._table is None:
+            self._open(self._dimensions)
+        return self._table
 
     def _open(self, dimensions: int) -> None:
         import lancedb
@@ -90,10 +98,10 @@ class LanceVectorStore:
         )
         try:
             if fresh:
-                self._table.add(data)
+                self.table.add(data)
             else:
                 (
-                    self._table.merge_insert("chunk_id")
+                    self.table.merge_insert("chunk_id")
                     .when_matched_update_all()
                     .when_not_matched_insert_all()
                     .execute(data)
@@ -115,13 +123,13 @@ class LanceVectorStore:
             predicate = f"doc_id IN ({_quote(part)})"
             if kept:
                 predicate += f" AND chunk_id NOT IN ({_quote(kept)})"
-            self._table.delete(predicate)
+            self.table.delete(predicate)
             self._writes += 1
 
     async def search(self, vector: Vectors, k: int) -> list[tuple[Chunk, float]]:
         def _search() -> list[tuple[Chunk, float]]:
             rows = (
-                self._table.search(np.asarray(vector, dtype=np.float32).reshape(-1))
+                self.table.search(np.asarray(vector, dtype=np.float32).reshape(-1))
                 .metric("cosine").select([*_KEY_COLUMNS, "_distance"]).limit(k).to_list()
             )
             return [(Chunk(**{c: row[c] for c in _KEY_COLUMNS}), 1.0 - float(row["_distance"])) for row in rows]
@@ -130,7 +138,7 @@ class LanceVectorStore:
 
     async def scan(self) -> AsyncIterator[Chunk]:
         reader = await self._thread.call(
-            lambda: self._table.search().select(_KEY_COLUMNS).limit(None).to_batches(4096)
+            lambda: self.table.search().select(_KEY_COLUMNS).limit(None).to_batches(4096)
         )
         while True:
             batch = await self._thread.call(_next_batch, reader)
@@ -140,7 +148,7 @@ class LanceVectorStore:
                 yield Chunk(**row)
 
     async def count(self) -> int:
-        return int(await self._thread.call(self._table.count_rows))
+        return int(await self._thread.call(self.table.count_rows))
 
     async def close(self) -> None:
         if self._table is not None and self._writes:
@@ -148,7 +156,7 @@ class LanceVectorStore:
         self._thread.shutdown()
 
     def _compact(self) -> None:
-        self._table.optimize(cleanup_older_than=timedelta(minutes=1))
+        self.table.optimize(cleanup_older_than=timedelta(minutes=1))
 
 
 def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:

@@ -148,13 +148,16 @@ class _DocumentRun:
             await self.emit(RunStarted(run_id=p.run_id, kind="documents", source=p.source.uri))
             ticker = asyncio.create_task(self._tick())
             try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._scan())
-                    readers = [tg.create_task(self._prepare_loop()) for _ in range(self.s.concurrency)]
-                    committer = tg.create_task(self._commit_loop())
-                    await asyncio.gather(*readers)
-                    await self.ready.put(_END)
-                    await committer
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._scan())
+                        readers = [tg.create_task(self._prepare_loop()) for _ in range(self.s.concurrency)]
+                        committer = tg.create_task(self._commit_loop())
+                        await asyncio.gather(*readers)
+                        await self.ready.put(_END)
+                        await committer
+                except ExceptionGroup as group:
+                    raise _first_error(group) from None
                 if p.only is None:
                     await self._delete_vanished()
             finally:
@@ -375,6 +378,12 @@ class _DocumentRun:
             chunks_deleted=c["chunks_deleted"], chunks_reused=st.reused, embed_calls=st.embed_calls,
             elapsed_seconds=round(self.progress.clock() - self.progress.started, 3),
         )
+
+
+def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The root cause, so callers see a ConfigError rather than a TaskGroup's wrapper."""
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _fields(obj: Any) -> dict[str, Any]:

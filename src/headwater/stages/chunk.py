@@ -29,15 +29,28 @@ def chunker_key(size: int, overlap: int, pii_scrub: bool) -> str:
 
 
 def split_text(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
-    """(start, end) spans; each text[start:end] is one chunk."""
+    """(start, end) spans; each text[start:end] is one chunk of at most ``size`` characters.
+
+    semchunk splits at semantic boundaries into pieces of ``size - overlap``; each piece after
+    the first then reaches back up to ``overlap`` characters, starting on a word boundary.
+    (semchunk's own overlap can overshoot the size by a few percent.)
+    """
     import semchunk
 
     if not text.strip():
         return []
     if len(text) <= size:
         return [(0, len(text))]
-    _, spans = semchunk.chunk(text, size, len, offsets=True, overlap=overlap or None, memoize=False)
-    return [(int(s), int(e)) for s, e in spans]
+    stride = max(size - overlap, 1)
+    _, spans = semchunk.chunk(text, stride, len, offsets=True, memoize=False)
+    result = []
+    for start, end in spans:
+        reach = max(int(start) - overlap, 0)
+        if reach < start:
+            gap = text.find(" ", reach, int(start))
+            reach = gap + 1 if gap != -1 else int(start)
+        result.append((reach, int(end)))
+    return result
 
 
 def chunk_text(doc_id: str, text: str, *, size: int, overlap: int, config_key: str) -> list[TextChunk]:

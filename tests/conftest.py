@@ -1,0 +1,64 @@
+"""Shared fixtures: a private copy of the sample corpus, a home folder, and a CLI runner that
+runs the real ``headwater`` console script in a subprocess (exit codes and stdout as a user sees them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    target = tmp_path / "corpus"
+    shutil.copytree(SAMPLES / "docs", target)
+    return target
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+class Cli:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+                 timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "headwater.cli", *args], capture_output=True, text=True,
+            env={**self.env, **(env or {})}, timeout=timeout, check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"headwater {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+    def json_lines(self, *args: str, **kwargs: Any) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self(*args, **kwargs).stdout.splitlines() if line.strip()]
+
+    def last_event(self, *args: str, **kwargs: Any) -> dict[str, Any]:
+        return self.json_lines(*args, "--json", **kwargs)[-1]
+
+    def status(self, home: Path) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self("status", "--home", str(home), "--json").stdout)
+        return data
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    env["HEADWATER_EMBEDDER"] = "hash://"
+    env["HEADWATER_WORKERS"] = "2"
+    env["PYTHONPATH"] = str(ROOT / "src")
+    return Cli(env)
