@@ -69,6 +69,28 @@ class Settings(BaseSettings):
     def metadata_store_url(self) -> str:
         return self.metadata_store or f"sqlite:///{self.home.resolve()}/state.db"
 
+    # --- signals (issue #3): defaults for feature sets not declared in headwater.toml ---------
+    feature_set: str = "default"
+    windows: list[str] = Field(default_factory=lambda: ["1s", "5s", "1m"])
+    lateness_ms: int = Field(2000, ge=0)
+    late_policy: str = Field("drop", pattern="^(drop|hold|correct)$")
+    correct_horizon_ms: int = Field(600_000, ge=0)
+    ewma_alpha: float = Field(0.1, gt=0, le=1)
+    max_payload_bytes: int = Field(65_536, ge=64)
+    max_future_ms: int = Field(86_400_000, ge=0)
+    micro_batch_events: int = Field(100_000, ge=1)
+    feature_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [feature_sets.NAME] tables
+    online_store: str | None = None  # default: sqlite:///{home}/features.db
+    offline_store: str | None = None  # default: {home}/offline (Parquet, hive-partitioned)
+
+    @property
+    def online_store_url(self) -> str:
+        return self.online_store or f"sqlite:///{self.home.resolve()}/features.db"
+
+    @property
+    def offline_store_url(self) -> str:
+        return self.offline_store or f"file://{self.home.resolve()}/offline"
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings, turning validation errors into a ConfigError that names the field."""

@@ -100,3 +100,59 @@ def decode_event(data: bytes | str) -> DocumentEvent:
 def to_dict(event: Event) -> dict[str, Any]:
     result: dict[str, Any] = msgspec.to_builtins(event)
     return result
+
+
+# --- signals (issue #3) ------------------------------------------------------------------------
+# The signal run's final event serializes with "type": "RunCompleted" like the documents' one, so
+# the two live in separate unions: decode signal output with ``decode_signal_event``.
+
+
+class SignalRejected(Event, frozen=True, kw_only=True, tag="SignalRejected"):
+    """One input record failed validation and was dead-lettered."""
+
+    input_ref: str
+    field: str
+    reason: str
+
+
+class WindowsClosed(Event, frozen=True, kw_only=True, tag="WindowsClosed"):
+    """A micro-batch committed: its closed windows are in both stores and the checkpoint moved."""
+
+    batch: int
+    rows: int
+    points: int
+    late: int
+    watermark_ms: int | None
+
+
+class SignalProgress(Event, frozen=True, kw_only=True, tag="SignalProgress"):
+    events_seen: int
+    events_total: int | None
+    files_done: int
+    files_total: int
+    eta_seconds: float | None
+    elapsed_seconds: float
+
+
+class SignalRunCompleted(Event, frozen=True, kw_only=True, tag="RunCompleted"):
+    feature_set: str = ""
+    feature_set_version: int = 0
+    events_seen: int = 0
+    events_invalid: int = 0
+    duplicates: int = 0
+    late_dropped: int = 0
+    late_corrected: int = 0
+    feature_rows_written: int = 0
+    points_written: int = 0
+    points_late: int = 0
+    batches: int = 0
+    resumed_from_batch: int = 0
+    elapsed_seconds: float = 0.0
+
+
+SignalEvent = RunStarted | SignalRejected | WindowsClosed | SignalProgress | SignalRunCompleted
+_signal_decoder: msgspec.json.Decoder[SignalEvent] = msgspec.json.Decoder(SignalEvent)
+
+
+def decode_signal_event(data: bytes | str) -> SignalEvent:
+    return _signal_decoder.decode(data)

@@ -8,7 +8,7 @@ is idempotent, because the engine replays work after a crash rather than trustin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import numpy as np
@@ -188,3 +188,76 @@ class EmbeddingCache(Protocol):
     async def get_vectors(self, embedder_id: str, chunk_hashes: Sequence[str]) -> dict[str, Vectors]: ...
 
     async def put_vectors(self, embedder_id: str, vectors: dict[str, Vectors]) -> None: ...
+
+
+# --- signals (issue #3) ------------------------------------------------------------------------
+
+
+class SignalCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a run consumed its input, and the engine state at that point.
+
+    ``scope`` names the run (feature set, version, input root); ``fingerprint`` the exact input
+    and declaration, so a changed input or feature set starts over instead of resuming.
+    """
+
+    scope: str
+    fingerprint: str
+    next_batch: int
+    file_index: int
+    row_offset: int
+    counters: dict[str, int]
+    state: bytes
+    status: str  # "running" | "completed"
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    """Online features plus the run's bookkeeping, committed together.
+
+    ``commit`` is one transaction: feature rows upserted by (entity_id, feature_set, version,
+    window_ms, window_start_ms), point features upserted per entity, late events and invalid
+    records replaced by (scope, batch, index), and the checkpoint saved. It is called only after
+    the batch's offline files are durable, so a crash anywhere replays the batch idempotently.
+    """
+
+    async def open(self) -> None: ...
+
+    async def commit(self, batch: Any) -> None:
+        """Apply a ``headwater.pipeline.signals.BatchCommit`` atomically."""
+        ...
+
+    async def load_checkpoint(self, scope: str) -> SignalCheckpoint | None: ...
+
+    async def get_latest(
+        self, entity_id: str, feature_set: str, version: int | None = None
+    ) -> list[dict[str, Any]]:
+        """For each window size, the row with the latest window start (highest version if none given)."""
+        ...
+
+    async def undelivered_invalid(self) -> list[dict[str, Any]]:
+        """Invalid records committed but not yet handed to the DLQ (the outbox)."""
+        ...
+
+    async def mark_delivered(self, keys: list[tuple[str, int, int, int]]) -> None:
+        """(scope, batch, idx, dlq_id) for records the DLQ accepted."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class OfflineFeatureStore(Protocol):
+    """Append-only history of feature rows, partitioned by dataset, feature set and date.
+
+    ``write`` replaces the part with the same name atomically (deterministic names make a replay
+    or a re-run a replacement, never a duplicate); ``prune`` drops a scope's parts beyond the
+    last batch of a completed run (left from an earlier, longer run).
+    """
+
+    async def write(self, dataset: str, feature_set: str, part: str, rows: Any) -> None: ...
+
+    async def read(self, dataset: str, feature_set: str) -> Any:
+        """Every stored row of the feature set as a Polars DataFrame (empty when none)."""
+        ...
+
+    async def prune(self, dataset: str, feature_set: str, scope: str, last_batch: int) -> int: ...

@@ -27,6 +27,13 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     "metadata_store": {
         "sqlite": ("headwater.adapters.sqlite:SQLiteMetadataStore", None),
     },
+    "online_store": {
+        "sqlite": ("headwater.adapters.sqlite_features:SQLiteFeatureStore", None),
+    },
+    "offline_store": {
+        "file": ("headwater.adapters.parquet:ParquetOfflineStore", None),
+        "parquet": ("headwater.adapters.parquet:ParquetOfflineStore", None),
+    },
 }
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, replace
 import msgspec
 import polars as pl
 
-from headwater.featuresets import FeatureSetSpec, WindowSpec
+from headwater.featuresets import FeatureSetSpec
 from headwater.stages import dedup, points
+from headwater.stages.partials import KEY, PARTIAL_SCHEMA, merge_partials, partials, tumbling_partials
 from headwater.stages.windows import END_OF_INPUT, assign_windows, last_window_end_expr, watermark_before_expr
 
 BATCH_SCHEMA: dict[str, pl.DataType] = {
@@ -29,19 +30,6 @@ BATCH_SCHEMA: dict[str, pl.DataType] = {
     "extra": pl.String(),
     "ce_key": pl.String(),
     "row": pl.Int64(),
-}
-KEY = ["entity_id", "window_ms", "window_start"]
-PARTIAL_SCHEMA: dict[str, pl.DataType] = {
-    "entity_id": pl.String(),
-    "window_ms": pl.Int64(),
-    "window_start": pl.Int64(),
-    "count": pl.Int64(),
-    "sum": pl.Float64(),
-    "mean": pl.Float64(),
-    "m2": pl.Float64(),
-    "min": pl.Float64(),
-    "max": pl.Float64(),
-    "revision": pl.Int64(),
 }
 LATE_SCHEMA: dict[str, pl.DataType] = {
     "entity_id": pl.String(),
@@ -102,7 +90,7 @@ class EngineState:
         frames = {}
         for name in _FRAMES:
             sink = io.BytesIO()
-            getattr(self, name).write_ipc(sink)
+            getattr(self, name).write_ipc(sink, compression="lz4")
             frames[name] = sink.getvalue()
         header = {"max_event_time": self.max_event_time, "lateness_ms": self.lateness_ms}
         return msgspec.msgpack.encode({"header": header, "frames": frames})
@@ -129,42 +117,6 @@ class BatchResult:
     points_late: int = 0
 
 
-def partials(assigned: pl.DataFrame) -> pl.DataFrame:
-    """Per-window partial aggregates of raw events; M2 by two passes around the group mean."""
-    value = pl.col("value")
-    return assigned.group_by(KEY).agg(
-        pl.len().cast(pl.Int64).alias("count"),
-        value.sum().alias("sum"),
-        value.mean().alias("mean"),
-        ((value - value.mean()) ** 2).sum().alias("m2"),
-        value.min().alias("min"),
-        value.max().alias("max"),
-        pl.lit(0, dtype=pl.Int64).alias("revision"),
-    )
-
-
-def merge_partials(*frames: pl.DataFrame) -> pl.DataFrame:
-    """Chan's parallel merge: n = Σn_i, mean = Σn_i·mean_i / n, M2 = ΣM2_i + Σn_i·(mean_i - mean)²."""
-    present = [f for f in frames if f.height]
-    if len(present) <= 1:
-        return present[0] if present else _empty(PARTIAL_SCHEMA)
-    n, mean = pl.col("count"), pl.col("mean")
-    merged_mean = (n * mean).sum() / n.sum()
-    return (
-        pl.concat(present, how="vertical_relaxed")
-        .group_by(KEY)
-        .agg(
-            n.sum().alias("count"),
-            pl.col("sum").sum(),
-            merged_mean.alias("mean"),
-            (pl.col("m2").sum() + (n * (mean - merged_mean) ** 2).sum()).alias("m2"),
-            pl.col("min").min(),
-            pl.col("max").max(),
-            pl.col("revision").sum(),
-        )
-    )
-
-
 def to_rows(frame: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
     """Partials → FeatureRows: sample std (ddof = 1), null below two events."""
     std = pl.when(pl.col("count") >= 2).then((pl.col("m2") / (pl.col("count") - 1)).sqrt()).otherwise(None)
@@ -188,7 +140,7 @@ def _prepare(state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec) -> p
     )
 
 
-def _late_rows(assigned: pl.DataFrame, window: WindowSpec, policy: str, reason: str) -> pl.DataFrame:
+def _late_rows(assigned: pl.DataFrame, policy: str, reason: str) -> pl.DataFrame:
     return assigned.select(
         "entity_id",
         "event_time",
@@ -196,7 +148,7 @@ def _late_rows(assigned: pl.DataFrame, window: WindowSpec, policy: str, reason: 
         "value",
         "extra",
         "row",
-        pl.lit(window.size_ms, dtype=pl.Int64).alias("window_ms"),
+        "window_ms",
         pl.col("window_start").alias("window_start_ms"),
         pl.col("wm_before").alias("watermark_ms"),
         pl.lit(policy).alias("policy"),
@@ -204,26 +156,63 @@ def _late_rows(assigned: pl.DataFrame, window: WindowSpec, policy: str, reason: 
     )
 
 
-def _split_window(
-    events: pl.DataFrame, window: WindowSpec, spec: FeatureSetSpec
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(on-time partials, correctable late partials, late-table rows) for one window family."""
-    assigned = assign_windows(events, window).with_columns(
-        pl.lit(window.size_ms, dtype=pl.Int64).alias("window_ms")
-    )
-    end = pl.col("window_start") + window.size_ms
-    late = end <= pl.col("wm_before")
-    on_time = partials(assigned.filter(~late))
-    late_events = assigned.filter(late)
-    if spec.late_policy != "correct":
-        return (
-            on_time,
-            _empty(PARTIAL_SCHEMA),
-            _late_rows(late_events, window, spec.late_policy, "window_closed"),
+def _assign_sliding(events: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
+    """One row per (event, sliding window containing it); tumbling windows take the fast path."""
+    slim = events.select("entity_id", "event_time", "value", "wm_before", "row")
+    parts = [
+        assign_windows(slim, window).with_columns(pl.lit(window.size_ms, dtype=pl.Int64).alias("window_ms"))
+        for window in spec.windows
+        if window.slide_ms != window.size_ms
+    ]
+    if not parts:
+        return _empty(
+            {**{k: slim.schema[k] for k in slim.columns}, "window_start": pl.Int64(), "window_ms": pl.Int64()}
         )
+    return pl.concat(parts, how="vertical")
+
+
+def _late_tumbling(events: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
+    """Assignments of events to tumbling windows that were already closed when they arrived."""
+    parts = []
+    for window in spec.windows:
+        if window.slide_ms == window.size_ms:
+            start = (pl.col("event_time") // window.size_ms) * window.size_ms
+            late = events.filter(start + window.size_ms <= pl.col("wm_before"))
+            parts.append(
+                late.select(
+                    "entity_id",
+                    "event_time",
+                    "value",
+                    "wm_before",
+                    "row",
+                    start.alias("window_start"),
+                    pl.lit(window.size_ms, dtype=pl.Int64).alias("window_ms"),
+                )
+            )
+    return pl.concat(parts, how="vertical") if parts else _assign_sliding(events.clear(), spec)
+
+
+def _split_windows(
+    events: pl.DataFrame, spec: FeatureSetSpec
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(on-time partials, correctable late partials, late-table rows) for every window family."""
+    sliding = _assign_sliding(events, spec)
+    end = pl.col("window_start") + pl.col("window_ms")
+    late_mask = end <= pl.col("wm_before")
+    tumbling = [w.size_ms for w in spec.windows if w.slide_ms == w.size_ms]
+    on_time = merge_partials(tumbling_partials(events, tumbling), partials(sliding.filter(~late_mask)))
+    late = pl.concat([_late_tumbling(events, spec), sliding.filter(late_mask)], how="vertical")
+    if late.height:  # the late rows carry the full event for the late table
+        late = late.join(
+            events.select("row", "sequence", "extra"), on="row", how="left", maintain_order="left"
+        )
+    else:
+        late = late.with_columns(pl.lit(0, dtype=pl.Int64).alias("sequence"), pl.lit("").alias("extra"))
+    if spec.late_policy != "correct":
+        return on_time, _empty(PARTIAL_SCHEMA), _late_rows(late, spec.late_policy, "window_closed")
     beyond = end + spec.correct_horizon_ms <= pl.col("wm_before")
-    fixes = partials(late_events.filter(~beyond)).with_columns(pl.col("count").alias("revision"))
-    return on_time, fixes, _late_rows(late_events.filter(beyond), window, "drop", "beyond_correct_horizon")
+    fixes = partials(late.filter(~beyond)).with_columns(pl.col("count").alias("revision"))
+    return on_time, fixes, _late_rows(late.filter(beyond), "drop", "beyond_correct_horizon")
 
 
 def _close(
@@ -284,18 +273,12 @@ def _window_step(
     state: EngineState, accepted: pl.DataFrame, watermark: int, spec: FeatureSetSpec
 ) -> tuple[pl.DataFrame, pl.DataFrame, int, EngineState]:
     """Aggregate every window family, close what the watermark passed: (rows, late, corrected, state)."""
-    on_time, fixes, late = [], [], []
-    for window in spec.windows:
-        part, fix, late_rows = _split_window(accepted, window, spec)
-        on_time.append(part)
-        fixes.append(fix)
-        late.append(late_rows)
-    open_windows = merge_partials(state.open_windows, *on_time)
-    all_fixes = pl.concat(fixes, how="vertical_relaxed")
-    emitted, still_open, closed = _close(state, open_windows, all_fixes, watermark, spec)
-    corrected = int(all_fixes["count"].sum()) if all_fixes.height else 0
+    on_time, fixes, late = _split_windows(accepted, spec)
+    open_windows = merge_partials(state.open_windows, on_time)
+    emitted, still_open, closed = _close(state, open_windows, fixes, watermark, spec)
+    corrected = int(fixes["count"].sum()) if fixes.height else 0
     new_state = replace(state, open_windows=still_open, closed_windows=closed)
-    return to_rows(emitted, spec), pl.concat(late, how="vertical_relaxed"), corrected, new_state
+    return to_rows(emitted, spec), late, corrected, new_state
 
 
 def process_batch(

@@ -1,0 +1,143 @@
+"""Signals benchmark: events/s from Parquet to both feature stores, and peak RSS.
+
+    python bench/signals.py --events 1000000 --runs 3          # medians of 3
+    python bench/signals.py --events 1000000,10000000 --runs 1
+
+Data: arrivals ~1,000 ev/s, 1,000 entities (Zipf-skewed), 5% out of order within 2 s, 0.5% very
+late (5-120 s), 1% duplicates re-delivered up to ~3 s later; windows 1s/5s/60s, lateness 2 s.
+Each run is a fresh process (so peak RSS is per run) writing to a fresh home folder.
+Prints a table and writes JSON (default bench/results/signals.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(out: Path, events: int, entities: int = 1000, seed: int = 7, part_rows: int = 1_000_000) -> None:
+    """Write ``events`` signals in arrival order as Parquet parts (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = 1.0 / np.arange(1, entities + 1) ** 0.6
+    weights /= weights.sum()
+    clock = 1_700_000_000_000
+    for part, start in enumerate(range(0, events, part_rows)):
+        n = min(part_rows, events - start)
+        arrival = clock + np.cumsum(rng.exponential(1.0, n)).astype(np.int64)
+        clock = int(arrival[-1])
+        kind = rng.random(n)
+        delay = rng.integers(0, 51, n)
+        delay = np.where(kind < 0.05, rng.integers(0, 2001, n), delay)
+        delay = np.where(kind > 0.995, rng.integers(5000, 120_001, n), delay)
+        ent = rng.choice(entities, size=n, p=weights)
+        seq = np.arange(start, start + n, dtype=np.int64)
+        value = np.sin(seq / 500.0 + ent) * 10 + rng.normal(0, 1, n) + 100
+        t = arrival - delay
+        dup = np.flatnonzero(rng.random(n) < 0.01)
+        later = np.minimum(dup + rng.integers(1, 3000, dup.size), n - 1)
+        rank = np.concatenate([np.arange(n) * 2.0, later * 2.0 + 1])
+        src = np.concatenate([np.arange(n), dup])[np.argsort(rank, kind="stable")]
+        table = pa.table({
+            "entity_id": pa.array([f"sensor-{e:04d}" for e in ent[src]]),
+            "event_time": pa.array(t[src]),
+            "sequence": pa.array(seq[src]),
+            "value": pa.array(value[src]),
+        })
+        pq.write_table(table, out / f"part-{part:04d}.parquet", row_group_size=100_000)
+
+
+def run_once(data: Path, events: int) -> dict[str, float]:
+    """One ingest in a child process; returns its wall time, events/s and peak RSS."""
+    home = Path(tempfile.mkdtemp(prefix="hw-bench-"))
+    code = (
+        "import sys, time, resource, json; from pathlib import Path;"
+        "from headwater.pipeline.signals import SignalPipeline, SignalOptions;"
+        "from headwater.featuresets import build_feature_set;"
+        "from headwater.adapters.sqlite_features import SQLiteFeatureStore;"
+        "from headwater.adapters.parquet import ParquetOfflineStore; import asyncio\n"
+        "async def main():\n"
+        "    on = SQLiteFeatureStore('sqlite:///' + sys.argv[2] + '/features.db'); await on.open()\n"
+        "    off = ParquetOfflineStore(sys.argv[2] + '/offline')\n"
+        "    spec = build_feature_set('bench', windows='1s,5s,1m', lateness='2s', points=sys.argv[3] == '1')\n"
+        "    p = SignalPipeline(inputs=Path(sys.argv[1]), spec=spec, online=on, offline=off,"
+        " options=SignalOptions(batch_events=int(sys.argv[4])), clock=lambda: 1_800_000_000_000)\n"
+        "    t = time.perf_counter(); r = await p.run_async(); dt = time.perf_counter() - t\n"
+        "    await on.close()\n"
+        "    print(json.dumps({'seconds': dt, 'rows': r.feature_rows_written, 'late': r.late_dropped,"
+        " 'dups': r.duplicates, 'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(data), str(home), ARGS.points, str(ARGS.batch)],
+            check=True, capture_output=True, text=True, env=env,
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["events_per_s"] = events / result["seconds"]
+    return result
+
+
+def main() -> None:
+    sizes = [int(s) for s in ARGS.events.split(",")]
+    cache = Path(ARGS.data)
+    results = []
+    for size in sizes:
+        data = cache / f"signals-{size}"
+        if not (data / "_done").exists():
+            t = time.perf_counter()
+            generate(data, size)
+            (data / "_done").write_text("ok")
+            print(f"generated {size:,} events in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        runs = [run_once(data, size) for _ in range(ARGS.runs)]
+        results.append({
+            "events": size, "runs": runs,
+            "median_events_per_s": statistics.median(r["events_per_s"] for r in runs),
+            "median_seconds": statistics.median(r["seconds"] for r in runs),
+            "median_peak_rss_mib": statistics.median(r["rss_mib"] for r in runs),
+            "feature_rows": runs[0]["rows"], "late_dropped": runs[0]["late"], "duplicates": runs[0]["dups"],
+        })
+    print(f"{'events':>12} {'runs':>4} {'seconds':>8} {'events/s':>12} {'peak RSS MiB':>13} {'rows':>10}")
+    for r in results:
+        print(f"{r['events']:>12,} {len(r['runs']):>4} {r['median_seconds']:>8.2f} "
+              f"{r['median_events_per_s']:>12,.0f} {r['median_peak_rss_mib']:>13.0f} {r['feature_rows']:>10,}")
+    out = Path(ARGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"cpus": os.cpu_count(), "load": os.getloadavg(), "points": ARGS.points == "1", "batch": ARGS.batch}
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"wrote {out}; self RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
+          file=sys.stderr)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", default="1000000", help="comma-separated sizes, e.g. 1000000,10000000")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=100_000, help="micro-batch size (events)")
+    parser.add_argument("--points", default="1", choices=["0", "1"], help="also compute EWMA and z-score")
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "headwater-bench"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "signals.json"))
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+    main()

@@ -1,0 +1,281 @@
+"""Online feature store on SQLite (WAL, ``synchronous=FULL``): rows, points, late events, checkpoints.
+
+Everything a signal batch changes is written in ONE transaction, checkpoint included, so the
+store is always at a batch boundary: after ``kill -9`` the run resumes from the last committed
+batch and replays the rest idempotently (upserts keyed by the FeatureRow key; late events and
+invalid records keyed by (scope, batch, index)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from headwater.errors import ConfigError, PermanentError, RetryableError
+from headwater.ports import SignalCheckpoint
+
+ROW_FIELDS = (
+    "entity_id",
+    "feature_set",
+    "version",
+    "window_ms",
+    "window_start_ms",
+    "revision",
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "std",
+    "m2",
+)
+POINT_FIELDS = ("entity_id", "feature_set", "version", "event_time_ms", "sequence", "value", "ewma", "zscore")
+LATE_FIELDS = (
+    "scope",
+    "batch",
+    "idx",
+    "entity_id",
+    "event_time_ms",
+    "sequence",
+    "value",
+    "extra",
+    "window_ms",
+    "window_start_ms",
+    "watermark_ms",
+    "policy",
+    "reason",
+    "input_ref",
+    "content_hash",
+)
+INVALID_FIELDS = ("scope", "batch", "idx", "input_ref", "field", "reason")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feature_rows (
+  entity_id TEXT NOT NULL, feature_set TEXT NOT NULL, version INTEGER NOT NULL, window_ms INTEGER NOT NULL,
+  window_start_ms INTEGER NOT NULL, revision INTEGER NOT NULL, count INTEGER NOT NULL, sum REAL, mean REAL,
+  min REAL, max REAL, std REAL, m2 REAL,
+  PRIMARY KEY (entity_id, feature_set, version, window_ms, window_start_ms)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS point_features (
+  entity_id TEXT NOT NULL, feature_set TEXT NOT NULL, version INTEGER NOT NULL, event_time_ms INTEGER NOT NULL,
+  sequence INTEGER NOT NULL, value REAL, ewma REAL, zscore REAL,
+  PRIMARY KEY (entity_id, feature_set, version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS late_events (
+  scope TEXT NOT NULL, batch INTEGER NOT NULL, idx INTEGER NOT NULL, entity_id TEXT, event_time_ms INTEGER,
+  sequence INTEGER, value REAL, extra TEXT, window_ms INTEGER, window_start_ms INTEGER, watermark_ms INTEGER,
+  policy TEXT, reason TEXT, input_ref TEXT, content_hash TEXT, PRIMARY KEY (scope, batch, idx));
+CREATE TABLE IF NOT EXISTS invalid_records (
+  scope TEXT NOT NULL, batch INTEGER NOT NULL, idx INTEGER NOT NULL, input_ref TEXT, field TEXT, reason TEXT,
+  dlq_id INTEGER, PRIMARY KEY (scope, batch, idx));
+CREATE TABLE IF NOT EXISTS signal_checkpoints (
+  scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, next_batch INTEGER NOT NULL, file_index INTEGER NOT NULL,
+  row_offset INTEGER NOT NULL, counters TEXT NOT NULL, state BLOB NOT NULL, status TEXT NOT NULL);
+"""
+
+
+def _placeholders(fields: tuple[str, ...]) -> str:
+    return ", ".join("?" for _ in fields)
+
+
+_UPSERT_ROW = (
+    f"INSERT INTO feature_rows ({', '.join(ROW_FIELDS)}) VALUES ({_placeholders(ROW_FIELDS)}) "
+    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{f} = excluded.{f}" for f in ROW_FIELDS[5:])
+)
+_UPSERT_POINT = (
+    f"INSERT INTO point_features ({', '.join(POINT_FIELDS)}) VALUES ({_placeholders(POINT_FIELDS)}) "
+    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{f} = excluded.{f}" for f in POINT_FIELDS[3:])
+)
+_INSERT_LATE = (
+    f"INSERT OR REPLACE INTO late_events ({', '.join(LATE_FIELDS)}) VALUES ({_placeholders(LATE_FIELDS)})"
+)
+_UPSERT_INVALID = (
+    f"INSERT INTO invalid_records ({', '.join(INVALID_FIELDS)}) VALUES ({_placeholders(INVALID_FIELDS)}) "
+    "ON CONFLICT DO UPDATE SET input_ref = excluded.input_ref, field = excluded.field, reason = excluded.reason"
+)
+_SAVE_CHECKPOINT = (
+    "INSERT OR REPLACE INTO signal_checkpoints (scope, fingerprint, next_batch, file_index, row_offset, counters,"
+    " state, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_LATEST = """
+SELECT * FROM feature_rows f WHERE entity_id = ? AND feature_set = ? AND version = ?
+  AND window_start_ms = (SELECT MAX(window_start_ms) FROM feature_rows g WHERE g.entity_id = f.entity_id
+    AND g.feature_set = f.feature_set AND g.version = f.version AND g.window_ms = f.window_ms)
+ORDER BY window_ms
+"""
+
+
+def path_from_url(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or not parts.path:
+        msg = f"online store URL must look like sqlite:///path/features.db, got {url!r}"
+        raise ConfigError(msg)
+    return Path(parts.path)
+
+
+class SQLiteFeatureStore:
+    """Implements ``ports.FeatureStore``; one connection, used from a worker thread under a lock."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    def _run(self, fn: Any, *args: Any) -> Any:
+        if self._conn is None:
+            msg = f"online store {self.url} is not open"
+            raise PermanentError(msg)
+        with self._lock:
+            try:
+                return fn(self._conn, *args)
+            except sqlite3.OperationalError as exc:
+                msg = f"online store {self.path}: {exc}"
+                raise RetryableError(msg) from exc
+            except sqlite3.DatabaseError as exc:
+                msg = f"online store {self.path}: {exc}"
+                raise PermanentError(msg) from exc
+
+    async def commit(self, batch: Any) -> None:
+        await asyncio.to_thread(self._run, _commit, batch)
+
+    async def load_checkpoint(self, scope: str) -> SignalCheckpoint | None:
+        result: SignalCheckpoint | None = await asyncio.to_thread(self._run, _load_checkpoint, scope)
+        return result
+
+    async def get_latest(
+        self, entity_id: str, feature_set: str, version: int | None = None
+    ) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await asyncio.to_thread(
+            self._run, _latest, entity_id, feature_set, version
+        )
+        return rows
+
+    async def late_events(self, scope: str | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await asyncio.to_thread(self._run, _select_late, scope)
+        return rows
+
+    async def undelivered_invalid(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await asyncio.to_thread(self._run, _select_undelivered)
+        return rows
+
+    async def mark_delivered(self, keys: list[tuple[str, int, int, int]]) -> None:
+        await asyncio.to_thread(self._run, _mark_delivered, keys)
+
+    async def dump_rows(self) -> list[tuple[Any, ...]]:
+        """Every online row, sorted (verification and tests)."""
+        rows: list[tuple[Any, ...]] = await asyncio.to_thread(
+            self._run, lambda c: c.execute("SELECT * FROM feature_rows ORDER BY 1, 2, 3, 4, 5").fetchall()
+        )
+        return rows
+
+
+def _commit(conn: sqlite3.Connection, batch: Any) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_UPSERT_ROW, batch.online_rows)
+        conn.executemany(_UPSERT_POINT, batch.online_points)
+        conn.execute("DELETE FROM late_events WHERE scope = ? AND batch >= ?", (batch.scope, batch.batch_no))
+        conn.executemany(_INSERT_LATE, batch.late_rows)
+        conn.executemany(_UPSERT_INVALID, batch.invalid_rows)
+        cp = batch.checkpoint
+        conn.execute(
+            _SAVE_CHECKPOINT,
+            (
+                cp.scope,
+                cp.fingerprint,
+                cp.next_batch,
+                cp.file_index,
+                cp.row_offset,
+                json.dumps(cp.counters, sort_keys=True),
+                cp.state,
+                cp.status,
+            ),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _load_checkpoint(conn: sqlite3.Connection, scope: str) -> SignalCheckpoint | None:
+    row = conn.execute(
+        "SELECT scope, fingerprint, next_batch, file_index, row_offset, counters, state, status"
+        " FROM signal_checkpoints WHERE scope = ?",
+        (scope,),
+    ).fetchone()
+    if row is None:
+        return None
+    return SignalCheckpoint(
+        scope=row[0],
+        fingerprint=row[1],
+        next_batch=row[2],
+        file_index=row[3],
+        row_offset=row[4],
+        counters=json.loads(row[5]),
+        state=bytes(row[6]),
+        status=row[7],
+    )
+
+
+def _latest(
+    conn: sqlite3.Connection, entity_id: str, feature_set: str, version: int | None
+) -> list[dict[str, Any]]:
+    if version is None:
+        found = conn.execute(
+            "SELECT MAX(version) FROM feature_rows WHERE entity_id = ? AND feature_set = ?",
+            (entity_id, feature_set),
+        ).fetchone()
+        version = found[0] if found else None
+        if version is None:
+            return []
+    cursor = conn.execute(_LATEST, (entity_id, feature_set, version))
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+    point = conn.execute(
+        "SELECT * FROM point_features WHERE entity_id = ? AND feature_set = ? AND version = ?",
+        (entity_id, feature_set, version),
+    )
+    point_names = [d[0] for d in point.description]
+    rows.extend({"kind": "point", **dict(zip(point_names, r, strict=True))} for r in point.fetchall())
+    return rows
+
+
+def _select_late(conn: sqlite3.Connection, scope: str | None) -> list[dict[str, Any]]:
+    where, args = ("WHERE scope = ?", (scope,)) if scope else ("", ())
+    cursor = conn.execute(f"SELECT * FROM late_events {where} ORDER BY scope, batch, idx", args)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+
+def _select_undelivered(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    cursor = conn.execute("SELECT * FROM invalid_records WHERE dlq_id IS NULL ORDER BY scope, batch, idx")
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+
+def _mark_delivered(conn: sqlite3.Connection, keys: list[tuple[str, int, int, int]]) -> None:
+    with conn:
+        conn.executemany(
+            "UPDATE invalid_records SET dlq_id = ? WHERE scope = ? AND batch = ? AND idx = ?",
+            [(dlq_id, scope, batch, idx) for scope, batch, idx, dlq_id in keys],
+        )

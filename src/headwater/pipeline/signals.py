@@ -1,0 +1,443 @@
+"""The signal pipeline: files → decode → dedup → windows/points → offline + online stores.
+
+``stream_events()`` is the one primitive; ``iter_results``/``run_async``/``run`` are views of it.
+Per micro-batch the order is fixed so a crash anywhere converges (DESIGN §4): offline parts are
+written (deterministic names, atomic replace), then ONE online transaction upserts the rows and
+saves the checkpoint (input position + engine state), then invalid records are handed to the DLQ
+(outbox: marked delivered afterwards). A re-run resumes from the checkpoint; a finished run
+re-run from scratch rewrites the same parts and upserts the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from headwater.events import (
+    RunStarted,
+    SignalEvent,
+    SignalProgress,
+    SignalRejected,
+    SignalRunCompleted,
+    WindowsClosed,
+)
+from headwater.featuresets import FeatureSetSpec
+from headwater.models import sha256_hex, signal_content_hash
+from headwater.pipeline.signal_inputs import (
+    Chunk,
+    InputFile,
+    count_records,
+    fingerprint,
+    list_inputs,
+    read_chunks,
+)
+from headwater.ports import DeadLetter, DeadLetters, FeatureStore, OfflineFeatureStore, SignalCheckpoint
+from headwater.stages.decode import DecodeLimits
+from headwater.stages.features import BatchResult, EngineState, flush, process_batch
+
+Clock = Callable[[], int]
+COUNTERS = (
+    "events_seen",
+    "events_invalid",
+    "duplicates",
+    "late_dropped",
+    "late_corrected",
+    "feature_rows_written",
+    "points_written",
+    "points_late",
+)
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class SignalOptions:
+    batch_events: int = 100_000
+    max_future_ms: int = 86_400_000
+    max_record_bytes: int = 65_536
+    progress_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class BatchCommit:
+    """Everything the online store applies in one transaction (tuples in its column order)."""
+
+    scope: str
+    batch_no: int
+    online_rows: list[tuple[Any, ...]]
+    online_points: list[tuple[Any, ...]]
+    late_rows: list[tuple[Any, ...]]
+    invalid_rows: list[tuple[Any, ...]]
+    checkpoint: SignalCheckpoint
+
+
+@dataclass
+class _Run:
+    """Mutable progress of one run: touched only by ``_compute``, one batch at a time."""
+
+    run_id: str
+    files: list[InputFile]
+    fingerprint: str
+    limits: DecodeLimits
+    state: EngineState
+    counters: dict[str, int]
+    batch_no: int
+    resumed_from: int
+    file_index: int
+    row_offset: int
+    total: int | None
+
+
+@dataclass(frozen=True)
+class _Staged:
+    part: str
+    windows: pl.DataFrame
+    points: pl.DataFrame
+    events: list[SignalEvent]
+    has_errors: bool
+    commit: BatchCommit
+
+
+def online_selection(rows: pl.DataFrame) -> pl.DataFrame:
+    """The serving view: per (entity, window size) the newest closed window, plus every correction."""
+    latest = pl.col("window_start_ms") == pl.col("window_start_ms").max().over("entity_id", "window_ms")
+    return rows.filter(latest | (pl.col("revision") > 0))
+
+
+def _with_date(frame: pl.DataFrame, time_col: str) -> pl.DataFrame:
+    return frame.with_columns(pl.from_epoch(time_col, time_unit="ms").dt.date().cast(pl.String).alias("date"))
+
+
+class SignalPipeline:
+    """Backfill a folder or file of signals into a feature set (the stream worker reuses the stages)."""
+
+    def __init__(
+        self,
+        *,
+        inputs: Path,
+        spec: FeatureSetSpec,
+        online: FeatureStore,
+        offline: OfflineFeatureStore,
+        dead_letters: DeadLetters | None = None,
+        options: SignalOptions | None = None,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self.inputs = inputs
+        self.spec = spec
+        self.online = online
+        self.offline = offline
+        self.dead_letters = dead_letters
+        self.options = options or SignalOptions()
+        self.clock = clock
+        self.scope = sha256_hex(f"{spec.name}\x00{spec.version}\x00{inputs.resolve()}")[:12]
+
+    async def stream_events(self) -> AsyncIterator[SignalEvent]:
+        started = time.monotonic()
+        run_id = sha256_hex(f"{self.scope}{self.clock()}")[:16]
+        files = await asyncio.to_thread(list_inputs, self.inputs)
+        yield RunStarted(run_id=run_id, kind="signals", source=str(self.inputs))
+        run = await self._begin(files, run_id)
+        chunks = read_chunks(files, run.file_index, run.row_offset, self.options.batch_events, run.limits)
+        writer: asyncio.Task[list[SignalEvent]] | None = None
+        last_progress = 0.0
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                staged = await asyncio.to_thread(self._compute, run, chunk)
+                if writer is not None:  # batch k is durable before batch k + 1 starts writing
+                    for event in await writer:
+                        yield event
+                writer = asyncio.create_task(self._write(staged))
+                if time.monotonic() - last_progress >= self.options.progress_interval_seconds:
+                    last_progress = time.monotonic()
+                    yield _progress(run, (chunk.file_index, len(files)), started)
+            if writer is not None:
+                for event in await writer:
+                    yield event
+                writer = None
+            for event in await self._write(await asyncio.to_thread(self._compute, run, None)):
+                yield event
+        finally:
+            if writer is not None:
+                await asyncio.gather(writer, return_exceptions=True)
+        await self.offline.prune("windows", self.spec.name, self.scope, run.batch_no - 1)
+        await self.offline.prune("points", self.spec.name, self.scope, run.batch_no - 1)
+        await self._deliver_dead_letters()
+        yield SignalRunCompleted(
+            run_id=run_id,
+            feature_set=self.spec.name,
+            feature_set_version=self.spec.version,
+            batches=run.batch_no,
+            resumed_from_batch=run.resumed_from,
+            elapsed_seconds=round(time.monotonic() - started, 3),
+            **run.counters,
+        )
+
+    async def _begin(self, files: list[InputFile], run_id: str) -> _Run:
+        checkpoint = await self._start_point(files)
+        limits = DecodeLimits(
+            now_ms=self.clock(),
+            max_future_ms=self.options.max_future_ms,
+            max_record_bytes=self.options.max_record_bytes,
+            field=self.spec.field,
+        )
+        return _Run(
+            run_id=run_id,
+            files=files,
+            fingerprint=checkpoint.fingerprint,
+            limits=limits,
+            state=EngineState.from_bytes(checkpoint.state) if checkpoint.state else EngineState(),
+            counters=dict.fromkeys(COUNTERS, 0) | checkpoint.counters,
+            batch_no=checkpoint.next_batch,
+            resumed_from=checkpoint.next_batch,
+            file_index=checkpoint.file_index,
+            row_offset=checkpoint.row_offset,
+            total=await asyncio.to_thread(count_records, files),
+        )
+
+    def _compute(self, run: _Run, chunk: Chunk | None) -> _Staged:
+        """CPU half of a batch (a worker thread): engine step, then everything the writers need."""
+        if chunk is None:
+            run.state, result = flush(run.state, self.spec)
+            position, status = (len(run.files), 0), "completed"
+        else:
+            run.state, result = process_batch(run.state, chunk.frame, self.spec)
+            position, status = (chunk.file_index, chunk.start + chunk.consumed), "running"
+        _count(run.counters, result, invalid=len(chunk.errors) if chunk else 0)
+        batch_no = run.batch_no
+        run.batch_no += 1
+        checkpoint = SignalCheckpoint(
+            scope=self.scope,
+            fingerprint=run.fingerprint,
+            next_batch=batch_no + 1,
+            file_index=position[0],
+            row_offset=position[1],
+            counters=dict(run.counters),
+            state=run.state.to_bytes(),
+            status=status,
+        )
+        errors = chunk.errors if chunk is not None else []
+        file_index = chunk.file_index if chunk is not None else 0
+        events: list[SignalEvent] = [
+            SignalRejected(
+                run_id=run.run_id,
+                input_ref=_ref(run.files, file_index, e.row),
+                field=e.field,
+                reason=e.reason,
+            )
+            for e in errors
+        ]
+        events.append(
+            WindowsClosed(
+                run_id=run.run_id,
+                batch=batch_no,
+                rows=result.rows.height,
+                points=result.points.height,
+                late=result.late.height,
+                watermark_ms=run.state.watermark_ms if chunk else None,
+            )
+        )
+        points = result.points.with_columns(
+            pl.lit(self.spec.name).alias("feature_set"), pl.lit(self.spec.version).alias("version")
+        )
+        return _Staged(
+            part=f"part-{self.scope}-{batch_no:06d}",
+            windows=_with_date(result.rows, "window_start_ms"),
+            points=_with_date(points, "event_time"),
+            events=events,
+            has_errors=bool(chunk and chunk.errors),
+            commit=self._build_commit(run.files, batch_no, result, chunk, checkpoint),
+        )
+
+    async def _write(self, staged: _Staged) -> list[SignalEvent]:
+        """I/O half of a batch: offline parts (durable), then the online transaction, then the DLQ."""
+        await self.offline.write("windows", self.spec.name, staged.part, staged.windows)
+        await self.offline.write("points", self.spec.name, staged.part, staged.points)
+        await self.online.commit(staged.commit)
+        if staged.has_errors:
+            await self._deliver_dead_letters()
+        return staged.events
+
+    async def iter_results(self) -> AsyncIterator[WindowsClosed]:
+        async for event in self.stream_events():
+            if isinstance(event, WindowsClosed):
+                yield event
+
+    async def run_async(self) -> SignalRunCompleted:
+        final: SignalRunCompleted | None = None
+        async for event in self.stream_events():
+            if isinstance(event, SignalRunCompleted):
+                final = event
+        assert final is not None  # stream_events always ends with it
+        return final
+
+    def run(self) -> SignalRunCompleted:
+        return asyncio.run(self.run_async())
+
+    async def _start_point(self, files: list[InputFile]) -> SignalCheckpoint:
+        """Resume an unfinished run over the same input and declaration; otherwise start over."""
+        expected = fingerprint(files, self.spec.fingerprint(), self.options.batch_events)
+        found = await self.online.load_checkpoint(self.scope)
+        if found is not None and found.fingerprint == expected and found.status == "running":
+            return found
+        return SignalCheckpoint(
+            scope=self.scope,
+            fingerprint=expected,
+            next_batch=0,
+            file_index=0,
+            row_offset=0,
+            counters={},
+            state=b"",
+            status="running",
+        )
+
+    def _build_commit(
+        self,
+        files: list[InputFile],
+        batch_no: int,
+        result: BatchResult,
+        chunk: Chunk | None,
+        checkpoint: SignalCheckpoint,
+    ) -> BatchCommit:
+        rows = online_selection(result.rows).select(
+            "entity_id",
+            "feature_set",
+            "version",
+            "window_ms",
+            "window_start_ms",
+            "revision",
+            "count",
+            "sum",
+            "mean",
+            "min",
+            "max",
+            "std",
+            "m2",
+        )
+        last_points = result.points.group_by("entity_id", maintain_order=True).last()
+        points = last_points.select(
+            "entity_id",
+            pl.lit(self.spec.name).alias("feature_set"),
+            pl.lit(self.spec.version).alias("version"),
+            "event_time",
+            "sequence",
+            "value",
+            "ewma",
+            "zscore",
+        )
+        file_index = chunk.file_index if chunk is not None else 0
+        late = self._late_tuples(files, batch_no, result.late, file_index)
+        invalid = [
+            (self.scope, batch_no, i, _ref(files, file_index, e.row), e.field, e.reason)
+            for i, e in enumerate(chunk.errors if chunk is not None else [])
+        ]
+        return BatchCommit(
+            scope=self.scope,
+            batch_no=batch_no,
+            online_rows=rows.rows(),
+            online_points=points.rows(),
+            late_rows=late,
+            invalid_rows=invalid,
+            checkpoint=checkpoint,
+        )
+
+    def _late_tuples(
+        self, files: list[InputFile], batch_no: int, late: pl.DataFrame, file_index: int
+    ) -> list[tuple[Any, ...]]:
+        """Late-table rows with the sha256 content hash (computed once per late event)."""
+        columns = [
+            "entity_id",
+            "event_time",
+            "sequence",
+            "value",
+            "extra",
+            "window_ms",
+            "window_start_ms",
+            "watermark_ms",
+            "policy",
+            "reason",
+            "row",
+        ]
+        digests: dict[tuple[Any, ...], str] = {}
+        out = []
+        for idx, (entity, t, seq, value, extra, *rest, row) in enumerate(late.select(columns).iter_rows()):
+            key = (entity, t, seq, value, extra)
+            if key not in digests:
+                payload = {self.spec.field: value, **(json.loads(extra) if extra else {})}
+                digests[key] = signal_content_hash(entity, t, seq, payload)
+            ref = _ref(files, file_index, row)
+            out.append((self.scope, batch_no, idx, entity, t, seq, value, extra, *rest, ref, digests[key]))
+        return out
+
+    async def _deliver_dead_letters(self) -> None:
+        """Outbox: hand undelivered invalid records to the DLQ, then mark them delivered."""
+        if self.dead_letters is None:
+            return
+        pending = await self.online.undelivered_invalid()
+        delivered = []
+        for item in pending:
+            letter = DeadLetter(
+                id=0,
+                kind="signal",
+                input_ref=item["input_ref"],
+                source=str(self.inputs),
+                stage="decode",
+                error_type="InputError",
+                message=f"{item['field']}: {item['reason']}",
+                traceback="",
+                attempts=1,
+                created_at=datetime.fromtimestamp(self.clock() / 1000, tz=UTC).isoformat(),
+            )
+            dlq_id = await self.dead_letters.add(letter)
+            delivered.append((item["scope"], item["batch"], item["idx"], dlq_id))
+        if delivered:
+            await self.online.mark_delivered(delivered)
+
+
+def _ref(files: list[InputFile], file_index: int, row: int) -> str:
+    file = files[file_index] if file_index < len(files) else None
+    if file is None:
+        return f"row {row}"
+    unit = "row" if file.kind == "parquet" else "line"
+    return f"{file.relpath}:{unit} {row}"
+
+
+def _count(counters: dict[str, int], result: BatchResult, *, invalid: int) -> None:
+    counters["events_seen"] += result.events_in + invalid
+    counters["events_invalid"] += invalid
+    counters["duplicates"] += result.duplicates
+    counters["late_dropped"] += result.late_dropped
+    counters["late_corrected"] += result.late_corrected
+    counters["feature_rows_written"] += result.rows.height
+    counters["points_written"] += result.points.height
+    counters["points_late"] += result.points_late
+
+
+def _progress(run: _Run, files: tuple[int, int], started: float) -> SignalProgress:
+    elapsed = time.monotonic() - started
+    seen = run.counters["events_seen"]
+    eta = (run.total - seen) * elapsed / seen if run.total and seen else None
+    return SignalProgress(
+        run_id=run.run_id,
+        events_seen=seen,
+        events_total=run.total,
+        files_done=files[0],
+        files_total=files[1],
+        eta_seconds=eta,
+        elapsed_seconds=round(elapsed, 3),
+    )
+
+
+def iter_batches(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
+    """Slice an in-memory frame into micro-batches (tests and the stream worker's buffers)."""
+    for offset in range(0, frame.height, size):
+        yield frame.slice(offset, size)
