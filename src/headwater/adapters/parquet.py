@@ -69,7 +69,12 @@ class ParquetOfflineStore:
         files = sorted(self._folder(dataset, feature_set).glob("date=*/*.parquet"))
         if not files:
             return pl.DataFrame()
-        frames = [pl.read_parquet(f).with_columns(pl.lit(f.name).alias("_part")) for f in files]
+        frames = [
+            pl.read_parquet(f).with_columns(
+                pl.lit(f.parent.name.partition("=")[2]).alias("date"), pl.lit(f.name).alias("_part")
+            )
+            for f in files
+        ]
         return pl.concat(frames, how="diagonal_relaxed")
 
     async def prune(self, dataset: str, feature_set: str, scope: str, last_batch: int) -> int:

@@ -1,0 +1,209 @@
+"""CLI for signals: ``ingest signals``, ``features get``, ``features export``.
+
+``register(app)`` attaches the commands to the main ``headwater`` app (``cli.py`` calls it).
+Rendering: a progress bar on a terminal, a plain line every few seconds elsewhere, ``--json``
+one event per line (the ``headwater.events`` encoding, last one ``"type": "RunCompleted"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from headwater.events import SignalEvent, SignalProgress, SignalRejected, SignalRunCompleted, to_json
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME]")]
+FeatureSetOpt = Annotated[
+    str | None, typer.Option("--feature-set", help="Feature set name [env HEADWATER_FEATURE_SET]")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+PLAIN_INTERVAL_SECONDS = 5.0
+
+features_app = typer.Typer(no_args_is_help=True, help="Read the feature stores.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ingest signals`` to the ``ingest`` group and the ``features`` group to ``app``."""
+    ingest = next((g.typer_instance for g in app.registered_groups if g.name == "ingest"), None)
+    if ingest is None:
+        ingest = typer.Typer(no_args_is_help=True, help="Run an ingestion once (batch).")
+        app.add_typer(ingest, name="ingest")
+    ingest.command("signals")(ingest_signals)
+    app.add_typer(features_app, name="features")
+
+
+def _guarded(work: Any) -> Any:
+    from headwater.cli import run_guarded
+
+    return run_guarded(work)
+
+
+def ingest_signals(  # noqa: PLR0917 - typer maps each option to a parameter
+    path: Annotated[Path, typer.Argument(help="A file or folder of .jsonl/.json/.csv/.parquet signals")],
+    home: HomeOpt = None,
+    feature_set: FeatureSetOpt = None,
+    windows: Annotated[str | None, typer.Option(help="Comma-separated: 1s,5s,1m or 1m/10s (sliding)")] = None,
+    lateness: Annotated[str | None, typer.Option(help="Allowed lateness, e.g. 2s")] = None,
+    late_policy: Annotated[str | None, typer.Option(help="drop | hold | correct")] = None,
+    feature_version: Annotated[
+        int | None, typer.Option("--feature-version", help="Feature set version")
+    ] = None,
+    points: Annotated[
+        bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")
+    ] = None,
+    batch_events: Annotated[int | None, typer.Option(help="Micro-batch size (events)")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Backfill signals into a feature set: dedup, windows under a watermark, online + offline stores."""
+    from headwater.config import load_settings
+    from headwater.signals_bootstrap import open_signal_pipeline, resolve_feature_set
+
+    def work() -> SignalRunCompleted:
+        settings = load_settings(home=home, feature_set=feature_set, micro_batch_events=batch_events)
+        spec = resolve_feature_set(
+            settings,
+            feature_set,
+            windows=windows,
+            lateness=lateness,
+            policy=late_policy,
+            version=feature_version,
+            points=points,
+        )
+
+        async def go() -> SignalRunCompleted:
+            async with open_signal_pipeline(settings, path, spec) as pipeline:
+                return await render(pipeline.stream_events(), json_lines=json_out)
+
+        return asyncio.run(go())
+
+    final = _guarded(work)
+    if not json_out:
+        for name in final.__struct_fields__:
+            if name not in {"version", "run_id"}:
+                out.print(f"{name.replace('_', ' ')}: {getattr(final, name)}")
+
+
+async def render(events: AsyncIterator[SignalEvent], *, json_lines: bool) -> SignalRunCompleted:
+    """Consume the event stream, showing it as JSON lines, a bar, or plain lines; return the final event."""
+    final: SignalRunCompleted | None = None
+    if json_lines:
+        async for event in events:
+            sys.stdout.buffer.write(to_json(event) + b"\n")
+            sys.stdout.buffer.flush()
+            final = event if isinstance(event, SignalRunCompleted) else final
+    elif err.is_interactive:
+        with Progress(
+            TextColumn("[bold]signals"),
+            BarColumn(),
+            TextColumn("{task.completed:,} events"),
+            TimeElapsedColumn(),
+            console=err,
+        ) as bar:
+            task = bar.add_task("signals", total=None)
+            async for event in events:
+                final = _show(event, final, bar=bar, task=task)
+    else:
+        shown = 0.0
+        async for event in events:
+            final = _show(event, final)
+            if isinstance(event, SignalProgress) and time.monotonic() - shown >= PLAIN_INTERVAL_SECONDS:
+                shown = time.monotonic()
+                total = f"/{event.events_total:,}" if event.events_total else ""
+                err.print(f"signals: {event.events_seen:,}{total} events, {event.elapsed_seconds:.0f}s")
+    if final is None:
+        msg = "signal run ended without a RunCompleted event"
+        raise RuntimeError(msg)
+    return final
+
+
+def _show(event: SignalEvent, final: SignalRunCompleted | None, *, bar: Any = None, task: Any = None) -> Any:
+    if isinstance(event, SignalRejected):
+        err.print(f"[red]rejected[/] {event.input_ref} {event.field}: {event.reason}", markup=True)
+    elif isinstance(event, SignalProgress) and bar is not None:
+        bar.update(task, completed=event.events_seen, total=event.events_total)
+    elif isinstance(event, SignalRunCompleted):
+        return event
+    return final
+
+
+@features_app.command("get")
+def features_get(
+    entity_id: Annotated[str, typer.Argument(help="Entity to read")],
+    home: HomeOpt = None,
+    feature_set: FeatureSetOpt = None,
+    feature_version: Annotated[int | None, typer.Option("--feature-version")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Latest online rows of an entity: one per window size, plus its latest point features."""
+    from headwater.config import load_settings
+    from headwater.signals_bootstrap import open_online_store
+
+    def work() -> list[dict[str, Any]]:
+        settings = load_settings(home=home, feature_set=feature_set)
+
+        async def go() -> list[dict[str, Any]]:
+            async with open_online_store(settings) as store:
+                return await store.get_latest(entity_id, settings.feature_set, feature_version)
+
+        return asyncio.run(go())
+
+    rows = _guarded(work)
+    if json_out:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    if not rows:
+        err.print(f"no features for {entity_id!r}")
+        raise typer.Exit(1)
+    for row in rows:
+        out.print("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@features_app.command("export")
+def features_export(
+    out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
+    home: HomeOpt = None,
+    feature_set: FeatureSetOpt = None,
+    points: Annotated[
+        bool, typer.Option("--points", help="Export point features instead of windows")
+    ] = False,
+) -> None:
+    """Offline rows, one per (entity_id, feature_set, version, window_ms, window_start_ms): latest revision."""
+    from headwater.config import load_settings
+    from headwater.signals_bootstrap import make_offline_store
+
+    def work() -> int:
+        settings = load_settings(home=home, feature_set=feature_set)
+        frame = asyncio.run(export_rows(make_offline_store(settings), settings.feature_set, points=points))
+        frame.write_parquet(out_path)
+        height: int = frame.height
+        return height
+
+    count = _guarded(work)
+    err.print(f"wrote {count} rows to {out_path}")
+
+
+async def export_rows(offline: Any, feature_set: str, *, points: bool = False) -> Any:
+    """Offline history collapsed to one row per key: the highest revision, then the latest part."""
+    import polars as pl
+
+    frame = await offline.read("points" if points else "windows", feature_set)
+    if frame.height == 0:
+        return frame
+    if points:
+        keys = ["entity_id", "feature_set", "version", "event_time", "sequence", "value"]
+        return frame.unique(subset=keys, keep="last", maintain_order=True).drop("_part").sort(keys)
+    keys = ["entity_id", "feature_set", "version", "window_ms", "window_start_ms"]
+    latest = frame.sort([*keys, "revision", "_part"]).unique(subset=keys, keep="last", maintain_order=True)
+    return latest.drop("_part").with_columns(pl.col("date").cast(pl.String)).sort(keys)

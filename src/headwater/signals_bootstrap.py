@@ -1,0 +1,83 @@
+"""Composition root for signals: Settings → feature set → adapters → SignalPipeline.
+
+The CLI, the (future) stream worker and the tests build signal pipelines here, so they share
+one wiring. Stores are opened on entry and closed on exit of :func:`open_signal_pipeline`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+from headwater import registry
+from headwater.config import Settings
+from headwater.featuresets import FeatureSetSpec, build_feature_set
+from headwater.pipeline.signals import Clock, SignalOptions, SignalPipeline, wall_clock_ms
+from headwater.ports import DeadLetters, FeatureStore, OfflineFeatureStore
+
+
+def resolve_feature_set(settings: Settings, name: str | None = None, **overrides: Any) -> FeatureSetSpec:
+    """A ``[feature_sets.NAME]`` declaration, else the signal defaults of Settings; CLI flags win."""
+    chosen = name or settings.feature_set
+    declared = settings.feature_sets.get(chosen)
+    if declared is None:
+        declared = {
+            "windows": settings.windows,
+            "lateness": settings.lateness_ms,
+            "policy": settings.late_policy,
+            "correct_horizon": settings.correct_horizon_ms,
+            "ewma_alpha": settings.ewma_alpha,
+        }
+    return build_feature_set(chosen, declared, **overrides)
+
+
+def make_online_store(settings: Settings) -> FeatureStore:
+    return cast(FeatureStore, registry.create("online_store", settings.online_store_url))
+
+
+def make_offline_store(settings: Settings) -> OfflineFeatureStore:
+    return cast(OfflineFeatureStore, registry.create("offline_store", settings.offline_store_url))
+
+
+@asynccontextmanager
+async def open_signal_pipeline(
+    settings: Settings, inputs: Path, spec: FeatureSetSpec, *, clock: Clock = wall_clock_ms, dlq: bool = True
+) -> AsyncIterator[SignalPipeline]:
+    """A ready pipeline whose stores are open for the duration of the ``async with``."""
+    async with AsyncExitStack() as stack:
+        online = make_online_store(settings)
+        await online.open()
+        stack.push_async_callback(online.close)
+        dead_letters: DeadLetters | None = None
+        if dlq:
+            metadata = registry.create("metadata_store", settings.metadata_store_url)
+            await metadata.open()
+            stack.push_async_callback(metadata.close)
+            dead_letters = cast(DeadLetters, metadata)
+        options = SignalOptions(
+            batch_events=settings.micro_batch_events,
+            max_future_ms=settings.max_future_ms,
+            max_record_bytes=settings.max_payload_bytes,
+            progress_interval_seconds=settings.progress_interval_seconds,
+        )
+        yield SignalPipeline(
+            inputs=inputs,
+            spec=spec,
+            online=online,
+            offline=make_offline_store(settings),
+            dead_letters=dead_letters,
+            options=options,
+            clock=clock,
+        )
+
+
+@asynccontextmanager
+async def open_online_store(settings: Settings) -> AsyncIterator[FeatureStore]:
+    store = make_online_store(settings)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
