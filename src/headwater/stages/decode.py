@@ -209,7 +209,7 @@ def _csv_number(text: str, path: str, *, integer: bool) -> float | int | None:
             return None
         raise _Rejected(field=path, reason=f"expected an integer, got {text[:32]!r}")
     try:
-        return float(stripped)
+        return _check_number(float(stripped), path)
     except ValueError:
         raise _Rejected(field=path, reason=f"expected a number, got {text[:32]!r}") from None
 
