@@ -53,12 +53,14 @@ def generate(out: Path, events: int, entities: int = 1000, seed: int = 7, part_r
         later = np.minimum(dup + rng.integers(1, 3000, dup.size), n - 1)
         rank = np.concatenate([np.arange(n) * 2.0, later * 2.0 + 1])
         src = np.concatenate([np.arange(n), dup])[np.argsort(rank, kind="stable")]
-        table = pa.table({
-            "entity_id": pa.array([f"sensor-{e:04d}" for e in ent[src]]),
-            "event_time": pa.array(t[src]),
-            "sequence": pa.array(seq[src]),
-            "value": pa.array(value[src]),
-        })
+        table = pa.table(
+            {
+                "entity_id": pa.array([f"sensor-{e:04d}" for e in ent[src]]),
+                "event_time": pa.array(t[src]),
+                "sequence": pa.array(seq[src]),
+                "value": pa.array(value[src]),
+            }
+        )
         pq.write_table(table, out / f"part-{part:04d}.parquet", row_group_size=100_000)
 
 
@@ -74,7 +76,8 @@ def run_once(data: Path, events: int) -> dict[str, float]:
         "async def main():\n"
         "    on = SQLiteFeatureStore('sqlite:///' + sys.argv[2] + '/features.db'); await on.open()\n"
         "    off = ParquetOfflineStore(sys.argv[2] + '/offline')\n"
-        "    spec = build_feature_set('bench', windows='1s,5s,1m', lateness='2s', points=sys.argv[3] == '1')\n"
+        "    spec = build_feature_set('bench', windows='1s,5s,1m', lateness='2s',"
+        " points=sys.argv[3] == '1')\n"
         "    p = SignalPipeline(inputs=Path(sys.argv[1]), spec=spec, online=on, offline=off,"
         " options=SignalOptions(batch_events=int(sys.argv[4])), clock=lambda: 1_800_000_000_000)\n"
         "    t = time.perf_counter(); r = await p.run_async(); dt = time.perf_counter() - t\n"
@@ -87,7 +90,10 @@ def run_once(data: Path, events: int) -> dict[str, float]:
     try:
         proc = subprocess.run(
             [sys.executable, "-c", code, str(data), str(home), ARGS.points, str(ARGS.batch)],
-            check=True, capture_output=True, text=True, env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
         )
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -108,27 +114,43 @@ def main() -> None:
             (data / "_done").write_text("ok")
             print(f"generated {size:,} events in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         runs = [run_once(data, size) for _ in range(ARGS.runs)]
-        results.append({
-            "events": size, "runs": runs,
-            "median_events_per_s": statistics.median(r["events_per_s"] for r in runs),
-            "median_seconds": statistics.median(r["seconds"] for r in runs),
-            "median_peak_rss_mib": statistics.median(r["rss_mib"] for r in runs),
-            "feature_rows": runs[0]["rows"], "late_dropped": runs[0]["late"], "duplicates": runs[0]["dups"],
-        })
+        results.append(
+            {
+                "events": size,
+                "runs": runs,
+                "median_events_per_s": statistics.median(r["events_per_s"] for r in runs),
+                "median_seconds": statistics.median(r["seconds"] for r in runs),
+                "median_peak_rss_mib": statistics.median(r["rss_mib"] for r in runs),
+                "feature_rows": runs[0]["rows"],
+                "late_dropped": runs[0]["late"],
+                "duplicates": runs[0]["dups"],
+            }
+        )
     print(f"{'events':>12} {'runs':>4} {'seconds':>8} {'events/s':>12} {'peak RSS MiB':>13} {'rows':>10}")
     for r in results:
-        print(f"{r['events']:>12,} {len(r['runs']):>4} {r['median_seconds']:>8.2f} "
-              f"{r['median_events_per_s']:>12,.0f} {r['median_peak_rss_mib']:>13.0f} {r['feature_rows']:>10,}")
+        print(
+            f"{r['events']:>12,} {len(r['runs']):>4} {r['median_seconds']:>8.2f} "
+            f"{r['median_events_per_s']:>12,.0f} {r['median_peak_rss_mib']:>13.0f} {r['feature_rows']:>10,}"
+        )
     out = Path(ARGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"cpus": os.cpu_count(), "load": os.getloadavg(), "points": ARGS.points == "1", "batch": ARGS.batch}
+    meta = {
+        "cpus": os.cpu_count(),
+        "load": os.getloadavg(),
+        "points": ARGS.points == "1",
+        "batch": ARGS.batch,
+    }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"wrote {out}; self RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
-          file=sys.stderr)
+    print(
+        f"wrote {out}; self RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
+        file=sys.stderr,
+    )
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", default="1000000", help="comma-separated sizes, e.g. 1000000,10000000")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=100_000, help="micro-batch size (events)")

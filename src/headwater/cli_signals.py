@@ -50,7 +50,7 @@ def _guarded(work: Any) -> Any:
     return run_guarded(work)
 
 
-def ingest_signals(  # noqa: PLR0917 - typer maps each option to a parameter
+def ingest_signals(
     path: Annotated[Path, typer.Argument(help="A file or folder of .jsonl/.json/.csv/.parquet signals")],
     home: HomeOpt = None,
     feature_set: FeatureSetOpt = None,
@@ -179,7 +179,7 @@ def features_export(
         bool, typer.Option("--points", help="Export point features instead of windows")
     ] = False,
 ) -> None:
-    """Offline rows, one per (entity_id, feature_set, version, window_ms, window_start_ms): latest revision."""
+    """Offline rows, one per (entity_id, feature_set, version, window_ms, window_start_ms), newest."""
     from headwater.config import load_settings
     from headwater.signals_bootstrap import make_offline_store
 

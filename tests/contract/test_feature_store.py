@@ -22,15 +22,33 @@ def row(entity: str, window_ms: int, start: int, revision: int = 0, count: int =
     return (entity, "fs", 1, window_ms, start, revision, count, 1.0, 1.0, 1.0, 1.0, None, 0.0)
 
 
-def commit(batch_no: int, rows: list[tuple[Any, ...]], *, late: int = 0, status: str = "running") -> BatchCommit:
-    late_rows = [("s", batch_no, i, "a", 5, i, 1.0, "", 1000, 0, 9000, "drop", "window_closed", "f:line 1", "h")
-                 for i in range(late)]
-    checkpoint = SignalCheckpoint(scope="s", fingerprint="f", next_batch=batch_no + 1, file_index=0,
-                                  row_offset=10 * (batch_no + 1), counters={"events_seen": batch_no},
-                                  state=b"state", status=status)
+def commit(
+    batch_no: int, rows: list[tuple[Any, ...]], *, late: int = 0, status: str = "running"
+) -> BatchCommit:
+    late_rows = [
+        ("s", batch_no, i, "a", 5, i, 1.0, "", 1000, 0, 9000, "drop", "window_closed", "f:line 1", "h")
+        for i in range(late)
+    ]
+    checkpoint = SignalCheckpoint(
+        scope="s",
+        fingerprint="f",
+        next_batch=batch_no + 1,
+        file_index=0,
+        row_offset=10 * (batch_no + 1),
+        counters={"events_seen": batch_no},
+        state=b"state",
+        status=status,
+    )
     invalid = [("s", batch_no, 0, f"f:line {batch_no}", "$.value", "bad")]
-    return BatchCommit(scope="s", batch_no=batch_no, online_rows=rows, online_points=[], late_rows=late_rows,
-                       invalid_rows=invalid, checkpoint=checkpoint)
+    return BatchCommit(
+        scope="s",
+        batch_no=batch_no,
+        online_rows=rows,
+        online_points=[],
+        late_rows=late_rows,
+        invalid_rows=invalid,
+        checkpoint=checkpoint,
+    )
 
 
 @pytest.fixture(params=ONLINE_URLS)
@@ -53,7 +71,8 @@ def test_online_upserts_by_key_and_reads_latest(online: FeatureStore) -> None:
     asyncio.run(online.commit(commit(1, [row("a", 1000, 1000, revision=1, count=7), row("b", 1000, 0)])))
     latest = asyncio.run(online.get_latest("a", "fs"))
     assert [(r["window_ms"], r["window_start_ms"], r["count"], r["revision"]) for r in latest] == [
-        (1000, 1000, 7, 1), (5000, 0, 1, 0)
+        (1000, 1000, 7, 1),
+        (5000, 0, 1, 0),
     ]
     assert asyncio.run(online.get_latest("nobody", "fs")) == []
     assert asyncio.run(online.get_latest("a", "fs", version=2)) == []
@@ -83,9 +102,13 @@ def test_online_commit_is_atomic(online: FeatureStore) -> None:
 
 
 def frame(starts: list[int], value: float = 1.0) -> pl.DataFrame:
-    return pl.DataFrame({
-        "entity_id": ["a"] * len(starts), "window_start_ms": starts, "value": [value] * len(starts),
-    }).with_columns(pl.from_epoch("window_start_ms", time_unit="ms").dt.date().cast(pl.String).alias("date"))
+    return pl.DataFrame(
+        {
+            "entity_id": ["a"] * len(starts),
+            "window_start_ms": starts,
+            "value": [value] * len(starts),
+        }
+    ).with_columns(pl.from_epoch("window_start_ms", time_unit="ms").dt.date().cast(pl.String).alias("date"))
 
 
 def test_offline_write_replaces_parts_and_partitions_by_date(offline: OfflineFeatureStore) -> None:

@@ -20,16 +20,33 @@ KEY = ["entity_id", "feature_set", "version", "window_ms", "window_start_ms"]
 def hw(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("HEADWATER_HOME", None)
-    proc = subprocess.run([sys.executable, "-m", "headwater.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd or ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headwater.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=120,
+        check=False,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
 
 
 def ingest_json(home: Path, path: Path, *extra: str, cwd: Path | None = None) -> list[dict[str, Any]]:
-    proc = hw("ingest", "signals", str(path), "--home", str(home), "--feature-set", "sensors", "--json", *extra,
-              cwd=cwd)
+    proc = hw(
+        "ingest",
+        "signals",
+        str(path),
+        "--home",
+        str(home),
+        "--feature-set",
+        "sensors",
+        "--json",
+        *extra,
+        cwd=cwd,
+    )
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
@@ -39,15 +56,22 @@ def test_sample_backfill_get_and_export(tmp_path: Path) -> None:
     assert events[0]["type"] == "RunStarted"
     final = events[-1]
     assert final["type"] == "RunCompleted"
-    for name in ("events_seen", "events_invalid", "duplicates", "late_dropped", "late_corrected",
-                 "feature_rows_written"):
+    for name in (
+        "events_seen",
+        "events_invalid",
+        "duplicates",
+        "late_dropped",
+        "late_corrected",
+        "feature_rows_written",
+    ):
         assert name in final
     assert final["events_seen"] == len(SAMPLES.joinpath("events.jsonl").read_text().splitlines())
     assert final["duplicates"] > 0
     assert final["late_dropped"] > 0
 
-    got = json.loads(hw("features", "get", "pump-1", "--home", str(home), "--feature-set", "sensors",
-                        "--json").stdout)
+    got = json.loads(
+        hw("features", "get", "pump-1", "--home", str(home), "--feature-set", "sensors", "--json").stdout
+    )
     assert sorted(r["window_ms"] for r in got if r.get("kind") != "point") == [1000, 5000, 60_000]
     assert any(r.get("kind") == "point" and r["ewma"] is not None for r in got)
 
@@ -89,14 +113,19 @@ def test_bad_input_goes_to_the_dlq(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     good = '{"entity_id":"a","event_time":1700000000000,"sequence":1,"value":1.5}'
-    (inputs / "bad.jsonl").write_text("\n".join([
-        good,
-        '{"entity_id":"a","event_time":1700000000000,',
-        '{"entity_id":"a","event_time":"2023-11-14T22:13:20Z","sequence":2,"value":NaN}',
-        '{"entity_id":"a","event_time":"2023-11-14T22:13:20Z","sequence":"3","value":1}',
-        '{"entity_id":"a","event_time":99999999999999,"sequence":4,"value":1}',
-        '{"event_time":1700000000000,"sequence":5,"value":1}',
-    ]) + "\n")
+    (inputs / "bad.jsonl").write_text(
+        "\n".join(
+            [
+                good,
+                '{"entity_id":"a","event_time":1700000000000,',
+                '{"entity_id":"a","event_time":"2023-11-14T22:13:20Z","sequence":2,"value":NaN}',
+                '{"entity_id":"a","event_time":"2023-11-14T22:13:20Z","sequence":"3","value":1}',
+                '{"entity_id":"a","event_time":99999999999999,"sequence":4,"value":1}',
+                '{"event_time":1700000000000,"sequence":5,"value":1}',
+            ]
+        )
+        + "\n"
+    )
     (inputs / "bad.csv").write_text("entity_id,event_time,sequence,value\na,1700000000001,1,inf\n")
     home = tmp_path / "hw"
     final = ingest_json(home, inputs)[-1]
@@ -104,8 +133,14 @@ def test_bad_input_goes_to_the_dlq(tmp_path: Path) -> None:
     assert final["events_seen"] == 7
     letters = json.loads(hw("dlq", "list", "--home", str(home), "--json").stdout)
     refs = sorted(letter["input_ref"] for letter in letters)
-    assert refs == ["bad.csv:line 2", "bad.jsonl:line 2", "bad.jsonl:line 3", "bad.jsonl:line 4",
-                    "bad.jsonl:line 5", "bad.jsonl:line 6"]
+    assert refs == [
+        "bad.csv:line 2",
+        "bad.jsonl:line 2",
+        "bad.jsonl:line 3",
+        "bad.jsonl:line 4",
+        "bad.jsonl:line 5",
+        "bad.jsonl:line 6",
+    ]
     messages = " ".join(letter["message"] for letter in letters)
     for fragment in ("$.sequence", "$.entity_id", "future", "malformed", "finite"):
         assert fragment in messages
@@ -128,6 +163,8 @@ def test_feature_set_declared_in_headwater_toml(tmp_path: Path) -> None:
 
 
 def test_unknown_policy_is_a_configuration_error(tmp_path: Path) -> None:
-    proc = hw("ingest", "signals", str(SAMPLES), "--home", str(tmp_path), "--late-policy", "maybe", check=False)
+    proc = hw(
+        "ingest", "signals", str(SAMPLES), "--home", str(tmp_path), "--late-policy", "maybe", check=False
+    )
     assert proc.returncode == 3
     assert "late_policy" in proc.stderr or "policy" in proc.stderr

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS feature_rows (
   min REAL, max REAL, std REAL, m2 REAL,
   PRIMARY KEY (entity_id, feature_set, version, window_ms, window_start_ms)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS point_features (
-  entity_id TEXT NOT NULL, feature_set TEXT NOT NULL, version INTEGER NOT NULL, event_time_ms INTEGER NOT NULL,
+  entity_id TEXT NOT NULL, feature_set TEXT NOT NULL, version INTEGER NOT NULL,
+  event_time_ms INTEGER NOT NULL,
   sequence INTEGER NOT NULL, value REAL, ewma REAL, zscore REAL,
   PRIMARY KEY (entity_id, feature_set, version)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS late_events (
@@ -94,10 +95,12 @@ _INSERT_LATE = (
 )
 _UPSERT_INVALID = (
     f"INSERT INTO invalid_records ({', '.join(INVALID_FIELDS)}) VALUES ({_placeholders(INVALID_FIELDS)}) "
-    "ON CONFLICT DO UPDATE SET input_ref = excluded.input_ref, field = excluded.field, reason = excluded.reason"
+    "ON CONFLICT DO UPDATE SET input_ref = excluded.input_ref, field = excluded.field,"
+    " reason = excluded.reason"
 )
 _SAVE_CHECKPOINT = (
-    "INSERT OR REPLACE INTO signal_checkpoints (scope, fingerprint, next_batch, file_index, row_offset, counters,"
+    "INSERT OR REPLACE INTO signal_checkpoints (scope, fingerprint, next_batch, file_index, row_offset,"
+    " counters,"
     " state, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _LATEST = """

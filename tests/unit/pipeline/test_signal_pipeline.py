@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stages"))
-from signal_reference import Ev, generate, run_reference  # noqa: E402
+from signal_reference import Ev, generate, run_reference
 
 from headwater.adapters.parquet import ParquetOfflineStore
 from headwater.adapters.sqlite_features import SQLiteFeatureStore
@@ -63,25 +63,46 @@ def write_jsonl(path: Path, events: list[Ev], bad: dict[int, str]) -> None:
     for i, e in enumerate(events):
         if i in bad:
             lines.append(bad[i])
-        lines.append(json.dumps({"entity_id": e.entity_id, "event_time": e.event_time, "sequence": e.sequence,
-                                 "value": e.value, "trace_id": f"t{i}"}))
+        lines.append(
+            json.dumps(
+                {
+                    "entity_id": e.entity_id,
+                    "event_time": e.event_time,
+                    "sequence": e.sequence,
+                    "value": e.value,
+                    "trace_id": f"t{i}",
+                }
+            )
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
 def spec(policy: str = "drop") -> FeatureSetSpec:
-    return FeatureSetSpec(name="fs", windows=tuple(WindowSpec(size_ms=a, slide_ms=b) for a, b in WINDOWS),
-                          late_policy=policy)  # type: ignore[arg-type]
+    return FeatureSetSpec(
+        name="fs", windows=tuple(WindowSpec(size_ms=a, slide_ms=b) for a, b in WINDOWS), late_policy=policy
+    )  # type: ignore[arg-type]
 
 
-async def run(home: Path, inputs: Path, *, policy: str = "drop", offline: Any = None,
-              dlq: ListDLQ | None = None, batch: int = 97) -> Any:
+async def run(
+    home: Path,
+    inputs: Path,
+    *,
+    policy: str = "drop",
+    offline: Any = None,
+    dlq: ListDLQ | None = None,
+    batch: int = 97,
+) -> Any:
     online = SQLiteFeatureStore(f"sqlite:///{home}/features.db")
     await online.open()
     try:
         pipeline = SignalPipeline(
-            inputs=inputs, spec=spec(policy), online=online,
-            offline=offline or ParquetOfflineStore(str(home / "offline")), dead_letters=dlq,
-            options=SignalOptions(batch_events=batch), clock=lambda: NOW,
+            inputs=inputs,
+            spec=spec(policy),
+            online=online,
+            offline=offline or ParquetOfflineStore(str(home / "offline")),
+            dead_letters=dlq,
+            options=SignalOptions(batch_events=batch),
+            clock=lambda: NOW,
         )
         return await pipeline.run_async()
     finally:
@@ -103,8 +124,11 @@ def events_file(tmp_path: Path) -> tuple[Path, list[Ev]]:
     events = generate(seed=11, n=700)
     inputs = tmp_path / "in"
     inputs.mkdir()
-    write_jsonl(inputs / "events.jsonl", events, {5: '{"entity_id": "x"', 300: '{"entity_id":"a","event_time":1,'
-                                                  '"sequence":1,"value":"hot"}'})
+    write_jsonl(
+        inputs / "events.jsonl",
+        events,
+        {5: '{"entity_id": "x"', 300: '{"entity_id":"a","event_time":1,"sequence":1,"value":"hot"}'},
+    )
     return inputs, events
 
 
@@ -164,10 +188,14 @@ def test_parquet_input_and_correct_policy(tmp_path: Path) -> None:
     events = generate(seed=5, n=500)
     inputs = tmp_path / "in"
     inputs.mkdir()
-    pl.DataFrame({
-        "entity_id": [e.entity_id for e in events], "event_time": [e.event_time for e in events],
-        "sequence": [e.sequence for e in events], "value": [e.value for e in events],
-    }).write_parquet(inputs / "part-0.parquet")
+    pl.DataFrame(
+        {
+            "entity_id": [e.entity_id for e in events],
+            "event_time": [e.event_time for e in events],
+            "sequence": [e.sequence for e in events],
+            "value": [e.value for e in events],
+        }
+    ).write_parquet(inputs / "part-0.parquet")
     final = asyncio.run(run(tmp_path / "home", inputs, policy="correct", batch=64))
     ref = run_reference(events, WINDOWS, 2000, "correct")
     exported, _ = asyncio.run(snapshot(tmp_path / "home"))

@@ -18,7 +18,9 @@ def event_sets(draw: st.DrawFn) -> list[Ev]:
     n = draw(st.integers(5, 80))
     times = draw(st.lists(st.integers(0, 20_000), min_size=n, max_size=n))
     ents = draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=n, max_size=n))
-    vals = draw(st.lists(st.floats(-1e3, 1e3, allow_nan=False).map(lambda x: round(x, 3)), min_size=n, max_size=n))
+    vals = draw(
+        st.lists(st.floats(-1e3, 1e3, allow_nan=False).map(lambda x: round(x, 3)), min_size=n, max_size=n)
+    )
     base = 1_700_000_000_000
     return [Ev(e, base + t, i, v) for i, (e, t, v) in enumerate(zip(ents, times, vals, strict=True))]
 
@@ -31,15 +33,23 @@ def arrival_orders(events: list[Ev], jitter: list[int]) -> list[Ev]:
 
 def comparable(rows: pl.DataFrame) -> list[tuple[object, ...]]:
     return sorted(
-        (k, r["count"], round(r["sum"], 6), round(r["min"], 6), round(r["max"], 6),
-         None if r["std"] is None else round(r["std"], 6))
+        (
+            k,
+            r["count"],
+            round(r["sum"], 6),
+            round(r["min"], 6),
+            round(r["max"], 6),
+            None if r["std"] is None else round(r["std"], 6),
+        )
         for k, r in final_rows(rows).items()
     )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(event_sets(), st.lists(st.integers(0, LATENESS), min_size=1, max_size=50), st.integers(1, 40))
-def test_reordering_within_lateness_gives_identical_rows(events: list[Ev], jitter: list[int], batch: int) -> None:
+def test_reordering_within_lateness_gives_identical_rows(
+    events: list[Ev], jitter: list[int], batch: int
+) -> None:
     spec = make_spec(TUMBLING)
     in_order = run_engine(sorted(events, key=lambda e: (e.event_time, e.sequence)), spec, 1000)
     shuffled = run_engine(arrival_orders(events, jitter), spec, batch)
@@ -54,7 +64,7 @@ def test_reordering_within_lateness_gives_identical_rows(events: list[Ev], jitte
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(event_sets(), st.randoms(use_true_random=False), st.integers(1, 40))
 def test_drop_rows_and_late_table_account_for_every_event(events: list[Ev], rnd: object, batch: int) -> None:
-    arrival = list(events) + [events[0], events[-1]]  # two exact duplicates
+    arrival = [*events, events[0], events[-1]]  # two exact duplicates
     rnd.shuffle(arrival)  # type: ignore[attr-defined]
     got = run_engine(arrival, make_spec(TUMBLING), batch)
     accepted = len(arrival) - got["duplicates"]

@@ -1,0 +1,112 @@
+"""kill -9 during a signal backfill, then the same command: stores equal those of one clean run."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from headwater.adapters.parquet import ParquetOfflineStore
+from headwater.cli_signals import export_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_signals", ROOT / "bench" / "signals.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def command(inputs: Path, home: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "headwater.cli",
+        "ingest",
+        "signals",
+        str(inputs),
+        "--home",
+        str(home),
+        "--feature-set",
+        "sensors",
+        "--batch-events",
+        "3000",
+        "--json",
+    ]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "POLARS_MAX_THREADS": "2"}
+
+
+def committed_batches(home: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{home / 'features.db'}?mode=ro", uri=True, timeout=1) as conn:
+            row = conn.execute("SELECT max(next_batch) FROM signal_checkpoints").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0] or 0)
+
+
+def kill_after(inputs: Path, home: Path, batches: int) -> None:
+    proc = subprocess.Popen(
+        command(inputs, home), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while committed_batches(home) < batches and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed: make the input bigger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def stores(home: Path) -> tuple[pl.DataFrame, pl.DataFrame, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(exported windows, exported points, online rows + points, late table)."""
+    offline = ParquetOfflineStore(str(home / "offline"))
+    windows = asyncio.run(export_rows(offline, "sensors"))
+    points = asyncio.run(export_rows(offline, "sensors", points=True))
+    with sqlite3.connect(home / "features.db") as conn:
+        online = conn.execute("SELECT * FROM feature_rows ORDER BY 1, 2, 3, 4, 5").fetchall()
+        online += conn.execute("SELECT * FROM point_features ORDER BY 1, 2, 3").fetchall()
+        late = conn.execute("SELECT * FROM late_events ORDER BY scope, batch, idx").fetchall()
+    assert windows.select("entity_id", "window_ms", "window_start_ms").is_duplicated().sum() == 0
+    return windows, points, online, late
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("signals")
+    _bench().generate(folder / "events", 80_000, entities=50, part_rows=40_000)
+    return folder / "events"
+
+
+def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path, inputs: Path) -> None:
+    clean_home = tmp_path / "clean"
+    subprocess.run(command(inputs, clean_home), env=env(), check=True, capture_output=True)
+    crashed_home = tmp_path / "crashed"
+    kill_after(inputs, crashed_home, batches=3)
+    kill_after(inputs, crashed_home, batches=committed_batches(crashed_home) + 4)  # killed again mid-resume
+    done = subprocess.run(
+        command(inputs, crashed_home), env=env(), check=True, capture_output=True, text=True
+    )
+    assert '"resumed_from_batch":0' not in done.stdout.splitlines()[-1]
+    clean, crashed = stores(clean_home), stores(crashed_home)
+    assert crashed[0].equals(clean[0])
+    assert crashed[1].equals(clean[1])
+    assert crashed[2] == clean[2]
+    assert crashed[3] == clean[3]
+    assert clean[0].height > 3000
+    assert clean[1].height > 50_000
