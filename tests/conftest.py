@@ -34,11 +34,16 @@ class Cli:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
 
-    def __call__(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-                 timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "headwater.cli", *args], capture_output=True, text=True,
-            env={**self.env, **(env or {})}, timeout=timeout, check=False,
+            [sys.executable, "-m", "headwater.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**self.env, **(env or {})},
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"headwater {' '.join(args)} exited {result.returncode}:\n{result.stderr}")

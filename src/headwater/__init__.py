@@ -2,12 +2,24 @@
 
 from headwater.config import Settings, load_settings
 from headwater.errors import (
-    AdapterError, ConfigError, HeadwaterError, InputError, PermanentError, RetryableError,
+    AdapterError,
+    ConfigError,
+    HeadwaterError,
+    InputError,
+    PermanentError,
+    RetryableError,
 )
 from headwater.pipeline.documents import DocumentPipeline
 
 __all__ = [
-    "AdapterError", "ConfigError", "DocumentPipeline", "HeadwaterError", "InputError",
-    "PermanentError", "RetryableError", "Settings", "load_settings",
+    "AdapterError",
+    "ConfigError",
+    "DocumentPipeline",
+    "HeadwaterError",
+    "InputError",
+    "PermanentError",
+    "RetryableError",
+    "Settings",
+    "load_settings",
 ]
 __version__ = "0.1.0"

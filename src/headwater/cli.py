@@ -21,8 +21,12 @@ from headwater.errors import ConfigError, HeadwaterError
 
 T = TypeVar("T")
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
-                  help="Ingest documents and signals for AI systems: incremental, crash-safe, observable.")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    help="Ingest documents and signals for AI systems: incremental, crash-safe, observable.",
+)
 ingest_app = typer.Typer(no_args_is_help=True, help="Run an ingestion once (batch).")
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay the dead-letter queue.")
 app.add_typer(ingest_app, name="ingest")
@@ -31,8 +35,12 @@ app.add_typer(dlq_app, name="dlq")
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME; default ./.headwater]")]
-EmbedderOpt = Annotated[str | None, typer.Option("--embedder", help="hash:// | minilm:// [env HEADWATER_EMBEDDER]")]
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME; default ./.headwater]")
+]
+EmbedderOpt = Annotated[
+    str | None, typer.Option("--embedder", help="hash:// | minilm:// [env HEADWATER_EMBEDDER]")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -64,16 +72,25 @@ def ingest_docs(
     pii_scrub: Annotated[bool | None, typer.Option("--pii-scrub/--no-pii-scrub", help="Redact PII")] = None,
     workers: Annotated[int | None, typer.Option(help="Extraction processes (0 = one per core)")] = None,
     json_out: JsonOpt = False,
-    fail_on_error: Annotated[bool, typer.Option("--fail-on-error", help="Exit 1 if any document failed")] = False,
+    fail_on_error: Annotated[
+        bool, typer.Option("--fail-on-error", help="Exit 1 if any document failed")
+    ] = False,
 ) -> None:
     """Index a folder incrementally: unchanged files are skipped, deleted ones removed."""
     from headwater.bootstrap import build_document_pipeline
     from headwater.cli_render import render_events, summary_lines
 
     def work() -> Any:
-        settings = settings_from(home=home, embedder=embedder, include=include, exclude=exclude,
-                                 chunk_size_chars=chunk_size, chunk_overlap_chars=chunk_overlap,
-                                 pii_scrub=pii_scrub, workers=workers)
+        settings = settings_from(
+            home=home,
+            embedder=embedder,
+            include=include,
+            exclude=exclude,
+            chunk_size_chars=chunk_size,
+            chunk_overlap_chars=chunk_overlap,
+            pii_scrub=pii_scrub,
+            workers=workers,
+        )
         pipeline = build_document_pipeline(settings, path)
         return asyncio.run(render_events(pipeline.stream_events(), json_lines=json_out, console=err))
 
@@ -89,7 +106,9 @@ def ingest_docs(
 def query(
     text: Annotated[str, typer.Argument(help="What to search for")],
     k: Annotated[int, typer.Option("-k", help="How many hits")] = 5,
-    home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False,
+    home: HomeOpt = None,
+    embedder: EmbedderOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Search the index."""
     from headwater.pipeline.index import query as run_query
@@ -100,7 +119,9 @@ def query(
         return
     for i, hit in enumerate(hits, 1):
         snippet = " ".join(hit["text"].split())[:200]
-        out.print(f"[bold]{i}.[/] {hit['uri']} [dim]@{hit['offset']} score {hit['score']:.3f}[/]\n   {snippet}")
+        out.print(
+            f"[bold]{i}.[/] {hit['uri']} [dim]@{hit['offset']} score {hit['score']:.3f}[/]\n   {snippet}"
+        )
 
 
 @app.command()
@@ -118,16 +139,22 @@ def status(home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt
 
 @app.command()
 def verify(
-    home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False,
+    home: HomeOpt = None,
+    embedder: EmbedderOpt = None,
+    json_out: JsonOpt = False,
     repair: Annotated[bool, typer.Option("--repair", help="Fix what disagrees, then verify again")] = False,
 ) -> None:
     """Check that metadata and the vector store agree (no lost, duplicate or orphan vectors)."""
     from headwater.pipeline.index import verify as run_verify
 
-    before, after = run_guarded(lambda: asyncio.run(run_verify(settings_from(home=home, embedder=embedder), repair=repair)))
+    before, after = run_guarded(
+        lambda: asyncio.run(run_verify(settings_from(home=home, embedder=embedder), repair=repair))
+    )
     final = after or before
     if json_out:
-        sys.stdout.write(json.dumps({"before": before.as_dict(), "after": after.as_dict() if after else None}) + "\n")
+        sys.stdout.write(
+            json.dumps({"before": before.as_dict(), "after": after.as_dict() if after else None}) + "\n"
+        )
     else:
         for name, report in (("found", before), ("after repair", after)):
             if report is None:
@@ -142,7 +169,8 @@ def verify(
 
 @app.command()
 def export(
-    home: HomeOpt = None, embedder: EmbedderOpt = None,
+    home: HomeOpt = None,
+    embedder: EmbedderOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="Output format (jsonl)")] = "jsonl",
 ) -> None:
     """Print every chunk in the vector store, one JSON object a line."""
@@ -160,8 +188,11 @@ def export(
 
 
 @dlq_app.command("list")
-def dlq_list(home: HomeOpt = None, json_out: JsonOpt = False,
-             all_: Annotated[bool, typer.Option("--all", help="Include replayed entries")] = False) -> None:
+def dlq_list(
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+    all_: Annotated[bool, typer.Option("--all", help="Include replayed entries")] = False,
+) -> None:
     """List dead-lettered inputs."""
     letters = run_guarded(lambda: asyncio.run(_letters(settings_from(home=home), all_)))
     if json_out:
@@ -185,7 +216,9 @@ def dlq_show(letter_id: int, home: HomeOpt = None) -> None:
 def dlq_replay(
     letter_id: Annotated[int | None, typer.Argument(help="Entry to replay")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Replay every open entry")] = False,
-    home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False,
+    home: HomeOpt = None,
+    embedder: EmbedderOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Re-run dead-lettered documents; those that fail again get a new entry."""
     from headwater.pipeline.index import replay_documents
@@ -194,15 +227,19 @@ def dlq_replay(
         err.print("give an entry ID or --all")
         raise typer.Exit(2)
     ids = None if all_ else [letter_id] if letter_id is not None else None
-    finals = run_guarded(lambda: asyncio.run(replay_documents(settings_from(home=home, embedder=embedder), ids)))
+    finals = run_guarded(
+        lambda: asyncio.run(replay_documents(settings_from(home=home, embedder=embedder), ids))
+    )
     for final in finals:
         if json_out:
             from headwater.events import to_json
 
             sys.stdout.write(to_json(final).decode() + "\n")
         else:
-            out.print(f"replayed: {final.documents_added + final.documents_updated} indexed, "
-                      f"{final.documents_failed} failed again")
+            out.print(
+                f"replayed: {final.documents_added + final.documents_updated} indexed, "
+                f"{final.documents_failed} failed again"
+            )
 
 
 async def _letters(settings: Settings, include_replayed: bool) -> list[Any]:

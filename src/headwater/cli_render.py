@@ -10,7 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from headwater.events import Event, to_json
 
@@ -47,8 +54,14 @@ def _line_for(event: Event) -> str | None:
 
 async def _render_bar(events: AsyncIterator[Any], console: Console, label: str) -> Any:
     last = None
-    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(label, total=None)
         async for event in events:
@@ -75,7 +88,9 @@ async def _render_plain(events: AsyncIterator[Any], console: Console, label: str
             shown = time.monotonic()
             eta = getattr(event, "eta_seconds", None)
             total = "?" if done[1] is None else str(done[1])
-            console.print(f"{label}: {done[0]}/{total} done" + (f", eta {eta:.0f}s" if eta is not None else ""))
+            console.print(
+                f"{label}: {done[0]}/{total} done" + (f", eta {eta:.0f}s" if eta is not None else "")
+            )
     return last
 
 

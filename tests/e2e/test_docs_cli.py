@@ -64,7 +64,10 @@ def test_query_and_export_contracts(cli: Cli, corpus: Path, home: Path) -> None:
     source = (corpus / hits[0]["uri"]).read_text() if not hits[0]["uri"].endswith(".pdf") else None
     if source is not None:
         assert hits[0]["text"].split()[0] in source
-    rows = [json.loads(line) for line in cli("export", "--format", "jsonl", "--home", str(home)).stdout.splitlines()]
+    rows = [
+        json.loads(line)
+        for line in cli("export", "--format", "jsonl", "--home", str(home)).stdout.splitlines()
+    ]
     assert len(rows) == cli.status(home)["vectors"]
     assert all(len(r["text"]) == r["length"] for r in rows)
 
@@ -82,14 +85,23 @@ def test_configuration_and_usage_errors_have_exit_codes(cli: Cli, corpus: Path, 
     assert bad_scheme.returncode == 3 and "nope" in bad_scheme.stderr
     usage = cli("ingest", "docs", check=False)
     assert usage.returncode == 2
-    env_bad = cli("ingest", "docs", str(corpus), "--home", str(home), check=False,
-                  env={"HEADWATER_CHUNK_SIZE_CHARS": "ten"})
+    env_bad = cli(
+        "ingest",
+        "docs",
+        str(corpus),
+        "--home",
+        str(home),
+        check=False,
+        env={"HEADWATER_CHUNK_SIZE_CHARS": "ten"},
+    )
     assert env_bad.returncode == 3 and "chunk_size_chars" in env_bad.stderr
 
 
 def test_switching_embedder_on_an_index_is_refused(cli: Cli, corpus: Path, home: Path) -> None:
     ingest(cli, corpus, home)
-    other = cli("ingest", "docs", str(corpus), "--home", str(home), "--embedder", "hash://?dim=64", check=False)
+    other = cli(
+        "ingest", "docs", str(corpus), "--home", str(home), "--embedder", "hash://?dim=64", check=False
+    )
     assert other.returncode == 3 and "indexed with embedder" in other.stderr
 
 
@@ -108,7 +120,10 @@ def test_failures_go_to_the_dlq_and_replay(cli: Cli, corpus: Path, home: Path) -
     again = ingest(cli, corpus, home)  # unchanged bad file: skipped with a reason, not a new DLQ entry
     assert again["documents_skipped"] == 1 and again["documents_failed"] == 0
     assert len(json.loads(cli("dlq", "list", "--home", str(home), "--json").stdout)) == 1
-    assert cli("ingest", "docs", str(corpus), "--home", str(home), "--fail-on-error", check=False).returncode == 0
+    assert (
+        cli("ingest", "docs", str(corpus), "--home", str(home), "--fail-on-error", check=False).returncode
+        == 0
+    )
 
     bad.write_text("fixed now")
     replayed = cli.json_lines("dlq", "replay", str(letters[0]["id"]), "--home", str(home), "--json")

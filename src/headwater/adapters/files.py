@@ -66,7 +66,9 @@ class FileSource:
             relpath = f"{prefix}{item.name}"
             yield from self._visit(item, relpath, visiting)
 
-    def _visit(self, item: os.DirEntry[str], relpath: str, visiting: set[tuple[int, int]]) -> Iterator[SourceEntry]:
+    def _visit(
+        self, item: os.DirEntry[str], relpath: str, visiting: set[tuple[int, int]]
+    ) -> Iterator[SourceEntry]:
         path = Path(item.path)
         if _matches(relpath, self.exclude) or _matches(relpath + "/", self.exclude):
             return
@@ -106,8 +108,11 @@ class FileSource:
             except OSError as exc:
                 problem = f"cannot stat: {exc.strerror}"
         return SourceEntry(
-            relpath=normalize_relpath(relpath), uri=path.as_uri() if path.is_absolute() else str(path),
-            size=size, mtime_ns=mtime_ns, problem=problem,
+            relpath=normalize_relpath(relpath),
+            uri=path.as_uri() if path.is_absolute() else str(path),
+            size=size,
+            mtime_ns=mtime_ns,
+            problem=problem,
         )
 
     async def read(self, entry: SourceEntry, max_bytes: int) -> bytes:

@@ -28,9 +28,14 @@ _IN_BATCH = 2000
 def _schema(dimensions: int) -> pa.Schema:
     return pa.schema(
         [
-            ("doc_id", pa.string()), ("chunk_id", pa.string()), ("uri", pa.string()),
-            ("offset", pa.int64()), ("length", pa.int64()), ("chunk_hash", pa.string()),
-            ("text", pa.string()), ("vector", pa.list_(pa.float32(), dimensions)),
+            ("doc_id", pa.string()),
+            ("chunk_id", pa.string()),
+            ("uri", pa.string()),
+            ("offset", pa.int64()),
+            ("length", pa.int64()),
+            ("chunk_hash", pa.string()),
+            ("text", pa.string()),
+            ("vector", pa.list_(pa.float32(), dimensions)),
         ]
     )
 
@@ -67,7 +72,10 @@ class LanceVectorStore:
         import lancedb
 
         db = lancedb.connect(self.path)
-        table = db.create_table(TABLE, schema=_schema(dimensions), mode="create", exist_ok=True)
+        try:
+            table = db.open_table(TABLE)
+        except ValueError:  # lancedb's "table not found"
+            table = db.create_table(TABLE, schema=_schema(dimensions), mode="create", exist_ok=True)
         stored = table.schema.field("vector").type.list_size
         if stored != dimensions:
             msg = (
@@ -86,9 +94,12 @@ class LanceVectorStore:
         dims = vectors.shape[1]
         data = pa.table(
             {
-                "doc_id": [c.doc_id for c in chunks], "chunk_id": [c.chunk_id for c in chunks],
-                "uri": [c.uri for c in chunks], "offset": [c.offset for c in chunks],
-                "length": [c.length for c in chunks], "chunk_hash": [c.chunk_hash for c in chunks],
+                "doc_id": [c.doc_id for c in chunks],
+                "chunk_id": [c.chunk_id for c in chunks],
+                "uri": [c.uri for c in chunks],
+                "offset": [c.offset for c in chunks],
+                "length": [c.length for c in chunks],
+                "chunk_hash": [c.chunk_hash for c in chunks],
                 "text": [c.text for c in chunks],
                 "vector": pa.FixedSizeListArray.from_arrays(
                     pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)), dims
@@ -130,9 +141,14 @@ class LanceVectorStore:
         def _search() -> list[tuple[Chunk, float]]:
             rows = (
                 self.table.search(np.asarray(vector, dtype=np.float32).reshape(-1))
-                .metric("cosine").select([*_KEY_COLUMNS, "_distance"]).limit(k).to_list()
+                .metric("cosine")
+                .select([*_KEY_COLUMNS, "_distance"])
+                .limit(k)
+                .to_list()
             )
-            return [(Chunk(**{c: row[c] for c in _KEY_COLUMNS}), 1.0 - float(row["_distance"])) for row in rows]
+            return [
+                (Chunk(**{c: row[c] for c in _KEY_COLUMNS}), 1.0 - float(row["_distance"])) for row in rows
+            ]
 
         return await self._thread.call(_search)
 

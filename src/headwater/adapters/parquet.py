@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import polars as pl
 
 from headwater.errors import ConfigError, RetryableError
+
+EPOCH = date(1970, 1, 1)
+
+
+def _day(value: object) -> str:
+    """A partition value: an ISO date string as is, an integer as days since the epoch (UTC)."""
+    if isinstance(value, int):
+        return (EPOCH + timedelta(days=value)).isoformat()
+    return str(value)
 
 
 def root_from_url(url: str) -> Path:
@@ -44,12 +54,12 @@ class ParquetOfflineStore:
         if rows.height == 0:
             return
         try:
-            for (date,), group in rows.partition_by("date", as_dict=True, maintain_order=True).items():
-                folder = self._folder(dataset, feature_set) / f"date={date}"
+            for (day,), group in rows.partition_by("date", as_dict=True, maintain_order=True).items():
+                folder = self._folder(dataset, feature_set) / f"date={_day(day)}"
                 folder.mkdir(parents=True, exist_ok=True)
                 target = folder / f"{part}.parquet"
                 tmp = folder / f".{part}.parquet.tmp"
-                group.drop("date").write_parquet(tmp, statistics=False)
+                group.drop("date").write_parquet(tmp, statistics=False, compression="lz4")
                 with tmp.open("rb") as handle:
                     os.fsync(handle.fileno())
                 tmp.replace(target)

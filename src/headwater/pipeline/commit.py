@@ -9,6 +9,7 @@ the (idempotent) steps.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,9 +19,17 @@ from headwater.events import DocumentCompleted
 from headwater.models import Chunk
 from headwater.pipeline.engine import with_retries
 from headwater.pipeline.faults import crash_point
-from headwater.ports import ChunkKey, DocState, Embedder, EmbeddingCache, Vectors, VectorStore
+from headwater.ports import (
+    ChunkKey,
+    DocState,
+    DocumentState,
+    Embedder,
+    EmbeddingCache,
+    SourceEntry,
+    Vectors,
+    VectorStore,
+)
 from headwater.stages.prepare import PreparedDocument
-from headwater.ports import DocumentState, SourceEntry
 
 UPSERT_SLICE = 4096
 
@@ -92,8 +101,13 @@ class GroupCommitter:
         crash_point("after_upsert")
         await self.state.commit(
             [_state_after(r, "cleanup") for r in group],
-            {r.doc_id: [ChunkKey(doc_id=r.doc_id, chunk_id=c.chunk_id, chunk_hash=c.chunk_hash)
-                        for c in r.prepared.chunks] for r in group},
+            {
+                r.doc_id: [
+                    ChunkKey(doc_id=r.doc_id, chunk_id=c.chunk_id, chunk_hash=c.chunk_hash)
+                    for c in r.prepared.chunks
+                ]
+                for r in group
+            },
         )
         crash_point("after_commit")
         keep = {r.doc_id: {c.chunk_id for c in r.prepared.chunks} for r in group if r.before is not None}
@@ -105,14 +119,23 @@ class GroupCommitter:
     async def _upsert(self, group: Sequence[ReadyDocument], vectors: dict[str, Vectors]) -> None:
         for fresh in (True, False):
             rows = [
-                Chunk(doc_id=r.doc_id, chunk_id=c.chunk_id, uri=r.entry.relpath, offset=c.offset,
-                      length=c.length, chunk_hash=c.chunk_hash, text=c.text)
-                for r in group if (r.before is None) == fresh for c in r.prepared.chunks
+                Chunk(
+                    doc_id=r.doc_id,
+                    chunk_id=c.chunk_id,
+                    uri=r.entry.relpath,
+                    offset=c.offset,
+                    length=c.length,
+                    chunk_hash=c.chunk_hash,
+                    text=c.text,
+                )
+                for r in group
+                if (r.before is None) == fresh
+                for c in r.prepared.chunks
             ]
             for start in range(0, len(rows), UPSERT_SLICE):
                 part = rows[start : start + UPSERT_SLICE]
                 matrix = np.stack([vectors[c.chunk_hash] for c in part]).astype(np.float32)
-                await with_retries(lambda p=part, m=matrix, f=fresh: self.vectors.upsert(p, m, fresh=f))
+                await with_retries(functools.partial(self.vectors.upsert, part, matrix, fresh=fresh))
                 crash_point("mid_upsert")
 
 
@@ -130,8 +153,15 @@ def _check_vectors(matrix: Vectors, n: int, embedder: Embedder) -> None:
 def _state_after(r: ReadyDocument, status: str) -> DocState:
     version = (r.before.version if r.before else 0) + 1
     return DocState(
-        doc_id=r.doc_id, source=r.source, uri=r.entry.relpath, content_hash=r.content_hash,
-        size=r.entry.size, mtime_ns=r.entry.mtime_ns, status=status, attempts=0, error_count=0,
+        doc_id=r.doc_id,
+        source=r.source,
+        uri=r.entry.relpath,
+        content_hash=r.content_hash,
+        size=r.entry.size,
+        mtime_ns=r.entry.mtime_ns,
+        status=status,
+        attempts=0,
+        error_count=0,
         version=version,
     )
 
@@ -140,7 +170,9 @@ def _completed(r: ReadyDocument, old: list[ChunkKey], embedded: set[str]) -> Doc
     new_ids = {c.chunk_id for c in r.prepared.chunks}
     added = r.before is None or r.before.content_hash is None
     return DocumentCompleted(
-        doc_id=r.doc_id, uri=r.entry.relpath, outcome="added" if added else "updated",
+        doc_id=r.doc_id,
+        uri=r.entry.relpath,
+        outcome="added" if added else "updated",
         chunks=len(r.prepared.chunks),
         chunks_embedded=len({c.chunk_hash for c in r.prepared.chunks} & embedded),
         chunks_deleted=len({k.chunk_id for k in old} - new_ids),

@@ -18,15 +18,30 @@ from typing import Any, Protocol
 from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError, InputError, RetryableError
 from headwater.events import (
-    BatchProgress, DocumentCompleted, DocumentDeleted, DocumentEvent, DocumentFailed, DocumentSkipped,
-    Event, RunCompleted, RunStarted,
+    BatchProgress,
+    DocumentCompleted,
+    DocumentDeleted,
+    DocumentEvent,
+    DocumentFailed,
+    DocumentSkipped,
+    Event,
+    RunCompleted,
+    RunStarted,
 )
 from headwater.models import make_doc_id, sha256_hex
 from headwater.pipeline.commit import GroupCommitter, ReadyDocument
 from headwater.pipeline.engine import CpuPool, Progress
 from headwater.pipeline.faults import crash_point
 from headwater.ports import (
-    DeadLetter, DeadLetters, DocState, DocumentState, Embedder, EmbeddingCache, Source, SourceEntry, VectorStore,
+    DeadLetter,
+    DeadLetters,
+    DocState,
+    DocumentState,
+    Embedder,
+    EmbeddingCache,
+    Source,
+    SourceEntry,
+    VectorStore,
 )
 from headwater.stages.chunk import chunker_key
 from headwater.stages.prepare import PrepareOptions, prepare_document
@@ -44,7 +59,7 @@ class MetadataStore(DocumentState, DeadLetters, EmbeddingCache, Protocol):
     async def set_setting(self, key: str, value: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Work:
     entry: SourceEntry
     doc_id: str
@@ -61,8 +76,15 @@ class DocumentPipeline:
     """
 
     def __init__(
-        self, source: Source, embedder: Embedder, vectors: VectorStore, metadata: MetadataStore,
-        settings: Settings, *, only: Collection[str] | None = None, run_id: str = "",
+        self,
+        source: Source,
+        embedder: Embedder,
+        vectors: VectorStore,
+        metadata: MetadataStore,
+        settings: Settings,
+        *,
+        only: Collection[str] | None = None,
+        run_id: str = "",
     ) -> None:
         self.source = source
         self.embedder = embedder
@@ -92,7 +114,9 @@ class DocumentPipeline:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def iter_results(self) -> AsyncIterator[DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted]:
+    async def iter_results(
+        self,
+    ) -> AsyncIterator[DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted]:
         async for event in self.stream_events():
             if isinstance(event, DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted):
                 yield event
@@ -123,16 +147,23 @@ class _DocumentRun:
         self.work: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.s.queue_size)
         self.ready: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.s.queue_size)
         self.in_flight = 0
+        self.suspects: list[_Work] = []
         self.force = False
         self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
         self.options = PrepareOptions(
-            chunk_size_chars=self.s.chunk_size_chars, chunk_overlap_chars=self.s.chunk_overlap_chars,
-            pii_scrub=self.s.pii_scrub, pdf_max_pages=self.s.pdf_max_pages,
+            chunk_size_chars=self.s.chunk_size_chars,
+            chunk_overlap_chars=self.s.chunk_overlap_chars,
+            pii_scrub=self.s.pii_scrub,
+            pdf_max_pages=self.s.pdf_max_pages,
             chunker_key=chunker_key(self.s.chunk_size_chars, self.s.chunk_overlap_chars, self.s.pii_scrub),
         )
         self.committer = GroupCommitter(
-            pipeline.embedder, pipeline.metadata, pipeline.vectors, pipeline.metadata,
-            batch_size=self.s.embed_batch_size, concurrency=self.s.concurrency,
+            pipeline.embedder,
+            pipeline.metadata,
+            pipeline.vectors,
+            pipeline.metadata,
+            batch_size=self.s.embed_batch_size,
+            concurrency=self.s.concurrency,
         )
 
     async def emit(self, event: Event) -> None:
@@ -158,6 +189,7 @@ class _DocumentRun:
                         await committer
                 except ExceptionGroup as group:
                     raise _first_error(group) from None
+                await self._prepare_suspects()
                 if p.only is None:
                     await self._delete_vanished()
             finally:
@@ -218,10 +250,12 @@ class _DocumentRun:
                 await self._skip(doc_id, entry.relpath, reason)
             else:
                 todo.append((entry, doc_id))
-        if todo:
-            attempts = await self.p.metadata.claim([(d, self.p.source.uri, e.relpath) for e, d in todo])
-            for entry, doc_id in todo:
-                await self.work.put(_Work(entry, doc_id, states.get(doc_id), attempts.get(doc_id, 1)))
+        for entry, doc_id in todo:
+            work = _Work(entry, doc_id, states.get(doc_id), 0)
+            if work.before is not None and work.before.attempts > 0 and work.before.status == "pending":
+                self.suspects.append(work)
+            else:
+                await self.work.put(work)
 
     def _fast_skip(self, entry: SourceEntry, state: DocState | None) -> str | None:
         """Unchanged size and mtime: not even read (the no-change re-run never opens a file)."""
@@ -240,41 +274,73 @@ class _DocumentRun:
     # -- read + prepare -----------------------------------------------------------------------------
     async def _prepare_loop(self) -> None:
         while (work := await self.work.get()) is not _END:
-            self.in_flight += 1
-            try:
-                ready = await self._prepare(work)
-            except InputError as exc:
-                await self._fail(work, "extract", exc, status="failed")
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug on one input must not stop the run
-                await self._fail(work, "extract", exc, status="error")
-                continue
-            if ready is not None:
+            if (ready := await self._prepare_one(work)) is not None:
                 await self.ready.put(ready)
+
+    async def _prepare_suspects(self) -> None:
+        """Documents an earlier run claimed but never finished go last, one at a time: if one of
+        them kills the process again, only its own attempt counter moves."""
+        for work in self.suspects:
+            if (ready := await self._prepare_one(work)) is not None:
+                await self._commit([ready])
+
+    async def _prepare_one(self, work: _Work) -> ReadyDocument | None:
+        self.in_flight += 1
+        try:
+            return await self._prepare(work)
+        except InputError as exc:
+            await self._fail(work, "extract", exc, status="failed")
+        except Exception as exc:  # noqa: BLE001 - a bug on one input must not stop the run
+            await self._fail(work, "extract", exc, status="error")
+        return None
 
     async def _prepare(self, work: _Work) -> ReadyDocument | None:
         p = self.p
         data = await p.source.read(work.entry, self.s.max_file_bytes)
         content_hash = sha256_hex(data)
         before = work.before
-        if before is not None and not self.force and before.content_hash == content_hash \
-                and before.status in ("done", "failed"):
+        if (
+            before is not None
+            and not self.force
+            and before.content_hash == content_hash
+            and before.status in ("done", "failed")
+        ):
             # Touched, not changed: record the new mtime so the next run takes the fast path.
-            touched = DocState(**{**_fields(before), "size": work.entry.size, "mtime_ns": work.entry.mtime_ns})
+            touched = DocState(
+                **{**_fields(before), "size": work.entry.size, "mtime_ns": work.entry.mtime_ns}
+            )
             await p.metadata.commit([touched], {})
             self.in_flight -= 1
-            await self._skip(work.doc_id, work.entry.relpath,
-                             "unchanged" if before.status == "done" else "previously_failed")
+            await self._skip(
+                work.doc_id,
+                work.entry.relpath,
+                "unchanged" if before.status == "done" else "previously_failed",
+            )
             return None
+        # Claimed one by one, just before the work: an input that kills the process counts an
+        # attempt for itself only, and reaches the DLQ after max_attempts instead of looping.
+        work.attempts = (await p.metadata.claim([(work.doc_id, p.source.uri, work.entry.relpath)]))[
+            work.doc_id
+        ]
         if work.attempts > self.s.max_attempts:
-            msg = (f"{work.entry.relpath}: gave up after {work.attempts - 1} attempts that never finished "
-                   "(the input crashed or hung the worker)")
+            msg = (
+                f"{work.entry.relpath}: gave up after {work.attempts - 1} attempts that never finished "
+                "(the input crashed or hung the worker)"
+            )
             raise InputError(msg)
-        prepared = await self.pool.run(work.entry.relpath, prepare_document, work.doc_id,
-                                       work.entry.relpath, data, self.options)
+        crash_point("extract", work.entry.relpath)
+        prepared = await self.pool.run(
+            work.entry.relpath, prepare_document, work.doc_id, work.entry.relpath, data, self.options
+        )
         crash_point("after_extract")
-        return ReadyDocument(entry=work.entry, doc_id=work.doc_id, source=p.source.uri, before=before,
-                             content_hash=content_hash, prepared=prepared)
+        return ReadyDocument(
+            entry=work.entry,
+            doc_id=work.doc_id,
+            source=p.source.uri,
+            before=before,
+            content_hash=content_hash,
+            prepared=prepared,
+        )
 
     # -- commit ---------------------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
@@ -301,8 +367,14 @@ class _DocumentRun:
         except HeadwaterError as exc:
             status = "error" if isinstance(exc, RetryableError) else "failed"
             for ready in group:
-                await self._fail(_Work(ready.entry, ready.doc_id, ready.before, 0), "commit", exc, status=status,
-                                 content_hash=ready.content_hash, delete_chunks=False)
+                await self._fail(
+                    _Work(ready.entry, ready.doc_id, ready.before, 0),
+                    "commit",
+                    exc,
+                    status=status,
+                    content_hash=ready.content_hash,
+                    delete_chunks=False,
+                )
             return
         for event in completed:
             self.counts[event.outcome] += 1
@@ -312,22 +384,43 @@ class _DocumentRun:
             await self.emit(event.__class__(**{**_fields(event), "run_id": self.p.run_id}))
 
     # -- failures and deletions --------------------------------------------------------------------------
-    async def _fail(self, work: _Work, stage: str, exc: Exception, *, status: str,
-                    content_hash: str | None = None, delete_chunks: bool = True) -> None:
+    async def _fail(
+        self,
+        work: _Work,
+        stage: str,
+        exc: Exception,
+        *,
+        status: str,
+        content_hash: str | None = None,
+        delete_chunks: bool = True,
+    ) -> None:
         """Dead-letter one document. Its old chunks go too: a clean run would not index bad input."""
         p = self.p
         self.in_flight -= 1
         attempts = max(work.attempts, 1)
         letter = DeadLetter(
-            id=0, kind="document", input_ref=work.entry.relpath, source=p.source.uri, stage=stage,
-            error_type=type(exc).__name__, message=str(exc), attempts=attempts,
-            traceback="".join(traceback.format_exception(exc)), created_at="",
+            id=0,
+            kind="document",
+            input_ref=work.entry.relpath,
+            source=p.source.uri,
+            stage=stage,
+            error_type=type(exc).__name__,
+            message=str(exc),
+            attempts=attempts,
+            traceback="".join(traceback.format_exception(exc)),
+            created_at="",
         )
         if delete_chunks:
             await p.vectors.delete_stale({work.doc_id: set()})
         state = DocState(
-            doc_id=work.doc_id, source=p.source.uri, uri=work.entry.relpath, content_hash=content_hash,
-            size=work.entry.size, mtime_ns=work.entry.mtime_ns, status=status, attempts=attempts,
+            doc_id=work.doc_id,
+            source=p.source.uri,
+            uri=work.entry.relpath,
+            content_hash=content_hash,
+            size=work.entry.size,
+            mtime_ns=work.entry.mtime_ns,
+            status=status,
+            attempts=0,
             error_count=(work.before.error_count if work.before else 0) + 1,
             version=work.before.version if work.before else 0,
         )
@@ -335,10 +428,18 @@ class _DocumentRun:
         dlq_id = await p.metadata.add(letter)
         self.counts["failed"] += 1
         self.progress.failed += 1
-        await self.emit(DocumentFailed(
-            run_id=p.run_id, doc_id=work.doc_id, uri=work.entry.relpath, stage=stage,
-            error_type=letter.error_type, message=letter.message, attempts=attempts, dlq_id=dlq_id,
-        ))
+        await self.emit(
+            DocumentFailed(
+                run_id=p.run_id,
+                doc_id=work.doc_id,
+                uri=work.entry.relpath,
+                stage=stage,
+                error_type=letter.error_type,
+                message=letter.message,
+                attempts=attempts,
+                dlq_id=dlq_id,
+            )
+        )
 
     async def _delete_vanished(self) -> None:
         p = self.p
@@ -353,7 +454,9 @@ class _DocumentRun:
                 removed = len(old.get(doc.doc_id, []))
                 self.counts["deleted"] += 1
                 self.counts["chunks_deleted"] += removed
-                await self.emit(DocumentDeleted(run_id=p.run_id, doc_id=doc.doc_id, uri=doc.uri, chunks_deleted=removed))
+                await self.emit(
+                    DocumentDeleted(run_id=p.run_id, doc_id=doc.doc_id, uri=doc.uri, chunks_deleted=removed)
+                )
 
     # -- progress ----------------------------------------------------------------------------------------
     async def _tick(self) -> None:
@@ -364,18 +467,31 @@ class _DocumentRun:
     def _progress_event(self) -> BatchProgress:
         pr = self.progress
         return BatchProgress(
-            run_id=self.p.run_id, completed=pr.completed, failed=pr.failed, skipped=pr.skipped,
-            in_flight=max(self.in_flight, 0), estimated_total=pr.listed if pr.listing_done else None,
-            eta_seconds=pr.eta_seconds(), elapsed_seconds=round(pr.clock() - pr.started, 3),
+            run_id=self.p.run_id,
+            completed=pr.completed,
+            failed=pr.failed,
+            skipped=pr.skipped,
+            in_flight=max(self.in_flight, 0),
+            estimated_total=pr.listed if pr.listing_done else None,
+            eta_seconds=pr.eta_seconds(),
+            elapsed_seconds=round(pr.clock() - pr.started, 3),
         )
 
     def _final(self) -> RunCompleted:
         c, st = self.counts, self.committer.stats
         return RunCompleted(
-            run_id=self.p.run_id, documents_seen=c["seen"], documents_added=c["added"],
-            documents_updated=c["updated"], documents_unchanged=c["unchanged"], documents_deleted=c["deleted"],
-            documents_skipped=c["skipped"], documents_failed=c["failed"], chunks_embedded=st.embedded,
-            chunks_deleted=c["chunks_deleted"], chunks_reused=st.reused, embed_calls=st.embed_calls,
+            run_id=self.p.run_id,
+            documents_seen=c["seen"],
+            documents_added=c["added"],
+            documents_updated=c["updated"],
+            documents_unchanged=c["unchanged"],
+            documents_deleted=c["deleted"],
+            documents_skipped=c["skipped"],
+            documents_failed=c["failed"],
+            chunks_embedded=st.embedded,
+            chunks_deleted=c["chunks_deleted"],
+            chunks_reused=st.reused,
+            embed_calls=st.embed_calls,
             elapsed_seconds=round(self.progress.clock() - self.progress.started, 3),
         )
 

@@ -40,8 +40,10 @@ class CpuPool:
             else:
                 import multiprocessing
 
-                ctx = multiprocessing.get_context("forkserver")
-                self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+                ctx = multiprocessing.get_context("spawn")
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=ctx, initializer=die_with_parent
+                )
         return self._executor
 
     def _replace(self, generation: int) -> None:
@@ -70,7 +72,8 @@ class CpuPool:
                 if attempt == 2:
                     msg = f"{what}: the extraction process crashed on this input (3 times)"
                     raise InputError(msg, field="content") from exc
-        raise AssertionError("unreachable")
+        msg = "unreachable"
+        raise AssertionError(msg)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -78,7 +81,22 @@ class CpuPool:
             self._executor = None
 
 
-async def with_retries(call: Callable[[], Awaitable[T]], attempts: int = 5, max_wait_seconds: float = 30.0) -> T:
+def die_with_parent() -> None:
+    """Worker processes must not outlive a killed pipeline (they would hold its pipes open)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], attempts: int = 5, max_wait_seconds: float = 30.0
+) -> T:
     """Retry RetryableError with exponential backoff and full jitter; anything else propagates."""
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(RetryableError),
@@ -89,7 +107,8 @@ async def with_retries(call: Callable[[], Awaitable[T]], attempts: int = 5, max_
     async for attempt in retrying:
         with attempt:
             return await call()
-    raise AssertionError("unreachable")
+    msg = "unreachable"
+    raise AssertionError(msg)
 
 
 class Progress:

@@ -20,7 +20,11 @@ _NO_DIMENSIONS = 0
 
 
 async def _open_index(settings: Settings) -> tuple[Any, Any, Any]:
-    metadata, vectors, embedder = make_metadata_store(settings), make_vector_store(settings), make_embedder(settings)
+    metadata, vectors, embedder = (
+        make_metadata_store(settings),
+        make_vector_store(settings),
+        make_embedder(settings),
+    )
     await metadata.open()
     await embedder.open()
     await vectors.open(embedder.dimensions)
@@ -41,8 +45,13 @@ async def status(settings: Settings) -> dict[str, Any]:
         counts = await metadata.counts()
         lines = sorted([f"{c.doc_id}\t{c.chunk_id}\t{c.chunk_hash}\n" async for c in vectors.scan()])
         digest = hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
-        return {**counts, "vectors": len(lines), "fingerprint": digest, "embedder": embedder.id,
-                "home": str(settings.home)}
+        return {
+            **counts,
+            "vectors": len(lines),
+            "fingerprint": digest,
+            "embedder": embedder.id,
+            "home": str(settings.home),
+        }
     finally:
         await _close_index(metadata, vectors, embedder)
 
@@ -61,8 +70,14 @@ class VerifyReport:
         return not (self.lost or self.orphans or self.duplicates or self.drift or self.incomplete)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "lost": self.lost, "orphans": self.orphans, "duplicates": self.duplicates,
-                "drift": self.drift, "incomplete": self.incomplete}
+        return {
+            "ok": self.ok,
+            "lost": self.lost,
+            "orphans": self.orphans,
+            "duplicates": self.duplicates,
+            "drift": self.drift,
+            "incomplete": self.incomplete,
+        }
 
 
 async def verify(settings: Settings, *, repair: bool = False) -> tuple[VerifyReport, VerifyReport | None]:
@@ -153,8 +168,15 @@ async def export(settings: Settings) -> AsyncIterator[dict[str, Any]]:
 
 
 def _chunk_dict(chunk: Chunk) -> dict[str, Any]:
-    return {"doc_id": chunk.doc_id, "uri": chunk.uri, "chunk_id": chunk.chunk_id, "offset": chunk.offset,
-            "length": chunk.length, "chunk_hash": chunk.chunk_hash, "text": chunk.text}
+    return {
+        "doc_id": chunk.doc_id,
+        "uri": chunk.uri,
+        "chunk_id": chunk.chunk_id,
+        "offset": chunk.offset,
+        "length": chunk.length,
+        "chunk_hash": chunk.chunk_hash,
+        "text": chunk.text,
+    }
 
 
 async def replay_documents(settings: Settings, letter_ids: list[int] | None) -> list[RunCompleted]:
@@ -162,8 +184,11 @@ async def replay_documents(settings: Settings, letter_ids: list[int] | None) -> 
     metadata = make_metadata_store(settings)
     await metadata.open()
     try:
-        letters = [lt for lt in await metadata.list(limit=1_000_000)
-                   if lt.kind == "document" and (letter_ids is None or lt.id in letter_ids)]
+        letters = [
+            lt
+            for lt in await metadata.list(limit=1_000_000)
+            if lt.kind == "document" and (letter_ids is None or lt.id in letter_ids)
+        ]
         states = {}
         for letter in letters:
             from headwater.models import make_doc_id
@@ -176,4 +201,6 @@ async def replay_documents(settings: Settings, letter_ids: list[int] | None) -> 
     by_source: dict[str, set[str]] = {}
     for letter in letters:
         by_source.setdefault(letter.source, set()).add(letter.input_ref)
-    return [await build_document_pipeline(settings, src, only=refs).run_async() for src, refs in by_source.items()]
+    return [
+        await build_document_pipeline(settings, src, only=refs).run_async() for src, refs in by_source.items()
+    ]

@@ -42,14 +42,15 @@ def split_text(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
     if len(text) <= size:
         return [(0, len(text))]
     stride = max(size - overlap, 1)
-    _, spans = semchunk.chunk(text, stride, len, offsets=True, memoize=False)
-    result = []
-    for start, end in spans:
-        reach = max(int(start) - overlap, 0)
+    _, spans = semchunk.chunk(text, stride, len, offsets=True, memoize=False)  # type: ignore[attr-defined]
+    result: list[tuple[int, int]] = []
+    for span in spans:
+        start, end = int(span[0]), int(span[1])
+        reach = max(start - overlap, 0)
         if reach < start:
-            gap = text.find(" ", reach, int(start))
-            reach = gap + 1 if gap != -1 else int(start)
-        result.append((reach, int(end)))
+            gap = text.find(" ", reach, start)
+            reach = gap + 1 if gap != -1 else start
+        result.append((reach, end))
     return result
 
 

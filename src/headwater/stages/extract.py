@@ -2,7 +2,7 @@
 
 Text formats are decoded strictly: a BOM picks UTF-8/16/32, otherwise the bytes must be valid
 UTF-8; the first invalid byte is reported with its offset rather than silently replaced. PDFs go
-through PDFium (pypdfium2, ~14× faster than pypdf here) with a page limit.
+through PDFium (pypdfium2, ~14 times faster than pypdf here) with a page limit.
 """
 
 from __future__ import annotations

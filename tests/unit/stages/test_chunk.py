@@ -26,8 +26,13 @@ def test_repeated_boilerplate_gets_distinct_ids() -> None:
 def test_inserting_text_keeps_other_chunk_ids() -> None:
     paragraphs = [f"Paragraph {i}. " + "words " * 30 for i in range(12)]
     before = chunk_text("d", "\n\n".join(paragraphs), size=250, overlap=0, config_key=KEY)
-    after = chunk_text("d", "\n\n".join([*paragraphs[:6], "A new paragraph.", *paragraphs[6:]]),
-                       size=250, overlap=0, config_key=KEY)
+    after = chunk_text(
+        "d",
+        "\n\n".join([*paragraphs[:6], "A new paragraph.", *paragraphs[6:]]),
+        size=250,
+        overlap=0,
+        config_key=KEY,
+    )
     kept = {c.chunk_id for c in before} & {c.chunk_id for c in after}
     assert len(kept) >= len(before) - 2
 

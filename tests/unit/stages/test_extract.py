@@ -12,8 +12,12 @@ def test_utf8_text_is_decoded() -> None:
 
 @pytest.mark.parametrize(
     ("bom", "encoding"),
-    [(codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
-     (codecs.BOM_UTF32_LE, "utf-32-le")],
+    [
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+        (codecs.BOM_UTF32_LE, "utf-32-le"),
+    ],
 )
 def test_bom_selects_the_encoding_and_is_removed(bom: bytes, encoding: str) -> None:
     result = decode_text("a.txt", bom + "Grüße".encode(encoding))
@@ -32,7 +36,7 @@ def test_binary_data_in_a_markdown_file_is_rejected() -> None:
 
 
 def test_unsupported_suffix() -> None:
-    with pytest.raises(InputError, match="unsupported file type '.exe'"):
+    with pytest.raises(InputError, match=r"unsupported file type '\.exe'"):
         extract("a.exe", b"MZ")
 
 
@@ -53,7 +57,7 @@ def test_truncated_pdf_is_an_input_error(sample_pdf: bytes) -> None:
 
 
 def test_page_limit(sample_pdf: bytes) -> None:
-    with pytest.raises(InputError, match="3 pages is over the limit of 2 pages"):
+    with pytest.raises(InputError, match=r"3 pages is over the limit of 2 pages"):
         extract("big.pdf", sample_pdf, pdf_max_pages=2)
 
 

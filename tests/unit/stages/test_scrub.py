@@ -13,7 +13,9 @@ def test_each_kind_is_replaced_and_counted() -> None:
 
 
 def test_checksums_prevent_false_positives() -> None:
-    clean, counts = scrub_pii("order 4111 1111 1111 1112 and version 1.2.3.4000 and GB00 WEST 1234 5698 7654 32")
+    clean, counts = scrub_pii(
+        "order 4111 1111 1111 1112 and version 1.2.3.4000 and GB00 WEST 1234 5698 7654 32"
+    )
     assert "4111 1111 1111 1112" in clean
     assert counts.get("CARD", 0) == 0
     assert counts.get("IBAN", 0) == 0

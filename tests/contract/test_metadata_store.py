@@ -1,0 +1,87 @@
+"""The metadata ports' contract (DocumentState, DeadLetters, EmbeddingCache), run per adapter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headwater import registry
+from headwater.pipeline.documents import MetadataStore
+from headwater.ports import ChunkKey, DeadLetter, DocState
+
+STORES: list[Callable[[Path], str]] = [lambda tmp: f"sqlite:///{tmp}/state.db"]
+
+
+@pytest.fixture(params=STORES, ids=lambda f: f(Path("/x")).split(":")[0])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetadataStore]:
+    instance = registry.create("metadata_store", request.param(tmp_path))
+    await instance.open()
+    yield instance
+    await instance.close()
+
+
+def state(doc_id: str, status: str = "done", content_hash: str = "h1") -> DocState:
+    return DocState(doc_id=doc_id, source="file:///src", uri=f"{doc_id}.md", content_hash=content_hash,
+                    size=10, mtime_ns=5, status=status, attempts=0, error_count=0, version=1)
+
+
+async def test_claim_counts_attempts_until_finished(store: MetadataStore) -> None:
+    s = store
+    assert await s.claim([("d1", "file:///src", "d1.md")]) == {"d1": 1}
+    assert await s.claim([("d1", "file:///src", "d1.md")]) == {"d1": 2}
+    docs = await s.get_documents(["d1", "missing"])
+    assert set(docs) == {"d1"} and docs["d1"].status == "pending" and docs["d1"].content_hash is None
+    await s.finish(["d1"])
+    done = (await s.get_documents(["d1"]))["d1"]
+    assert (done.status, done.attempts) == ("done", 0)
+
+
+async def test_commit_replaces_a_documents_chunk_keys(store: MetadataStore) -> None:
+    s = store
+    keys = [ChunkKey(doc_id="d1", chunk_id=f"c{i}", chunk_hash=f"h{i}") for i in range(3)]
+    await s.commit([state("d1")], {"d1": keys})
+    await s.commit([state("d1", content_hash="h2")], {"d1": keys[1:]})
+    got = await s.get_chunks(["d1"])
+    assert [k.chunk_id for k in got["d1"]] == ["c1", "c2"]
+    assert [k.chunk_id async for k in s.chunk_keys()] == ["c1", "c2"]
+    assert (await s.get_documents(["d1"]))["d1"].content_hash == "h2"
+
+
+async def test_unseen_lists_only_unlisted_documents_of_that_source(store: MetadataStore) -> None:
+    s = store
+    other = DocState(**{**{f: getattr(state("x"), f) for f in DocState.__struct_fields__}, "source": "file:///other"})
+    await s.commit([state("a"), state("b"), state("c"), other], {})
+    await s.note_seen(["a", "c"])
+    assert [d.doc_id for d in await s.unseen("file:///src", 10)] == ["b"]
+    await s.forget(["b"])
+    assert await s.unseen("file:///src", 10) == []
+    counts = await s.counts()
+    assert counts["documents"] == 3
+
+
+async def test_dead_letters_round_trip_and_replay(store: MetadataStore) -> None:
+    s = store
+    letter = DeadLetter(id=0, kind="document", input_ref="bad.pdf", source="file:///src", stage="extract",
+                        error_type="InputError", message="bad.pdf: not a PDF", traceback="Traceback ...",
+                        attempts=1, created_at="")
+    first = await s.add(letter)
+    second = await s.add(letter)
+    assert second > first
+    got = await s.get(first)
+    assert got.message == "bad.pdf: not a PDF" and got.created_at and got.replayed_at is None
+    await s.mark_replayed([first])
+    assert [lt.id for lt in await s.list()] == [second]
+    assert len(await s.list(include_replayed=True)) == 2
+    assert await s.get(999) is None
+
+
+async def test_embedding_cache_is_keyed_by_embedder_and_hash(store: MetadataStore) -> None:
+    s = store
+    vec = np.arange(4, dtype=np.float32)
+    await s.put_vectors("emb-a", {"h1": vec})
+    assert set(await s.get_vectors("emb-a", ["h1", "h2"])) == {"h1"}
+    assert await s.get_vectors("emb-b", ["h1"]) == {}
+    np.testing.assert_array_equal((await s.get_vectors("emb-a", ["h1"]))["h1"], vec)

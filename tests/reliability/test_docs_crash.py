@@ -1,0 +1,134 @@
+"""kill -9 at named points and at random times, then a re-run: the index must equal a clean run's
+(same fingerprint, ``verify`` passes). The crash points are in the pipeline (pipeline/faults.py)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli
+
+CRASH_POINTS = [
+    "after_extract",
+    "mid_upsert",
+    "after_upsert",
+    "after_commit",
+    "after_cleanup",
+    "during_delete",
+]
+
+
+def make_corpus(root: Path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    words = "retry backoff vector chunk window signal embed index store crash replay watermark".split()  # noqa: SIM905
+    for i in range(n):
+        folder = root / f"part{i % 5}"
+        folder.mkdir(parents=True, exist_ok=True)
+        paragraphs = [
+            " ".join(rng.choice(words) for _ in range(rng.randint(40, 120))) for _ in range(rng.randint(2, 8))
+        ]
+        (folder / f"doc{i:04d}.md").write_text(f"# Document {i}\n\n" + "\n\n".join(paragraphs))
+
+
+def mutate(root: Path) -> None:
+    """Two files changed, one deleted, one added: every kind of work in one run."""
+    for name in ("part0/doc0000.md", "part1/doc0001.md"):
+        path = root / name
+        path.write_text(path.read_text().replace("\n\n", "\n\nInserted paragraph about compaction.\n\n", 1))
+    (root / "part2" / "doc0002.md").unlink()
+    (root / "part3" / "new.md").write_text("# New\n\nA document added after the first run.")
+
+
+def ingest(cli: Cli, corpus: Path, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return cli(
+        "ingest",
+        "docs",
+        str(corpus),
+        "--home",
+        str(home),
+        "--json",
+        check=False,
+        env={"HEADWATER_COMMIT_BATCH_CHUNKS": "8", **env},
+    )
+
+
+def assert_converged(cli: Cli, corpus: Path, home: Path, tmp_path: Path) -> None:
+    final = ingest(cli, corpus, home)
+    assert final.returncode == 0, final.stderr
+    clean = tmp_path / "clean-home"
+    shutil.rmtree(clean, ignore_errors=True)
+    assert ingest(cli, corpus, clean).returncode == 0
+    got, want = cli.status(home), cli.status(clean)
+    assert got["fingerprint"] == want["fingerprint"]
+    assert (got["documents"], got["chunks"], got["vectors"]) == (
+        want["documents"],
+        want["chunks"],
+        want["vectors"],
+    )
+    verdict = cli("verify", "--home", str(home), check=False)
+    assert verdict.returncode == 0, verdict.stdout
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_at_named_point_then_rerun_converges(cli: Cli, tmp_path: Path, point: str) -> None:
+    corpus, home = tmp_path / "corpus", tmp_path / "home"
+    make_corpus(corpus, 30, seed=7)
+    assert ingest(cli, corpus, home).returncode == 0
+    mutate(corpus)
+    crashed = ingest(cli, corpus, home, HEADWATER_CRASH_AT=point)
+    assert crashed.returncode == -signal.SIGKILL, f"crash point {point} was never reached: {crashed.stderr}"
+    assert_converged(cli, corpus, home, tmp_path)
+
+
+def test_kill_at_random_times_then_rerun_converges(cli: Cli, tmp_path: Path) -> None:
+    corpus, home = tmp_path / "corpus", tmp_path / "home"
+    make_corpus(corpus, 300, seed=11)
+    rng = random.Random(3)
+    killed = 0
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "headwater.cli",
+                "ingest",
+                "docs",
+                str(corpus),
+                "--home",
+                str(home),
+                "--json",
+            ],
+            env={**cli.env, "HEADWATER_COMMIT_BATCH_CHUNKS": "64"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(rng.uniform(2.5, 6.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        mutate(corpus) if killed == 1 and not (corpus / "part3" / "new.md").exists() else None
+    assert killed >= 1, "the machine was too fast to interrupt anything: raise the corpus size"
+    assert_converged(cli, corpus, home, tmp_path)
+
+
+def test_poison_input_that_kills_the_process_reaches_the_dlq(cli: Cli, tmp_path: Path) -> None:
+    corpus, home = tmp_path / "corpus", tmp_path / "home"
+    make_corpus(corpus, 12, seed=5)
+    poison = "part1/doc0006.md"
+    runs = [ingest(cli, corpus, home, HEADWATER_CRASH_AT=f"extract@{poison}") for _ in range(4)]
+    assert [r.returncode for r in runs[:3]] == [-signal.SIGKILL] * 3
+    assert runs[3].returncode == 0, runs[3].stderr
+    letters = cli.json_lines("dlq", "list", "--home", str(home), "--json")[0]
+    assert [letter["input_ref"] for letter in letters] == [poison]
+    assert "gave up after 3 attempts" in letters[0]["message"]
+    status = cli.status(home)
+    assert status["documents_done"] == 11 and status["documents_failed"] == 1

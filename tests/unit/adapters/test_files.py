@@ -1,0 +1,50 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from headwater.adapters.files import FileSource
+from headwater.errors import InputError
+
+
+async def entries(source: FileSource) -> dict[str, str | None]:
+    return {e.relpath: e.problem async for e in source.scan()}
+
+
+async def test_include_exclude_and_sorted_recursive_walk(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    for name in ("a.md", "b/c.txt", "b/skip.bin", ".hidden.md", "z name ü.md"):
+        (tmp_path / name).write_text("x")
+    source = FileSource(str(tmp_path), include=["**/*.md", "**/*.txt"], exclude=["**/.*"])
+    assert list(await entries(source)) == ["a.md", "b/c.txt", "z name ü.md"]
+
+
+async def test_symlinks_outside_the_root_dangling_or_looping_are_skipped(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.md").write_text("secret")
+    (root / "ok.md").write_text("ok")
+    os.symlink(outside / "secret.md", root / "escape.md")
+    os.symlink(outside, root / "escape_dir")
+    os.symlink(root / "missing.md", root / "dangling.md")
+    os.symlink(root, root / "loop")
+    os.symlink(root / "ok.md", root / "alias.md")
+    found = await entries(FileSource(str(root), include=["**/*.md"]))
+    assert found["ok.md"] is None and found["alias.md"] is None
+    assert found["escape.md"] == "symlink points outside the source root"
+    assert "broken or looping" in (found["dangling.md"] or "")
+    assert not any(path.startswith("escape_dir/") for path in found)
+    assert not any(path.startswith("loop/loop") for path in found)
+
+
+async def test_read_limits_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "big.md").write_text("x" * 100)
+    source = FileSource(str(tmp_path), include=["**/*.md"])
+    entry = [e async for e in source.scan()][0]
+    assert await source.read(entry, 100) == b"x" * 100
+    with pytest.raises(InputError, match="over the limit of 99 bytes"):
+        await source.read(entry, 99)
+    (tmp_path / "big.md").unlink()
+    with pytest.raises(InputError, match="big.md: cannot read"):
+        await source.read(entry, 100)
