@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(65_536, ge=64)
     max_future_ms: int = Field(86_400_000, ge=0)
     micro_batch_events: int = Field(100_000, ge=1)
+    checkpoint_interval_seconds: float = Field(1.0, ge=0)
     feature_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [feature_sets.NAME] tables
     online_store: str | None = None  # default: sqlite:///{home}/features.db
     offline_store: str | None = None  # default: {home}/offline (Parquet, hive-partitioned)

@@ -61,6 +61,7 @@ async def open_signal_pipeline(
             max_future_ms=settings.max_future_ms,
             max_record_bytes=settings.max_payload_bytes,
             progress_interval_seconds=settings.progress_interval_seconds,
+            checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
         )
         yield SignalPipeline(
             inputs=inputs,

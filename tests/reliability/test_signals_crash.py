@@ -49,7 +49,12 @@ def command(inputs: Path, home: Path) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "POLARS_MAX_THREADS": "2"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "POLARS_MAX_THREADS": "2",
+        "HEADWATER_CHECKPOINT_INTERVAL_SECONDS": "0",
+    }
 
 
 def committed_batches(home: Path) -> int:

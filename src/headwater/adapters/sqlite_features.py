@@ -201,19 +201,20 @@ def _commit(conn: sqlite3.Connection, batch: Any) -> None:
         conn.executemany(_INSERT_LATE, batch.late_rows)
         conn.executemany(_UPSERT_INVALID, batch.invalid_rows)
         cp = batch.checkpoint
-        conn.execute(
-            _SAVE_CHECKPOINT,
-            (
-                cp.scope,
-                cp.fingerprint,
-                cp.next_batch,
-                cp.file_index,
-                cp.row_offset,
-                json.dumps(cp.counters, sort_keys=True),
-                cp.state,
-                cp.status,
-            ),
-        )
+        if cp is not None:
+            conn.execute(
+                _SAVE_CHECKPOINT,
+                (
+                    cp.scope,
+                    cp.fingerprint,
+                    cp.next_batch,
+                    cp.file_index,
+                    cp.row_offset,
+                    json.dumps(cp.counters, sort_keys=True),
+                    cp.state,
+                    cp.status,
+                ),
+            )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -66,6 +66,7 @@ class SignalOptions:
     max_future_ms: int = 86_400_000
     max_record_bytes: int = 65_536
     progress_interval_seconds: float = 1.0
+    checkpoint_interval_seconds: float = 1.0  # 0: every batch; replay after a crash covers the rest
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class BatchCommit:
     online_points: list[tuple[Any, ...]]
     late_rows: list[tuple[Any, ...]]
     invalid_rows: list[tuple[Any, ...]]
-    checkpoint: SignalCheckpoint
+    checkpoint: SignalCheckpoint | None  # None: rows only, the last checkpoint stays (replay is idempotent)
 
 
 @dataclass
@@ -96,16 +97,20 @@ class _Run:
     file_index: int
     row_offset: int
     total: int | None
+    last_checkpoint: float = 0.0
 
 
 @dataclass(frozen=True)
 class _Staged:
-    part: str
-    windows: pl.DataFrame
-    points: pl.DataFrame
+    """One computed batch on its way to the stores (engine state is immutable, so it can be shared)."""
+
+    batch_no: int
+    result: BatchResult
+    state: EngineState
+    chunk: Chunk | None
+    files: list[InputFile]
     events: list[SignalEvent]
-    has_errors: bool
-    commit: BatchCommit
+    checkpoint: tuple[str, tuple[int, int], dict[str, int], str] | None
 
 
 def online_selection(rows: pl.DataFrame) -> pl.DataFrame:
@@ -115,7 +120,8 @@ def online_selection(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _with_date(frame: pl.DataFrame, time_col: str) -> pl.DataFrame:
-    return frame.with_columns(pl.from_epoch(time_col, time_unit="ms").dt.date().cast(pl.String).alias("date"))
+    """The UTC day as an integer (days since the epoch); the offline store names the partition."""
+    return frame.with_columns((pl.col(time_col) // 86_400_000).cast(pl.Int32).alias("date"))
 
 
 class SignalPipeline:
@@ -205,7 +211,7 @@ class SignalPipeline:
         )
 
     def _compute(self, run: _Run, chunk: Chunk | None) -> _Staged:
-        """CPU half of a batch (a worker thread): engine step, then everything the writers need."""
+        """CPU half of a batch (a worker thread): the engine step only; the writer does the rest."""
         if chunk is None:
             run.state, result = flush(run.state, self.spec)
             position, status = (len(run.files), 0), "completed"
@@ -215,16 +221,6 @@ class SignalPipeline:
         _count(run.counters, result, invalid=len(chunk.errors) if chunk else 0)
         batch_no = run.batch_no
         run.batch_no += 1
-        checkpoint = SignalCheckpoint(
-            scope=self.scope,
-            fingerprint=run.fingerprint,
-            next_batch=batch_no + 1,
-            file_index=position[0],
-            row_offset=position[1],
-            counters=dict(run.counters),
-            state=run.state.to_bytes(),
-            status=status,
-        )
         errors = chunk.errors if chunk is not None else []
         file_index = chunk.file_index if chunk is not None else 0
         events: list[SignalEvent] = [
@@ -246,24 +242,52 @@ class SignalPipeline:
                 watermark_ms=run.state.watermark_ms if chunk else None,
             )
         )
+        due = (
+            chunk is None
+            or time.monotonic() - run.last_checkpoint >= self.options.checkpoint_interval_seconds
+        )
+        if due:
+            run.last_checkpoint = time.monotonic()
+        return _Staged(
+            batch_no=batch_no,
+            result=result,
+            state=run.state,
+            chunk=chunk,
+            files=run.files,
+            events=events,
+            checkpoint=(run.fingerprint, position, dict(run.counters), status) if due else None,
+        )
+
+    def _serialize(self, staged: _Staged) -> tuple[pl.DataFrame, pl.DataFrame, BatchCommit]:
+        """Writer-side preparation (a worker thread, overlapping the next batch's engine step)."""
+        checkpoint = None
+        if staged.checkpoint is not None:
+            fingerprint_, position, counters, status = staged.checkpoint
+            checkpoint = SignalCheckpoint(
+                scope=self.scope,
+                fingerprint=fingerprint_,
+                next_batch=staged.batch_no + 1,
+                file_index=position[0],
+                row_offset=position[1],
+                counters=counters,
+                state=staged.state.to_bytes(),
+                status=status,
+            )
+        result = staged.result
         points = result.points.with_columns(
             pl.lit(self.spec.name).alias("feature_set"), pl.lit(self.spec.version).alias("version")
         )
-        return _Staged(
-            part=f"part-{self.scope}-{batch_no:06d}",
-            windows=_with_date(result.rows, "window_start_ms"),
-            points=_with_date(points, "event_time"),
-            events=events,
-            has_errors=bool(chunk and chunk.errors),
-            commit=self._build_commit(run.files, batch_no, result, chunk, checkpoint),
-        )
+        commit = self._build_commit(staged.files, staged.batch_no, result, staged.chunk, checkpoint)
+        return _with_date(result.rows, "window_start_ms"), _with_date(points, "event_time"), commit
 
     async def _write(self, staged: _Staged) -> list[SignalEvent]:
         """I/O half of a batch: offline parts (durable), then the online transaction, then the DLQ."""
-        await self.offline.write("windows", self.spec.name, staged.part, staged.windows)
-        await self.offline.write("points", self.spec.name, staged.part, staged.points)
-        await self.online.commit(staged.commit)
-        if staged.has_errors:
+        windows, points, commit = await asyncio.to_thread(self._serialize, staged)
+        part = f"part-{self.scope}-{staged.batch_no:06d}"
+        await self.offline.write("windows", self.spec.name, part, windows)
+        await self.offline.write("points", self.spec.name, part, points)
+        await self.online.commit(commit)
+        if staged.chunk is not None and staged.chunk.errors:
             await self._deliver_dead_letters()
         return staged.events
 
@@ -306,7 +330,7 @@ class SignalPipeline:
         batch_no: int,
         result: BatchResult,
         chunk: Chunk | None,
-        checkpoint: SignalCheckpoint,
+        checkpoint: SignalCheckpoint | None,
     ) -> BatchCommit:
         rows = online_selection(result.rows).select(
             "entity_id",
@@ -368,13 +392,14 @@ class SignalPipeline:
             "row",
         ]
         digests: dict[tuple[Any, ...], str] = {}
+        prefix = _ref(files, file_index, 0)[:-1]
         out = []
         for idx, (entity, t, seq, value, extra, *rest, row) in enumerate(late.select(columns).iter_rows()):
             key = (entity, t, seq, value, extra)
             if key not in digests:
                 payload = {self.spec.field: value, **(json.loads(extra) if extra else {})}
                 digests[key] = signal_content_hash(entity, t, seq, payload)
-            ref = _ref(files, file_index, row)
+            ref = f"{prefix}{row}"
             out.append((self.scope, batch_no, idx, entity, t, seq, value, extra, *rest, ref, digests[key]))
         return out
 

@@ -26,19 +26,31 @@ def empty_keys(schema: dict[str, pl.DataType]) -> pl.DataFrame:
 
 
 def seen_before(batch: pl.DataFrame, state: pl.DataFrame, keys: tuple[str, ...]) -> pl.Series:
-    """True where the key occurred earlier: in the state, or earlier in this batch (arrival order)."""
+    """True where the key occurred earlier: in the state, or earlier in this batch (arrival order).
+
+    A 64-bit row hash finds the few candidate rows cheaply; candidates are then compared on the
+    exact key columns, so a hash collision can never make a distinct event a duplicate.
+    """
     key_cols = list(keys)
-    earlier_in_batch = (
-        ~pl.struct(key_cols).is_first_distinct()
-        if len(key_cols) > 1
-        else ~pl.col(key_cols[0]).is_first_distinct()
-    )
-    flags = batch.select(key_cols).with_columns(earlier_in_batch.alias("_earlier"))
+    hashes = batch.select(key_cols).hash_rows()
+    state_hashes = state.select(key_cols).hash_rows()
+    candidates = hashes.is_duplicated()
     if state.height:
-        marker = state.select(key_cols).with_columns(pl.lit(value=True).alias("_in_state"))
+        candidates = candidates | hashes.is_in(state_hashes.implode())
+    index = candidates.arg_true()
+    seen = pl.zeros(batch.height, dtype=pl.Boolean, eager=True).alias("seen")
+    if index.len() == 0:
+        return seen
+    subset = batch.select(key_cols)[index]
+    flags = subset.with_columns((~pl.struct(key_cols).is_first_distinct()).alias("_earlier"))
+    if state.height:
+        near = state.filter(state_hashes.is_in(hashes.gather(index).implode()))
+        marker = near.select(key_cols).unique().with_columns(pl.lit(value=True).alias("_in_state"))
         flags = flags.join(marker, on=key_cols, how="left", maintain_order="left", nulls_equal=False)
-        return (flags["_earlier"] | flags["_in_state"].fill_null(value=False)).rename("seen")
-    return flags["_earlier"].rename("seen")
+        hit = flags["_earlier"] | flags["_in_state"].fill_null(value=False)
+    else:
+        hit = flags["_earlier"]
+    return seen.scatter(index, hit)
 
 
 def duplicate_mask(batch: pl.DataFrame, identity: pl.DataFrame, cloudevents: pl.DataFrame) -> pl.Series:

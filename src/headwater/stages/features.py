@@ -19,7 +19,14 @@ import polars as pl
 
 from headwater.featuresets import FeatureSetSpec
 from headwater.stages import dedup, points
-from headwater.stages.partials import KEY, PARTIAL_SCHEMA, merge_partials, partials, tumbling_partials
+from headwater.stages.partials import (
+    KEY,
+    PARTIAL_SCHEMA,
+    merge_into,
+    merge_partials,
+    partials,
+    tumbling_partials,
+)
 from headwater.stages.windows import END_OF_INPUT, assign_windows, last_window_end_expr, watermark_before_expr
 
 BATCH_SCHEMA: dict[str, pl.DataType] = {
@@ -120,16 +127,12 @@ class BatchResult:
 def to_rows(frame: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
     """Partials → FeatureRows: sample std (ddof = 1), null below two events."""
     std = pl.when(pl.col("count") >= 2).then((pl.col("m2") / (pl.col("count") - 1)).sqrt()).otherwise(None)
-    return (
-        frame.with_columns(
-            pl.lit(spec.name).alias("feature_set"),
-            pl.lit(spec.version, dtype=pl.Int64).alias("version"),
-            pl.col("window_start").alias("window_start_ms"),
-            std.alias("std"),
-        )
-        .select(ROW_COLUMNS)
-        .sort("entity_id", "window_ms", "window_start_ms")
-    )
+    return frame.with_columns(
+        pl.lit(spec.name).alias("feature_set"),
+        pl.lit(spec.version, dtype=pl.Int64).alias("version"),
+        pl.col("window_start").alias("window_start_ms"),
+        std.alias("std"),
+    ).select(ROW_COLUMNS)
 
 
 def _prepare(state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
@@ -274,7 +277,7 @@ def _window_step(
 ) -> tuple[pl.DataFrame, pl.DataFrame, int, EngineState]:
     """Aggregate every window family, close what the watermark passed: (rows, late, corrected, state)."""
     on_time, fixes, late = _split_windows(accepted, spec)
-    open_windows = merge_partials(state.open_windows, on_time)
+    open_windows = merge_into(state.open_windows, on_time)
     emitted, still_open, closed = _close(state, open_windows, fixes, watermark, spec)
     corrected = int(fixes["count"].sum()) if fixes.height else 0
     new_state = replace(state, open_windows=still_open, closed_windows=closed)

@@ -128,3 +128,20 @@ def _segment_partials(sorted_events: SortedEvents, entities: pl.Series, size: in
         },
         schema=PARTIAL_SCHEMA,
     )
+
+
+def merge_into(state: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
+    """Merge a batch's partials into the open windows, joining only keys the state can hold.
+
+    A fresh window starting after the state's last start of the same size cannot be in the state,
+    so most of a batch's partials are appended without a join.
+    """
+    if state.height == 0 or fresh.height == 0:
+        return merge_partials(state, fresh)
+    last = state.group_by("window_ms").agg(pl.col("window_start").max()).rows()
+    maybe_known = pl.lit(value=False)
+    for size, start in last:
+        maybe_known = maybe_known | ((pl.col("window_ms") == size) & (pl.col("window_start") <= start))
+    known = fresh.filter(maybe_known)
+    merged = _merge_two(state, known) if known.height else state
+    return pl.concat([merged, fresh.filter(~maybe_known)], how="vertical_relaxed")

@@ -101,7 +101,7 @@ async def run(
             online=online,
             offline=offline or ParquetOfflineStore(str(home / "offline")),
             dead_letters=dlq,
-            options=SignalOptions(batch_events=batch),
+            options=SignalOptions(batch_events=batch, checkpoint_interval_seconds=0),
             clock=lambda: NOW,
         )
         return await pipeline.run_async()
