@@ -80,9 +80,12 @@ def run_once(data: Path, events: int) -> dict[str, float]:
         " points=sys.argv[3] == '1')\n"
         "    p = SignalPipeline(inputs=Path(sys.argv[1]), spec=spec, online=on, offline=off,"
         " options=SignalOptions(batch_events=int(sys.argv[4])), clock=lambda: 1_800_000_000_000)\n"
+        "    c = resource.getrusage(resource.RUSAGE_SELF); c0 = c.ru_utime + c.ru_stime\n"
         "    t = time.perf_counter(); r = await p.run_async(); dt = time.perf_counter() - t\n"
+        "    c = resource.getrusage(resource.RUSAGE_SELF); cpu = c.ru_utime + c.ru_stime - c0\n"
         "    await on.close()\n"
-        "    print(json.dumps({'seconds': dt, 'rows': r.feature_rows_written, 'late': r.late_dropped,"
+        "    print(json.dumps({'seconds': dt, 'cpu_seconds': cpu, 'rows': r.feature_rows_written,"
+        " 'late': r.late_dropped,"
         " 'dups': r.duplicates, 'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
         "asyncio.run(main())\n"
     )
@@ -99,6 +102,8 @@ def run_once(data: Path, events: int) -> dict[str, float]:
         shutil.rmtree(home, ignore_errors=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["events_per_s"] = events / result["seconds"]
+    result["cpu_us_per_event"] = result["cpu_seconds"] * 1e6 / events
+    result["load_avg_1m"] = os.getloadavg()[0]
     return result
 
 
@@ -121,16 +126,19 @@ def main() -> None:
                 "median_events_per_s": statistics.median(r["events_per_s"] for r in runs),
                 "median_seconds": statistics.median(r["seconds"] for r in runs),
                 "median_peak_rss_mib": statistics.median(r["rss_mib"] for r in runs),
+                "median_cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs),
                 "feature_rows": runs[0]["rows"],
                 "late_dropped": runs[0]["late"],
                 "duplicates": runs[0]["dups"],
             }
         )
-    print(f"{'events':>12} {'runs':>4} {'seconds':>8} {'events/s':>12} {'peak RSS MiB':>13} {'rows':>10}")
+    header = ("events", "runs", "seconds", "events/s", "CPU us/ev", "peak RSS MiB", "rows")
+    print("{:>12} {:>4} {:>8} {:>12} {:>9} {:>13} {:>10}".format(*header))
     for r in results:
         print(
             f"{r['events']:>12,} {len(r['runs']):>4} {r['median_seconds']:>8.2f} "
-            f"{r['median_events_per_s']:>12,.0f} {r['median_peak_rss_mib']:>13.0f} {r['feature_rows']:>10,}"
+            f"{r['median_events_per_s']:>12,.0f} {r['median_cpu_us_per_event']:>9.2f} "
+            f"{r['median_peak_rss_mib']:>13.0f} {r['feature_rows']:>10,}"
         )
     out = Path(ARGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)

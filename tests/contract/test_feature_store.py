@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from headwater import registry
-from headwater.pipeline.signals import BatchCommit
+from headwater.pipeline.signal_commit import BatchCommit
 from headwater.ports import FeatureStore, OfflineFeatureStore, SignalCheckpoint
 
 ONLINE_URLS = ["sqlite:///{tmp}/features.db"]

@@ -11,13 +11,11 @@ re-run from scratch rewrites the same parts and upserts the same rows.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
@@ -30,7 +28,8 @@ from headwater.events import (
     WindowsClosed,
 )
 from headwater.featuresets import FeatureSetSpec
-from headwater.models import sha256_hex, signal_content_hash
+from headwater.models import sha256_hex
+from headwater.pipeline.signal_commit import BatchCommit, build_commit, input_ref, with_date
 from headwater.pipeline.signal_inputs import (
     Chunk,
     InputFile,
@@ -69,19 +68,6 @@ class SignalOptions:
     checkpoint_interval_seconds: float = 1.0  # 0: every batch; replay after a crash covers the rest
 
 
-@dataclass(frozen=True)
-class BatchCommit:
-    """Everything the online store applies in one transaction (tuples in its column order)."""
-
-    scope: str
-    batch_no: int
-    online_rows: list[tuple[Any, ...]]
-    online_points: list[tuple[Any, ...]]
-    late_rows: list[tuple[Any, ...]]
-    invalid_rows: list[tuple[Any, ...]]
-    checkpoint: SignalCheckpoint | None  # None: rows only, the last checkpoint stays (replay is idempotent)
-
-
 @dataclass
 class _Run:
     """Mutable progress of one run: touched only by ``_compute``, one batch at a time."""
@@ -111,17 +97,6 @@ class _Staged:
     files: list[InputFile]
     events: list[SignalEvent]
     checkpoint: tuple[str, tuple[int, int], dict[str, int], str] | None
-
-
-def online_selection(rows: pl.DataFrame) -> pl.DataFrame:
-    """The serving view: per (entity, window size) the newest closed window, plus every correction."""
-    latest = pl.col("window_start_ms") == pl.col("window_start_ms").max().over("entity_id", "window_ms")
-    return rows.filter(latest | (pl.col("revision") > 0))
-
-
-def _with_date(frame: pl.DataFrame, time_col: str) -> pl.DataFrame:
-    """The UTC day as an integer (days since the epoch); the offline store names the partition."""
-    return frame.with_columns((pl.col(time_col) // 86_400_000).cast(pl.Int32).alias("date"))
 
 
 class SignalPipeline:
@@ -226,7 +201,7 @@ class SignalPipeline:
         events: list[SignalEvent] = [
             SignalRejected(
                 run_id=run.run_id,
-                input_ref=_ref(run.files, file_index, e.row),
+                input_ref=input_ref(run.files, file_index, e.row),
                 field=e.field,
                 reason=e.reason,
             )
@@ -277,8 +252,10 @@ class SignalPipeline:
         points = result.points.with_columns(
             pl.lit(self.spec.name).alias("feature_set"), pl.lit(self.spec.version).alias("version")
         )
-        commit = self._build_commit(staged.files, staged.batch_no, result, staged.chunk, checkpoint)
-        return _with_date(result.rows, "window_start_ms"), _with_date(points, "event_time"), commit
+        commit = build_commit(
+            self.scope, self.spec, staged.files, staged.batch_no, result, staged.chunk, checkpoint
+        )
+        return with_date(result.rows, "window_start_ms"), with_date(points, "event_time"), commit
 
     async def _write(self, staged: _Staged) -> list[SignalEvent]:
         """I/O half of a batch: offline parts (durable), then the online transaction, then the DLQ."""
@@ -324,85 +301,6 @@ class SignalPipeline:
             status="running",
         )
 
-    def _build_commit(
-        self,
-        files: list[InputFile],
-        batch_no: int,
-        result: BatchResult,
-        chunk: Chunk | None,
-        checkpoint: SignalCheckpoint | None,
-    ) -> BatchCommit:
-        rows = online_selection(result.rows).select(
-            "entity_id",
-            "feature_set",
-            "version",
-            "window_ms",
-            "window_start_ms",
-            "revision",
-            "count",
-            "sum",
-            "mean",
-            "min",
-            "max",
-            "std",
-            "m2",
-        )
-        last_points = result.points.group_by("entity_id", maintain_order=True).last()
-        points = last_points.select(
-            "entity_id",
-            pl.lit(self.spec.name).alias("feature_set"),
-            pl.lit(self.spec.version).alias("version"),
-            "event_time",
-            "sequence",
-            "value",
-            "ewma",
-            "zscore",
-        )
-        file_index = chunk.file_index if chunk is not None else 0
-        late = self._late_tuples(files, batch_no, result.late, file_index)
-        invalid = [
-            (self.scope, batch_no, i, _ref(files, file_index, e.row), e.field, e.reason)
-            for i, e in enumerate(chunk.errors if chunk is not None else [])
-        ]
-        return BatchCommit(
-            scope=self.scope,
-            batch_no=batch_no,
-            online_rows=rows.rows(),
-            online_points=points.rows(),
-            late_rows=late,
-            invalid_rows=invalid,
-            checkpoint=checkpoint,
-        )
-
-    def _late_tuples(
-        self, files: list[InputFile], batch_no: int, late: pl.DataFrame, file_index: int
-    ) -> list[tuple[Any, ...]]:
-        """Late-table rows with the sha256 content hash (computed once per late event)."""
-        columns = [
-            "entity_id",
-            "event_time",
-            "sequence",
-            "value",
-            "extra",
-            "window_ms",
-            "window_start_ms",
-            "watermark_ms",
-            "policy",
-            "reason",
-            "row",
-        ]
-        digests: dict[tuple[Any, ...], str] = {}
-        prefix = _ref(files, file_index, 0)[:-1]
-        out = []
-        for idx, (entity, t, seq, value, extra, *rest, row) in enumerate(late.select(columns).iter_rows()):
-            key = (entity, t, seq, value, extra)
-            if key not in digests:
-                payload = {self.spec.field: value, **(json.loads(extra) if extra else {})}
-                digests[key] = signal_content_hash(entity, t, seq, payload)
-            ref = f"{prefix}{row}"
-            out.append((self.scope, batch_no, idx, entity, t, seq, value, extra, *rest, ref, digests[key]))
-        return out
-
     async def _deliver_dead_letters(self) -> None:
         """Outbox: hand undelivered invalid records to the DLQ, then mark them delivered."""
         if self.dead_letters is None:
@@ -426,14 +324,6 @@ class SignalPipeline:
             delivered.append((item["scope"], item["batch"], item["idx"], dlq_id))
         if delivered:
             await self.online.mark_delivered(delivered)
-
-
-def _ref(files: list[InputFile], file_index: int, row: int) -> str:
-    file = files[file_index] if file_index < len(files) else None
-    if file is None:
-        return f"row {row}"
-    unit = "row" if file.kind == "parquet" else "line"
-    return f"{file.relpath}:{unit} {row}"
 
 
 def _count(counters: dict[str, int], result: BatchResult, *, invalid: int) -> None:

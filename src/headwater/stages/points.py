@@ -50,39 +50,26 @@ def _with_ewma(ready: pl.DataFrame, entities: pl.DataFrame, alpha: float) -> pl.
 def _with_zscore(
     ready: pl.DataFrame, history: pl.DataFrame, shifts: pl.DataFrame, window_ms: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """z against the entity's values in ``[t - window, t)``; returns (rows, history incl. ready)."""
+    """z against the entity's values in ``[t - window, t)``; returns (rows, history incl. ready).
+
+    Events at the same (entity, t) share one window (ties at t are excluded), so the rolling
+    statistics are computed once per distinct (entity, t) and joined back.
+    """
     shifted = ready.join(shifts, on="entity_id", how="left", maintain_order="left").with_columns(
         (pl.col("value") - pl.col("shift")).alias("x")
     )
     marked = pl.concat(
-        [
-            history.with_columns(pl.lit(None, dtype=pl.Int64).alias("_row")),
-            shifted.select("entity_id", "event_time", "x", pl.int_range(pl.len()).alias("_row")),
-        ],
-        how="vertical_relaxed",
+        [history, shifted.select("entity_id", "event_time", "x")], how="vertical_relaxed"
     ).sort("entity_id", "event_time")
-    size = f"{window_ms}i"
-    stats = marked.with_columns(
-        pl.col("x")
-        .rolling_mean_by("event_time", window_size=size, closed="left")
-        .over("entity_id")
-        .alias("_m"),
-        pl.col("x")
-        .rolling_std_by("event_time", window_size=size, closed="left")
-        .over("entity_id")
-        .alias("_s"),
-        pl.col("x")
-        .is_not_null()
-        .cast(pl.Int64)
-        .rolling_sum_by("event_time", window_size=size, closed="left")
-        .over("entity_id")
-        .alias("_n"),
+    stats = (
+        marked.rolling(index_column="event_time", period=f"{window_ms}i", closed="left", group_by="entity_id")
+        .agg(pl.col("x").mean().alias("_m"), pl.col("x").std().alias("_s"), pl.len().alias("_n"))
+        .unique(subset=["entity_id", "event_time"], keep="first")
     )
-    per_row = stats.filter(pl.col("_row").is_not_null()).sort("_row")
     usable = (pl.col("_n") >= 2) & (pl.col("_s") > 0)
     z = pl.when(usable).then((pl.col("x") - pl.col("_m")) / pl.col("_s")).otherwise(None)
-    rows = shifted.with_columns(per_row.select(z.alias("zscore"))["zscore"]).drop("shift", "x")
-    return rows, marked.select("entity_id", "event_time", "x")
+    rows = shifted.join(stats, on=["entity_id", "event_time"], how="left", maintain_order="left")
+    return rows.with_columns(z.alias("zscore")).drop("shift", "x", "_m", "_s", "_n"), marked
 
 
 def release_points(

@@ -1,0 +1,138 @@
+"""What one signal batch writes to the online store, built off the event loop in a worker thread.
+
+The online store gets the serving view (per entity and window size the newest closed window,
+plus every corrected row), the latest point features per entity, the late events with their
+sha256 ``content_hash`` and input reference, the invalid records (DLQ outbox) and, when due,
+the checkpoint — all applied in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from headwater.featuresets import FeatureSetSpec
+from headwater.models import signal_content_hash
+from headwater.pipeline.signal_inputs import Chunk, InputFile
+from headwater.ports import SignalCheckpoint
+from headwater.stages.features import BatchResult
+
+
+@dataclass(frozen=True)
+class BatchCommit:
+    """Everything the online store applies in one transaction (tuples in its column order)."""
+
+    scope: str
+    batch_no: int
+    online_rows: list[tuple[Any, ...]]
+    online_points: list[tuple[Any, ...]]
+    late_rows: list[tuple[Any, ...]]
+    invalid_rows: list[tuple[Any, ...]]
+    checkpoint: SignalCheckpoint | None  # None: rows only, the last checkpoint stays (replay is idempotent)
+
+
+ONLINE_COLUMNS = [
+    "entity_id",
+    "feature_set",
+    "version",
+    "window_ms",
+    "window_start_ms",
+    "revision",
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "std",
+    "m2",
+]
+
+
+def online_selection(rows: pl.DataFrame) -> pl.DataFrame:
+    """The serving view: per (entity, window size) the newest closed window, plus every correction."""
+    latest = pl.col("window_start_ms") == pl.col("window_start_ms").max().over("entity_id", "window_ms")
+    return rows.filter(latest | (pl.col("revision") > 0))
+
+
+def with_date(frame: pl.DataFrame, time_col: str) -> pl.DataFrame:
+    """The UTC day as an integer (days since the epoch); the offline store names the partition."""
+    return frame.with_columns((pl.col(time_col) // 86_400_000).cast(pl.Int32).alias("date"))
+
+
+def build_commit(
+    scope: str,
+    spec: FeatureSetSpec,
+    files: list[InputFile],
+    batch_no: int,
+    result: BatchResult,
+    chunk: Chunk | None,
+    checkpoint: SignalCheckpoint | None,
+) -> BatchCommit:
+    rows = online_selection(result.rows).select(ONLINE_COLUMNS)
+    last_points = result.points.group_by("entity_id", maintain_order=True).last()
+    points = last_points.select(
+        "entity_id",
+        pl.lit(spec.name).alias("feature_set"),
+        pl.lit(spec.version).alias("version"),
+        "event_time",
+        "sequence",
+        "value",
+        "ewma",
+        "zscore",
+    )
+    file_index = chunk.file_index if chunk is not None else 0
+    late = _late_tuples(scope, spec.field, files, batch_no, result.late, file_index)
+    invalid = [
+        (scope, batch_no, i, input_ref(files, file_index, e.row), e.field, e.reason)
+        for i, e in enumerate(chunk.errors if chunk is not None else [])
+    ]
+    return BatchCommit(
+        scope=scope,
+        batch_no=batch_no,
+        online_rows=rows.rows(),
+        online_points=points.rows(),
+        late_rows=late,
+        invalid_rows=invalid,
+        checkpoint=checkpoint,
+    )
+
+
+def _late_tuples(
+    scope: str, field: str, files: list[InputFile], batch_no: int, late: pl.DataFrame, file_index: int
+) -> list[tuple[Any, ...]]:
+    """Late-table rows with the sha256 content hash (computed once per late event)."""
+    columns = [
+        "entity_id",
+        "event_time",
+        "sequence",
+        "value",
+        "extra",
+        "window_ms",
+        "window_start_ms",
+        "watermark_ms",
+        "policy",
+        "reason",
+        "row",
+    ]
+    digests: dict[tuple[Any, ...], str] = {}
+    prefix = input_ref(files, file_index, 0)[:-1]
+    out = []
+    for idx, (entity, t, seq, value, extra, *rest, row) in enumerate(late.select(columns).iter_rows()):
+        key = (entity, t, seq, value, extra)
+        if key not in digests:
+            payload = {field: value, **(json.loads(extra) if extra else {})}
+            digests[key] = signal_content_hash(entity, t, seq, payload)
+        ref = f"{prefix}{row}"
+        out.append((scope, batch_no, idx, entity, t, seq, value, extra, *rest, ref, digests[key]))
+    return out
+
+
+def input_ref(files: list[InputFile], file_index: int, row: int) -> str:
+    file = files[file_index] if file_index < len(files) else None
+    if file is None:
+        return f"row {row}"
+    unit = "row" if file.kind == "parquet" else "line"
+    return f"{file.relpath}:{unit} {row}"
