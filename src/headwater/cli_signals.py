@@ -175,17 +175,20 @@ def features_export(
     out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
     home: HomeOpt = None,
     feature_set: FeatureSetOpt = None,
-    points: Annotated[
-        bool, typer.Option("--points", help="Export point features instead of windows")
-    ] = False,
+    dataset: Annotated[str, typer.Option(help="windows | points | late")] = "windows",
 ) -> None:
-    """Offline rows, one per (entity_id, feature_set, version, window_ms, window_start_ms), newest."""
+    """Offline rows; windows: one per (entity_id, feature_set, version, window_ms, window_start_ms)."""
     from headwater.config import load_settings
     from headwater.signals_bootstrap import make_offline_store
 
     def work() -> int:
+        if dataset not in EXPORT_KEYS:
+            from headwater.errors import ConfigError
+
+            msg = f"unknown dataset {dataset!r}: choose one of {', '.join(EXPORT_KEYS)}"
+            raise ConfigError(msg)
         settings = load_settings(home=home, feature_set=feature_set)
-        frame = asyncio.run(export_rows(make_offline_store(settings), settings.feature_set, points=points))
+        frame = asyncio.run(export_rows(make_offline_store(settings), settings.feature_set, dataset=dataset))
         frame.write_parquet(out_path)
         height: int = frame.height
         return height
@@ -194,16 +197,29 @@ def features_export(
     err.print(f"wrote {count} rows to {out_path}")
 
 
-async def export_rows(offline: Any, feature_set: str, *, points: bool = False) -> Any:
-    """Offline history collapsed to one row per key: the highest revision, then the latest part."""
-    import polars as pl
+EXPORT_KEYS = {
+    "windows": ["entity_id", "feature_set", "version", "window_ms", "window_start_ms"],
+    "points": ["entity_id", "feature_set", "version", "event_time", "sequence", "value"],
+    "late": [
+        "entity_id",
+        "feature_set",
+        "version",
+        "event_time",
+        "sequence",
+        "value",
+        "extra",
+        "window_ms",
+        "window_start_ms",
+    ],
+}
 
-    frame = await offline.read("points" if points else "windows", feature_set)
+
+async def export_rows(offline: Any, feature_set: str, *, dataset: str = "windows") -> Any:
+    """Offline history collapsed to one row per key: the highest revision, then the latest part."""
+    frame = await offline.read(dataset, feature_set)
     if frame.height == 0:
         return frame
-    if points:
-        keys = ["entity_id", "feature_set", "version", "event_time", "sequence", "value"]
-        return frame.unique(subset=keys, keep="last", maintain_order=True).drop("_part").sort(keys)
-    keys = ["entity_id", "feature_set", "version", "window_ms", "window_start_ms"]
-    latest = frame.sort([*keys, "revision", "_part"]).unique(subset=keys, keep="last", maintain_order=True)
-    return latest.drop("_part").with_columns(pl.col("date").cast(pl.String)).sort(keys)
+    keys = EXPORT_KEYS[dataset]
+    order = [*keys, "revision", "_part"] if dataset == "windows" else [*keys, "_part"]
+    latest = frame.sort(order).unique(subset=keys, keep="last", maintain_order=True)
+    return latest.drop("_part").sort(keys)

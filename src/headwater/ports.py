@@ -215,8 +215,8 @@ class FeatureStore(Protocol):
     """Online features plus the run's bookkeeping, committed together.
 
     ``commit`` is one transaction: feature rows upserted by (entity_id, feature_set, version,
-    window_ms, window_start_ms), point features upserted per entity, late events and invalid
-    records replaced by (scope, batch, index), and the checkpoint saved. It is called only after
+    window_ms, window_start_ms), point features upserted per entity, invalid records replaced
+    by (scope, batch, index), and the checkpoint saved. It is called only after
     the batch's offline files are durable, so a crash anywhere replays the batch idempotently.
     """
 

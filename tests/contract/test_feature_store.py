@@ -23,12 +23,8 @@ def row(entity: str, window_ms: int, start: int, revision: int = 0, count: int =
 
 
 def commit(
-    batch_no: int, rows: list[tuple[Any, ...]], *, late: int = 0, status: str = "running"
+    batch_no: int, rows: list[tuple[Any, ...]], *, checkpoint_due: bool = True, status: str = "running"
 ) -> BatchCommit:
-    late_rows = [
-        ("s", batch_no, i, "a", 5, i, 1.0, "", 1000, 0, 9000, "drop", "window_closed", "f:line 1", "h")
-        for i in range(late)
-    ]
     checkpoint = SignalCheckpoint(
         scope="s",
         fingerprint="f",
@@ -45,9 +41,8 @@ def commit(
         batch_no=batch_no,
         online_rows=rows,
         online_points=[],
-        late_rows=late_rows,
         invalid_rows=invalid,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint if checkpoint_due else None,
     )
 
 
@@ -80,15 +75,16 @@ def test_online_upserts_by_key_and_reads_latest(online: FeatureStore) -> None:
 
 def test_online_checkpoint_and_bookkeeping_commit_together(online: FeatureStore) -> None:
     assert asyncio.run(online.load_checkpoint("s")) is None
-    asyncio.run(online.commit(commit(0, [row("a", 1000, 0)], late=3)))
-    asyncio.run(online.commit(commit(0, [row("a", 1000, 0)], late=2)))  # a replayed batch replaces
+    asyncio.run(online.commit(commit(0, [row("a", 1000, 0)])))
+    asyncio.run(online.commit(commit(0, [row("a", 1000, 0)])))  # a replayed batch is harmless
+    asyncio.run(online.commit(commit(1, [row("a", 1000, 1000)], checkpoint_due=False)))  # rows only
     cp = asyncio.run(online.load_checkpoint("s"))
     assert cp is not None
     assert (cp.next_batch, cp.row_offset, cp.state, cp.counters) == (1, 10, b"state", {"events_seen": 0})
-    assert len(asyncio.run(online.late_events("s"))) == 2  # type: ignore[attr-defined]
+    assert asyncio.run(online.get_latest("a", "fs"))[0]["window_start_ms"] == 1000
     pending = asyncio.run(online.undelivered_invalid())
-    assert [(p["batch"], p["input_ref"]) for p in pending] == [(0, "f:line 0")]
-    asyncio.run(online.mark_delivered([("s", 0, 0, 41)]))
+    assert [(p["batch"], p["input_ref"]) for p in pending] == [(0, "f:line 0"), (1, "f:line 1")]
+    asyncio.run(online.mark_delivered([("s", 0, 0, 41), ("s", 1, 0, 42)]))
     asyncio.run(online.commit(commit(0, [row("a", 1000, 0)])))  # replay keeps the delivery mark
     assert asyncio.run(online.undelivered_invalid()) == []
 

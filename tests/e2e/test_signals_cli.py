@@ -90,11 +90,23 @@ def test_sample_backfill_get_and_export(tmp_path: Path) -> None:
 
 
 def _late_rows(home: Path) -> list[dict[str, Any]]:
-    import sqlite3
-
-    with sqlite3.connect(home / "features.db") as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM late_events WHERE window_ms > 0")]
+    out = home / "late.parquet"
+    hw(
+        "features",
+        "export",
+        "--home",
+        str(home),
+        "--feature-set",
+        "sensors",
+        "--dataset",
+        "late",
+        "--out",
+        str(out),
+    )
+    late = pl.read_parquet(out)
+    assert late["content_hash"].str.len_chars().unique().to_list() == [64]
+    assert late["input_ref"].str.starts_with("events.jsonl:line ").all()
+    return late.filter(pl.col("window_ms") > 0).to_dicts()
 
 
 def test_rerun_is_idempotent_and_plain_output(tmp_path: Path) -> None:

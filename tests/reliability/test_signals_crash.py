@@ -79,16 +79,16 @@ def kill_after(inputs: Path, home: Path, batches: int) -> None:
 
 
 def stores(home: Path) -> tuple[pl.DataFrame, pl.DataFrame, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """(exported windows, exported points, online rows + points, late table)."""
+    """(exported windows, exported points, online rows + points, late events)."""
     offline = ParquetOfflineStore(str(home / "offline"))
     windows = asyncio.run(export_rows(offline, "sensors"))
-    points = asyncio.run(export_rows(offline, "sensors", points=True))
+    points = asyncio.run(export_rows(offline, "sensors", dataset="points"))
+    late = asyncio.run(export_rows(offline, "sensors", dataset="late"))
     with sqlite3.connect(home / "features.db") as conn:
         online = conn.execute("SELECT * FROM feature_rows ORDER BY 1, 2, 3, 4, 5").fetchall()
         online += conn.execute("SELECT * FROM point_features ORDER BY 1, 2, 3").fetchall()
-        late = conn.execute("SELECT * FROM late_events ORDER BY scope, batch, idx").fetchall()
     assert windows.select("entity_id", "window_ms", "window_start_ms").is_duplicated().sum() == 0
-    return windows, points, online, late
+    return windows, points, online, late.rows()
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,4 @@ def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path, inputs: Path) ->
     assert crashed[3] == clean[3]
     assert clean[0].height > 3000
     assert clean[1].height > 50_000
+    assert len(clean[3]) > 100

@@ -1,9 +1,9 @@
-"""Online feature store on SQLite (WAL, ``synchronous=FULL``): rows, points, late events, checkpoints.
+"""Online feature store on SQLite (WAL, ``synchronous=FULL``): rows, points, invalid records, checkpoints.
 
 Everything a signal batch changes is written in ONE transaction, checkpoint included, so the
 store is always at a batch boundary: after ``kill -9`` the run resumes from the last committed
-batch and replays the rest idempotently (upserts keyed by the FeatureRow key; late events and
-invalid records keyed by (scope, batch, index)).
+batch and replays the rest idempotently (upserts keyed by the FeatureRow key; invalid records keyed by
+(scope, batch, index)).
 """
 
 from __future__ import annotations
@@ -35,23 +35,6 @@ ROW_FIELDS = (
     "m2",
 )
 POINT_FIELDS = ("entity_id", "feature_set", "version", "event_time_ms", "sequence", "value", "ewma", "zscore")
-LATE_FIELDS = (
-    "scope",
-    "batch",
-    "idx",
-    "entity_id",
-    "event_time_ms",
-    "sequence",
-    "value",
-    "extra",
-    "window_ms",
-    "window_start_ms",
-    "watermark_ms",
-    "policy",
-    "reason",
-    "input_ref",
-    "content_hash",
-)
 INVALID_FIELDS = ("scope", "batch", "idx", "input_ref", "field", "reason")
 
 _SCHEMA = """
@@ -65,10 +48,6 @@ CREATE TABLE IF NOT EXISTS point_features (
   event_time_ms INTEGER NOT NULL,
   sequence INTEGER NOT NULL, value REAL, ewma REAL, zscore REAL,
   PRIMARY KEY (entity_id, feature_set, version)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS late_events (
-  scope TEXT NOT NULL, batch INTEGER NOT NULL, idx INTEGER NOT NULL, entity_id TEXT, event_time_ms INTEGER,
-  sequence INTEGER, value REAL, extra TEXT, window_ms INTEGER, window_start_ms INTEGER, watermark_ms INTEGER,
-  policy TEXT, reason TEXT, input_ref TEXT, content_hash TEXT, PRIMARY KEY (scope, batch, idx));
 CREATE TABLE IF NOT EXISTS invalid_records (
   scope TEXT NOT NULL, batch INTEGER NOT NULL, idx INTEGER NOT NULL, input_ref TEXT, field TEXT, reason TEXT,
   dlq_id INTEGER, PRIMARY KEY (scope, batch, idx));
@@ -89,9 +68,6 @@ _UPSERT_ROW = (
 _UPSERT_POINT = (
     f"INSERT INTO point_features ({', '.join(POINT_FIELDS)}) VALUES ({_placeholders(POINT_FIELDS)}) "
     "ON CONFLICT DO UPDATE SET " + ", ".join(f"{f} = excluded.{f}" for f in POINT_FIELDS[3:])
-)
-_INSERT_LATE = (
-    f"INSERT OR REPLACE INTO late_events ({', '.join(LATE_FIELDS)}) VALUES ({_placeholders(LATE_FIELDS)})"
 )
 _UPSERT_INVALID = (
     f"INSERT INTO invalid_records ({', '.join(INVALID_FIELDS)}) VALUES ({_placeholders(INVALID_FIELDS)}) "
@@ -173,10 +149,6 @@ class SQLiteFeatureStore:
         )
         return rows
 
-    async def late_events(self, scope: str | None = None) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await asyncio.to_thread(self._run, _select_late, scope)
-        return rows
-
     async def undelivered_invalid(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = await asyncio.to_thread(self._run, _select_undelivered)
         return rows
@@ -197,8 +169,6 @@ def _commit(conn: sqlite3.Connection, batch: Any) -> None:
     try:
         conn.executemany(_UPSERT_ROW, batch.online_rows)
         conn.executemany(_UPSERT_POINT, batch.online_points)
-        conn.execute("DELETE FROM late_events WHERE scope = ? AND batch >= ?", (batch.scope, batch.batch_no))
-        conn.executemany(_INSERT_LATE, batch.late_rows)
         conn.executemany(_UPSERT_INVALID, batch.invalid_rows)
         cp = batch.checkpoint
         if cp is not None:
@@ -262,13 +232,6 @@ def _latest(
     point_names = [d[0] for d in point.description]
     rows.extend({"kind": "point", **dict(zip(point_names, r, strict=True))} for r in point.fetchall())
     return rows
-
-
-def _select_late(conn: sqlite3.Connection, scope: str | None) -> list[dict[str, Any]]:
-    where, args = ("WHERE scope = ?", (scope,)) if scope else ("", ())
-    cursor = conn.execute(f"SELECT * FROM late_events {where} ORDER BY scope, batch, idx", args)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
 
 def _select_undelivered(conn: sqlite3.Connection) -> list[dict[str, Any]]:

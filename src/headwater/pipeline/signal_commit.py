@@ -23,13 +23,16 @@ from headwater.stages.features import BatchResult
 
 @dataclass(frozen=True)
 class BatchCommit:
-    """Everything the online store applies in one transaction (tuples in its column order)."""
+    """Everything the online store applies in one transaction (tuples in its column order).
+
+    Late events are not here: they go to the offline store's ``late`` dataset (written before
+    the commit under the batch's deterministic part name, like the window rows).
+    """
 
     scope: str
     batch_no: int
     online_rows: list[tuple[Any, ...]]
     online_points: list[tuple[Any, ...]]
-    late_rows: list[tuple[Any, ...]]
     invalid_rows: list[tuple[Any, ...]]
     checkpoint: SignalCheckpoint | None  # None: rows only, the last checkpoint stays (replay is idempotent)
 
@@ -84,7 +87,6 @@ def build_commit(
         "zscore",
     )
     file_index = chunk.file_index if chunk is not None else 0
-    late = _late_tuples(scope, spec.field, files, batch_no, result.late, file_index)
     invalid = [
         (scope, batch_no, i, input_ref(files, file_index, e.row), e.field, e.reason)
         for i, e in enumerate(chunk.errors if chunk is not None else [])
@@ -94,18 +96,37 @@ def build_commit(
         batch_no=batch_no,
         online_rows=rows.rows(),
         online_points=points.rows(),
-        late_rows=late,
         invalid_rows=invalid,
         checkpoint=checkpoint,
     )
 
 
-def _late_tuples(
-    scope: str, field: str, files: list[InputFile], batch_no: int, late: pl.DataFrame, file_index: int
-) -> list[tuple[Any, ...]]:
-    """Late-table rows with the sha256 content hash (computed once per late event)."""
-    columns = [
+def late_frame(
+    spec: FeatureSetSpec, files: list[InputFile], late: pl.DataFrame, file_index: int
+) -> pl.DataFrame:
+    """The late-events table rows of a batch: the event, the window it missed, why, and where it came from.
+
+    ``content_hash`` is the sha256 identity of the event (computed once per distinct late event).
+    """
+    if late.height == 0:
+        return late
+    events = late.select("entity_id", "event_time", "sequence", "value", "extra").unique(maintain_order=True)
+    digests = []
+    for entity, t, seq, value, extra in events.iter_rows():
+        payload = {spec.field: value, **(json.loads(extra) if extra else {})}
+        digests.append(signal_content_hash(entity, t, seq, payload))
+    prefix = input_ref(files, file_index, 0)[:-1]
+    hashed = events.with_columns(pl.Series("content_hash", digests, dtype=pl.String))
+    return late.join(
+        hashed,
+        on=["entity_id", "event_time", "sequence", "value", "extra"],
+        how="left",
+        maintain_order="left",
+        nulls_equal=True,
+    ).select(
         "entity_id",
+        pl.lit(spec.name).alias("feature_set"),
+        pl.lit(spec.version).alias("version"),
         "event_time",
         "sequence",
         "value",
@@ -115,19 +136,9 @@ def _late_tuples(
         "watermark_ms",
         "policy",
         "reason",
-        "row",
-    ]
-    digests: dict[tuple[Any, ...], str] = {}
-    prefix = input_ref(files, file_index, 0)[:-1]
-    out = []
-    for idx, (entity, t, seq, value, extra, *rest, row) in enumerate(late.select(columns).iter_rows()):
-        key = (entity, t, seq, value, extra)
-        if key not in digests:
-            payload = {field: value, **(json.loads(extra) if extra else {})}
-            digests[key] = signal_content_hash(entity, t, seq, payload)
-        ref = f"{prefix}{row}"
-        out.append((scope, batch_no, idx, entity, t, seq, value, extra, *rest, ref, digests[key]))
-    return out
+        (pl.lit(prefix) + pl.col("row").cast(pl.String)).alias("input_ref"),
+        "content_hash",
+    )
 
 
 def input_ref(files: list[InputFile], file_index: int, row: int) -> str:

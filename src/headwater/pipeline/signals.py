@@ -29,7 +29,7 @@ from headwater.events import (
 )
 from headwater.featuresets import FeatureSetSpec
 from headwater.models import sha256_hex
-from headwater.pipeline.signal_commit import BatchCommit, build_commit, input_ref, with_date
+from headwater.pipeline.signal_commit import BatchCommit, build_commit, input_ref, late_frame, with_date
 from headwater.pipeline.signal_inputs import (
     Chunk,
     InputFile,
@@ -43,6 +43,7 @@ from headwater.stages.decode import DecodeLimits
 from headwater.stages.features import BatchResult, EngineState, flush, process_batch
 
 Clock = Callable[[], int]
+DATASETS = ("windows", "points", "late")
 COUNTERS = (
     "events_seen",
     "events_invalid",
@@ -150,8 +151,8 @@ class SignalPipeline:
         finally:
             if writer is not None:
                 await asyncio.gather(writer, return_exceptions=True)
-        await self.offline.prune("windows", self.spec.name, self.scope, run.batch_no - 1)
-        await self.offline.prune("points", self.spec.name, self.scope, run.batch_no - 1)
+        for dataset in DATASETS:
+            await self.offline.prune(dataset, self.spec.name, self.scope, run.batch_no - 1)
         await self._deliver_dead_letters()
         yield SignalRunCompleted(
             run_id=run_id,
@@ -233,7 +234,7 @@ class SignalPipeline:
             checkpoint=(run.fingerprint, position, dict(run.counters), status) if due else None,
         )
 
-    def _serialize(self, staged: _Staged) -> tuple[pl.DataFrame, pl.DataFrame, BatchCommit]:
+    def _serialize(self, staged: _Staged) -> tuple[dict[str, pl.DataFrame], BatchCommit]:
         """Writer-side preparation (a worker thread, overlapping the next batch's engine step)."""
         checkpoint = None
         if staged.checkpoint is not None:
@@ -255,14 +256,21 @@ class SignalPipeline:
         commit = build_commit(
             self.scope, self.spec, staged.files, staged.batch_no, result, staged.chunk, checkpoint
         )
-        return with_date(result.rows, "window_start_ms"), with_date(points, "event_time"), commit
+        file_index = staged.chunk.file_index if staged.chunk is not None else 0
+        late = late_frame(self.spec, staged.files, result.late, file_index)
+        datasets = {
+            "windows": with_date(result.rows, "window_start_ms"),
+            "points": with_date(points, "event_time"),
+            "late": with_date(late, "event_time"),
+        }
+        return datasets, commit
 
     async def _write(self, staged: _Staged) -> list[SignalEvent]:
         """I/O half of a batch: offline parts (durable), then the online transaction, then the DLQ."""
-        windows, points, commit = await asyncio.to_thread(self._serialize, staged)
+        datasets, commit = await asyncio.to_thread(self._serialize, staged)
         part = f"part-{self.scope}-{staged.batch_no:06d}"
-        await self.offline.write("windows", self.spec.name, part, windows)
-        await self.offline.write("points", self.spec.name, part, points)
+        for dataset, rows in datasets.items():
+            await self.offline.write(dataset, self.spec.name, part, rows)
         await self.online.commit(commit)
         if staged.chunk is not None and staged.chunk.errors:
             await self._deliver_dead_letters()

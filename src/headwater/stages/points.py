@@ -78,7 +78,8 @@ def _with_zscore(
         ],
         how="vertical_relaxed",
     )
-    marked = marked.with_columns(_code()).sort("_code", "event_time")
+    # (code, time, value): ties broken by value, so every window sums in the same order on any run
+    marked = marked.with_columns(_code()).sort("_code", "event_time", "x")
     stats = marked.rolling(
         index_column="event_time", period=f"{window_ms}i", closed="left", group_by="_code"
     ).agg(pl.col("x").mean().alias("_m"), pl.col("x").std().alias("_s"), pl.len().alias("_n"))
