@@ -255,16 +255,31 @@ def decode_arrow(
         _type_problem(df) if limits.field == "value" else ("$.value", "Parquet input needs a value column")
     )
     if problem is not None:
-        last = first_row + df.height - 1
-        return _frame([], []), [
-            InvalidRecord(
-                row=first_row, field=problem[0], reason=f"{problem[1]}: rows {first_row}..{last} rejected"
-            )
-        ]
+        reason = f"{problem[1]}: rows {first_row}..{first_row + df.height - 1} rejected"
+        return _frame([], []), [InvalidRecord(row=first_row, field=problem[0], reason=reason)]
     if df.schema["event_time"] == pl.String:
         df = df.with_columns(pl.col("event_time").map_elements(_time_or_none, return_dtype=pl.Int64))
     epoch, sub_ms = _time_expr(df.schema["event_time"])
     df = df.with_columns(pl.int_range(first_row, first_row + df.height, dtype=pl.Int64).alias("row"))
+    checks = _arrow_checks(epoch, sub_ms, limits)
+    flags = df.select("row", *[c[0].fill_null(value=False).alias(f"_c{i}") for i, c in enumerate(checks)])
+    invalid = pl.any_horizontal([pl.col(f"_c{i}") for i in range(len(checks))])
+    out = df.filter(flags.select(~invalid).to_series()).select(
+        pl.col("entity_id").cast(pl.String),
+        epoch.alias("event_time"),
+        pl.col("sequence").cast(pl.Int64),
+        pl.col("value").cast(pl.Float64),
+        pl.lit("").alias("extra"),
+        pl.lit(None, dtype=pl.String).alias("ce_key"),
+        "row",
+    )
+    return out, _first_problem_per_row(flags, checks)
+
+
+def _arrow_checks(
+    epoch: pl.Expr, sub_ms: pl.Expr | None, limits: DecodeLimits
+) -> list[tuple[pl.Expr, str, str]]:
+    """(mask of bad rows, field path, reason), in the order a record's problem is reported."""
     entity = pl.col("entity_id").cast(pl.String)
     checks: list[tuple[pl.Expr, str, str]] = [
         (entity.is_null() | (entity.str.len_chars() == 0), "$.entity_id", "missing or empty"),
@@ -281,24 +296,18 @@ def decode_arrow(
     ]
     if sub_ms is not None:
         checks.append((sub_ms, "$.event_time", "sub-millisecond precision would be truncated"))
-    flags = df.select("row", *[c[0].fill_null(value=False).alias(f"_c{i}") for i, c in enumerate(checks)])
-    errors: list[InvalidRecord] = []
+    return checks
+
+
+def _first_problem_per_row(
+    flags: pl.DataFrame, checks: list[tuple[pl.Expr, str, str]]
+) -> list[InvalidRecord]:
+    """One record per bad row (its first failing check), so counts are of records, not problems."""
+    found: dict[int, InvalidRecord] = {}
     for i, (_, field, reason) in enumerate(checks):
-        bad = flags.filter(pl.col(f"_c{i}"))["row"]
-        errors.extend(InvalidRecord(row=int(r), field=field, reason=reason) for r in bad)
-    invalid = pl.any_horizontal([pl.col(f"_c{i}") for i in range(len(checks))])
-    keep = flags.select(~invalid)[:, 0]
-    out = df.filter(keep).select(
-        entity.alias("entity_id"),
-        epoch.alias("event_time"),
-        pl.col("sequence").cast(pl.Int64),
-        pl.col("value").cast(pl.Float64),
-        pl.lit("").alias("extra"),
-        pl.lit(None, dtype=pl.String).alias("ce_key"),
-        "row",
-    )
-    errors.sort(key=lambda e: e.row)
-    return out, errors
+        for row in flags.filter(pl.col(f"_c{i}"))["row"]:
+            found.setdefault(int(row), InvalidRecord(row=int(row), field=field, reason=reason))
+    return [found[row] for row in sorted(found)]
 
 
 def _time_or_none(text: str) -> int | None:

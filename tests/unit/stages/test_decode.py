@@ -95,6 +95,17 @@ def test_arrow_columns_validated_without_coercion() -> None:
             "value": [1.0, 2.0, 3.0, 4.0, float("inf"), 6.0],
         }
     )
+    table = table.append_column("extra_col", pa.array([1] * 6))
+    both_bad = pa.table(
+        {
+            "entity_id": pa.array([None], pa.string()),
+            "event_time": [1],
+            "sequence": pa.array([None], pa.int64()),
+            "value": [1.0],
+        }
+    )
+    bad_errors = decode_arrow(both_bad, 0, LIMITS)[1]
+    assert [(e.row, e.field) for e in bad_errors] == [(0, "$.entity_id")]  # one per row: its first problem
     frame, errors = decode_arrow(table, 100, LIMITS)
     assert frame["row"].to_list() == [100]
     assert [(e.row, e.field) for e in errors] == [
