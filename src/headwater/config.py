@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     vector_store: str | None = None  # default: lancedb://{home}/vectors
     metadata_store: str | None = None  # default: sqlite:///{home}/state.db
 
-    include: list[str] = Field(default_factory=lambda: ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.pdf"])
+    include: list[str] = Field(
+        default_factory=lambda: ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.pdf"]
+    )
     exclude: list[str] = Field(default_factory=lambda: ["**/.*", "**/.*/**"])
     chunk_size_chars: int = Field(1000, ge=50)
     chunk_overlap_chars: int = Field(100, ge=0)

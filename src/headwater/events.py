@@ -82,7 +82,13 @@ class RunCompleted(Event, frozen=True, kw_only=True):
 
 
 DocumentEvent = (
-    RunStarted | DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted | BatchProgress | RunCompleted
+    RunStarted
+    | DocumentCompleted
+    | DocumentSkipped
+    | DocumentFailed
+    | DocumentDeleted
+    | BatchProgress
+    | RunCompleted
 )
 
 _encoder = msgspec.json.Encoder()

@@ -57,10 +57,9 @@ class LanceVectorStore:
         self._writes = 0
 
     async def open(self, dimensions: int) -> None:
-        """Connects lazily, on first use: importing lancedb costs ~2 s, and a no-change run
-        never touches the vector store."""
         os.environ.setdefault("LANCE_LOG", "error")
         self._dimensions = dimensions
+        await self._thread.call(self._open, dimensions)
 
     @property
     def table(self) -> Any:

@@ -77,6 +77,7 @@ class SQLiteMetadataStore:
         self.url = url
         self.path = _path_from_url(url)
         self._thread = OwnThread("sqlite")
+        self._cache_thread = OwnThread("sqlite-cache")
         self._db: sqlite3.Connection | None = None
         self._cache: sqlite3.Connection | None = None
 
@@ -100,6 +101,7 @@ class SQLiteMetadataStore:
 
         await self._thread.call(_close)
         self._thread.shutdown()
+        self._cache_thread.shutdown()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -249,7 +251,9 @@ class SQLiteMetadataStore:
             after = rows[-1][1]
 
     def _chunk_keys_after(self, after: str) -> list[Any]:
-        sql = "SELECT doc_id, chunk_id, chunk_hash FROM chunks WHERE chunk_id > ? ORDER BY chunk_id LIMIT 5000"  # noqa: E501
+        sql = (
+            "SELECT doc_id, chunk_id, chunk_hash FROM chunks WHERE chunk_id > ? ORDER BY chunk_id LIMIT 5000"
+        )
         return self.db.execute(sql, (after,)).fetchall()
 
     async def counts(self) -> dict[str, int]:
@@ -325,7 +329,7 @@ class SQLiteMetadataStore:
                     found[chunk_hash] = np.frombuffer(blob, dtype=np.float32)
             return found
 
-        return await self._thread.call(_get)
+        return await self._cache_thread.call(_get)
 
     async def put_vectors(self, embedder_id: str, vectors: dict[str, Vectors]) -> None:
         def _put() -> None:
@@ -337,7 +341,7 @@ class SQLiteMetadataStore:
                     [(embedder_id, h, v.astype(np.float32).tobytes()) for h, v in vectors.items()],
                 )
 
-        await self._thread.call(_put)
+        await self._cache_thread.call(_put)
 
 
 def _doc_from_row(row: Sequence[Any]) -> DocState:

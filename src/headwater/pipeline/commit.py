@@ -69,6 +69,13 @@ class GroupCommitter:
         self.batch_size = batch_size
         self.limit = asyncio.Semaphore(concurrency)
         self.stats = CommitStats()
+        self._caching: asyncio.Future[None] | None = None
+
+    async def flush(self) -> None:
+        """Wait for the embedding-cache write in flight, if any."""
+        if self._caching is not None:
+            caching, self._caching = self._caching, None
+            await caching
 
     async def vectors_for(self, hashes_to_text: dict[str, str]) -> tuple[dict[str, Vectors], set[str]]:
         """Vectors for every hash: from the cache, else embedded (in concurrent batches) and cached."""
@@ -81,7 +88,9 @@ class GroupCommitter:
         for batch, matrix in zip(batches, results, strict=True):
             fresh.update(zip(batch, matrix, strict=True))
         if fresh:
-            await self.cache.put_vectors(self.embedder.id, fresh)
+            # Caching is off the critical path (one write in flight): losing it costs only a re-embed.
+            await self.flush()
+            self._caching = asyncio.ensure_future(self.cache.put_vectors(self.embedder.id, fresh))
         self.stats.embedded += len(fresh)
         found.update(fresh)
         return found, set(fresh)

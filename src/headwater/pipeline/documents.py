@@ -44,10 +44,12 @@ from headwater.ports import (
     VectorStore,
 )
 from headwater.stages.chunk import chunker_key
-from headwater.stages.prepare import PrepareOptions, prepare_document
+from headwater.stages.prepare import PrepareFailure, PrepareOptions, prepare_documents
 
 _END = object()
 SCAN_BATCH = 256
+PREPARE_BATCH_DOCS = 32  # documents per round trip to a worker process
+PREPARE_BATCH_BYTES = 4 * 1024 * 1024
 
 
 class MetadataStore(DocumentState, DeadLetters, EmbeddingCache, Protocol):
@@ -144,10 +146,11 @@ class _DocumentRun:
         self.counts: dict[str, int] = dict.fromkeys(
             ["seen", "added", "updated", "unchanged", "deleted", "skipped", "failed", "chunks_deleted"], 0
         )
-        self.work: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.s.queue_size)
+        self.work: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * self.s.concurrency)
         self.ready: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.s.queue_size)
         self.in_flight = 0
         self.suspects: list[_Work] = []
+        self._vectors_open: asyncio.Future[None] | None = None
         self.force = False
         self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
         self.options = PrepareOptions(
@@ -174,7 +177,6 @@ class _DocumentRun:
         await p.metadata.open()
         try:
             await p.embedder.open()
-            await p.vectors.open(p.embedder.dimensions)
             await self._check_settings()
             await self.emit(RunStarted(run_id=p.run_id, kind="documents", source=p.source.uri))
             ticker = asyncio.create_task(self._tick())
@@ -187,9 +189,11 @@ class _DocumentRun:
                         await asyncio.gather(*readers)
                         await self.ready.put(_END)
                         await committer
+                        await self.committer.flush()
                 except ExceptionGroup as group:
                     raise _first_error(group) from None
                 await self._prepare_suspects()
+                await self.committer.flush()
                 if p.only is None:
                     await self._delete_vanished()
             finally:
@@ -197,7 +201,10 @@ class _DocumentRun:
             await self.emit(self._final())
         finally:
             self.pool.close()
-            await p.vectors.close()
+            if self._vectors_open is not None:
+                with contextlib.suppress(Exception):
+                    await self._vectors_open  # its error, if any, was raised where it was needed
+                await p.vectors.close()
             await p.embedder.close()
             await p.metadata.close()
 
@@ -250,12 +257,20 @@ class _DocumentRun:
                 await self._skip(doc_id, entry.relpath, reason)
             else:
                 todo.append((entry, doc_id))
+        batch_works: list[_Work] = []
+        batch_bytes = 0
         for entry, doc_id in todo:
             work = _Work(entry, doc_id, states.get(doc_id), 0)
             if work.before is not None and work.before.attempts > 0 and work.before.status == "pending":
                 self.suspects.append(work)
-            else:
-                await self.work.put(work)
+                continue
+            batch_works.append(work)
+            batch_bytes += entry.size
+            if len(batch_works) >= PREPARE_BATCH_DOCS or batch_bytes >= PREPARE_BATCH_BYTES:
+                await self.work.put(batch_works)
+                batch_works, batch_bytes = [], 0
+        if batch_works:
+            await self.work.put(batch_works)
 
     def _fast_skip(self, entry: SourceEntry, state: DocState | None) -> str | None:
         """Unchanged size and mtime: not even read (the no-change re-run never opens a file)."""
@@ -273,74 +288,107 @@ class _DocumentRun:
 
     # -- read + prepare -----------------------------------------------------------------------------
     async def _prepare_loop(self) -> None:
-        while (work := await self.work.get()) is not _END:
-            if (ready := await self._prepare_one(work)) is not None:
+        while (batch := await self.work.get()) is not _END:
+            for ready in await self._prepare_batch(batch):
                 await self.ready.put(ready)
 
     async def _prepare_suspects(self) -> None:
         """Documents an earlier run claimed but never finished go last, one at a time: if one of
         them kills the process again, only its own attempt counter moves."""
         for work in self.suspects:
-            if (ready := await self._prepare_one(work)) is not None:
+            for ready in await self._prepare_batch([work]):
                 await self._commit([ready])
 
-    async def _prepare_one(self, work: _Work) -> ReadyDocument | None:
-        self.in_flight += 1
-        try:
-            return await self._prepare(work)
-        except InputError as exc:
-            await self._fail(work, "extract", exc, status="failed")
-        except Exception as exc:  # noqa: BLE001 - a bug on one input must not stop the run
-            await self._fail(work, "extract", exc, status="error")
-        return None
+    def warm_vectors(self) -> None:
+        """Open the vector store in the background once there is work: the first write does not
+        wait for it, and a run with nothing to do never pays for it (lancedb imports in ~2 s)."""
+        if self._vectors_open is None:
+            self._vectors_open = asyncio.ensure_future(self.p.vectors.open(self.p.embedder.dimensions))
 
-    async def _prepare(self, work: _Work) -> ReadyDocument | None:
-        p = self.p
-        data = await p.source.read(work.entry, self.s.max_file_bytes)
-        content_hash = sha256_hex(data)
-        before = work.before
-        if (
-            before is not None
-            and not self.force
-            and before.content_hash == content_hash
-            and before.status in ("done", "failed")
-        ):
-            # Touched, not changed: record the new mtime so the next run takes the fast path.
-            touched = DocState(
-                **{**_fields(before), "size": work.entry.size, "mtime_ns": work.entry.mtime_ns}
-            )
-            await p.metadata.commit([touched], {})
-            self.in_flight -= 1
-            await self._skip(
-                work.doc_id,
-                work.entry.relpath,
-                "unchanged" if before.status == "done" else "previously_failed",
-            )
-            return None
-        # Claimed one by one, just before the work: an input that kills the process counts an
-        # attempt for itself only, and reaches the DLQ after max_attempts instead of looping.
-        work.attempts = (await p.metadata.claim([(work.doc_id, p.source.uri, work.entry.relpath)]))[
-            work.doc_id
-        ]
-        if work.attempts > self.s.max_attempts:
-            msg = (
-                f"{work.entry.relpath}: gave up after {work.attempts - 1} attempts that never finished "
-                "(the input crashed or hung the worker)"
-            )
-            raise InputError(msg)
-        crash_point("extract", work.entry.relpath)
-        prepared = await self.pool.run(
-            work.entry.relpath, prepare_document, work.doc_id, work.entry.relpath, data, self.options
+    async def vectors_ready(self) -> None:
+        self.warm_vectors()
+        assert self._vectors_open is not None
+        await self._vectors_open
+
+    async def _prepare_batch(self, batch: list[_Work]) -> list[ReadyDocument]:
+        self.warm_vectors()
+        self.in_flight += len(batch)
+        loaded = await self._read_changed(batch)
+        if not loaded:
+            return []
+        # Claimed just before the work: an input that kills the process counts an attempt and
+        # reaches the DLQ after max_attempts instead of looping (suspects are retried alone).
+        claims = await self.p.metadata.claim(
+            [(w.doc_id, self.p.source.uri, w.entry.relpath) for w, _, _ in loaded]
         )
-        crash_point("after_extract")
-        return ReadyDocument(
-            entry=work.entry,
-            doc_id=work.doc_id,
-            source=p.source.uri,
-            before=before,
-            content_hash=content_hash,
-            prepared=prepared,
-        )
+        todo = []
+        for work, data, content_hash in loaded:
+            work.attempts = claims[work.doc_id]
+            if work.attempts > self.s.max_attempts:
+                msg = (
+                    f"{work.entry.relpath}: gave up after {work.attempts - 1} attempts that never finished "
+                    "(the input crashed or hung the worker)"
+                )
+                await self._fail(work, "extract", InputError(msg), status="failed", content_hash=content_hash)
+            else:
+                todo.append((work, data, content_hash))
+        return await self._extract(todo)
+
+    async def _read_changed(self, batch: list[_Work]) -> list[tuple[_Work, bytes, str]]:
+        """Read and hash; a document whose bytes did not change is skipped (only its mtime moved)."""
+        loaded = []
+        for work in batch:
+            try:
+                data = await self.p.source.read(work.entry, self.s.max_file_bytes)
+            except InputError as exc:
+                await self._fail(work, "read", exc, status="failed")
+                continue
+            content_hash = sha256_hex(data)
+            before = work.before
+            unchanged = before is not None and before.content_hash == content_hash and not self.force
+            if before is not None and unchanged and before.status in ("done", "failed"):
+                touched = DocState(
+                    **{**_fields(before), "size": work.entry.size, "mtime_ns": work.entry.mtime_ns}
+                )
+                await self.p.metadata.commit([touched], {})
+                self.in_flight -= 1
+                reason = "unchanged" if before.status == "done" else "previously_failed"
+                await self._skip(work.doc_id, work.entry.relpath, reason)
+                continue
+            loaded.append((work, data, content_hash))
+        return loaded
+
+    async def _extract(self, todo: list[tuple[_Work, bytes, str]]) -> list[ReadyDocument]:
+        if not todo:
+            return []
+        for work, _, _ in todo:
+            crash_point("extract", work.entry.relpath)
+        items = [(w.doc_id, w.entry.relpath, data) for w, data, _ in todo]
+        try:
+            results = await self.pool.run(todo[0][0].entry.relpath, prepare_documents, items, self.options)
+        except InputError as exc:  # the batch hung or crashed its worker: find the culprit alone
+            if len(todo) > 1:
+                return [ready for one in todo for ready in await self._extract([one])]
+            await self._fail(todo[0][0], "extract", exc, status="failed", content_hash=todo[0][2])
+            return []
+        ready = []
+        for (work, _, content_hash), result in zip(todo, results, strict=True):
+            if isinstance(result, PrepareFailure):
+                status = "failed" if result.bad_input else "error"
+                await self._fail(work, "extract", result, status=status, content_hash=content_hash)
+                continue
+            crash_point("after_extract")
+            ready.append(
+                ReadyDocument(
+                    entry=work.entry,
+                    doc_id=work.doc_id,
+                    source=self.p.source.uri,
+                    before=work.before,
+                    content_hash=content_hash,
+                    prepared=result,
+                )
+            )
+        return ready
 
     # -- commit ---------------------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
@@ -363,6 +411,7 @@ class _DocumentRun:
 
     async def _commit(self, group: list[ReadyDocument]) -> None:
         try:
+            await self.vectors_ready()
             completed = await self.committer.commit(group)
         except HeadwaterError as exc:
             status = "error" if isinstance(exc, RetryableError) else "failed"
@@ -388,7 +437,7 @@ class _DocumentRun:
         self,
         work: _Work,
         stage: str,
-        exc: Exception,
+        error: Exception | PrepareFailure,
         *,
         status: str,
         content_hash: str | None = None,
@@ -398,19 +447,26 @@ class _DocumentRun:
         p = self.p
         self.in_flight -= 1
         attempts = max(work.attempts, 1)
+        if isinstance(error, PrepareFailure):
+            error_type, message, tb = error.error_type, error.message, error.traceback
+        else:
+            error_type, message = type(error).__name__, str(error)
+            tb = "".join(traceback.format_exception(error))
         letter = DeadLetter(
             id=0,
             kind="document",
             input_ref=work.entry.relpath,
             source=p.source.uri,
             stage=stage,
-            error_type=type(exc).__name__,
-            message=str(exc),
+            error_type=error_type,
+            message=message,
             attempts=attempts,
-            traceback="".join(traceback.format_exception(exc)),
+            traceback=tb,
             created_at="",
         )
+        delete_chunks = delete_chunks and work.before is not None and work.before.content_hash is not None
         if delete_chunks:
+            await self.vectors_ready()
             await p.vectors.delete_stale({work.doc_id: set()})
         state = DocState(
             doc_id=work.doc_id,
@@ -447,6 +503,7 @@ class _DocumentRun:
             ids = [d.doc_id for d in batch]
             await p.metadata.finish(ids, status="deleting")
             old = await p.metadata.get_chunks(ids)
+            await self.vectors_ready()
             await p.vectors.delete_stale({doc_id: set() for doc_id in ids})
             crash_point("during_delete")
             await p.metadata.forget(ids)

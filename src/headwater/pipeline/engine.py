@@ -40,7 +40,13 @@ class CpuPool:
             else:
                 import multiprocessing
 
-                ctx = multiprocessing.get_context("spawn")
+                # fork, not spawn: spawn re-imports the caller's __main__, which breaks every user
+                # script without a __main__ guard. The children run only pure stage functions,
+                # whose imports are done here first so no child ever imports under a held lock.
+                import pypdfium2  # noqa: F401
+                import semchunk  # noqa: F401
+
+                ctx = multiprocessing.get_context("fork")
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.workers, mp_context=ctx, initializer=die_with_parent
                 )

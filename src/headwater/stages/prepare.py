@@ -5,8 +5,10 @@ A plain top-level function of picklable arguments, so a process pool (or Spark) 
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 
+from headwater.errors import InputError
 from headwater.stages.chunk import TextChunk, chunk_text
 from headwater.stages.extract import extract
 from headwater.stages.normalize import normalize_text, strip_repeated_edges
@@ -48,3 +50,33 @@ def prepare_document(doc_id: str, relpath: str, data: bytes, options: PrepareOpt
         config_key=options.chunker_key,
     )
     return PreparedDocument(doc_id=doc_id, chunks=chunks, text_chars=len(text), redactions=redactions)
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareFailure:
+    """A document that could not be prepared, as a value: one bad file never fails its batch."""
+
+    error_type: str
+    message: str
+    traceback: str
+    bad_input: bool  # InputError: dead-letter for good; otherwise a bug or resource problem
+
+
+def prepare_documents(
+    items: list[tuple[str, str, bytes]], options: PrepareOptions
+) -> list[PreparedDocument | PrepareFailure]:
+    """Prepare (doc_id, relpath, data) items in one call: one round trip to a worker process."""
+    results: list[PreparedDocument | PrepareFailure] = []
+    for doc_id, relpath, data in items:
+        try:
+            results.append(prepare_document(doc_id, relpath, data, options))
+        except Exception as exc:  # noqa: BLE001 - per-item failures are values
+            results.append(
+                PrepareFailure(
+                    error_type=type(exc).__name__,
+                    message=str(exc) or repr(exc),
+                    traceback="".join(traceback.format_exception(exc)),
+                    bad_input=isinstance(exc, InputError),
+                )
+            )
+    return results
