@@ -197,27 +197,7 @@ class SignalPipeline:
         _count(run.counters, result, invalid=len(chunk.errors) if chunk else 0)
         batch_no = run.batch_no
         run.batch_no += 1
-        errors = chunk.errors if chunk is not None else []
-        file_index = chunk.file_index if chunk is not None else 0
-        events: list[SignalEvent] = [
-            SignalRejected(
-                run_id=run.run_id,
-                input_ref=input_ref(run.files, file_index, e.row),
-                field=e.field,
-                reason=e.reason,
-            )
-            for e in errors
-        ]
-        events.append(
-            WindowsClosed(
-                run_id=run.run_id,
-                batch=batch_no,
-                rows=result.rows.height,
-                points=result.points.height,
-                late=result.late.height,
-                watermark_ms=run.state.watermark_ms if chunk else None,
-            )
-        )
+        events = _batch_events(run, batch_no, chunk, result)
         due = (
             chunk is None
             or time.monotonic() - run.last_checkpoint >= self.options.checkpoint_interval_seconds
@@ -332,6 +312,32 @@ class SignalPipeline:
             delivered.append((item["scope"], item["batch"], item["idx"], dlq_id))
         if delivered:
             await self.online.mark_delivered(delivered)
+
+
+def _batch_events(run: _Run, batch_no: int, chunk: Chunk | None, result: BatchResult) -> list[SignalEvent]:
+    """What a batch reports once committed: each rejected record, then the batch summary."""
+    errors = chunk.errors if chunk is not None else []
+    file_index = chunk.file_index if chunk is not None else 0
+    events: list[SignalEvent] = [
+        SignalRejected(
+            run_id=run.run_id,
+            input_ref=input_ref(run.files, file_index, e.row),
+            field=e.field,
+            reason=e.reason,
+        )
+        for e in errors
+    ]
+    events.append(
+        WindowsClosed(
+            run_id=run.run_id,
+            batch=batch_no,
+            rows=result.rows.height,
+            points=result.points.height,
+            late=result.late.height,
+            watermark_ms=run.state.watermark_ms if chunk else None,
+        )
+    )
+    return events
 
 
 def _count(counters: dict[str, int], result: BatchResult, *, invalid: int) -> None:
