@@ -3,12 +3,13 @@
 Events wait in a buffer until the watermark passes them (``t < W``), then are released per
 entity in (event_time, sequence) order, so the recursions see event-time order whatever the
 arrival order. Vectorized: the EWMA runs as Polars' ``ewm_mean`` seeded with each entity's
-previous value; the z-score uses rolling mean/std over ``[t - Z, t)`` on values shifted by a
-per-entity constant (the entity's first value) so the variance stays exact.
+previous value; the z-score uses shifted prefix sums over ``[t - Z, t)`` (values minus the
+entity's previous EWMA, a close estimate of the local mean, so the variance keeps its digits).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 PENDING_SCHEMA: dict[str, pl.DataType] = {
@@ -20,13 +21,9 @@ PENDING_SCHEMA: dict[str, pl.DataType] = {
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "entity_id": pl.String(),
     "event_time": pl.Int64(),
-    "x": pl.Float64(),
+    "value": pl.Float64(),
 }
-ENTITY_SCHEMA: dict[str, pl.DataType] = {
-    "entity_id": pl.String(),
-    "ewma": pl.Float64(),
-    "shift": pl.Float64(),
-}
+ENTITY_SCHEMA: dict[str, pl.DataType] = {"entity_id": pl.String(), "ewma": pl.Float64()}
 POINT_SCHEMA: dict[str, pl.DataType] = {**PENDING_SCHEMA, "ewma": pl.Float64(), "zscore": pl.Float64()}
 
 
@@ -59,39 +56,51 @@ def _with_ewma(ready: pl.DataFrame, entities: pl.DataFrame, alpha: float) -> pl.
 
 
 def _with_zscore(
-    ready: pl.DataFrame, history: pl.DataFrame, shifts: pl.DataFrame, window_ms: int
+    ready: pl.DataFrame, history: pl.DataFrame, entities: pl.DataFrame, window_ms: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """z against the entity's values in ``[t - window, t)``; returns (rows, history incl. ready).
 
-    Rolling statistics run over history + released rows sorted by (entity code, time); ``closed
-    = "left"`` excludes the event itself and its ties at t.
+    Shifted sums: values minus the entity's EWMA before this batch (close to the local mean, so
+    the variance keeps its digits), per-entity prefix sums, and a binary search for each window's
+    start and end. The window end is the first row at time t, so ties at t are excluded.
     """
-    shifted = ready.join(shifts, on="entity_id", how="left", maintain_order="left").with_columns(
-        (pl.col("value") - pl.col("shift")).alias("x")
-    )
     marked = pl.concat(
         [
-            history.with_columns(pl.lit(None, dtype=pl.Int64).alias("_row")),
-            shifted.select(
-                "entity_id", "event_time", "x", pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")
+            history.with_columns(pl.lit(-1, dtype=pl.Int64).alias("_row")),
+            ready.select(
+                "entity_id", "event_time", "value", pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")
             ),
         ],
         how="vertical_relaxed",
+    ).join(entities.select("entity_id", pl.col("ewma").alias("_k")), on="entity_id", how="left")
+    codes = marked.select(_code())["_code"].to_numpy().astype(np.int64)
+    times = marked["event_time"].to_numpy()
+    values = marked["value"].to_numpy()
+    # A stable sort by (entity, time): history (stored in order) precedes this batch's events, which
+    # arrive sorted by (time, sequence, value), so every window sums in the same order on any run.
+    key = (codes << 42) | (times - times.min())
+    order = np.argsort(key, kind="stable")
+    key, codes = key[order], codes[order]
+    x = values[order] - marked["_k"].to_numpy()[order]
+    start = np.searchsorted(key, np.maximum(key - window_ms, codes << 42), side="left")
+    end = np.searchsorted(key, key, side="left")
+    sums = pl.DataFrame({"c": codes, "x": x}).select(
+        (pl.col("x").cum_sum().over("c") - pl.col("x")).alias("p1"),
+        ((pl.col("x") ** 2).cum_sum().over("c") - pl.col("x") ** 2).alias("p2"),
     )
-    # (code, time, value): ties broken by value, so every window sums in the same order on any run
-    marked = marked.with_columns(_code()).sort("_code", "event_time", "x")
-    stats = marked.rolling(
-        index_column="event_time", period=f"{window_ms}i", closed="left", group_by="_code"
-    ).agg(pl.col("x").mean().alias("_m"), pl.col("x").std().alias("_s"), pl.len().alias("_n"))
-    if not (stats["_code"].equals(marked["_code"]) and stats["event_time"].equals(marked["event_time"])):
-        msg = "rolling output is not aligned with its input"  # guards a Polars behaviour we rely on
-        raise AssertionError(msg)
-    usable = (pl.col("_n") >= 2) & (pl.col("_s") > 0)
-    z = pl.when(usable).then((pl.col("x") - pl.col("_m")) / pl.col("_s")).otherwise(None)
-    joined = marked.select("x", "_row").with_columns(stats["_m"], stats["_s"], stats["_n"])
-    per_row = joined.select(z.alias("zscore"), "_row").filter(pl.col("_row").is_not_null()).sort("_row")
-    rows = shifted.with_columns(per_row["zscore"]).drop("shift", "x")
-    return rows, marked.select("entity_id", "event_time", "x")
+    p1, p2 = sums["p1"].to_numpy(), sums["p2"].to_numpy()
+    n = (end - start).astype(np.float64)
+    s1, s2 = p1[end] - p1[start], p2[end] - p2[start]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = s1 / n
+        std = np.sqrt(np.maximum(s2 - s1 * mean, 0.0) / (n - 1))
+        z = np.where((n >= 2) & (std > 0), (x - mean) / std, np.nan)
+    row = marked["_row"].to_numpy()[order]
+    mine = row >= 0
+    out = np.empty(ready.height, dtype=np.float64)
+    out[row[mine]] = z[mine]
+    zscore = pl.Series("zscore", out).fill_nan(None)
+    return ready.with_columns(zscore), marked.select("entity_id", "event_time", "value")[order]
 
 
 def release_points(
@@ -114,7 +123,7 @@ def release_points(
     )
     entities = (
         entities.join(first, on="entity_id", how="full", coalesce=True)
-        .with_columns(pl.col("shift").fill_null(pl.col("_first")), pl.col("ewma").fill_null(pl.col("_first")))
+        .with_columns(pl.col("ewma").fill_null(pl.col("_first")))
         .drop("_first")
     )
     with_ewma = _with_ewma(ready, entities, alpha)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from typing import Any
 
@@ -141,3 +142,20 @@ def test_empty_windows_emit_nothing_and_windows_are_half_open() -> None:
     rows = final_rows(run_engine(events, make_spec([(1000, 1000)]), 10)["rows"])
     assert sorted(rows) == [("a", 1000, 0), ("a", 1000, 1000), ("a", 1000, 9000)]
     assert rows[("a", 1000, 0)]["std"] is None
+
+
+def test_zscore_keeps_its_digits_on_a_drifting_large_signal() -> None:
+    """Shifted sums around the entity's EWMA: a 1e6 offset plus drift must not eat the variance."""
+    rng = random.Random(3)
+    events = [Ev("a", 1_000 + 250 * i, i, 1e6 + 0.5 * i + rng.gauss(0, 1e-2)) for i in range(800)]
+    got = run_engine(events, make_spec([(60_000, 60_000)]), 97)
+    ref = run_reference(events, [(60_000, 60_000)], 2000)
+    pts = {
+        (r["entity_id"], r["event_time"], r["sequence"], r["value"]): r["zscore"]
+        for r in got["points"].iter_rows(named=True)
+    }
+    checked = 0
+    for key, (_, z) in ref.points.items():
+        assert close(pts[key], z, 1e-6), (key, pts[key], z)
+        checked += z is not None
+    assert checked > 700
