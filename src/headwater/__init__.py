@@ -1,5 +1,6 @@
 """headwater: ingest documents and time-series signals for AI systems."""
 
+from headwater.bootstrap import build_document_pipeline
 from headwater.config import Settings, load_settings
 from headwater.errors import (
     AdapterError,
@@ -20,6 +21,7 @@ __all__ = [
     "PermanentError",
     "RetryableError",
     "Settings",
+    "build_document_pipeline",
     "load_settings",
 ]
 __version__ = "0.1.0"

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(4, ge=1)
     workers: int = Field(0, ge=0)  # extraction processes; 0 = one per core
     max_attempts: int = Field(3, ge=1)
+    retry_attempts: int = Field(5, ge=1)
+    retry_initial_seconds: float = Field(0.2, ge=0)
+    retry_max_seconds: float = Field(30.0, ge=0)
     queue_size: int = Field(256, ge=1)
 
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
@@ -101,8 +104,6 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**clean)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         msg = f"invalid configuration: {problems}"
         raise ConfigError(msg) from exc

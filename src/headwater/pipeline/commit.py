@@ -17,7 +17,7 @@ import numpy as np
 
 from headwater.events import DocumentCompleted
 from headwater.models import Chunk
-from headwater.pipeline.engine import with_retries
+from headwater.pipeline.engine import RetryPolicy, with_retries
 from headwater.pipeline.faults import crash_point
 from headwater.ports import (
     ChunkKey,
@@ -61,12 +61,14 @@ class GroupCommitter:
         *,
         batch_size: int,
         concurrency: int,
+        retry: RetryPolicy,
     ) -> None:
         self.embedder = embedder
         self.cache = cache
         self.vectors = vectors
         self.state = state
         self.batch_size = batch_size
+        self.retry = retry
         self.limit = asyncio.Semaphore(concurrency)
         self.stats = CommitStats()
         self._caching: asyncio.Future[None] | None = None
@@ -98,7 +100,7 @@ class GroupCommitter:
     async def _embed(self, texts: list[str]) -> Vectors:
         async with self.limit:
             self.stats.embed_calls += 1
-            matrix = await with_retries(lambda: self.embedder.embed(texts))
+            matrix = await with_retries(lambda: self.embedder.embed(texts), self.retry)
         _check_vectors(matrix, len(texts), self.embedder)
         return matrix
 
@@ -144,7 +146,9 @@ class GroupCommitter:
             for start in range(0, len(rows), UPSERT_SLICE):
                 part = rows[start : start + UPSERT_SLICE]
                 matrix = np.stack([vectors[c.chunk_hash] for c in part]).astype(np.float32)
-                await with_retries(functools.partial(self.vectors.upsert, part, matrix, fresh=fresh))
+                await with_retries(
+                    functools.partial(self.vectors.upsert, part, matrix, fresh=fresh), self.retry
+                )
                 crash_point("mid_upsert")
 
 
@@ -177,7 +181,7 @@ def _state_after(r: ReadyDocument, status: str) -> DocState:
 
 def _completed(r: ReadyDocument, old: list[ChunkKey], embedded: set[str]) -> DocumentCompleted:
     new_ids = {c.chunk_id for c in r.prepared.chunks}
-    added = r.before is None or r.before.content_hash is None
+    added = r.before is None or r.before.version == 0  # never indexed successfully before
     return DocumentCompleted(
         doc_id=r.doc_id,
         uri=r.entry.relpath,

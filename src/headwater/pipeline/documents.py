@@ -30,7 +30,7 @@ from headwater.events import (
 )
 from headwater.models import make_doc_id, sha256_hex
 from headwater.pipeline.commit import GroupCommitter, ReadyDocument
-from headwater.pipeline.engine import CpuPool, Progress
+from headwater.pipeline.engine import CpuPool, Progress, RetryPolicy
 from headwater.pipeline.faults import crash_point
 from headwater.ports import (
     DeadLetter,
@@ -167,6 +167,7 @@ class _DocumentRun:
             pipeline.metadata,
             batch_size=self.s.embed_batch_size,
             concurrency=self.s.concurrency,
+            retry=RetryPolicy(self.s.retry_attempts, self.s.retry_initial_seconds, self.s.retry_max_seconds),
         )
 
     async def emit(self, event: Event) -> None:

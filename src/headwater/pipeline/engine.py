@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -100,14 +101,22 @@ def die_with_parent() -> None:
             os._exit(1)
 
 
-async def with_retries(
-    call: Callable[[], Awaitable[T]], attempts: int = 5, max_wait_seconds: float = 30.0
-) -> T:
-    """Retry RetryableError with exponential backoff and full jitter; anything else propagates."""
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter for RetryableError; anything else is not retried."""
+
+    attempts: int = 5
+    initial_seconds: float = 0.2
+    max_seconds: float = 30.0
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy = RetryPolicy()) -> T:
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(RetryableError),
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(initial=0.2, max=max_wait_seconds),
+        stop=stop_after_attempt(policy.attempts),
+        wait=wait_exponential_jitter(
+            multiplier=policy.initial_seconds, max=policy.max_seconds, jitter=policy.initial_seconds
+        ),
         reraise=True,
     )
     async for attempt in retrying:

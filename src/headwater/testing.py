@@ -1,0 +1,42 @@
+"""Public test helpers: run a pipeline and collect its events, and embedders that fail on cue.
+
+Users test their own configurations with these, and so do we.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from headwater.adapters.hashembed import HashEmbedder
+from headwater.errors import PermanentError, RetryableError
+from headwater.ports import Vectors
+
+
+async def collect_events(events: AsyncIterator[Any]) -> list[Any]:
+    """Every event of a ``stream_events()`` run, in order."""
+    return [event async for event in events]
+
+
+class FailingEmbedder(HashEmbedder):
+    """The hash embedder, failing its first ``fail_times`` calls with ``error`` (retryable by
+    default), or every call whose texts contain ``poison``."""
+
+    def __init__(
+        self, fail_times: int = 0, *, error: type[Exception] = RetryableError, poison: str | None = None
+    ) -> None:
+        super().__init__("hash://")
+        self.fail_times = fail_times
+        self.error = error
+        self.poison = poison
+        self.failures = 0
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        if self.failures < self.fail_times or (self.poison and any(self.poison in t for t in texts)):
+            self.failures += 1
+            msg = f"embedder failure {self.failures} (injected)"
+            raise self.error(msg)
+        return await super().embed(texts)
+
+
+__all__ = ["FailingEmbedder", "PermanentError", "RetryableError", "collect_events"]

@@ -1,0 +1,74 @@
+"""The document pipeline through its Python API, with injected embedder failures."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from headwater import build_document_pipeline, load_settings
+from headwater.events import BatchProgress, DocumentCompleted, DocumentFailed, RunCompleted, RunStarted
+from headwater.pipeline.index import replay_documents
+from headwater.testing import FailingEmbedder, PermanentError, collect_events
+
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "docs"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    shutil.copytree(SAMPLES, tmp_path / "corpus")
+    return tmp_path / "corpus"
+
+
+def settings(tmp_path: Path, **extra: object) -> object:
+    return load_settings(home=tmp_path / "home", workers=1, retry_initial_seconds=0.01, **extra)
+
+
+async def test_stream_events_starts_and_ends_with_run_events(corpus: Path, tmp_path: Path) -> None:
+    pipeline = build_document_pipeline(settings(tmp_path, progress_interval_seconds=0.01), str(corpus))
+    events = await collect_events(pipeline.stream_events())
+    assert isinstance(events[0], RunStarted) and isinstance(events[-1], RunCompleted)
+    assert sum(isinstance(e, DocumentCompleted) for e in events) == 6
+    assert any(isinstance(e, BatchProgress) for e in events)
+    assert len({e.run_id for e in events}) == 1
+
+
+async def test_retryable_embedder_errors_are_retried(corpus: Path, tmp_path: Path) -> None:
+    embedder = FailingEmbedder(fail_times=2)
+    final = await build_document_pipeline(settings(tmp_path), str(corpus), embedder=embedder).run_async()
+    assert embedder.failures == 2
+    assert final.documents_added == 6 and final.documents_failed == 0
+
+
+async def test_permanent_embedder_errors_dead_letter_then_recover(corpus: Path, tmp_path: Path) -> None:
+    broken = FailingEmbedder(poison="exponential backoff", error=PermanentError)
+    s = settings(tmp_path, commit_batch_chunks=1)  # one document per commit group
+    events = await collect_events(build_document_pipeline(s, str(corpus), embedder=broken).stream_events())
+    failed = [e for e in events if isinstance(e, DocumentFailed)]
+    assert [e.uri for e in failed] == ["guides/retries.md"]
+    assert failed[0].stage == "commit" and failed[0].error_type == "PermanentError"
+    assert events[-1].documents_added == 5
+
+    again = await build_document_pipeline(s, str(corpus)).run_async()  # permanent: not retried blindly
+    assert (again.documents_skipped, again.documents_unchanged, again.documents_failed) == (1, 5, 0)
+    replayed = await replay_documents(s, None)  # the embedder was fixed: replay the DLQ
+    assert [r.documents_added for r in replayed] == [1]
+
+
+async def test_retryable_failures_are_retried_on_the_next_run(corpus: Path, tmp_path: Path) -> None:
+    s = settings(tmp_path, commit_batch_chunks=1)
+    down = FailingEmbedder(fail_times=10**6)
+    first = await build_document_pipeline(s, str(corpus), embedder=down).run_async()
+    assert first.documents_failed == 6
+    second = await build_document_pipeline(s, str(corpus)).run_async()
+    assert second.documents_added == 6 and second.documents_failed == 0
+
+
+async def test_only_limits_the_run_and_deletes_nothing(corpus: Path, tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    await build_document_pipeline(s, str(corpus)).run_async()
+    (corpus / "guides" / "signals.md").unlink()
+    (corpus / "guides" / "retries.md").write_text("# Retries\n\nRewritten.")
+    final = await build_document_pipeline(s, str(corpus), only={"guides/retries.md"}).run_async()
+    assert (final.documents_seen, final.documents_updated, final.documents_deleted) == (1, 1, 0)
