@@ -14,8 +14,17 @@ from tests.conftest import ROOT, Cli
 
 def test_python_api_example_runs(tmp_path: Path, cli: Cli) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "index_and_query.py"), str(ROOT / "samples" / "docs"),
-         str(tmp_path / "home")], capture_output=True, text=True, env=cli.env, timeout=180, check=True,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "index_and_query.py"),
+            str(ROOT / "samples" / "docs"),
+            str(tmp_path / "home"),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        timeout=180,
+        check=True,
     )
     assert "done: 6 added, 0 unchanged" in result.stdout
     assert result.stdout.count("indexed ") == 6
@@ -27,7 +36,9 @@ def test_minilm_finds_the_retries_guide(cli: Cli, corpus: Path, home: Path) -> N
     env = {"HEADWATER_EMBEDDER": "minilm://"}
     final = cli.last_event("ingest", "docs", str(corpus), "--home", str(home), env=env)
     assert final["documents_added"] == 6
-    hits = json.loads(cli("query", "how do retries work?", "--home", str(home), "-k", "3", "--json", env=env).stdout)
+    hits = json.loads(
+        cli("query", "how do retries work?", "--home", str(home), "-k", "3", "--json", env=env).stdout
+    )
     assert hits[0]["uri"] == "guides/retries.md"
     assert hits[0]["score"] > hits[-1]["score"]
     again = cli.last_event("ingest", "docs", str(corpus), "--home", str(home), env=env)
