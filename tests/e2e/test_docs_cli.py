@@ -136,3 +136,26 @@ def test_fail_on_error_exits_one(cli: Cli, corpus: Path, home: Path) -> None:
     (corpus / "bad.pdf").write_bytes(b"%PDF-1.7 garbage")
     result = cli("ingest", "docs", str(corpus), "--home", str(home), "--fail-on-error", check=False)
     assert result.returncode == 1
+
+
+def test_verify_detects_and_repairs_a_damaged_vector_store(cli: Cli, corpus: Path, home: Path) -> None:
+    import lancedb
+    import numpy as np
+
+    ingest(cli, corpus, home)
+    clean = cli.status(home)["fingerprint"]
+    table = lancedb.connect(str(home / "vectors")).open_table("chunks")
+    rows = table.search().limit(None).to_list()
+    table.delete(f"chunk_id = '{rows[0]['chunk_id']}'")  # a lost vector
+    orphan = {k: rows[1][k] for k in ("doc_id", "uri", "offset", "length", "chunk_hash", "text")}
+    table.add([{**orphan, "chunk_id": "orphan-1", "vector": np.ones(384, dtype=np.float32) / np.sqrt(384)}])
+
+    broken = cli("verify", "--home", str(home), "--json", check=False)
+    assert broken.returncode == 1
+    report = json.loads(broken.stdout)["before"]
+    assert report["lost"] == [rows[0]["chunk_id"]] and report["orphans"] == ["orphan-1"]
+
+    repaired = cli("verify", "--home", str(home), "--repair", "--json", check=False)
+    assert repaired.returncode == 0, repaired.stdout
+    assert json.loads(repaired.stdout)["after"]["ok"] is True
+    assert cli.status(home)["fingerprint"] == clean
