@@ -325,7 +325,16 @@ def process_batch(
 def flush(
     state: EngineState, spec: FeatureSetSpec, watermark: int = END_OF_INPUT
 ) -> tuple[EngineState, BatchResult]:
-    """Advance the watermark without events (end of a backfill: +∞; a stream's idle timeout: a value)."""
+    """Advance the watermark without events (end of a backfill: +∞; a stream's idle timeout: a value).
+
+    A finite advance is remembered as if an event at ``watermark + L`` had arrived, so the
+    watermark stays monotone: a later event for a window closed here is late, never a reopening.
+    """
+    if watermark < END_OF_INPUT:
+        floor = watermark + spec.lateness_ms
+        state = replace(
+            state, max_event_time=floor if state.max_event_time is None else max(state.max_event_time, floor)
+        )
     empty_fixes = _empty(PARTIAL_SCHEMA)
     emitted, still_open, closed = _close(state, state.open_windows, empty_fixes, watermark, spec)
     state = replace(state, open_windows=still_open, closed_windows=closed)

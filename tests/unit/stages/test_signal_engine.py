@@ -159,3 +159,45 @@ def test_zscore_keeps_its_digits_on_a_drifting_large_signal() -> None:
         assert close(pts[key], z, 1e-6), (key, pts[key], z)
         checked += z is not None
     assert checked > 700
+
+
+def test_stream_style_incremental_batches_with_idle_flush_and_checkpoint() -> None:
+    """A stream worker feeds batches as they come, checkpoints, restarts, and advances on idle."""
+    events = generate(seed=21, n=300)
+    spec = make_spec(TUMBLING)
+    frame = to_frame(events)
+    state = EngineState()
+    emitted, late, dups = [], [], 0
+    for offset in range(0, 200, 25):
+        state, result = process_batch(EngineState.from_bytes(state.to_bytes()), frame.slice(offset, 25), spec)
+        emitted.append(result.rows)
+        late.append(result.late)
+        dups += result.duplicates
+    assert state.watermark_ms is not None
+    idle_watermark = state.watermark_ms + 5000  # idle timeout: the watermark moves 5 s on its own
+    state, idle = flush(state, spec, watermark=idle_watermark)
+    emitted.append(idle.rows)
+    assert idle.rows.height > 0
+    assert state.open_windows.height > 0  # windows ending after the idle watermark stay open
+    assert state.watermark_ms == idle_watermark  # monotone from here on
+    state, rest = process_batch(state, frame.slice(200, 200), spec)
+    dups += rest.duplicates
+    state, final = flush(state, spec)
+    rows = pl.concat([*emitted, rest.rows, final.rows])
+    assert rows.select("entity_id", "window_ms", "window_start_ms").is_duplicated().sum() == 0
+    assert rows.filter(pl.col("window_start_ms") + pl.col("window_ms") <= idle_watermark).height == (
+        pl.concat(emitted).filter(pl.col("window_start_ms") + pl.col("window_ms") <= idle_watermark).height
+    )  # nothing closed by the idle advance is ever emitted again
+    all_late = pl.concat([*late, rest.late]).filter(pl.col("window_ms") > 0)
+    for size, _ in TUMBLING:
+        counted = rows.filter(pl.col("window_ms") == size)["count"].sum()
+        assert counted + all_late.filter(pl.col("window_ms") == size).height == len(events) - dups
+
+
+def test_hold_policy_keeps_late_events_marked_for_backfill() -> None:
+    events = generate(seed=4)
+    got = run_engine(events, make_spec(TUMBLING, "hold"), 50)
+    late = got["late"].filter(pl.col("window_ms") > 0)
+    assert late.height > 0
+    assert set(late["policy"].to_list()) == {"hold"}
+    assert set(late["reason"].to_list()) == {"window_closed"}
