@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import sys
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # helpers beside this file, any import mode
 from signal_reference import Ev, generate, run_reference, to_frame
 
 from headwater.featuresets import FeatureSetSpec, WindowSpec

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from pathlib import Path
 
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parent))  # helpers beside this file, any import mode
 from signal_reference import Ev, to_frame
 from test_signal_engine import TUMBLING, final_rows, make_spec, run_engine
 
