@@ -11,6 +11,7 @@ from headwater.errors import (
     RetryableError,
 )
 from headwater.pipeline.documents import DocumentPipeline
+from headwater.pipeline.signals import SignalPipeline
 
 __all__ = [
     "AdapterError",
@@ -20,6 +21,7 @@ __all__ = [
     "InputError",
     "PermanentError",
     "RetryableError",
+    "SignalPipeline",
     "Settings",
     "build_document_pipeline",
     "load_settings",
