@@ -96,7 +96,6 @@ async def test_reopen_sees_the_data_and_rejects_other_dimensions(tmp_path: Path)
     assert await again.count() == 2
     await again.close()
     other: VectorStore = registry.create("vector_store", url)
-    await other.open(DIMS * 2)
     with pytest.raises(ConfigError, match="16-dimensional"):
-        await other.count()
+        await other.open(DIMS * 2)
     await other.close()
