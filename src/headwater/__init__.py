@@ -21,8 +21,8 @@ __all__ = [
     "InputError",
     "PermanentError",
     "RetryableError",
-    "SignalPipeline",
     "Settings",
+    "SignalPipeline",
     "build_document_pipeline",
     "load_settings",
 ]

@@ -38,8 +38,12 @@ def encrypted_pdf() -> bytes:
 
 def nested_pdf(depth: int) -> bytes:
     body = b"[" * depth + b"]" * depth
-    return (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R /Deep " + body +
-            b" >>\nendobj\n2 0 obj\n<< /Type /Pages /Kids [] /Count 0 >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n")
+    return (
+        b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R /Deep "
+        + body
+        + b" >>\nendobj\n2 0 obj\n<< /Type /Pages /Kids [] /Count 0 >>\nendobj\n"
+        + b"trailer\n<< /Root 1 0 R >>\n%%EOF\n"
+    )
 
 
 def build(root: Path, outside: Path) -> None:
@@ -77,8 +81,15 @@ def build(root: Path, outside: Path) -> None:
 def test_hostile_corpus(cli: Cli, tmp_path: Path) -> None:
     root, home = tmp_path / "root", tmp_path / "home"
     build(root, tmp_path / "outside")
-    events = cli.json_lines("ingest", "docs", str(root), "--home", str(home), "--json",
-                            env={"HEADWATER_PDF_MAX_PAGES": "50", "HEADWATER_EXTRACT_TIMEOUT_SECONDS": "60"})
+    events = cli.json_lines(
+        "ingest",
+        "docs",
+        str(root),
+        "--home",
+        str(home),
+        "--json",
+        env={"HEADWATER_PDF_MAX_PAGES": "50", "HEADWATER_EXTRACT_TIMEOUT_SECONDS": "60"},
+    )
     final = events[-1]
     assert final["type"] == "RunCompleted"
     by_uri = {e["uri"]: e for e in events if "uri" in e}
@@ -89,8 +100,12 @@ def test_hostile_corpus(cli: Cli, tmp_path: Path) -> None:
     assert by_uri["empty.md"]["chunks"] == 0
 
     expected_errors = {
-        "binary.md": "binary data", "invalid.md": "invalid UTF-8 at byte 12", "truncated.pdf": "cannot open PDF",
-        "random.pdf": "not a PDF", "encrypted.pdf": "encrypted", "many_pages.pdf": "60 pages is over the limit",
+        "binary.md": "binary data",
+        "invalid.md": "invalid UTF-8 at byte 12",
+        "truncated.pdf": "cannot open PDF",
+        "random.pdf": "not a PDF",
+        "encrypted.pdf": "encrypted",
+        "many_pages.pdf": "60 pages is over the limit",
     }
     for name, message in expected_errors.items():
         event = by_uri[name]
@@ -99,8 +114,11 @@ def test_hostile_corpus(cli: Cli, tmp_path: Path) -> None:
         assert event["stage"] == "extract" and event["error_type"] == "InputError"
     assert by_uri["nested.pdf"]["type"] in {"DocumentFailed", "DocumentCompleted"}
 
-    assert by_uri["escape.md"] == {**by_uri["escape.md"], "type": "DocumentSkipped",
-                                   "reason": "symlink points outside the source root"}
+    assert by_uri["escape.md"] == {
+        **by_uri["escape.md"],
+        "type": "DocumentSkipped",
+        "reason": "symlink points outside the source root",
+    }
     assert by_uri["fifo.md"]["reason"] == "not a regular file"
 
     letters = json.loads(cli("dlq", "list", "--home", str(home), "--json").stdout)
