@@ -1,6 +1,11 @@
-"""headwater: ingest documents and time-series signals for AI systems."""
+"""headwater: ingest documents and time-series signals for AI systems.
 
-from headwater.bootstrap import build_document_pipeline
+The pipelines are imported on first use, so ``import headwater`` (and every CLI command) stays
+fast and a documents run never loads the signals engine.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from headwater.config import Settings, load_settings
 from headwater.errors import (
     AdapterError,
@@ -10,8 +15,27 @@ from headwater.errors import (
     PermanentError,
     RetryableError,
 )
-from headwater.pipeline.documents import DocumentPipeline
-from headwater.pipeline.signals import SignalPipeline
+
+if TYPE_CHECKING:
+    from headwater.bootstrap import build_document_pipeline
+    from headwater.pipeline.documents import DocumentPipeline
+    from headwater.pipeline.signals import SignalPipeline
+
+_LAZY = {
+    "DocumentPipeline": "headwater.pipeline.documents",
+    "SignalPipeline": "headwater.pipeline.signals",
+    "build_document_pipeline": "headwater.bootstrap",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module 'headwater' has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 __all__ = [
     "AdapterError",

@@ -52,6 +52,8 @@ class Embedder(Protocol):
 
     id: str
     dimensions: int
+    cacheable: bool
+    """Worth caching: False when embedding costs less than a cache lookup (the hash embedder)."""
 
     async def open(self) -> None: ...
 
@@ -93,6 +95,10 @@ class VectorStore(Protocol):
 
     async def upsert(self, chunks: Sequence[Chunk], vectors: Vectors, *, fresh: bool = False) -> None:
         """``fresh`` promises none of these ids exist yet (a pure append is cheaper than a merge)."""
+        ...
+
+    async def update_positions(self, chunks: Sequence[Chunk]) -> None:
+        """Rewrite uri/offset/length of existing rows (text moved within its document), not vectors."""
         ...
 
     async def delete_stale(self, keep: dict[str, set[str]]) -> None:

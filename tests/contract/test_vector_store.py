@@ -20,8 +20,15 @@ DIMS = 16
 
 def chunks(doc_id: str, n: int, prefix: str = "text") -> list[Chunk]:
     return [
-        Chunk(doc_id=doc_id, chunk_id=f"{doc_id}-c{i}", uri=f"{doc_id}.md", offset=i * 10, length=10,
-              chunk_hash=f"h-{prefix}-{i}", text=f"{prefix} {doc_id} {i}")
+        Chunk(
+            doc_id=doc_id,
+            chunk_id=f"{doc_id}-c{i}",
+            uri=f"{doc_id}.md",
+            offset=i * 10,
+            length=10,
+            chunk_hash=f"h-{prefix}-{i}",
+            text=f"{prefix} {doc_id} {i}",
+        )
         for i in range(n)
     ]
 
@@ -99,3 +106,17 @@ async def test_reopen_sees_the_data_and_rejects_other_dimensions(tmp_path: Path)
     with pytest.raises(ConfigError, match="16-dimensional"):
         await other.open(DIMS * 2)
     await other.close()
+
+
+async def test_update_positions_keeps_vectors_and_inserts_nothing(store: VectorStore) -> None:
+    items = chunks("a", 2)
+    await store.upsert(items, vectors_for(items), fresh=True)
+    before = await store.search(vectors_for([items[1]])[0], k=1)
+    moved = [
+        Chunk(**{**{f: getattr(c, f) for f in c.__struct_fields__}, "offset": c.offset + 7}) for c in items
+    ]
+    ghost = Chunk(**{**{f: getattr(items[0], f) for f in items[0].__struct_fields__}, "chunk_id": "ghost"})
+    await store.update_positions([*moved, ghost])
+    assert sorted([(c.chunk_id, c.offset) async for c in store.scan()]) == [("a-c0", 7), ("a-c1", 17)]
+    after = await store.search(vectors_for([items[1]])[0], k=1)
+    assert after[0][1] == pytest.approx(before[0][1])

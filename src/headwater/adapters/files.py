@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
-from fnmatch import fnmatch
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import unquote
 
 from headwater.errors import ConfigError, InputError
@@ -20,15 +20,34 @@ from headwater.models import normalize_relpath
 from headwater.ports import SourceEntry
 
 
-def _matches(relpath: str, patterns: list[str]) -> bool:
-    # "**/*.md" should also match "top.md": also test the pattern without its leading "**/".
-    path = PurePosixPath(relpath)
-    for pattern in patterns:
-        if path.match(pattern) or fnmatch(relpath, pattern):
-            return True
-        if pattern.startswith("**/") and (path.match(pattern[3:]) or fnmatch(relpath, pattern[3:])):
-            return True
-    return False
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a glob once: ``**/`` spans folders (or none), ``*`` and ``?`` stay within one."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+class _Globs:
+    def __init__(self, patterns: list[str]) -> None:
+        self.regexes = [glob_to_regex(p) for p in patterns]
+
+    def match(self, relpath: str) -> bool:
+        return any(r.fullmatch(relpath) for r in self.regexes)
 
 
 class FileSource:
@@ -36,8 +55,8 @@ class FileSource:
         raw = unquote(url.removeprefix("file://"))
         self.root = Path(raw).expanduser().resolve()
         self.uri = self.root.as_uri()
-        self.include = include or ["**/*"]
-        self.exclude = exclude or []
+        self.include = _Globs(include or ["**/*"])
+        self.exclude = _Globs(exclude or [])
 
     def _check_root(self) -> None:
         if not self.root.is_dir():
@@ -70,12 +89,12 @@ class FileSource:
         self, item: os.DirEntry[str], relpath: str, visiting: set[tuple[int, int]]
     ) -> Iterator[SourceEntry]:
         path = Path(item.path)
-        if _matches(relpath, self.exclude) or _matches(relpath + "/", self.exclude):
+        if self.exclude.match(relpath) or (item.is_dir() and self.exclude.match(relpath + "/")):
             return
         if item.is_symlink():
             problem = self._link_problem(path)
             if problem:
-                if _matches(relpath, self.include):
+                if self.include.match(relpath):
                     yield self._entry(relpath, path, problem=problem)
                 return
         if item.is_dir():
@@ -84,7 +103,7 @@ class FileSource:
                 yield self._entry(relpath, path, problem="symlink loop: directory already being walked")
                 return
             yield from self._walk(path, relpath + "/", visiting | {key})
-        elif _matches(relpath, self.include):
+        elif self.include.match(relpath):
             if not item.is_file():
                 yield self._entry(relpath, path, problem="not a regular file")
                 return

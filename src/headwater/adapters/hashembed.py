@@ -26,6 +26,7 @@ class HashEmbedder:
             msg = f"embedder URL {url!r}: dim must be an integer"
             raise ConfigError(msg) from exc
         self.id = f"hash:shake256:{self.dimensions}"
+        self.cacheable = False  # recomputing is cheaper than a cache lookup
         self.calls = 0
         self.texts = 0
 

@@ -121,6 +121,22 @@ class LanceVectorStore:
             raise PermanentError(msg) from exc
         self._writes += 1
 
+    async def update_positions(self, chunks: Sequence[Chunk]) -> None:
+        if chunks:
+            await self._thread.call(self._update_positions, chunks)
+
+    def _update_positions(self, chunks: Sequence[Chunk]) -> None:
+        data = pa.table(
+            {
+                "chunk_id": [c.chunk_id for c in chunks],
+                "uri": [c.uri for c in chunks],
+                "offset": pa.array([c.offset for c in chunks], pa.int64()),
+                "length": pa.array([c.length for c in chunks], pa.int64()),
+            }
+        )
+        self.table.merge_insert("chunk_id").when_matched_update_all().execute(data)
+        self._writes += 1
+
     async def delete_stale(self, keep: dict[str, set[str]]) -> None:
         if keep:
             await self._thread.call(self._delete_stale, keep)

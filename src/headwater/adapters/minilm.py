@@ -25,6 +25,7 @@ class MiniLMEmbedder:
         self.url = url
         self.id = f"minilm:{MODEL}:normalized"
         self.dimensions = 384
+        self.cacheable = True
         self._model: Any = None
         self._thread = OwnThread("minilm")
 

@@ -29,6 +29,7 @@ from headwater.ports import (
     Vectors,
     VectorStore,
 )
+from headwater.stages.chunk import TextChunk
 from headwater.stages.prepare import PreparedDocument
 
 UPSERT_SLICE = 4096
@@ -81,7 +82,8 @@ class GroupCommitter:
 
     async def vectors_for(self, hashes_to_text: dict[str, str]) -> tuple[dict[str, Vectors], set[str]]:
         """Vectors for every hash: from the cache, else embedded (in concurrent batches) and cached."""
-        found = await self.cache.get_vectors(self.embedder.id, list(hashes_to_text))
+        cacheable = self.embedder.cacheable
+        found = await self.cache.get_vectors(self.embedder.id, list(hashes_to_text)) if cacheable else {}
         missing = [h for h in hashes_to_text if h not in found]
         self.stats.reused += len(found)
         batches = [missing[i : i + self.batch_size] for i in range(0, len(missing), self.batch_size)]
@@ -89,7 +91,7 @@ class GroupCommitter:
         fresh: dict[str, Vectors] = {}
         for batch, matrix in zip(batches, results, strict=True):
             fresh.update(zip(batch, matrix, strict=True))
-        if fresh:
+        if fresh and cacheable:
             # Caching is off the critical path (one write in flight): losing it costs only a re-embed.
             await self.flush()
             self._caching = asyncio.ensure_future(self.cache.put_vectors(self.embedder.id, fresh))
@@ -105,10 +107,19 @@ class GroupCommitter:
         return matrix
 
     async def commit(self, group: Sequence[ReadyDocument]) -> list[DocumentCompleted]:
-        texts = {c.chunk_hash: c.text for r in group for c in r.prepared.chunks}
-        vectors, embedded = await self.vectors_for(texts)
         old = await self.state.get_chunks([r.doc_id for r in group if r.before is not None])
-        await self._upsert(group, vectors)
+        retained = {doc_id: {k.chunk_id for k in keys} for doc_id, keys in old.items()}
+        new = [
+            (r, c) for r in group for c in r.prepared.chunks if c.chunk_id not in retained.get(r.doc_id, ())
+        ]
+        kept = [(r, c) for r in group for c in r.prepared.chunks if c.chunk_id in retained.get(r.doc_id, ())]
+        vectors, embedded = await self.vectors_for({c.chunk_hash: c.text for _, c in new})
+        self.stats.reused += len(kept)
+        await self._upsert(new, vectors)
+        if kept:  # unchanged text, maybe moved: rewrite positions, never the vectors
+            await with_retries(
+                functools.partial(self.vectors.update_positions, [_row(r, c) for r, c in kept]), self.retry
+            )
         crash_point("after_upsert")
         await self.state.commit(
             [_state_after(r, "cleanup") for r in group],
@@ -127,22 +138,13 @@ class GroupCommitter:
         await self.state.finish([r.doc_id for r in group])
         return [_completed(r, old.get(r.doc_id, []), embedded) for r in group]
 
-    async def _upsert(self, group: Sequence[ReadyDocument], vectors: dict[str, Vectors]) -> None:
+    async def _upsert(
+        self, new: Sequence[tuple[ReadyDocument, TextChunk]], vectors: dict[str, Vectors]
+    ) -> None:
+        """New chunk ids of documents that ended clean last time cannot exist yet: a cheap append.
+        Anything else (a crash left it unfinished) may: merge by id."""
         for fresh in (True, False):
-            rows = [
-                Chunk(
-                    doc_id=r.doc_id,
-                    chunk_id=c.chunk_id,
-                    uri=r.entry.relpath,
-                    offset=c.offset,
-                    length=c.length,
-                    chunk_hash=c.chunk_hash,
-                    text=c.text,
-                )
-                for r in group
-                if (r.before is None) == fresh
-                for c in r.prepared.chunks
-            ]
+            rows = [_row(r, c) for r, c in new if _appendable(r) == fresh]
             for start in range(0, len(rows), UPSERT_SLICE):
                 part = rows[start : start + UPSERT_SLICE]
                 matrix = np.stack([vectors[c.chunk_hash] for c in part]).astype(np.float32)
@@ -150,6 +152,22 @@ class GroupCommitter:
                     functools.partial(self.vectors.upsert, part, matrix, fresh=fresh), self.retry
                 )
                 crash_point("mid_upsert")
+
+
+def _appendable(r: ReadyDocument) -> bool:
+    return r.before is None or r.before.status == "done"
+
+
+def _row(r: ReadyDocument, c: TextChunk) -> Chunk:
+    return Chunk(
+        doc_id=r.doc_id,
+        chunk_id=c.chunk_id,
+        uri=r.entry.relpath,
+        offset=c.offset,
+        length=c.length,
+        chunk_hash=c.chunk_hash,
+        text=c.text,
+    )
 
 
 def _check_vectors(matrix: Vectors, n: int, embedder: Embedder) -> None:

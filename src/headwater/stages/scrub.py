@@ -58,7 +58,7 @@ _RULES: list[tuple[str, re.Pattern[str], Callable[[str], bool]]] = [
     ("CARD", _CARD, _card_ok),
     ("IP", _IPV4, _ip_ok),
     ("IP", _IPV6, _ip_ok),
-    ("PHONE", _PHONE, lambda m: sum(ch.isdigit() for ch in m) >= 7),
+    ("PHONE", _PHONE, lambda m: 7 <= sum(ch.isdigit() for ch in m) <= 15),  # E.164: at most 15 digits
 ]
 
 

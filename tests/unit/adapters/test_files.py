@@ -41,7 +41,7 @@ async def test_symlinks_outside_the_root_dangling_or_looping_are_skipped(tmp_pat
 async def test_read_limits_and_errors(tmp_path: Path) -> None:
     (tmp_path / "big.md").write_text("x" * 100)
     source = FileSource(str(tmp_path), include=["**/*.md"])
-    entry = next(e async for e in source.scan())
+    (entry,) = [e async for e in source.scan()]
     assert await source.read(entry, 100) == b"x" * 100
     with pytest.raises(InputError, match="over the limit of 99 bytes"):
         await source.read(entry, 99)
