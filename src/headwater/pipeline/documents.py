@@ -151,6 +151,7 @@ class _DocumentRun:
         self.in_flight = 0
         self.suspects: list[_Work] = []
         self._vectors_open: asyncio.Future[None] | None = None
+        self._starting = asyncio.Lock()
         self.force = False
         self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
         self.options = PrepareOptions(
@@ -312,6 +313,9 @@ class _DocumentRun:
         await self._vectors_open
 
     async def _prepare_batch(self, batch: list[_Work]) -> list[ReadyDocument]:
+        if self._vectors_open is None:
+            async with self._starting:
+                await self.pool.start()
         self.warm_vectors()
         self.in_flight += len(batch)
         loaded = await self._read_changed(batch)

@@ -63,6 +63,16 @@ class CpuPool:
                 process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
 
+    async def start(self) -> None:
+        """Fork every worker now, before the process loads libraries with threads of their own
+        (lancedb's runtime): a fork taken while such a thread holds a lock can deadlock."""
+        executor = self._get()
+        if isinstance(executor, ProcessPoolExecutor):
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(
+                *(loop.run_in_executor(executor, time.sleep, 0.01) for _ in range(self.workers))
+            )
+
     async def run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         for attempt in range(3):
