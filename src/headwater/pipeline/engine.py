@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -36,7 +37,10 @@ class CpuPool:
 
     def _get(self) -> Executor:
         if self._executor is None:
-            if self.workers == 1:
+            # Forking after lancedb started its runtime threads risks a deadlock in the child; a
+            # process that already loaded it (a repair after verify, an embedding application)
+            # extracts in a thread instead.
+            if self.workers == 1 or "lancedb" in sys.modules:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
             else:
                 import multiprocessing

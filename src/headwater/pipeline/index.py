@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from headwater.bootstrap import build_document_pipeline, make_embedder, make_metadata_store, make_vector_store
 from headwater.config import Settings
 from headwater.events import RunCompleted
 from headwater.models import Chunk
+from headwater.ports import DocState
 
 _NO_DIMENSIONS = 0
 
@@ -135,7 +138,11 @@ async def _repair_marks(metadata: Any, vectors: Any, report: VerifyReport) -> di
     await vectors.delete_stale({doc_id: set() for doc_id in report.affected_docs})
     incomplete = [d async for d in _incomplete_docs(metadata)]
     redo = list(states.values()) + incomplete
-    await metadata.claim([(d.doc_id, d.source, d.uri) for d in redo])
+    # Their chunk keys go too, so the re-run writes every chunk again instead of trusting them.
+    await metadata.commit(
+        [DocState(**{**msgspec.structs.asdict(d), "status": "pending"}) for d in redo],
+        {d.doc_id: [] for d in redo},
+    )
     sources: dict[str, set[str]] = {}
     for doc in redo:
         sources.setdefault(doc.source, set()).add(doc.uri)
