@@ -67,3 +67,17 @@ def cli(tmp_path: Path) -> Cli:
     env["HEADWATER_WORKERS"] = "2"
     env["PYTHONPATH"] = str(ROOT / "src")
     return Cli(env)
+
+
+# -- stream buses: the in-memory one always; real servers are started by tests/servers ----------
+BUS_KINDS = ["memory"]
+
+
+@pytest.fixture(params=BUS_KINDS)
+def bus_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        import uuid
+
+        return f"memory://{uuid.uuid4().hex[:8]}"
+    server = request.getfixturevalue(f"{request.param}_server")
+    return str(server)

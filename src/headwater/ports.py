@@ -267,3 +267,67 @@ class OfflineFeatureStore(Protocol):
         ...
 
     async def prune(self, dataset: str, feature_set: str, scope: str, last_batch: int) -> int: ...
+
+
+# --- streaming (issue #4) -----------------------------------------------------------------------
+
+
+class BusMessage(msgspec.Struct, kw_only=True):
+    """One delivery of a message. ``body`` is the raw CloudEvent (structured-mode JSON), left
+    undecoded so a malformed message becomes a DLQ entry in the worker instead of an adapter error.
+
+    ``position`` orders the topic's messages (NATS stream sequence; Redis entry id as (ms, seq));
+    ``deliveries`` is 1 on the first delivery and counts redeliveries, across consumers and
+    restarts. ``handle`` is the adapter's own receipt for ack/nak; callers never look inside it.
+    """
+
+    topic: str
+    body: bytes
+    position: tuple[int, int]
+    deliveries: int
+    handle: Any = None
+
+
+@runtime_checkable
+class StreamBus(Protocol):
+    """A durable log of CloudEvents with consumer groups: at-least-once, acked explicitly.
+
+    Contract (tests/contract/test_stream_bus.py):
+    - ``publish`` returns once the bus has stored the messages durably, in the given order.
+    - ``consume`` gives each message to one consumer of a group; messages of a topic arrive in
+      ``position`` order on first delivery. A message not acked within ``ack_wait_seconds``
+      (worker killed, hung) is delivered again, to this or another consumer of the group,
+      with ``deliveries`` + 1; the adapter never drops it by itself (no MaxDeliver discard:
+      the worker decides when to dead-letter, because only it knows whether a sink committed).
+    - ``ack`` after the sink committed; ``nak`` asks for redelivery after ``delay_seconds``.
+    - ``dead_letter`` copies the message to ``<topic>.dlq`` with the reason, then acks it.
+    - ``pending`` counts messages published but not yet acked by ``group`` (consumer lag).
+    Topic names are dot-separated words (``docs``, ``signals.sensors``); adapters map them to
+    subjects/streams/keys under a ``headwater`` prefix.
+    """
+
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def publish(self, topic: str, bodies: Sequence[bytes]) -> None: ...
+
+    async def consume(
+        self, topic: str, group: str, *, max_messages: int, timeout_seconds: float
+    ) -> list[BusMessage]:
+        """Up to ``max_messages``, waiting at most ``timeout_seconds`` for the first (empty: idle)."""
+        ...
+
+    async def ack(self, messages: Sequence[BusMessage]) -> None: ...
+
+    async def nak(self, messages: Sequence[BusMessage], *, delay_seconds: float) -> None: ...
+
+    async def dead_letter(self, message: BusMessage, reason: str) -> None: ...
+
+    async def dead_letters(self, topic: str, limit: int = 100) -> list[tuple[bytes, str]]:
+        """What ``dead_letter`` stored for ``topic``: (body, reason), oldest first."""
+        ...
+
+    async def pending(self, topic: str, group: str) -> int: ...
+
+    async def close(self) -> None: ...

@@ -30,6 +30,11 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     "online_store": {
         "sqlite": ("headwater.adapters.sqlite_features:SQLiteFeatureStore", None),
     },
+    "bus": {
+        "memory": ("headwater.adapters.memory:MemoryBus", None),
+        "nats": ("headwater.adapters.nats:NatsBus", "nats"),
+        "redis": ("headwater.adapters.redis:RedisBus", "redis"),
+    },
     "offline_store": {
         "file": ("headwater.adapters.parquet:ParquetOfflineStore", None),
         "parquet": ("headwater.adapters.parquet:ParquetOfflineStore", None),
