@@ -268,17 +268,18 @@ def _letter_dict(letter: Any, *, full: bool) -> dict[str, Any]:
     import msgspec
 
     data: dict[str, Any] = msgspec.to_builtins(letter)
+    data["payload"] = letter.payload.decode("utf-8", "replace") if letter.payload is not None else None
     if not full:
         data.pop("traceback", None)
+        data.pop("payload", None)
     return data
 
 
 def _register_extensions() -> None:
-    try:
-        from headwater import cli_signals
-    except ImportError:
-        return
+    from headwater import cli_signals, cli_stream
+
     cli_signals.register(app)
+    cli_stream.register(app)
 
 
 def main() -> None:

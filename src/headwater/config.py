@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     micro_batch_events: int = Field(100_000, ge=1)
     checkpoint_interval_seconds: float = Field(1.0, ge=0)
     feature_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [feature_sets.NAME] tables
+
+    # --- streaming (issue #4) ---------------------------------------------------------------------
+    bus: str = "memory://default"  # nats://host:4222 | redis://host:6379/0; memory:// is in-process only
+    worker_batch_size: int = Field(1000, ge=1)
+    ack_wait_seconds: float = Field(30.0, gt=0)
+    idle_timeout_seconds: float = Field(30.0, gt=0)  # a quiet stream closes its open windows
+    drain_seconds: float = Field(30.0, ge=0)  # SIGTERM: time the in-flight batch gets to commit
     online_store: str | None = None  # default: sqlite:///{home}/features.db
     offline_store: str | None = None  # default: {home}/offline (Parquet, hive-partitioned)
 

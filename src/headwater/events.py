@@ -162,3 +162,54 @@ _signal_decoder: msgspec.json.Decoder[SignalEvent] = msgspec.json.Decoder(Signal
 
 def decode_signal_event(data: bytes | str) -> SignalEvent:
     return _signal_decoder.decode(data)
+
+
+# --- stream workers (issue #4) ----------------------------------------------------------------------
+
+
+class ChangesPublished(Event, frozen=True, kw_only=True, tag="ChangesPublished"):
+    """One poll of ``headwater watch``: what changed since the metadata store last saw the source."""
+
+    source: str
+    added: int
+    updated: int
+    deleted: int
+    unchanged: int
+
+
+class MessagesPublished(Event, frozen=True, kw_only=True, tag="MessagesPublished"):
+    topic: str
+    messages: int
+    elapsed_seconds: float
+
+
+class MessageDeadLettered(Event, frozen=True, kw_only=True, tag="MessageDeadLettered"):
+    topic: str
+    position: str
+    deliveries: int
+    error_type: str
+    message: str
+    dlq_id: int
+
+
+class WorkerBatch(Event, frozen=True, kw_only=True, tag="WorkerBatch"):
+    """A batch of messages whose effects are committed and that were acked."""
+
+    topic: str
+    messages: int
+    acked: int
+    dead_lettered: int
+    already_done: int
+    lag: int | None = None
+
+
+class WorkerStopped(Event, frozen=True, kw_only=True, tag="WorkerStopped"):
+    topic: str
+    reason: str  # "idle" | "signal" | "error"
+    batches: int
+    messages_acked: int
+    messages_dead_lettered: int
+    elapsed_seconds: float
+
+
+StreamEvent = ChangesPublished | MessagesPublished | MessageDeadLettered | WorkerBatch | WorkerStopped

@@ -41,6 +41,11 @@ class Source(Protocol):
 
     def scan(self) -> AsyncIterator[SourceEntry]: ...
 
+    async def lookup(self, relpaths: list[str]) -> list[SourceEntry]:
+        """Entries for just these paths, as ``scan`` would list them; absent ones are left out
+        (a stream worker processes changed paths without listing the whole tree)."""
+        ...
+
     async def read(self, entry: SourceEntry, max_bytes: int) -> bytes:
         """Whole object; raises InputError when unreadable or larger than ``max_bytes``."""
         ...
@@ -172,6 +177,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     created_at: str
     replayed_at: str | None = None
+    payload: bytes | None = None
+    """The message itself, for dead-lettered bus messages (what ``dlq replay`` republishes)."""
 
 
 @runtime_checkable

@@ -73,6 +73,30 @@ class FileSource:
             if len(batch) < 512:
                 return
 
+    async def lookup(self, relpaths: list[str]) -> list[SourceEntry]:
+        """The entries for these paths as ``scan`` would list them; a path that is gone, excluded
+        or not a regular file is left out (for the caller, a deletion)."""
+        self._check_root()
+        return await asyncio.to_thread(lambda: [e for r in relpaths if (e := self._lookup_one(r))])
+
+    def _lookup_one(self, relpath: str) -> SourceEntry | None:
+        relpath = normalize_relpath(relpath)
+        parts = relpath.split("/")
+        if not relpath or ".." in parts or not self.include.match(relpath):
+            return None
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if self.exclude.match(relpath) or any(self.exclude.match(p + "/") for p in prefixes[:-1]):
+            return None
+        path = self.root / relpath
+        for prefix in prefixes:
+            if (self.root / prefix).is_symlink() and (problem := self._link_problem(self.root / prefix)):
+                return self._entry(relpath, path, problem=problem)
+        if not path.exists():
+            return None
+        if not path.is_file():
+            return self._entry(relpath, path, problem="not a regular file")
+        return self._entry(relpath, path)
+
     @staticmethod
     def _key(path: Path) -> tuple[int, int]:
         st = path.stat()

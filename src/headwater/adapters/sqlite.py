@@ -35,7 +35,8 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (doc_id);
 CREATE TABLE IF NOT EXISTS dlq (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, input_ref TEXT NOT NULL,
     source TEXT NOT NULL, stage TEXT NOT NULL, error_type TEXT NOT NULL, message TEXT NOT NULL,
-    traceback TEXT NOT NULL, attempts INTEGER NOT NULL, created_at TEXT NOT NULL, replayed_at TEXT
+    traceback TEXT NOT NULL, attempts INTEGER NOT NULL, created_at TEXT NOT NULL, replayed_at TEXT,
+    payload BLOB
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -88,6 +89,9 @@ class SQLiteMetadataStore:
     def _open(self) -> None:
         self._db = _connect(self.path, "FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(dlq)")}
+        if "payload" not in columns:  # homes created before dead-lettered messages kept their body
+            self._db.execute("ALTER TABLE dlq ADD COLUMN payload BLOB")
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (doc_id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._cache = _connect(self.path.with_name("cache.db"), "NORMAL")
         self._cache.executescript(CACHE_SCHEMA)
@@ -276,7 +280,7 @@ class SQLiteMetadataStore:
             with self.db:
                 cur = self.db.execute(
                     "INSERT INTO dlq (kind, input_ref, source, stage, error_type, message, traceback, "
-                    "attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "attempts, created_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         letter.kind,
                         letter.input_ref,
@@ -287,6 +291,7 @@ class SQLiteMetadataStore:
                         letter.traceback,
                         letter.attempts,
                         letter.created_at or _now(),
+                        letter.payload,
                     ),
                 )
                 return int(cur.lastrowid or 0)
@@ -388,5 +393,6 @@ def _letter_from_row(row: Sequence[Any]) -> DeadLetter:
         "attempts",
         "created_at",
         "replayed_at",
+        "payload",
     )
     return DeadLetter(**dict(zip(names, row, strict=True)))

@@ -28,7 +28,7 @@ from headwater.events import (
     RunCompleted,
     RunStarted,
 )
-from headwater.models import make_doc_id, sha256_hex
+from headwater.models import make_doc_id, normalize_relpath, sha256_hex
 from headwater.pipeline.commit import GroupCommitter, ReadyDocument
 from headwater.pipeline.engine import CpuPool, Progress, RetryPolicy
 from headwater.pipeline.faults import crash_point
@@ -73,8 +73,9 @@ class DocumentPipeline:
     """Incremental, idempotent, crash-safe ingestion of one source into a vector store.
 
     Args:
-        only: relative paths to (re)process; everything else is left alone and nothing is
-            deleted (DLQ replay uses this).
+        only: relative paths to (re)process without listing the source: each is indexed if it
+            exists and deleted from the index if it does not; everything else is left alone
+            (the stream worker, DLQ replay and ``verify --repair`` use this).
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class DocumentPipeline:
         self.vectors = vectors
         self.metadata = metadata
         self.settings = settings
-        self.only = set(only) if only is not None else None
+        self.only = {normalize_relpath(r) for r in only} if only is not None else None
         self.run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
     async def stream_events(self) -> AsyncIterator[DocumentEvent]:
@@ -153,6 +154,7 @@ class _DocumentRun:
         self._vectors_open: asyncio.Future[None] | None = None
         self._starting = asyncio.Lock()
         self.force = False
+        self.found: set[str] = set()
         self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
         self.options = PrepareOptions(
             chunk_size_chars=self.s.chunk_size_chars,
@@ -196,8 +198,7 @@ class _DocumentRun:
                     raise _first_error(group) from None
                 await self._prepare_suspects()
                 await self.committer.flush()
-                if p.only is None:
-                    await self._delete_vanished()
+                await self._delete_vanished()
             finally:
                 ticker.cancel()
             await self.emit(self._final())
@@ -228,6 +229,13 @@ class _DocumentRun:
     async def _scan(self) -> None:
         batch: list[SourceEntry] = []
         try:
+            if self.p.only is not None:
+                found = await self.p.source.lookup(sorted(self.p.only))
+                self.found = {e.relpath for e in found}
+                for start in range(0, len(found), SCAN_BATCH):
+                    await self._classify(found[start : start + SCAN_BATCH])
+                self.progress.listing_done = True
+                return
             async for entry in self.p.source.scan():
                 batch.append(entry)
                 if len(batch) >= SCAN_BATCH:
@@ -252,9 +260,6 @@ class _DocumentRun:
             state = states.get(doc_id)
             if entry.problem is not None:
                 await self._skip(doc_id, entry.relpath, entry.problem)
-            elif self.p.only is not None and entry.relpath not in self.p.only:
-                self.progress.listed -= 1
-                self.counts["seen"] -= 1
             elif reason := self._fast_skip(entry, state):
                 await self._skip(doc_id, entry.relpath, reason)
             else:
@@ -504,7 +509,17 @@ class _DocumentRun:
 
     async def _delete_vanished(self) -> None:
         p = self.p
+        if p.only is not None:
+            gone = [make_doc_id(r) for r in sorted(p.only - self.found)]
+            known = await p.metadata.get_documents(gone)
+            await self._delete([d for d in known.values() if d.source == p.source.uri])
+            return
         while batch := await p.metadata.unseen(p.source.uri, 500):
+            await self._delete(batch)
+
+    async def _delete(self, batch: list[DocState]) -> None:
+        p = self.p
+        if batch:
             ids = [d.doc_id for d in batch]
             await p.metadata.finish(ids, status="deleting")
             old = await p.metadata.get_chunks(ids)

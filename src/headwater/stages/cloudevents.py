@@ -51,6 +51,10 @@ def encode(event: CloudEvent) -> bytes:
     return _encoder.encode(event)
 
 
+def encode_data(value: object) -> bytes:
+    return _encoder.encode(value)
+
+
 def make_event(*, id: str, source: str, type: str, data: bytes, subject: str | None = None) -> bytes:
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return encode(

@@ -1,0 +1,260 @@
+"""CLI for stream mode: ``watch``, ``publish signals``, ``worker docs``, ``worker signals``.
+
+Workers stop on SIGTERM/SIGINT: intake stops, the batch in flight gets ``--drain`` seconds to
+commit and be acked, the rest is left to redelivery. ``--json`` prints every event, one a line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from headwater.events import (
+    ChangesPublished,
+    DocumentFailed,
+    Event,
+    MessageDeadLettered,
+    MessagesPublished,
+    WorkerBatch,
+    WorkerStopped,
+    to_json,
+)
+
+err = Console(stderr=True, soft_wrap=True)
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME]")]
+BusOpt = Annotated[
+    str | None, typer.Option("--bus", help="nats://… | redis://… | memory:// [env HEADWATER_BUS]")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+IdleOpt = Annotated[
+    float | None, typer.Option("--exit-when-idle", help="Stop after this many seconds without messages")
+]
+GroupOpt = Annotated[
+    str | None, typer.Option("--group", help="Consumer group (workers sharing it share the load)")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Messages per batch [HEADWATER_WORKER_BATCH_SIZE]")
+]
+
+worker_app = typer.Typer(no_args_is_help=True, help="Long-running workers that consume a bus.")
+publish_app = typer.Typer(no_args_is_help=True, help="Publish inputs to a bus as CloudEvents.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("watch")(watch)
+    app.add_typer(worker_app, name="worker")
+    app.add_typer(publish_app, name="publish")
+
+
+def _guarded(work: Any) -> Any:
+    from headwater.cli import run_guarded
+
+    return run_guarded(work)
+
+
+def _seconds(text: str) -> float:
+    from headwater.featuresets import parse_duration_ms
+
+    return parse_duration_ms(text) / 1000
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _render(
+    events: AsyncIterator[Event], *, json_lines: bool, every: float = 5.0
+) -> WorkerStopped | None:
+    """JSON lines, or a plain line per problem and a throughput line every few seconds."""
+    final, acked, shown = None, 0, time.monotonic()
+    async for event in events:
+        if json_lines:
+            sys.stdout.buffer.write(to_json(event) + b"\n")
+            sys.stdout.buffer.flush()
+        elif isinstance(event, MessageDeadLettered):
+            err.print(
+                f"[red]dead-lettered[/] {event.topic}@{event.position}: {event.error_type}: {event.message}"
+            )
+        elif isinstance(event, DocumentFailed):
+            err.print(f"[red]failed[/] {event.uri} ({event.stage}): {event.message}")
+        elif isinstance(event, ChangesPublished) and (event.added or event.updated or event.deleted):
+            err.print(f"published: {event.added} added, {event.updated} updated, {event.deleted} deleted")
+        if isinstance(event, WorkerBatch):
+            acked += event.acked
+            if not json_lines and time.monotonic() - shown >= every:
+                shown = time.monotonic()
+                err.print(f"worker: {acked:,} messages acked")
+        if isinstance(event, WorkerStopped):
+            final = event
+    return final
+
+
+def watch(
+    path: Annotated[str, typer.Argument(help="Folder to watch")],
+    bus: BusOpt = None,
+    home: HomeOpt = None,
+    interval: Annotated[str, typer.Option(help="Poll interval, e.g. 5s")] = "5s",
+    once: Annotated[bool, typer.Option("--once", help="Poll once and exit")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Poll a folder; publish doc added/updated/deleted events for what the index does not have yet."""
+    from headwater.config import load_settings
+    from headwater.pipeline.doc_stream import Watcher
+    from headwater.stream_bootstrap import make_bus
+
+    def work() -> None:
+        settings = load_settings(home=home, bus=bus)
+
+        async def go() -> None:
+            stop = _stop_on_signals()
+            watcher = Watcher(settings, path, make_bus(settings))
+            await _render(watcher.run(_seconds(interval), stop, once=once), json_lines=json_out)
+
+        asyncio.run(go())
+
+    _guarded(work)
+
+
+@publish_app.command("signals")
+def publish_signals(
+    path: Annotated[Path, typer.Argument(help="A JSONL file of signals (or of CloudEvents)")],
+    bus: BusOpt = None,
+    topic: Annotated[str, typer.Option(help="Topic to publish to")] = "signals",
+    json_out: JsonOpt = False,
+) -> None:
+    """Publish each line as a CloudEvent (deterministic ids: publishing twice is a harmless replay)."""
+    from headwater.config import load_settings
+    from headwater.stream_bootstrap import make_bus
+    from headwater.stream_bootstrap import publish_signals as publish
+
+    def work() -> MessagesPublished:
+        settings = load_settings(bus=bus)
+        started = time.monotonic()
+        count = asyncio.run(publish(make_bus(settings), path, topic))
+        return MessagesPublished(
+            topic=topic, messages=count, elapsed_seconds=round(time.monotonic() - started, 3)
+        )
+
+    event = _guarded(work)
+    if json_out:
+        sys.stdout.buffer.write(to_json(event) + b"\n")
+    else:
+        err.print(f"published {event.messages:,} messages to {topic} in {event.elapsed_seconds:.1f}s")
+
+
+@worker_app.command("docs")
+def worker_docs(
+    bus: BusOpt = None,
+    home: HomeOpt = None,
+    concurrency: Annotated[int | None, typer.Option(help="Documents prepared/embedded at once")] = None,
+    group: GroupOpt = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="Only accept events for this source (repeatable)")
+    ] = None,
+    batch_size: BatchOpt = None,
+    exit_when_idle: IdleOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Index the documents named by change events (from ``headwater watch``) as they arrive."""
+    from headwater.config import load_settings
+    from headwater.stream_bootstrap import open_doc_worker
+
+    def work() -> WorkerStopped | None:
+        settings = load_settings(home=home, bus=bus, concurrency=concurrency, worker_batch_size=batch_size)
+
+        async def go() -> WorkerStopped | None:
+            stop = _stop_on_signals()
+            async with open_doc_worker(
+                settings,
+                group=group or "docs",
+                sources=source,
+                stop=stop,
+                exit_when_idle_seconds=exit_when_idle,
+            ) as worker:
+                return await _render(worker.stream_events(), json_lines=json_out)
+
+        return asyncio.run(go())
+
+    _summary(_guarded(work), json_out)
+
+
+@worker_app.command("signals")
+def worker_signals(
+    bus: BusOpt = None,
+    home: HomeOpt = None,
+    feature_set: Annotated[str | None, typer.Option("--feature-set", help="Feature set name")] = None,
+    windows: Annotated[str | None, typer.Option(help="Comma-separated: 1s,5s,1m or 1m/10s (sliding)")] = None,
+    lateness: Annotated[str | None, typer.Option(help="Allowed lateness, e.g. 2s")] = None,
+    late_policy: Annotated[str | None, typer.Option(help="drop | hold | correct")] = None,
+    feature_version: Annotated[
+        int | None, typer.Option("--feature-version", help="Feature set version")
+    ] = None,
+    points: Annotated[
+        bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")
+    ] = None,
+    topic: Annotated[str, typer.Option(help="Topic to consume")] = "signals",
+    group: GroupOpt = None,
+    batch_size: BatchOpt = None,
+    idle_timeout: Annotated[
+        str | None, typer.Option(help="Close open windows after this long without messages, e.g. 30s")
+    ] = None,
+    exit_when_idle: IdleOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Keep a feature set up to date from a topic: the backfill's engine, watermark moved by events."""
+    from headwater.config import load_settings
+    from headwater.signals_bootstrap import resolve_feature_set
+    from headwater.stream_bootstrap import open_signal_worker
+
+    def work() -> WorkerStopped | None:
+        settings = load_settings(
+            home=home,
+            bus=bus,
+            feature_set=feature_set,
+            worker_batch_size=batch_size,
+            idle_timeout_seconds=_seconds(idle_timeout) if idle_timeout else None,
+        )
+        spec = resolve_feature_set(
+            settings,
+            feature_set,
+            windows=windows,
+            lateness=lateness,
+            policy=late_policy,
+            version=feature_version,
+            points=points,
+        )
+
+        async def go() -> WorkerStopped | None:
+            stop = _stop_on_signals()
+            async with open_signal_worker(
+                settings, spec, topic=topic, group=group, stop=stop, exit_when_idle_seconds=exit_when_idle
+            ) as worker:
+                return await _render(worker.stream_events(), json_lines=json_out)
+
+        return asyncio.run(go())
+
+    _summary(_guarded(work), json_out)
+
+
+def _summary(final: WorkerStopped | None, json_out: bool) -> None:
+    if final is not None and not json_out:
+        with contextlib.suppress(BrokenPipeError):
+            err.print(
+                f"worker stopped ({final.reason}): {final.messages_acked:,} messages acked, "
+                f"{final.messages_dead_lettered} dead-lettered, {final.batches} batches, "
+                f"{final.elapsed_seconds:.1f}s"
+            )

@@ -1,0 +1,184 @@
+"""Signals in stream mode: the backfill's engine (``process_batch``/``flush``), fed by a bus.
+
+Each batch of messages is one micro-batch in delivery order: decode (a CloudEvent body is one
+JSONL record to the same decoder), dedup, windows and points, then the offline parts, then ONE
+online transaction with the rows and the checkpoint (engine state + the positions of the batch),
+then the worker acks. After a crash:
+- a batch committed but not acked comes back: its positions are in the checkpoint, so it is
+  acked without effect (exactly-once even beyond the dedup horizon);
+- a batch not committed comes back as new arrivals (possibly after newer messages: arrival
+  order is delivery order, DESIGN §5), and the restored engine state continues from there.
+The watermark moves with event time only; an idle timeout or shutdown closes every open window
+(DESIGN §5.4: the stream's end of input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import polars as pl
+
+from headwater.errors import InputError
+from headwater.events import Event, WindowsClosed
+from headwater.featuresets import FeatureSetSpec
+from headwater.models import sha256_hex
+from headwater.pipeline.signal_commit import build_commit, late_frame, with_date
+from headwater.pipeline.signal_inputs import InputFile
+from headwater.pipeline.signals import COUNTERS, DATASETS, Clock, SignalOptions, wall_clock_ms
+from headwater.pipeline.stream import Delivery
+from headwater.ports import FeatureStore, OfflineFeatureStore, SignalCheckpoint
+from headwater.stages.decode import DecodeLimits, decode_json_lines
+from headwater.stages.features import BatchResult, EngineState, flush, process_batch
+
+
+class _StreamState(msgspec.Struct):
+    engine: bytes
+    last_batch: list[tuple[int, int]]
+
+
+class SignalSink:
+    """A StreamWorker sink that keeps one feature set up to date from one topic."""
+
+    def __init__(
+        self,
+        *,
+        spec: FeatureSetSpec,
+        online: FeatureStore,
+        offline: OfflineFeatureStore,
+        topic: str,
+        group: str,
+        options: SignalOptions | None = None,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self.spec = spec
+        self.online = online
+        self.offline = offline
+        self.topic = topic
+        self.options = options or SignalOptions()
+        self.clock = clock
+        self.scope = sha256_hex(f"stream\x00{spec.name}\x00{spec.version}\x00{topic}\x00{group}")[:12]
+        self.fingerprint = sha256_hex(spec.fingerprint())
+        self.files = [InputFile(path=Path(f"{topic}.jsonl"), relpath=topic, size=0, mtime_ns=0)]
+        self.state = EngineState()
+        self.last_batch: set[tuple[int, int]] = set()
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.next_batch = 0
+        self.dirty = False  # events since the last flush: an idle timeout has something to close
+
+    async def open(self) -> None:
+        found = await self.online.load_checkpoint(self.scope)
+        if found is None or found.fingerprint != self.fingerprint:
+            return  # a new or re-declared feature set starts from a fresh engine
+        saved = msgspec.msgpack.decode(found.state, type=_StreamState)
+        self.state = EngineState.from_bytes(saved.engine) if saved.engine else EngineState()
+        self.last_batch = {tuple(p) for p in saved.last_batch}  # type: ignore[misc]
+        self.counters |= found.counters
+        self.next_batch = found.next_batch
+        self.dirty = found.status == "running"
+
+    async def close(self) -> None:
+        return None
+
+    async def handle(self, batch: list[Delivery]) -> list[Event]:
+        limits = DecodeLimits(
+            now_ms=self.clock(),
+            max_future_ms=self.options.max_future_ms,
+            max_record_bytes=self.options.max_record_bytes,
+            field=self.spec.field,
+        )
+        for delivery in batch:
+            delivery.done = delivery.message.position in self.last_batch
+            if not delivery.message.body.strip():
+                delivery.error = InputError("empty message body", field="$")
+        fresh = [d for d in batch if not d.done and d.error is None]
+        frame, errors = decode_json_lines([d.message.body for d in fresh], 0, limits)
+        for error in errors:
+            fresh[error.row].error = InputError(f"{error.field}: {error.reason}", field=error.field)
+        positions = pl.Series([d.message.position[0] for d in fresh], dtype=pl.Int64)
+        frame = frame.with_columns(positions.gather(frame["row"]).alias("row"))
+        state, result = await asyncio.to_thread(process_batch, self.state, frame, self.spec)
+        done = [d.message.position for d in fresh]
+        event = await self._commit(state, result, done, status="running", invalid=len(errors))
+        self.dirty = True
+        return [event]
+
+    async def idle(self, *, final: bool) -> list[Event]:
+        """Quiet for the idle timeout, or stopping: close every open window (DESIGN §5.4)."""
+        if not self.dirty or self.state.max_event_time is None:
+            return []
+        # Finite, so the watermark stays monotone across restarts: every window (and point)
+        # holding an event so far ends before it, later events for them are late.
+        watermark = self.state.max_event_time + max(w.size_ms for w in self.spec.windows)
+        state, result = await asyncio.to_thread(flush, self.state, self.spec, watermark)
+        event = await self._commit(state, result, sorted(self.last_batch), status="flushed")
+        self.dirty = False
+        return [event]
+
+    async def _commit(
+        self,
+        state: EngineState,
+        result: BatchResult,
+        positions: list[tuple[int, int]],
+        *,
+        status: str,
+        invalid: int = 0,
+    ) -> WindowsClosed:
+        """Offline parts (durable, deterministic names), then rows + checkpoint in one transaction."""
+        batch_no = self.next_batch
+        counters = dict(self.counters)
+        _count(counters, result)
+        counters["events_seen"] += invalid
+        counters["events_invalid"] += invalid
+        saved = _StreamState(engine=state.to_bytes(), last_batch=positions)
+        checkpoint = SignalCheckpoint(
+            scope=self.scope,
+            fingerprint=self.fingerprint,
+            next_batch=batch_no + 1,
+            file_index=0,
+            row_offset=0,
+            counters=counters,
+            state=msgspec.msgpack.encode(saved),
+            status=status,
+        )
+        datasets, commit = await asyncio.to_thread(self._serialize, batch_no, result, checkpoint)
+        part = f"part-{self.scope}-{batch_no:06d}"
+        for dataset in DATASETS:
+            await self.offline.write(dataset, self.spec.name, part, datasets[dataset])
+        await self.online.commit(commit)
+        self.state, self.counters, self.next_batch = state, counters, batch_no + 1
+        self.last_batch = set(positions)
+        return WindowsClosed(
+            run_id=self.scope,
+            batch=batch_no,
+            rows=result.rows.height,
+            points=result.points.height,
+            late=result.late.height,
+            watermark_ms=state.watermark_ms,
+        )
+
+    def _serialize(
+        self, batch_no: int, result: BatchResult, checkpoint: SignalCheckpoint
+    ) -> tuple[dict[str, pl.DataFrame], object]:
+        points = result.points.with_columns(
+            pl.lit(self.spec.name).alias("feature_set"), pl.lit(self.spec.version).alias("version")
+        )
+        commit = build_commit(self.scope, self.spec, self.files, batch_no, result, None, checkpoint)
+        late = late_frame(self.spec, self.files, result.late, 0)
+        datasets = {
+            "windows": with_date(result.rows, "window_start_ms"),
+            "points": with_date(points, "event_time"),
+            "late": with_date(late, "event_time"),
+        }
+        return datasets, commit
+
+
+def _count(counters: dict[str, int], result: BatchResult) -> None:
+    counters["events_seen"] += result.events_in
+    counters["duplicates"] += result.duplicates
+    counters["late_dropped"] += result.late_dropped
+    counters["late_corrected"] += result.late_corrected
+    counters["feature_rows_written"] += result.rows.height
+    counters["points_written"] += result.points.height
+    counters["points_late"] += result.points_late

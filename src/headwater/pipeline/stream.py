@@ -1,0 +1,296 @@
+"""Stream workers: the same pipelines, fed by a bus instead of a folder (DESIGN §1).
+
+At-least-once in, effectively-once out (DESIGN §4.4): a batch of messages goes to a sink, the
+sink commits its effects (upserts keyed by doc_id or feature key, plus its checkpoint), and only
+then are the messages acked. A message whose effects were committed but whose ack was lost comes
+back and changes nothing. A message is dead-lettered — metadata DLQ with its body, and the bus's
+DLQ — when it is malformed, or once it was delivered ``max_attempts`` times without completing
+(it crashed or hung a worker, or kept failing): it never loops.
+
+Batches are strictly sequential: a key is never processed by two batches at once, and the bound
+on in-flight messages (one batch) is what lets a slow sink slow consumption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from headwater.errors import InputError, RetryableError
+from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
+from headwater.pipeline.engine import RetryPolicy
+from headwater.ports import BusMessage, DeadLetter, DeadLetters, StreamBus
+from headwater.stages import cloudevents
+from headwater.stages.cloudevents import CloudEvent
+
+
+@dataclass
+class Delivery:
+    """A message on its way through a sink. The sink sets ``error`` to dead-letter this message
+    alone (bad input), or ``done`` when its effects were already committed (a redelivery)."""
+
+    message: BusMessage
+    event: CloudEvent | None = None
+    error: Exception | None = None
+    stage: str = "decode"
+    done: bool = False
+
+
+class Sink(Protocol):
+    """Where a worker's messages go: commits a batch durably before returning."""
+
+    async def open(self) -> None: ...
+
+    async def handle(self, batch: list[Delivery]) -> list[Event]:
+        """Commit the effects of every delivery without ``error``; raise to fail the whole batch."""
+        ...
+
+    async def idle(self, *, final: bool) -> list[Event]:
+        """No message for a while (``final``: the worker is about to stop)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    topic: str
+    group: str
+    batch_size: int = 256
+    max_attempts: int = 3
+    poll_seconds: float = 0.5
+    idle_timeout_seconds: float | None = None
+    exit_when_idle_seconds: float | None = None
+    drain_seconds: float = 30.0
+    nak_on_failure: bool = True
+    """False for sinks that need delivery order (signals): a failed batch stops the worker and
+    its messages come back, in order, to the next one."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass
+class _Counts:
+    batches: int = 0
+    acked: int = 0
+    dead: int = 0
+
+
+class StreamWorker:
+    def __init__(
+        self,
+        bus: StreamBus,
+        sink: Sink,
+        dead_letters: DeadLetters,
+        options: WorkerOptions,
+        *,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.bus = bus
+        self.sink = sink
+        self.dead_letters = dead_letters
+        self.options = options
+        self.stop = stop or asyncio.Event()
+        self.counts = _Counts()
+
+    async def stream_events(self) -> AsyncIterator[Event]:
+        o = self.options
+        started = time.monotonic()
+        reason = "signal"
+        await self.bus.open()
+        await self.sink.open()
+        try:
+            idle_since, idle_done = time.monotonic(), False
+            while not self.stop.is_set():
+                messages = await self._consume()
+                if not messages:
+                    idle = time.monotonic() - idle_since
+                    if o.exit_when_idle_seconds is not None and idle >= o.exit_when_idle_seconds:
+                        reason = "idle"
+                        break
+                    timeout = o.idle_timeout_seconds
+                    if timeout is not None and idle >= timeout and not idle_done:
+                        idle_done = True
+                        for event in await self.sink.idle(final=False):
+                            yield event
+                    continue
+                idle_since, idle_done = time.monotonic(), False
+                async for event in self._batch(messages):
+                    yield event
+            for event in await self.sink.idle(final=True):
+                yield event
+        except BaseException:
+            reason = "error"
+            raise
+        finally:
+            await self.sink.close()
+            await self.bus.close()
+        c = self.counts
+        yield WorkerStopped(
+            topic=o.topic,
+            reason=reason,
+            batches=c.batches,
+            messages_acked=c.acked,
+            messages_dead_lettered=c.dead,
+            elapsed_seconds=round(time.monotonic() - started, 3),
+        )
+
+    async def _consume(self) -> list[BusMessage]:
+        """One poll; a bus that is down (restarting) is waited for with backoff, not fatal."""
+        delay = self.options.retry.initial_seconds
+        while not self.stop.is_set():
+            try:
+                return await self.bus.consume(
+                    self.options.topic,
+                    self.options.group,
+                    max_messages=self.options.batch_size,
+                    timeout_seconds=self.options.poll_seconds,
+                )
+            except RetryableError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.options.retry.max_seconds)
+        return []
+
+    async def _batch(self, messages: list[BusMessage]) -> AsyncIterator[Event]:
+        batch = [self._decode(m) for m in messages]
+        live = [d for d in batch if d.error is None]
+        try:
+            events = await self._handle(live) if live else []
+        except Exception as exc:
+            if not self.options.nak_on_failure or isinstance(exc, asyncio.CancelledError):
+                raise
+            async for event in self._failed(live, exc):
+                yield event
+            return
+        for event in events:
+            yield event
+        dead = [d for d in batch if d.error is not None]
+        for delivery in dead:
+            yield await self._dead_letter(delivery)
+        acked = [d.message for d in batch if d.error is None]
+        await self._ack(acked)
+        self.counts.batches += 1
+        self.counts.acked += len(acked)
+        yield WorkerBatch(
+            topic=self.options.topic,
+            messages=len(batch),
+            acked=len(acked),
+            dead_lettered=len(dead),
+            already_done=sum(d.done for d in batch),
+        )
+
+    def _decode(self, message: BusMessage) -> Delivery:
+        delivery = Delivery(message)
+        if message.deliveries > self.options.max_attempts:
+            delivery.error = InputError(
+                f"{self.options.topic}@{_position(message)}: delivered {message.deliveries - 1} times "
+                "without completing (it crashed, hung or kept failing the worker)"
+            )
+            delivery.stage = "deliver"
+            return delivery
+        try:
+            delivery.event = cloudevents.decode(message.body)
+        except InputError as exc:
+            delivery.error = exc
+        return delivery
+
+    async def _handle(self, live: list[Delivery]) -> list[Event]:
+        """Run the sink; on shutdown, give the batch ``drain_seconds`` to commit, then abandon it
+        (nothing is acked, so it is redelivered)."""
+        task = asyncio.ensure_future(self.sink.handle(live))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=self.options.drain_seconds)
+            if not task.done():
+                task.cancel()
+            return await task
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _failed(self, live: list[Delivery], exc: Exception) -> AsyncIterator[Event]:
+        """The sink failed the whole batch: retry later, or dead-letter what used its attempts."""
+        again = []
+        for delivery in live:
+            if delivery.message.deliveries >= self.options.max_attempts:
+                delivery.error, delivery.stage = exc, "sink"
+                yield await self._dead_letter(delivery)
+            else:
+                again.append(delivery.message)
+        if again:
+            delay = self.options.retry.initial_seconds * 2 ** min(again[0].deliveries, 6)
+            with contextlib.suppress(RetryableError):
+                await self.bus.nak(again, delay_seconds=min(delay, self.options.retry.max_seconds))
+
+    async def _dead_letter(self, delivery: Delivery) -> MessageDeadLettered:
+        error = delivery.error
+        assert error is not None
+        message = delivery.message
+        letter = DeadLetter(
+            id=0,
+            kind="message",
+            input_ref=f"{message.topic}@{_position(message)}",
+            source=redact_url(self.bus.url),
+            stage=delivery.stage,
+            error_type=type(error).__name__,
+            message=str(error),
+            traceback="".join(traceback.format_exception(error)) if error.__traceback__ else "",
+            attempts=message.deliveries,
+            created_at="",
+            payload=message.body,
+        )
+        dlq_id = await self.dead_letters.add(letter)
+        await self._retrying(lambda: self.bus.dead_letter(message, f"{letter.error_type}: {letter.message}"))
+        self.counts.dead += 1
+        return MessageDeadLettered(
+            topic=message.topic,
+            position=_position(message),
+            deliveries=message.deliveries,
+            error_type=letter.error_type,
+            message=letter.message,
+            dlq_id=dlq_id,
+        )
+
+    async def _ack(self, messages: Sequence[BusMessage]) -> None:
+        """A lost ack is harmless (the redelivery is a no-op), so retry briefly and move on."""
+        if messages:
+            with contextlib.suppress(RetryableError):
+                await self._retrying(lambda: self.bus.ack(messages))
+
+    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
+        delay = self.options.retry.initial_seconds
+        for attempt in range(self.options.retry.attempts):
+            try:
+                await call()
+            except RetryableError:
+                if attempt == self.options.retry.attempts - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.options.retry.max_seconds)
+            else:
+                return
+
+
+def _position(message: BusMessage) -> str:
+    major, minor = message.position
+    return f"{major}-{minor}" if minor else str(major)
+
+
+def redact_url(url: str) -> str:
+    """A bus URL without its credentials (DLQ entries and events are shown to users)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

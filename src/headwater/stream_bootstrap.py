@@ -1,0 +1,163 @@
+"""Composition root for stream mode: Settings → bus + sink → StreamWorker (and the publishers).
+
+The CLI and the tests build workers here, with the same pipelines and stores the batch commands
+use: only where work comes from, and how it is acknowledged, differs (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import cast
+
+import msgspec
+
+from headwater import registry
+from headwater.bootstrap import make_metadata_store
+from headwater.config import Settings
+from headwater.featuresets import FeatureSetSpec
+from headwater.models import sha256_hex
+from headwater.pipeline.doc_stream import DOCS_TOPIC, DocumentSink
+from headwater.pipeline.engine import RetryPolicy
+from headwater.pipeline.signal_stream import SignalSink
+from headwater.pipeline.signals import SignalOptions
+from headwater.pipeline.stream import StreamWorker, WorkerOptions
+from headwater.ports import DeadLetters, StreamBus
+from headwater.signals_bootstrap import make_offline_store, make_online_store
+from headwater.stages import cloudevents
+
+SIGNALS_TOPIC = "signals"
+
+
+def make_bus(settings: Settings, url: str | None = None) -> StreamBus:
+    return cast(
+        StreamBus, registry.create("bus", url or settings.bus, ack_wait_seconds=settings.ack_wait_seconds)
+    )
+
+
+def worker_options(settings: Settings, topic: str, group: str, **overrides: object) -> WorkerOptions:
+    values: dict[str, object] = {
+        "topic": topic,
+        "group": group,
+        "batch_size": settings.worker_batch_size,
+        "max_attempts": settings.max_attempts,
+        "idle_timeout_seconds": settings.idle_timeout_seconds,
+        "drain_seconds": settings.drain_seconds,
+        "retry": RetryPolicy(
+            settings.retry_attempts, settings.retry_initial_seconds, settings.retry_max_seconds
+        ),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return WorkerOptions(**values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def open_doc_worker(
+    settings: Settings,
+    *,
+    bus: StreamBus | None = None,
+    group: str = "docs",
+    sources: list[str] | None = None,
+    stop: asyncio.Event | None = None,
+    **options: object,
+) -> AsyncIterator[StreamWorker]:
+    metadata = make_metadata_store(settings)
+    await metadata.open()
+    try:
+        yield StreamWorker(
+            bus or make_bus(settings),
+            DocumentSink(settings, sources=sources),
+            metadata,
+            worker_options(settings, DOCS_TOPIC, group, **options),
+            stop=stop,
+        )
+    finally:
+        await metadata.close()
+
+
+@asynccontextmanager
+async def open_signal_worker(
+    settings: Settings,
+    spec: FeatureSetSpec,
+    *,
+    bus: StreamBus | None = None,
+    topic: str = SIGNALS_TOPIC,
+    group: str | None = None,
+    stop: asyncio.Event | None = None,
+    **options: object,
+) -> AsyncIterator[StreamWorker]:
+    """Signals keep delivery order: a failed batch stops the worker rather than being nak'ed."""
+    group = group or f"features-{spec.name}"
+    async with AsyncExitStack() as stack:
+        online = make_online_store(settings)
+        await online.open()
+        stack.push_async_callback(online.close)
+        metadata = make_metadata_store(settings)
+        await metadata.open()
+        stack.push_async_callback(metadata.close)
+        sink = SignalSink(
+            spec=spec,
+            online=online,
+            offline=make_offline_store(settings),
+            topic=topic,
+            group=group,
+            options=SignalOptions(
+                max_future_ms=settings.max_future_ms, max_record_bytes=settings.max_payload_bytes
+            ),
+        )
+        yield StreamWorker(
+            bus or make_bus(settings),
+            sink,
+            cast(DeadLetters, metadata),
+            worker_options(settings, topic, group, nak_on_failure=False, **options),
+            stop=stop,
+        )
+
+
+def signal_messages(path: Path, batch: int = 1000) -> Iterator[list[bytes]]:
+    """A JSONL file as CloudEvents, one per line (lines that already are CloudEvents pass as they are).
+
+    Ids are deterministic (file name, line number, bytes), so publishing the same file twice is
+    a redelivery, which the worker's CloudEvent dedup discards.
+    """
+    source = f"headwater.publish:{path.name}"
+    out: list[bytes] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            out.append(_as_cloudevent(line, source, number))
+            if len(out) >= batch:
+                yield out
+                out = []
+    if out:
+        yield out
+
+
+def _as_cloudevent(line: bytes, source: str, number: int) -> bytes:
+    try:
+        value = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        value = None
+        data = msgspec.json.encode(line.decode("utf-8", "replace"))  # kept, so the DLQ shows it
+    else:
+        if isinstance(value, dict) and "specversion" in value:
+            return line
+        data = line
+    event_id = sha256_hex(b"%d\x00" % number + line)[:32]
+    return cloudevents.make_event(id=event_id, source=source, type=cloudevents.SIGNAL, data=data)
+
+
+async def publish_signals(bus: StreamBus, path: Path, topic: str = SIGNALS_TOPIC) -> int:
+    await bus.open()
+    count = 0
+    try:
+        for bodies in signal_messages(path):
+            await bus.publish(topic, bodies)
+            count += len(bodies)
+    finally:
+        await bus.close()
+    return count
