@@ -159,20 +159,20 @@ class StreamWorker:
     async def _batch(self, messages: list[BusMessage]) -> AsyncIterator[Event]:
         batch = [self._decode(m) for m in messages]
         live = [d for d in batch if d.error is None]
-        try:
+        failed: list[tuple[Delivery, Exception]] = []
+        if self.options.nak_on_failure:
+            events, failed = await self._isolate(live)
+        else:
             events = await self._handle(live) if live else []
-        except Exception as exc:
-            if not self.options.nak_on_failure or isinstance(exc, asyncio.CancelledError):
-                raise
-            async for event in self._failed(live, exc):
-                yield event
-            return
         for event in events:
             yield event
-        dead = [d for d in batch if d.error is not None]
+        dead = [d for d in batch if d.error is not None]  # bad input, marked by decode or the sink
         for delivery in dead:
             yield await self._dead_letter(delivery)
-        acked = [d.message for d in batch if d.error is None]
+        async for event in self._failed(failed):
+            yield event
+        failed_ids = {id(d) for d, _ in failed}
+        acked = [d.message for d in batch if d.error is None and id(d) not in failed_ids]
         await self._ack(acked)
         self.counts.batches += 1
         self.counts.acked += len(acked)
@@ -180,9 +180,30 @@ class StreamWorker:
             topic=self.options.topic,
             messages=len(batch),
             acked=len(acked),
-            dead_lettered=len(dead),
+            dead_lettered=len(dead) + sum(d.error is not None for d, _ in failed),
             already_done=sum(d.done for d in batch),
         )
+
+    async def _isolate(self, live: list[Delivery]) -> tuple[list[Event], list[tuple[Delivery, Exception]]]:
+        """Commit what can be committed: a failing batch is split in halves until the message
+        that fails is alone, so healthy messages behind a poison one still flow. When both
+        halves fail entirely the sink itself is down: stop splitting."""
+        if not live:
+            return [], []
+        try:
+            return await self._handle(live), []
+        except Exception as exc:  # noqa: BLE001 - any sink failure is retried or dead-lettered
+            if len(live) == 1:
+                return [], [(live[0], exc)]
+            first, second = live[: len(live) // 2], live[len(live) // 2 :]
+            first_events, first_failed = await self._isolate(first)
+            if len(first) > 1 and len(first_failed) == len(first):
+                try:  # the whole first half failed: is the sink down, or just this half poisoned?
+                    return first_events + await self._handle(second), first_failed
+                except Exception as again:  # noqa: BLE001
+                    return first_events, first_failed + [(d, again) for d in second]
+            second_events, second_failed = await self._isolate(second)
+            return first_events + second_events, first_failed + second_failed
 
     def _decode(self, message: BusMessage) -> Delivery:
         delivery = Delivery(message)
@@ -218,10 +239,10 @@ class StreamWorker:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _failed(self, live: list[Delivery], exc: Exception) -> AsyncIterator[Event]:
-        """The sink failed the whole batch: retry later, or dead-letter what used its attempts."""
+    async def _failed(self, failed: list[tuple[Delivery, Exception]]) -> AsyncIterator[Event]:
+        """Retry later (nak with backoff), or dead-letter what used up its attempts."""
         again = []
-        for delivery in live:
+        for delivery, exc in failed:
             if delivery.message.deliveries >= self.options.max_attempts:
                 delivery.error, delivery.stage = exc, "sink"
                 yield await self._dead_letter(delivery)

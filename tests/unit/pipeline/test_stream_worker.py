@@ -1,0 +1,236 @@
+"""The stream worker on the in-memory bus: ack after commit, poison → DLQ after N attempts,
+replays change nothing, graceful drain, and signals parity with the backfill."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from headwater.bootstrap import build_document_pipeline, make_metadata_store
+from headwater.cli_signals import export_rows
+from headwater.config import Settings, load_settings
+from headwater.errors import RetryableError
+from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
+from headwater.pipeline.doc_stream import DOCS_TOPIC, Watcher
+from headwater.pipeline.index import status
+from headwater.pipeline.stream import Delivery, StreamWorker, WorkerOptions
+from headwater.ports import StreamBus
+from headwater.signals_bootstrap import make_offline_store, open_signal_pipeline, resolve_feature_set
+from headwater.stages import cloudevents
+from headwater.stream_bootstrap import make_bus, open_doc_worker, open_signal_worker, signal_messages
+
+ROOT = Path(__file__).resolve().parents[3]
+EVENTS = ROOT / "samples" / "signals" / "events.jsonl"
+
+
+def settings(tmp_path: Path, name: str, **kw: Any) -> Settings:
+    return load_settings(
+        home=tmp_path / name, bus=f"memory://{uuid.uuid4().hex[:8]}", workers=1, ack_wait_seconds=0.3, **kw
+    )
+
+
+async def collect(worker: StreamWorker) -> list[Event]:
+    return [event async for event in worker.stream_events()]
+
+
+class RecordingSink:
+    """Commits by appending to a list; can fail a given body, or every batch, on demand."""
+
+    def __init__(self, fail_body: bytes | None = None, fail_all: bool = False) -> None:
+        self.committed: list[bytes] = []
+        self.fail_body = fail_body
+        self.fail_all = fail_all
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def idle(self, *, final: bool) -> list[Event]:
+        return []
+
+    async def handle(self, batch: list[Delivery]) -> list[Event]:
+        if self.fail_all:
+            raise RetryableError("sink down")
+        for delivery in batch:
+            assert delivery.event is not None
+            if bytes(delivery.event.data) == self.fail_body:
+                raise RetryableError("this one always fails")
+            self.committed.append(bytes(delivery.event.data))
+        return []
+
+
+def ce(n: int) -> bytes:
+    return cloudevents.make_event(id=str(n), source="test", type="t", data=b'{"n":%d}' % n)
+
+
+async def run_sink(sink: Any, bodies: list[bytes], s: Settings, **opts: Any) -> tuple[list[Event], StreamBus]:
+    bus = make_bus(s)
+    await bus.open()
+    await bus.publish("t", bodies)
+    metadata = make_metadata_store(s)
+    await metadata.open()
+    options = WorkerOptions(
+        **{"topic": "t", "group": "g", "batch_size": 4, "exit_when_idle_seconds": 1.5, **opts}
+    )
+    try:
+        events = await collect(StreamWorker(make_bus(s), sink, metadata, options))
+        letters = await metadata.list()
+    finally:
+        await metadata.close()
+    return [*events, *letters], bus  # type: ignore[list-item]
+
+
+async def test_malformed_message_is_dead_lettered_with_its_body_and_the_rest_flows(tmp_path: Path) -> None:
+    s = settings(tmp_path, "h")
+    sink = RecordingSink()
+    out, bus = await run_sink(sink, [ce(1), b"{not json", ce(2)], s)
+    assert sink.committed == [b'{"n":1}', b'{"n":2}']
+    dead = [e for e in out if isinstance(e, MessageDeadLettered)]
+    assert len(dead) == 1 and dead[0].error_type == "InputError" and "not a CloudEvent" in dead[0].message
+    letter = out[-1]
+    assert letter.kind == "message" and letter.payload == b"{not json" and letter.input_ref == "t@2"
+    assert await bus.dead_letters("t") == [(b"{not json", f"InputError: {dead[0].message}")]
+    assert await bus.pending("t", "g") == 0
+
+
+async def test_a_failing_message_reaches_the_dlq_after_exactly_max_attempts(tmp_path: Path) -> None:
+    s = settings(tmp_path, "h")
+    sink = RecordingSink(fail_body=b'{"n":2}')
+    out, bus = await run_sink(sink, [ce(2)] + [ce(n) for n in range(10, 14)], s)
+    dead = [e for e in out if isinstance(e, MessageDeadLettered)]
+    assert [d.deliveries for d in dead] == [3]
+    assert sorted(sink.committed) == sorted(b'{"n":%d}' % n for n in range(10, 14))
+    assert await bus.pending("t", "g") == 0
+
+
+async def test_replay_storm_every_message_three_times_adds_no_rows(tmp_path: Path) -> None:
+    """Signals: every CloudEvent delivered three times (as redeliveries come: soon after the
+    first) gives exactly the feature rows of one delivery. (A copy arriving after the largest
+    window of its event closed is past the dedup horizon, DESIGN §5.7: it is recorded in the
+    late table like any late event and changes no row.)"""
+    once, storm = settings(tmp_path, "once"), settings(tmp_path, "storm")
+    spec = resolve_feature_set(once, "sensors")
+    for s, copies in ((once, 1), (storm, 3)):
+        bus = make_bus(s)
+        await bus.open()
+        for bodies in signal_messages(EVENTS, batch=50):
+            for _ in range(copies):
+                await bus.publish("signals", bodies)
+        async with open_signal_worker(s, spec, bus=bus, exit_when_idle_seconds=1.0, batch_size=200) as w:
+            events = await collect(w)
+        assert isinstance(events[-1], WorkerStopped)
+    for dataset in ("windows", "points"):
+        a = await export_rows(make_offline_store(once), "sensors", dataset=dataset)
+        b = await export_rows(make_offline_store(storm), "sensors", dataset=dataset)
+        assert_rows_equal(a, b)
+
+
+async def test_signals_stream_equals_the_backfill(tmp_path: Path) -> None:
+    batch, stream = settings(tmp_path, "batch", micro_batch_events=100), settings(tmp_path, "stream")
+    spec = resolve_feature_set(batch, "sensors")
+    async with open_signal_pipeline(batch, EVENTS, spec) as pipeline:
+        await pipeline.run_async()
+    bus = make_bus(stream)
+    await bus.open()
+    for bodies in signal_messages(EVENTS):
+        await bus.publish("signals", bodies)
+    async with open_signal_worker(stream, spec, bus=bus, exit_when_idle_seconds=1.0, batch_size=100) as w:
+        await collect(w)
+    for dataset in ("windows", "points"):
+        a = await export_rows(make_offline_store(batch), "sensors", dataset=dataset)
+        b = await export_rows(make_offline_store(stream), "sensors", dataset=dataset)
+        assert_rows_equal(a, b)
+
+
+def assert_rows_equal(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    """Keys and counts exactly; floats to 1e-9 relative (sums merged at other batch boundaries)."""
+    assert a.height == b.height > 0 and a.columns == b.columns
+    for column in a.columns:
+        if a[column].dtype == pl.Float64:
+            assert (a[column].is_null() == b[column].is_null()).all(), column
+            x, y = a[column].fill_null(0.0), b[column].fill_null(0.0)
+            assert ((x - y).abs() <= 1e-9 * (x.abs() + 1)).all(), column
+        else:
+            assert a[column].equals(b[column]), column
+
+
+async def test_docs_watch_and_worker_converge_to_the_batch_index(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(ROOT / "samples" / "docs", corpus)
+    batch, stream = settings(tmp_path, "batch"), settings(tmp_path, "stream")
+    watcher = Watcher(stream, str(corpus), make_bus(stream))
+
+    async def step() -> None:
+        await build_document_pipeline(batch, str(corpus)).run_async()
+        polls = [e async for e in watcher.run(1, asyncio.Event(), once=True)]
+        assert polls and (polls[0].added or polls[0].updated or polls[0].deleted)
+        async with open_doc_worker(stream, exit_when_idle_seconds=0.8) as worker:
+            await collect(worker)
+        a, b = await status(batch), await status(stream)
+        assert a["fingerprint"] == b["fingerprint"] and b["chunks"] > 0
+
+    await step()
+    (corpus / "guides" / "retries.md").unlink()
+    edited = corpus / "guides" / "signals.md"
+    edited.write_text(edited.read_text() + "\n\nA new paragraph about watermarks.\n")
+    await step()
+    assert (await status(stream))["documents"] == 5
+
+
+async def test_worker_stops_on_signal_after_committing_the_batch_in_flight(tmp_path: Path) -> None:
+    s = settings(tmp_path, "h")
+    stop = asyncio.Event()
+
+    class SlowSink(RecordingSink):
+        async def handle(self, batch: list[Delivery]) -> list[Event]:
+            stop.set()  # SIGTERM arrives while this batch is being committed
+            await asyncio.sleep(0.3)
+            return await super().handle(batch)
+
+    sink = SlowSink()
+    bus = make_bus(s)
+    await bus.open()
+    await bus.publish("t", [ce(n) for n in range(12)])
+    metadata = make_metadata_store(s)
+    await metadata.open()
+    options = WorkerOptions(topic="t", group="g", batch_size=4, drain_seconds=5)
+    events = await collect(StreamWorker(make_bus(s), sink, metadata, options, stop=stop))
+    await metadata.close()
+    batches = [e for e in events if isinstance(e, WorkerBatch)]
+    assert len(sink.committed) == 4 and len(batches) == 1 and batches[0].acked == 4
+    assert isinstance(events[-1], WorkerStopped) and events[-1].reason == "signal"
+    assert await bus.pending("t", "g") == 8  # the rest stays on the bus for the next worker
+
+
+async def test_a_sink_that_is_down_gets_naks_then_the_dlq(tmp_path: Path) -> None:
+    s = settings(tmp_path, "h")
+    out, _bus = await run_sink(RecordingSink(fail_all=True), [ce(1)], s, exit_when_idle_seconds=4.0)
+    dead = [e for e in out if isinstance(e, MessageDeadLettered)]
+    assert len(dead) == 1 and dead[0].deliveries == 3 and "sink down" in dead[0].message
+
+
+@pytest.mark.parametrize("topic", [DOCS_TOPIC])
+async def test_doc_event_for_a_foreign_source_is_refused(tmp_path: Path, topic: str) -> None:
+    s = settings(tmp_path, "h")
+    corpus = tmp_path / "corpus"
+    shutil.copytree(ROOT / "samples" / "docs", corpus)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "secret.md").write_text("do not index")
+    bus = make_bus(s)
+    await bus.open()
+    change = cloudevents.DocChange(source=other.as_uri(), relpath="secret.md")
+    body = cloudevents.make_event(
+        id="x", source="t", type=cloudevents.DOC_ADDED, data=cloudevents.encode_data(change)
+    )
+    await bus.publish(topic, [body])
+    async with open_doc_worker(s, bus=bus, sources=[str(corpus)], exit_when_idle_seconds=0.5) as worker:
+        events = await collect(worker)
+    dead = [e for e in events if isinstance(e, MessageDeadLettered)]
+    assert len(dead) == 1 and "not one this worker serves" in dead[0].message
+    assert (await status(s))["documents"] == 0
