@@ -106,6 +106,7 @@ async def open_signal_worker(
             options=SignalOptions(
                 max_future_ms=settings.max_future_ms, max_record_bytes=settings.max_payload_bytes
             ),
+            recovery_seconds=2 * settings.ack_wait_seconds + 10,
         )
         yield StreamWorker(
             bus or make_bus(settings),

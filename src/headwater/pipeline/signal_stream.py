@@ -6,8 +6,11 @@ online transaction with the rows and the checkpoint (engine state + the position
 then the worker acks. After a crash:
 - a batch committed but not acked comes back: its positions are in the checkpoint, so it is
   acked without effect (exactly-once even beyond the dedup horizon);
-- a batch not committed comes back as new arrivals (possibly after newer messages: arrival
-  order is delivery order, DESIGN §5), and the restored engine state continues from there.
+- a batch not committed comes back after the ack wait, maybe after newer messages: its
+  positions were saved (the *intent*) before it was processed, so the restarted sink holds the
+  newer messages back until the whole batch is there again, then replays it first, in order.
+  The result equals an uninterrupted run (if the batch never comes back — dead-lettered,
+  trimmed — the sink stops waiting after ``recovery_seconds``).
 The watermark moves with event time only; an idle timeout or shutdown closes every open window
 (DESIGN §5.4: the stream's end of input).
 """
@@ -15,6 +18,7 @@ The watermark moves with event time only; an idle timeout or shutdown closes eve
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import msgspec
@@ -24,7 +28,8 @@ from headwater.errors import InputError
 from headwater.events import Event, WindowsClosed
 from headwater.featuresets import FeatureSetSpec
 from headwater.models import sha256_hex
-from headwater.pipeline.signal_commit import build_commit, late_frame, with_date
+from headwater.pipeline.faults import crash_point
+from headwater.pipeline.signal_commit import BatchCommit, build_commit, late_frame, with_date
 from headwater.pipeline.signal_inputs import InputFile
 from headwater.pipeline.signals import COUNTERS, DATASETS, Clock, SignalOptions, wall_clock_ms
 from headwater.pipeline.stream import Delivery
@@ -36,6 +41,9 @@ from headwater.stages.features import BatchResult, EngineState, flush, process_b
 class _StreamState(msgspec.Struct):
     engine: bytes
     last_batch: list[tuple[int, int]]
+
+
+Position = tuple[int, int]
 
 
 class SignalSink:
@@ -51,6 +59,7 @@ class SignalSink:
         group: str,
         options: SignalOptions | None = None,
         clock: Clock = wall_clock_ms,
+        recovery_seconds: float = 70.0,
     ) -> None:
         self.spec = spec
         self.online = online
@@ -66,6 +75,10 @@ class SignalSink:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.next_batch = 0
         self.dirty = False  # events since the last flush: an idle timeout has something to close
+        self.intent_scope = f"{self.scope}-intent"
+        self.awaiting: set[Position] = set()
+        self.recovery_seconds = recovery_seconds
+        self.await_until = 0.0
 
     async def open(self) -> None:
         found = await self.online.load_checkpoint(self.scope)
@@ -77,6 +90,10 @@ class SignalSink:
         self.counters |= found.counters
         self.next_batch = found.next_batch
         self.dirty = found.status == "running"
+        intent = await self.online.load_checkpoint(self.intent_scope)
+        if intent is not None and intent.next_batch == self.next_batch:  # begun, never committed
+            self.awaiting = {(p[0], p[1]) for p in msgspec.msgpack.decode(intent.state)}
+            self.await_until = time.monotonic() + self.recovery_seconds
 
     async def close(self) -> None:
         return None
@@ -92,7 +109,11 @@ class SignalSink:
             delivery.done = delivery.message.position in self.last_batch
             if not delivery.message.body.strip():
                 delivery.error = InputError("empty message body", field="$")
-        fresh = [d for d in batch if not d.done and d.error is None]
+        fresh = self._in_order([d for d in batch if not d.done and d.error is None])
+        if not fresh:
+            return []
+        await self._save_intent([d.message.position for d in fresh])
+        crash_point("stream_after_intent")
         frame, errors = decode_json_lines([d.message.body for d in fresh], 0, limits)
         for error in errors:
             fresh[error.row].error = InputError(f"{error.field}: {error.reason}", field=error.field)
@@ -103,6 +124,45 @@ class SignalSink:
         event = await self._commit(state, result, done, status="running", invalid=len(errors))
         self.dirty = True
         return [event]
+
+    def _in_order(self, fresh: list[Delivery]) -> list[Delivery]:
+        """After a crash, the uncommitted batch goes first and whole: newer messages wait."""
+        if not self.awaiting:
+            return fresh
+        present = {d.message.position for d in fresh}
+        if not self.awaiting <= present and time.monotonic() < self.await_until:
+            for delivery in fresh:
+                delivery.deferred = True
+            return []
+        replay = sorted(
+            (d for d in fresh if d.message.position in self.awaiting), key=lambda d: d.message.position
+        )
+        for delivery in fresh:
+            delivery.deferred = delivery.message.position not in self.awaiting
+        self.awaiting = set()
+        return replay
+
+    async def _save_intent(self, positions: list[Position]) -> None:
+        intent = SignalCheckpoint(
+            scope=self.intent_scope,
+            fingerprint=self.fingerprint,
+            next_batch=self.next_batch,
+            file_index=0,
+            row_offset=0,
+            counters={},
+            state=msgspec.msgpack.encode(positions),
+            status="running",
+        )
+        await self.online.commit(
+            BatchCommit(
+                scope=self.intent_scope,
+                batch_no=self.next_batch,
+                online_rows=[],
+                online_points=[],
+                invalid_rows=[],
+                checkpoint=intent,
+            )
+        )
 
     async def idle(self, *, final: bool) -> list[Event]:
         """Quiet for the idle timeout, or stopping: close every open window (DESIGN §5.4)."""
@@ -147,6 +207,7 @@ class SignalSink:
         for dataset in DATASETS:
             await self.offline.write(dataset, self.spec.name, part, datasets[dataset])
         await self.online.commit(commit)
+        crash_point("stream_after_commit")
         self.state, self.counters, self.next_batch = state, counters, batch_no + 1
         self.last_batch = set(positions)
         return WindowsClosed(

@@ -33,13 +33,15 @@ from headwater.stages.cloudevents import CloudEvent
 @dataclass
 class Delivery:
     """A message on its way through a sink. The sink sets ``error`` to dead-letter this message
-    alone (bad input), or ``done`` when its effects were already committed (a redelivery)."""
+    alone (bad input), ``done`` when its effects were already committed (a redelivery), or
+    ``deferred`` to get it back, unacked, with the next batch (it must wait for older ones)."""
 
     message: BusMessage
     event: CloudEvent | None = None
     error: Exception | None = None
     stage: str = "decode"
     done: bool = False
+    deferred: bool = False
 
 
 class Sink(Protocol):
@@ -97,6 +99,7 @@ class StreamWorker:
         self.options = options
         self.stop = stop or asyncio.Event()
         self.counts = _Counts()
+        self.held: list[BusMessage] = []  # deferred by the sink: offered again with the next batch
 
     async def stream_events(self) -> AsyncIterator[Event]:
         o = self.options
@@ -145,16 +148,26 @@ class StreamWorker:
         delay = self.options.retry.initial_seconds
         while not self.stop.is_set():
             try:
-                return await self.bus.consume(
+                got = await self.bus.consume(
                     self.options.topic,
                     self.options.group,
-                    max_messages=self.options.batch_size,
-                    timeout_seconds=self.options.poll_seconds,
+                    max_messages=max(self.options.batch_size - len(self.held), 1),
+                    timeout_seconds=self.options.poll_seconds if not self.held else 0.05,
                 )
+                return self._with_held(got)
             except RetryableError:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.options.retry.max_seconds)
         return []
+
+    def _with_held(self, got: list[BusMessage]) -> list[BusMessage]:
+        """Held messages first; a held one that the bus redelivered meanwhile keeps its newest
+        delivery (whose receipt is the valid one)."""
+        if not self.held:
+            return got
+        newest = {m.position: m for m in [*self.held, *got]}
+        self.held = []
+        return sorted(newest.values(), key=lambda m: m.position)
 
     async def _batch(self, messages: list[BusMessage]) -> AsyncIterator[Event]:
         batch = [self._decode(m) for m in messages]
@@ -172,7 +185,8 @@ class StreamWorker:
         async for event in self._failed(failed):
             yield event
         failed_ids = {id(d) for d, _ in failed}
-        acked = [d.message for d in batch if d.error is None and id(d) not in failed_ids]
+        self.held = [d.message for d in batch if d.deferred and d.error is None]
+        acked = [d.message for d in batch if d.error is None and not d.deferred and id(d) not in failed_ids]
         await self._ack(acked)
         self.counts.batches += 1
         self.counts.acked += len(acked)
