@@ -109,6 +109,7 @@ def watch(
     home: HomeOpt = None,
     interval: Annotated[str, typer.Option(help="Poll interval, e.g. 5s")] = "5s",
     once: Annotated[bool, typer.Option("--once", help="Poll once and exit")] = False,
+    topic: Annotated[str, typer.Option(help="Topic to publish to")] = "docs",
     json_out: JsonOpt = False,
 ) -> None:
     """Poll a folder; publish doc added/updated/deleted events for what the index does not have yet."""
@@ -121,7 +122,7 @@ def watch(
 
         async def go() -> None:
             stop = _stop_on_signals()
-            watcher = Watcher(settings, path, make_bus(settings))
+            watcher = Watcher(settings, path, make_bus(settings), topic=topic)
             await _render(watcher.run(_seconds(interval), stop, once=once), json_lines=json_out)
 
         asyncio.run(go())
@@ -165,6 +166,7 @@ def worker_docs(
     source: Annotated[
         list[str] | None, typer.Option("--source", help="Only accept events for this source (repeatable)")
     ] = None,
+    topic: Annotated[str, typer.Option(help="Topic to consume")] = "docs",
     batch_size: BatchOpt = None,
     exit_when_idle: IdleOpt = None,
     json_out: JsonOpt = False,

@@ -58,6 +58,7 @@ async def open_doc_worker(
     settings: Settings,
     *,
     bus: StreamBus | None = None,
+    topic: str = DOCS_TOPIC,
     group: str = "docs",
     sources: list[str] | None = None,
     stop: asyncio.Event | None = None,
@@ -70,7 +71,8 @@ async def open_doc_worker(
             bus or make_bus(settings),
             DocumentSink(settings, sources=sources),
             metadata,
-            worker_options(settings, DOCS_TOPIC, group, **options),
+            worker_options(settings, topic, group, **options),
+            attempts=metadata,
             stop=stop,
         )
     finally:
@@ -112,7 +114,7 @@ async def open_signal_worker(
             bus or make_bus(settings),
             sink,
             cast(DeadLetters, metadata),
-            worker_options(settings, topic, group, nak_on_failure=False, **options),
+            worker_options(settings, topic, group, ordered=True, **options),
             stop=stop,
         )
 

@@ -44,6 +44,14 @@ class Delivery:
     deferred: bool = False
 
 
+class AttemptLog(Protocol):
+    """Durable small key/values (the metadata store's settings): attempts of suspect messages."""
+
+    async def get_setting(self, key: str) -> str | None: ...
+
+    async def set_setting(self, key: str, value: str) -> None: ...
+
+
 class Sink(Protocol):
     """Where a worker's messages go: commits a batch durably before returning."""
 
@@ -70,9 +78,9 @@ class WorkerOptions:
     idle_timeout_seconds: float | None = None
     exit_when_idle_seconds: float | None = None
     drain_seconds: float = 30.0
-    nak_on_failure: bool = True
-    """False for sinks that need delivery order (signals): a failed batch stops the worker and
-    its messages come back, in order, to the next one."""
+    ordered: bool = False
+    """True for sinks that need delivery order (signals): a failed batch stops the worker and
+    its messages come back, in order, to the next one; nothing is nak'ed or taken apart."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -91,11 +99,13 @@ class StreamWorker:
         dead_letters: DeadLetters,
         options: WorkerOptions,
         *,
+        attempts: AttemptLog | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
         self.bus = bus
         self.sink = sink
         self.dead_letters = dead_letters
+        self.attempts = attempts
         self.options = options
         self.stop = stop or asyncio.Event()
         self.counts = _Counts()
@@ -123,7 +133,7 @@ class StreamWorker:
                             yield event
                     continue
                 idle_since, idle_done = time.monotonic(), False
-                async for event in self._batch(messages):
+                async for event in self._dispatch(messages):
                     yield event
             for event in await self.sink.idle(final=True):
                 yield event
@@ -169,11 +179,30 @@ class StreamWorker:
         self.held = []
         return sorted(newest.values(), key=lambda m: m.position)
 
-    async def _batch(self, messages: list[BusMessage]) -> AsyncIterator[Event]:
-        batch = [self._decode(m) for m in messages]
+    async def _dispatch(self, messages: list[BusMessage]) -> AsyncIterator[Event]:
+        """First deliveries go as one batch. Redelivered ones are suspects (they were in flight
+        when a worker died): each goes alone, its attempt recorded durably just before, so only
+        the message that kills the worker uses up attempts; innocents beside it do not."""
+        if self.options.ordered or self.attempts is None:
+            async for event in self._batch(messages):
+                yield event
+            return
+        fresh = [m for m in messages if m.deliveries == 1]
+        if fresh:
+            async for event in self._batch(fresh):
+                yield event
+        for message in (m for m in messages if m.deliveries > 1):
+            key = f"attempts:{self.options.topic}:{self.options.group}:{_position(message)}"
+            attempt = int(await self.attempts.get_setting(key) or 0) + 1
+            await self.attempts.set_setting(key, str(attempt))
+            async for event in self._batch([message], attempt=attempt):
+                yield event
+
+    async def _batch(self, messages: list[BusMessage], *, attempt: int = 0) -> AsyncIterator[Event]:
+        batch = [self._decode(m, attempt) for m in messages]
         live = [d for d in batch if d.error is None]
         failed: list[tuple[Delivery, Exception]] = []
-        if self.options.nak_on_failure:
+        if not self.options.ordered:
             events, failed = await self._isolate(live)
         else:
             events = await self._handle(live) if live else []
@@ -219,12 +248,20 @@ class StreamWorker:
             second_events, second_failed = await self._isolate(second)
             return first_events + second_events, first_failed + second_failed
 
-    def _decode(self, message: BusMessage) -> Delivery:
+    def _decode(self, message: BusMessage, attempt: int = 0) -> Delivery:
+        """``attempt``: this message's own recorded attempts (suspects); else bus deliveries count,
+        with a wide margin when the attempts of suspects are recorded precisely."""
         delivery = Delivery(message)
-        if message.deliveries > self.options.max_attempts:
+        limit = self.options.max_attempts
+        if attempt:
+            used = attempt
+        else:
+            used = message.deliveries
+            limit *= 1 if self.options.ordered or self.attempts is None else 10
+        if used > limit:
             delivery.error = InputError(
-                f"{self.options.topic}@{_position(message)}: delivered {message.deliveries - 1} times "
-                "without completing (it crashed, hung or kept failing the worker)"
+                f"{self.options.topic}@{_position(message)}: {used - 1} attempts never completed "
+                "(the message crashed, hung or kept failing the worker)"
             )
             delivery.stage = "deliver"
             return delivery

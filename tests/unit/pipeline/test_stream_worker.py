@@ -280,3 +280,36 @@ async def test_signal_worker_crash_before_commit_resumes_in_order(tmp_path: Path
         a = await export_rows(make_offline_store(clean), "sensors", dataset=dataset)
         b = await export_rows(make_offline_store(crashed), "sensors", dataset=dataset)
         assert_rows_equal(a.drop("input_ref", strict=False), b.drop("input_ref", strict=False))
+
+
+async def test_a_message_that_kills_the_worker_uses_only_its_own_attempts(tmp_path: Path) -> None:
+    """Killed mid-batch, the worker's messages come back as suspects: each goes alone, with its
+    attempt recorded first, so the killer reaches the DLQ and the innocents beside it commit."""
+    s = settings(tmp_path, "h")
+
+    class KillingSink(RecordingSink):
+        async def handle(self, batch: list[Delivery]) -> list[Event]:
+            if any(d.event is not None and bytes(d.event.data) == b'{"n":2}' for d in batch):
+                raise _Crash
+            return await super().handle(batch)
+
+    sink = KillingSink()
+    bus = make_bus(s)
+    await bus.open()
+    await bus.publish("t", [ce(n) for n in range(5)])
+    metadata = make_metadata_store(s)
+    await metadata.open()
+    options = WorkerOptions(topic="t", group="g", batch_size=5, max_attempts=3, exit_when_idle_seconds=1.0)
+    crashes, events = 0, []
+    for _ in range(8):
+        try:
+            events = await collect(StreamWorker(make_bus(s), sink, metadata, options, attempts=metadata))
+            break
+        except _Crash:
+            crashes += 1
+    letters = await metadata.list()
+    await metadata.close()
+    assert crashes == 4  # the batch once, then the killer alone three times
+    assert sorted(sink.committed) == sorted(b'{"n":%d}' % n for n in (0, 1, 3, 4))
+    assert [(lt.kind, lt.stage, lt.attempts) for lt in letters] == [("message", "deliver", 5)]
+    assert isinstance(events[-1], WorkerStopped) and await bus.pending("t", "g") == 0
