@@ -8,6 +8,7 @@ is idempotent, because the engine replays work after a crash rather than trustin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -336,5 +337,86 @@ class StreamBus(Protocol):
         ...
 
     async def pending(self, topic: str, group: str) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+# --- jobs (issue #5) ----------------------------------------------------------------------------
+
+
+class JobStatus(StrEnum):
+    """Where a job is; the allowed moves are ``headwater.jobs.TRANSITIONS``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """One ingestion job. ``reason`` explains the last status change (a pause, a failure);
+    ``progress`` holds the counts of its current run; ``runs`` counts its starts."""
+
+    id: str
+    kind: str  # "docs"
+    spec: dict[str, Any]
+    priority: int
+    status: JobStatus
+    reason: str | None
+    progress: dict[str, int]
+    runs: int
+    created_at: str
+    updated_at: str
+
+
+class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One journal entry: ``seq`` is 1, 2, 3 … per job (the SSE event id, ``Last-Event-ID``)."""
+
+    job_id: str
+    seq: int
+    at: str
+    data: dict[str, Any]
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Jobs, their status and their event journal, durable across server crashes.
+
+    Contract (tests/contract/test_job_store.py):
+    - ``transition`` checks the move against ``headwater.jobs.TRANSITIONS`` and writes it in one
+      transaction with a ``JobStatusChanged`` journal event; it raises ``IllegalTransition`` for a
+      move the table forbids and ``StaleJobStatus`` (a subclass) when ``expected`` is given and
+      the stored status differs: a compare-and-set, so two writers never both win.
+    - ``append_events`` numbers events after the job's last ``seq`` (status changes included) and
+      saves ``progress`` in the same transaction; ``events_after`` returns them in ``seq`` order.
+    - ``list`` returns jobs in queue order: higher ``priority`` first, then oldest first.
+    - Unknown job ids raise ``JobNotFound``, except in ``get`` (None).
+    """
+
+    async def open(self) -> None: ...
+
+    async def create(self, kind: str, spec: dict[str, Any], priority: int = 0) -> str: ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def transition(
+        self, job_id: str, to: JobStatus, reason: str | None = None, *, expected: JobStatus | None = None
+    ) -> Job: ...
+
+    async def append_events(
+        self, job_id: str, events: Sequence[dict[str, Any]], progress: dict[str, int] | None = None
+    ) -> int:
+        """Journal ``events`` (JSON objects) and return the last ``seq`` written."""
+        ...
+
+    async def events_after(self, job_id: str, after: int, limit: int = 1000) -> list[JobEvent]: ...
+
+    async def list(self, statuses: Sequence[JobStatus] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs with one of ``statuses`` (all when None), in queue order."""
+        ...
 
     async def close(self) -> None: ...

@@ -20,12 +20,18 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     "embedder": {
         "hash": ("headwater.adapters.hashembed:HashEmbedder", None),
         "minilm": ("headwater.adapters.minilm:MiniLMEmbedder", "local"),
+        "openai": ("headwater.adapters.openai:OpenAIEmbedder", "openai"),
+        "http": ("headwater.adapters.openai:OpenAIEmbedder", "openai"),
+        "https": ("headwater.adapters.openai:OpenAIEmbedder", "openai"),
     },
     "vector_store": {
         "lancedb": ("headwater.adapters.lancedb:LanceVectorStore", None),
     },
     "metadata_store": {
         "sqlite": ("headwater.adapters.sqlite:SQLiteMetadataStore", None),
+    },
+    "job_store": {
+        "sqlite": ("headwater.jobs:SQLiteJobStore", None),
     },
     "online_store": {
         "sqlite": ("headwater.adapters.sqlite_features:SQLiteFeatureStore", None),
