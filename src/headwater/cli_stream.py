@@ -182,6 +182,7 @@ def worker_docs(
             stop = _stop_on_signals()
             async with open_doc_worker(
                 settings,
+                topic=topic,
                 group=group or "docs",
                 sources=source,
                 stop=stop,
