@@ -307,7 +307,8 @@ class StreamBus(Protocol):
       (worker killed, hung) is delivered again, to this or another consumer of the group,
       with ``deliveries`` + 1; the adapter never drops it by itself (no MaxDeliver discard:
       the worker decides when to dead-letter, because only it knows whether a sink committed).
-    - ``ack`` after the sink committed; ``nak`` asks for redelivery after ``delay_seconds``.
+    - ``ack`` after the sink committed; ``nak`` asks for redelivery after ``delay_seconds``;
+      ``extend`` keeps messages a consumer is still working on from being redelivered.
     - ``dead_letter`` copies the message to ``<topic>.dlq`` with the reason, then acks it.
     - ``pending`` counts messages published but not yet acked by ``group`` (consumer lag).
     Topic names are dot-separated words (``docs``, ``signals.sensors``); adapters map them to
@@ -327,6 +328,11 @@ class StreamBus(Protocol):
         ...
 
     async def ack(self, messages: Sequence[BusMessage]) -> None: ...
+
+    async def extend(self, messages: Sequence[BusMessage]) -> None:
+        """Still working on these: restart their ack wait, so a batch that takes longer than the
+        ack wait is not handed to a second consumer while the first still processes it."""
+        ...
 
     async def nak(self, messages: Sequence[BusMessage], *, delay_seconds: float) -> None: ...
 

@@ -45,6 +45,7 @@ def worker_options(settings: Settings, topic: str, group: str, **overrides: obje
         "max_attempts": settings.max_attempts,
         "idle_timeout_seconds": settings.idle_timeout_seconds,
         "drain_seconds": settings.drain_seconds,
+        "ack_wait_seconds": settings.ack_wait_seconds,
         "retry": RetryPolicy(
             settings.retry_attempts, settings.retry_initial_seconds, settings.retry_max_seconds
         ),

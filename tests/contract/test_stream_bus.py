@@ -273,3 +273,17 @@ async def test_bus_recovers_after_a_server_crash(
         assert asyncio.get_running_loop().time() < deadline
         got += await retrying(lambda: bus.consume(topic, "g", max_messages=5, timeout_seconds=0.5))
     await retrying(lambda: bus.ack(got))
+
+
+async def test_extend_keeps_a_slow_message_from_going_to_another_consumer(
+    make_bus: MakeBus, topic: str
+) -> None:
+    slow, other = await make_bus(ack_wait=1.0), await make_bus(ack_wait=1.0)
+    await slow.publish(topic, [b'{"slow":1}'])
+    held = await drain(slow, topic, "g", 1)
+    for _ in range(5):  # 2.5 s of work, longer than the ack wait, with a keep-alive every 0.5 s
+        await asyncio.sleep(0.5)
+        await slow.extend(held)
+        assert await other.consume(topic, "g", max_messages=1, timeout_seconds=0.01) == []
+    await slow.ack(held)
+    assert await other.consume(topic, "g", max_messages=1, timeout_seconds=1.5) == []

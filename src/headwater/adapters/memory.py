@@ -117,6 +117,11 @@ class MemoryBus:
                 group, index = message.handle
                 del self._topic(message.topic).groups[group].pending[index]
 
+    async def extend(self, messages: Sequence[BusMessage]) -> None:
+        for message in messages:
+            if (state := self._held(message)) is not None:
+                state.visible_at = time.monotonic() + self.ack_wait
+
     async def nak(self, messages: Sequence[BusMessage], *, delay_seconds: float) -> None:
         for message in messages:
             if (state := self._held(message)) is not None:

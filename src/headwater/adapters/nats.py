@@ -282,6 +282,16 @@ class NatsBus:
         with contextlib.suppress(nats.errors.MsgAlreadyAckdError):  # acking twice is a no-op
             await msg.ack_sync(timeout=_REQUEST_TIMEOUT)
 
+    async def extend(self, messages: Sequence[BusMessage]) -> None:
+        """``+WPI`` (work in progress): the server restarts the message's ack wait."""
+        if not messages:
+            return
+        self._jetstream()
+        with self._errors("extend"):
+            for message in messages:
+                with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
+                    await message.handle.in_progress()
+
     async def nak(self, messages: Sequence[BusMessage], *, delay_seconds: float) -> None:
         if not messages:
             return

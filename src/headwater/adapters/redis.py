@@ -278,6 +278,16 @@ class RedisBus:
                     pipe.hdel(_delay_key(key, group), *ids)
                 await pipe.execute()
 
+    async def extend(self, messages: Sequence[BusMessage]) -> None:
+        """XCLAIM to ourselves with JUSTID resets the idle time (the delivery count is kept)."""
+        if not messages:
+            return
+        with self._errors("extend"):
+            async with self._client().pipeline(transaction=False) as pipe:
+                for (key, group), ids in self._by_group(messages).items():
+                    pipe.xclaim(key, group, self._consumer, 0, list[Any](ids), idle=0, justid=True)
+                await pipe.execute()
+
     async def nak(self, messages: Sequence[BusMessage], *, delay_seconds: float) -> None:
         if not messages:
             return

@@ -43,6 +43,7 @@ class ReadyDocument:
     before: DocState | None
     content_hash: str
     prepared: PreparedDocument
+    attempts: int = 1  # claims since the document was last finished; > 1: an earlier one may have written
 
 
 @dataclass
@@ -155,7 +156,7 @@ class GroupCommitter:
 
 
 def _appendable(r: ReadyDocument) -> bool:
-    return r.before is None or r.before.status == "done"
+    return r.attempts <= 1 and (r.before is None or r.before.status == "done")
 
 
 def _row(r: ReadyDocument, c: TextChunk) -> Chunk:

@@ -396,6 +396,7 @@ class _DocumentRun:
                     before=work.before,
                     content_hash=content_hash,
                     prepared=result,
+                    attempts=work.attempts,
                 )
             )
         return ready

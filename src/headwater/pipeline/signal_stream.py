@@ -3,9 +3,10 @@
 Each batch of messages is one micro-batch in delivery order: decode (a CloudEvent body is one
 JSONL record to the same decoder), dedup, windows and points, then the offline parts, then ONE
 online transaction with the rows and the checkpoint (engine state + the positions of the batch),
-then the worker acks. After a crash:
-- a batch committed but not acked comes back: its positions are in the checkpoint, so it is
-  acked without effect (exactly-once even beyond the dedup horizon);
+then the worker acks. Batches are committed in position order (below), so the checkpoint keeps
+one high-water mark: every position up to it is committed. After a crash:
+- a batch committed but not acked comes back (after newer ones, maybe): its positions are at
+  or below the mark, so it is acked without effect (exactly-once even beyond the dedup horizon);
 - a batch not committed comes back after the ack wait, maybe after newer messages: its
   positions were saved (the *intent*) before it was processed, so the restarted sink holds the
   newer messages back until the whole batch is there again, then replays it first, in order.
@@ -40,7 +41,7 @@ from headwater.stages.features import BatchResult, EngineState, flush, process_b
 
 class _StreamState(msgspec.Struct):
     engine: bytes
-    last_batch: list[tuple[int, int]]
+    committed_upto: tuple[int, int] | None
 
 
 Position = tuple[int, int]
@@ -71,7 +72,7 @@ class SignalSink:
         self.fingerprint = sha256_hex(spec.fingerprint())
         self.files = [InputFile(path=Path(f"{topic}.jsonl"), relpath=topic, size=0, mtime_ns=0)]
         self.state = EngineState()
-        self.last_batch: set[tuple[int, int]] = set()
+        self.committed_upto: Position | None = None  # every position up to here is committed
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.next_batch = 0
         self.dirty = False  # events since the last flush: an idle timeout has something to close
@@ -86,7 +87,8 @@ class SignalSink:
             return  # a new or re-declared feature set starts from a fresh engine
         saved = msgspec.msgpack.decode(found.state, type=_StreamState)
         self.state = EngineState.from_bytes(saved.engine) if saved.engine else EngineState()
-        self.last_batch = {tuple(p) for p in saved.last_batch}  # type: ignore[misc]
+        upto = saved.committed_upto
+        self.committed_upto = (upto[0], upto[1]) if upto else None
         self.counters |= found.counters
         self.next_batch = found.next_batch
         self.dirty = found.status == "running"
@@ -106,7 +108,9 @@ class SignalSink:
             field=self.spec.field,
         )
         for delivery in batch:
-            delivery.done = delivery.message.position in self.last_batch
+            delivery.done = (
+                self.committed_upto is not None and delivery.message.position <= self.committed_upto
+            )
             if not delivery.message.body.strip():
                 delivery.error = InputError("empty message body", field="$")
         fresh = self._in_order([d for d in batch if not d.done and d.error is None])
@@ -117,8 +121,9 @@ class SignalSink:
         frame, errors = decode_json_lines([d.message.body for d in fresh], 0, limits)
         for error in errors:
             fresh[error.row].error = InputError(f"{error.field}: {error.reason}", field=error.field)
-        positions = pl.Series([d.message.position[0] for d in fresh], dtype=pl.Int64)
-        frame = frame.with_columns(positions.gather(frame["row"]).alias("row"))
+        # ``row`` keys the engine's joins: it must be unique and follow arrival order, so it is
+        # the event's arrival number in this stream (late rows point at it as "topic:line N").
+        frame = frame.with_columns(pl.col("row") + (self.counters["events_seen"] + 1))
         state, result = await asyncio.to_thread(process_batch, self.state, frame, self.spec)
         done = [d.message.position for d in fresh]
         event = await self._commit(state, result, done, status="running", invalid=len(errors))
@@ -172,7 +177,7 @@ class SignalSink:
         # holding an event so far ends before it, later events for them are late.
         watermark = self.state.max_event_time + max(w.size_ms for w in self.spec.windows)
         state, result = await asyncio.to_thread(flush, self.state, self.spec, watermark)
-        event = await self._commit(state, result, sorted(self.last_batch), status="flushed")
+        event = await self._commit(state, result, [], status="flushed")
         self.dirty = False
         return [event]
 
@@ -191,7 +196,8 @@ class SignalSink:
         _count(counters, result)
         counters["events_seen"] += invalid
         counters["events_invalid"] += invalid
-        saved = _StreamState(engine=state.to_bytes(), last_batch=positions)
+        upto = max([*positions, *([self.committed_upto] if self.committed_upto else [])], default=None)
+        saved = _StreamState(engine=state.to_bytes(), committed_upto=upto)
         checkpoint = SignalCheckpoint(
             scope=self.scope,
             fingerprint=self.fingerprint,
@@ -209,7 +215,7 @@ class SignalSink:
         await self.online.commit(commit)
         crash_point("stream_after_commit")
         self.state, self.counters, self.next_batch = state, counters, batch_no + 1
-        self.last_batch = set(positions)
+        self.committed_upto = upto
         return WindowsClosed(
             run_id=self.scope,
             batch=batch_no,

@@ -78,6 +78,7 @@ class WorkerOptions:
     idle_timeout_seconds: float | None = None
     exit_when_idle_seconds: float | None = None
     drain_seconds: float = 30.0
+    ack_wait_seconds: float = 30.0  # the bus's: in-flight messages are extended every third of it
     ordered: bool = False
     """True for sinks that need delivery order (signals): a failed batch stops the worker and
     its messages come back, in order, to the next one; nothing is nak'ed or taken apart."""
@@ -161,7 +162,10 @@ class StreamWorker:
                 got = await self.bus.consume(
                     self.options.topic,
                     self.options.group,
-                    max_messages=max(self.options.batch_size - len(self.held), 1),
+                    # Full batches even while holding: redeliveries (what the sink waits for) come
+                    # first on both buses, and a claim of one at a time would be slower than the
+                    # ack wait. Held messages are bounded by what arrives within one ack wait.
+                    max_messages=self.options.batch_size,
                     timeout_seconds=self.options.poll_seconds if not self.held else 0.05,
                 )
                 return self._with_held(got)
@@ -217,6 +221,9 @@ class StreamWorker:
         self.held = [d.message for d in batch if d.deferred and d.error is None]
         acked = [d.message for d in batch if d.error is None and not d.deferred and id(d) not in failed_ids]
         await self._ack(acked)
+        if self.held and len(self.held) == len(batch):  # all held back: nothing happened yet
+            await asyncio.sleep(self.options.poll_seconds / 5)
+            return
         self.counts.batches += 1
         self.counts.acked += len(acked)
         yield WorkerBatch(
@@ -276,6 +283,7 @@ class StreamWorker:
         (nothing is acked, so it is redelivered)."""
         task = asyncio.ensure_future(self.sink.handle(live))
         stopping = asyncio.ensure_future(self.stop.wait())
+        keepalive = asyncio.ensure_future(self._keep_alive([d.message for d in live]))
         try:
             await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
@@ -285,10 +293,20 @@ class StreamWorker:
             return await task
         finally:
             stopping.cancel()
+            keepalive.cancel()
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+
+    async def _keep_alive(self, messages: list[BusMessage]) -> None:
+        """While the sink works, restart the messages' ack wait every third of it (and the held
+        ones too), so a slow batch is never handed to a second worker meanwhile."""
+        every = max(self.options.ack_wait_seconds / 3, 0.05)
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(RetryableError):
+                await self.bus.extend([*messages, *self.held])
 
     async def _failed(self, failed: list[tuple[Delivery, Exception]]) -> AsyncIterator[Event]:
         """Retry later (nak with backoff), or dead-letter what used up its attempts."""
