@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from headwater import registry
 from headwater.adapters._thread import OwnThread
+from headwater.adapters.sqlite import enable_wal
 from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError, InputError
 from headwater.events import Event, to_dict
@@ -138,7 +139,7 @@ class SQLiteJobStore:
         def _open() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(db)
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=30000")
             db.executescript(SCHEMA)

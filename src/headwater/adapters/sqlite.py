@@ -8,6 +8,7 @@ cache entry only costs a re-embedding. Writes are batched: one transaction per c
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,10 +63,24 @@ def _path_from_url(url: str) -> Path:
     return Path(parts.path)
 
 
+def enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switching a new database to WAL takes an exclusive lock and answers "locked" at once
+    (no busy wait) when two processes open the same fresh home together: retry briefly."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+        else:
+            return
+
+
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
+    enable_wal(conn)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from headwater.adapters.sqlite import enable_wal
 from headwater.errors import ConfigError, PermanentError, RetryableError
 from headwater.ports import SignalCheckpoint
 
@@ -110,7 +111,7 @@ class SQLiteFeatureStore:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(_SCHEMA)
         self._conn = conn
