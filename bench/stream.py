@@ -239,7 +239,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--buses", default="nats,redis")
-    ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--batch-size", type=int, default=20000)
     ap.add_argument("--latency-seconds", type=float, default=15)
     ap.add_argument("--nats")
     ap.add_argument("--redis")

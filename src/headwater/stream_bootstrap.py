@@ -115,7 +115,7 @@ async def open_signal_worker(
             bus or make_bus(settings),
             sink,
             cast(DeadLetters, metadata),
-            worker_options(settings, topic, group, ordered=True, **options),
+            worker_options(settings, topic, group, ordered=True, decode_envelopes=False, **options),
             stop=stop,
         )
 
