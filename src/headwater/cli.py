@@ -218,18 +218,27 @@ def dlq_replay(
     all_: Annotated[bool, typer.Option("--all", help="Replay every open entry")] = False,
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
+    bus: Annotated[
+        str | None, typer.Option("--bus", help="Where dead-lettered messages go back [env HEADWATER_BUS]")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Re-run dead-lettered documents; those that fail again get a new entry."""
+    """Re-run dead-lettered documents and republish dead-lettered bus messages to their topic;
+    those that fail again get a new entry."""
     from headwater.pipeline.index import replay_documents
+    from headwater.stream_bootstrap import replay_messages
 
     if (letter_id is None) == (not all_):
         err.print("give an entry ID or --all")
         raise typer.Exit(2)
     ids = None if all_ else [letter_id] if letter_id is not None else None
-    finals = run_guarded(
-        lambda: asyncio.run(replay_documents(settings_from(home=home, embedder=embedder), ids))
-    )
+    settings = run_guarded(lambda: settings_from(home=home, embedder=embedder, bus=bus))
+    finals = run_guarded(lambda: asyncio.run(replay_documents(settings, ids)))
+    messages = run_guarded(lambda: asyncio.run(replay_messages(settings, ids)))
+    if messages and not json_out:
+        from headwater.pipeline.stream import redact_url
+
+        out.print(f"republished {messages} dead-lettered message(s) to {redact_url(settings.bus)}")
     for final in finals:
         if json_out:
             from headwater.events import to_json

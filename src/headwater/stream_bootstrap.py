@@ -165,3 +165,33 @@ async def publish_signals(bus: StreamBus, path: Path, topic: str = SIGNALS_TOPIC
     finally:
         await bus.close()
     return count
+
+
+async def replay_messages(
+    settings: Settings, letter_ids: list[int] | None, bus_url: str | None = None
+) -> int:
+    """Publish dead-lettered bus messages again, to the topic they came from, then mark them
+    replayed (a message that fails again gets a new entry). Returns how many were published."""
+    metadata = make_metadata_store(settings)
+    await metadata.open()
+    try:
+        letters = [
+            lt
+            for lt in await metadata.list(limit=1_000_000)
+            if lt.kind == "message" and lt.payload is not None and (letter_ids is None or lt.id in letter_ids)
+        ]
+        by_topic: dict[str, list[bytes]] = {}
+        for letter in letters:
+            by_topic.setdefault(letter.input_ref.rsplit("@", 1)[0], []).append(letter.payload or b"")
+        if by_topic:
+            bus = make_bus(settings, bus_url)
+            await bus.open()
+            try:
+                for topic, bodies in by_topic.items():
+                    await bus.publish(topic, bodies)
+            finally:
+                await bus.close()
+        await metadata.mark_replayed([lt.id for lt in letters])
+    finally:
+        await metadata.close()
+    return len(letters)

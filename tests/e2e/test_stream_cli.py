@@ -126,3 +126,13 @@ def test_signals_publish_and_worker_give_the_backfill_rows(
     assert len([lt for lt in letters if lt["kind"] == "message"]) == len(dead) == 2
     batch_letters = json.loads(cli("dlq", "list", "--home", str(batch), "--json").stdout)
     assert len(batch_letters) == 2
+    # Replay puts the messages back on their topic; still invalid, they are dead-lettered again.
+    replayed = cli("dlq", "replay", "--all", "--home", str(stream), "--bus", server.url)
+    assert "republished 2" in replayed.stdout
+    again = cli.json_lines(
+        "worker", "signals", "--bus", server.url, "--topic", topic, "--home", str(stream),
+        "--feature-set", "sensors", "--exit-when-idle", "2", "--json", env=stream_env(),
+    )  # fmt: skip
+    assert len([e for e in again if e["type"] == "MessageDeadLettered"]) == 2
+    letters = json.loads(cli("dlq", "list", "--home", str(stream), "--all", "--json").stdout)
+    assert len(letters) == 4 and sum(lt["replayed_at"] is not None for lt in letters) == 2
