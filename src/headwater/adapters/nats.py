@@ -276,16 +276,18 @@ class NatsBus:
         self._jetstream()
         assert self._nc is not None
         with self._errors("ack"):
-            # Fire-and-forget acks (one request with a reply each is ~10x slower), then one
-            # PING/PONG: the server has processed everything sent before the PONG.
-            for message in messages:
-                await self._ack_one(message.handle)
-            await self._nc.flush(timeout=int(_REQUEST_TIMEOUT))
+            # Fire-and-forget acks (one request with a reply each is ~10x slower), the last one
+            # confirmed: the consumer handles one connection's acks in order, so when its reply
+            # comes every ack of the batch is applied (``pending`` is exact on return).
+            for message in messages[:-1]:
+                with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
+                    await message.handle.ack()
+            await self._ack_one(messages[-1].handle)
 
     @staticmethod
     async def _ack_one(msg: Msg) -> None:
         with contextlib.suppress(nats.errors.MsgAlreadyAckdError):  # acking twice is a no-op
-            await msg.ack()
+            await msg.ack_sync(timeout=_REQUEST_TIMEOUT)
 
     async def extend(self, messages: Sequence[BusMessage]) -> None:
         """``+WPI`` (work in progress): the server restarts the message's ack wait."""
