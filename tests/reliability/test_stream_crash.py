@@ -244,3 +244,35 @@ def test_worker_rides_out_a_bus_restart(cli: Cli, tmp_path: Path, server: Any) -
     assert worker.returncode == 0, err
     assert json.loads(out.splitlines()[-1])["messages_acked"] == pl.read_ndjson(EVENTS).height
     assert_same_features(cli, clean, home, tmp_path)
+
+
+def test_sigterm_drains_the_batch_in_flight_and_leaves_the_rest(
+    cli: Cli, tmp_path: Path, server: Any
+) -> None:
+    """SIGTERM: intake stops, what was taken is committed and acked, the worker exits 0; a second
+    worker finishes the topic and the result equals one uninterrupted run."""
+    import signal
+
+    clean = clean_signal_run(cli, server, tmp_path)
+    topic, home = new_topic(), tmp_path / "drained"
+    cli("publish", "signals", str(EVENTS), "--bus", server.url, "--topic", topic)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "headwater.cli", "worker", "signals", "--bus", server.url, "--topic", topic,
+         "--home", str(home), "--feature-set", "sensors", "--batch-size", "20", "--json"],
+        env={**cli.env, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert worker.stdout is not None
+        for line in worker.stdout:  # wait until it is mid-stream
+            if json.loads(line)["type"] == "WorkerBatch":
+                break
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, err
+    stopped = json.loads(out.splitlines()[-1])
+    assert stopped["type"] == "WorkerStopped" and stopped["reason"] == "signal"
+    assert 0 < stopped["messages_acked"] < pl.read_ndjson(EVENTS).height
+    signal_worker(cli, server, topic, home)
+    assert_same_features(cli, clean, home, tmp_path)

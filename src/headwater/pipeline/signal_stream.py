@@ -12,8 +12,9 @@ one high-water mark: every position up to it is committed. After a crash:
   newer messages back until the whole batch is there again, then replays it first, in order.
   The result equals an uninterrupted run (if the batch never comes back — dead-lettered,
   trimmed — the sink stops waiting after ``recovery_seconds``).
-The watermark moves with event time only; an idle timeout or shutdown closes every open window
-(DESIGN §5.4: the stream's end of input).
+The watermark moves with event time only; an idle timeout or the end of a catch-up run
+(``--exit-when-idle``) closes every open window (DESIGN §5.4). A stop by signal does not: the
+windows stay in the checkpoint, so a restarted worker (a deploy) turns no on-time event late.
 """
 
 from __future__ import annotations

@@ -139,8 +139,11 @@ class StreamWorker:
                 idle_since, idle_done = time.monotonic(), False
                 async for event in self._dispatch(messages):
                     yield event
-            for event in await self.sink.idle(final=True):
-                yield event
+            if reason == "idle":  # the end of the input (--exit-when-idle): close what is open
+                for event in await self.sink.idle(final=True):
+                    yield event
+            # Stopped by a signal (a deploy, a rescale): open windows stay open, in the
+            # checkpoint, so the next worker continues as if nothing happened.
         except BaseException:
             reason = "error"
             raise
