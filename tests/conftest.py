@@ -72,6 +72,21 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(env)
 
 
+def assert_same_rows(a: Any, b: Any) -> None:
+    """Feature rows of two runs: keys and counts exactly; floats to 1e-9 relative (sums merged at
+    other micro-batch boundaries differ in the last bits)."""
+    import polars as pl
+
+    assert a.height == b.height > 0 and a.columns == b.columns
+    for column in a.columns:
+        if a[column].dtype == pl.Float64:
+            assert (a[column].is_null() == b[column].is_null()).all(), column
+            x, y = a[column].fill_null(0.0), b[column].fill_null(0.0)
+            assert ((x - y).abs() <= 1e-9 * (x.abs() + 1)).all(), column
+        else:
+            assert a[column].equals(b[column]), column
+
+
 # -- stream buses: the in-memory one always; real servers are started by tests/servers ----------
 BUS_KINDS = ["memory", "nats", "redis"]
 

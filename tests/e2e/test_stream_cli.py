@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tests.conftest import SAMPLES, Cli
+from tests.conftest import SAMPLES, Cli, assert_same_rows
 
 EVENTS = SAMPLES / "signals" / "events.jsonl"
 
@@ -46,17 +46,6 @@ def export(cli: Cli, home: Path, out: Path, dataset: str = "windows") -> pl.Data
     )
     return pl.read_parquet(out)
 
-
-def assert_same_rows(a: pl.DataFrame, b: pl.DataFrame) -> None:
-    """Keys and counts exactly; floats to 1e-9 relative (sums merged at other batch boundaries)."""
-    assert a.height == b.height > 0 and a.columns == b.columns
-    for column in a.columns:
-        if a[column].dtype == pl.Float64:
-            assert (a[column].is_null() == b[column].is_null()).all(), column
-            x, y = a[column].fill_null(0.0), b[column].fill_null(0.0)
-            assert ((x - y).abs() <= 1e-9 * (x.abs() + 1)).all(), column
-        else:
-            assert a[column].equals(b[column]), column
 
 
 def test_docs_watch_and_worker_give_the_batch_fingerprint(

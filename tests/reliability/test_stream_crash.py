@@ -14,8 +14,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tests.conftest import SAMPLES, Cli
-from tests.e2e.test_stream_cli import assert_same_rows, export
+from tests.conftest import SAMPLES, Cli, assert_same_rows
+from tests.e2e.test_stream_cli import export
 from tests.reliability.test_docs_crash import make_corpus
 
 EVENTS = SAMPLES / "signals" / "events.jsonl"

@@ -101,6 +101,33 @@ def build_commit(
     )
 
 
+def offline_datasets(
+    spec: FeatureSetSpec, files: list[InputFile], result: BatchResult, file_index: int
+) -> dict[str, pl.DataFrame]:
+    """What a batch appends to the offline store (backfill and stream worker alike)."""
+    points = result.points.with_columns(
+        pl.lit(spec.name).alias("feature_set"), pl.lit(spec.version).alias("version")
+    )
+    late = late_frame(spec, files, result.late, file_index)
+    return {
+        "windows": with_date(result.rows, "window_start_ms"),
+        "points": with_date(points, "event_time"),
+        "late": with_date(late, "event_time"),
+    }
+
+
+def count_batch(counters: dict[str, int], result: BatchResult, *, invalid: int = 0) -> None:
+    """Add one batch to the run's RunCompleted counters."""
+    counters["events_seen"] += result.events_in + invalid
+    counters["events_invalid"] += invalid
+    counters["duplicates"] += result.duplicates
+    counters["late_dropped"] += result.late_dropped
+    counters["late_corrected"] += result.late_corrected
+    counters["feature_rows_written"] += result.rows.height
+    counters["points_written"] += result.points.height
+    counters["points_late"] += result.points_late
+
+
 def late_frame(
     spec: FeatureSetSpec, files: list[InputFile], late: pl.DataFrame, file_index: int
 ) -> pl.DataFrame:

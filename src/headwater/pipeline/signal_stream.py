@@ -31,7 +31,7 @@ from headwater.events import Event, WindowsClosed
 from headwater.featuresets import FeatureSetSpec
 from headwater.models import sha256_hex
 from headwater.pipeline.faults import crash_point
-from headwater.pipeline.signal_commit import BatchCommit, build_commit, late_frame, with_date
+from headwater.pipeline.signal_commit import BatchCommit, build_commit, count_batch, offline_datasets
 from headwater.pipeline.signal_inputs import InputFile
 from headwater.pipeline.signals import COUNTERS, DATASETS, Clock, SignalOptions, wall_clock_ms
 from headwater.pipeline.stream import Delivery
@@ -194,9 +194,7 @@ class SignalSink:
         """Offline parts (durable, deterministic names), then rows + checkpoint in one transaction."""
         batch_no = self.next_batch
         counters = dict(self.counters)
-        _count(counters, result)
-        counters["events_seen"] += invalid
-        counters["events_invalid"] += invalid
+        count_batch(counters, result, invalid=invalid)
         upto = max([*positions, *([self.committed_upto] if self.committed_upto else [])], default=None)
         saved = _StreamState(engine=state.to_bytes(), committed_upto=upto)
         checkpoint = SignalCheckpoint(
@@ -229,24 +227,6 @@ class SignalSink:
     def _serialize(
         self, batch_no: int, result: BatchResult, checkpoint: SignalCheckpoint
     ) -> tuple[dict[str, pl.DataFrame], object]:
-        points = result.points.with_columns(
-            pl.lit(self.spec.name).alias("feature_set"), pl.lit(self.spec.version).alias("version")
-        )
         commit = build_commit(self.scope, self.spec, self.files, batch_no, result, None, checkpoint)
-        late = late_frame(self.spec, self.files, result.late, 0)
-        datasets = {
-            "windows": with_date(result.rows, "window_start_ms"),
-            "points": with_date(points, "event_time"),
-            "late": with_date(late, "event_time"),
-        }
-        return datasets, commit
+        return offline_datasets(self.spec, self.files, result, 0), commit
 
-
-def _count(counters: dict[str, int], result: BatchResult) -> None:
-    counters["events_seen"] += result.events_in
-    counters["duplicates"] += result.duplicates
-    counters["late_dropped"] += result.late_dropped
-    counters["late_corrected"] += result.late_corrected
-    counters["feature_rows_written"] += result.rows.height
-    counters["points_written"] += result.points.height
-    counters["points_late"] += result.points_late

@@ -29,7 +29,13 @@ from headwater.events import (
 )
 from headwater.featuresets import FeatureSetSpec
 from headwater.models import sha256_hex
-from headwater.pipeline.signal_commit import BatchCommit, build_commit, input_ref, late_frame, with_date
+from headwater.pipeline.signal_commit import (
+    BatchCommit,
+    build_commit,
+    count_batch,
+    input_ref,
+    offline_datasets,
+)
 from headwater.pipeline.signal_inputs import (
     Chunk,
     InputFile,
@@ -194,7 +200,7 @@ class SignalPipeline:
         else:
             run.state, result = process_batch(run.state, chunk.frame, self.spec)
             position, status = (chunk.file_index, chunk.start + chunk.consumed), "running"
-        _count(run.counters, result, invalid=len(chunk.errors) if chunk else 0)
+        count_batch(run.counters, result, invalid=len(chunk.errors) if chunk else 0)
         batch_no = run.batch_no
         run.batch_no += 1
         events = _batch_events(run, batch_no, chunk, result)
@@ -229,21 +235,11 @@ class SignalPipeline:
                 state=staged.state.to_bytes(),
                 status=status,
             )
-        result = staged.result
-        points = result.points.with_columns(
-            pl.lit(self.spec.name).alias("feature_set"), pl.lit(self.spec.version).alias("version")
-        )
         commit = build_commit(
-            self.scope, self.spec, staged.files, staged.batch_no, result, staged.chunk, checkpoint
+            self.scope, self.spec, staged.files, staged.batch_no, staged.result, staged.chunk, checkpoint
         )
         file_index = staged.chunk.file_index if staged.chunk is not None else 0
-        late = late_frame(self.spec, staged.files, result.late, file_index)
-        datasets = {
-            "windows": with_date(result.rows, "window_start_ms"),
-            "points": with_date(points, "event_time"),
-            "late": with_date(late, "event_time"),
-        }
-        return datasets, commit
+        return offline_datasets(self.spec, staged.files, staged.result, file_index), commit
 
     async def _write(self, staged: _Staged) -> list[SignalEvent]:
         """I/O half of a batch: offline parts (durable), then the online transaction, then the DLQ."""
@@ -338,17 +334,6 @@ def _batch_events(run: _Run, batch_no: int, chunk: Chunk | None, result: BatchRe
         )
     )
     return events
-
-
-def _count(counters: dict[str, int], result: BatchResult, *, invalid: int) -> None:
-    counters["events_seen"] += result.events_in + invalid
-    counters["events_invalid"] += invalid
-    counters["duplicates"] += result.duplicates
-    counters["late_dropped"] += result.late_dropped
-    counters["late_corrected"] += result.late_corrected
-    counters["feature_rows_written"] += result.rows.height
-    counters["points_written"] += result.points.height
-    counters["points_late"] += result.points_late
 
 
 def _progress(run: _Run, files: tuple[int, int], started: float) -> SignalProgress:

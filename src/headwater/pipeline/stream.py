@@ -17,14 +17,14 @@ import asyncio
 import contextlib
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from headwater.errors import InputError, RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
-from headwater.pipeline.engine import RetryPolicy
+from headwater.pipeline.engine import RetryPolicy, with_retries
 from headwater.ports import BusMessage, DeadLetter, DeadLetters, StreamBus
 from headwater.stages import cloudevents
 from headwater.stages.cloudevents import CloudEvent
@@ -348,7 +348,8 @@ class StreamWorker:
             payload=message.body,
         )
         dlq_id = await self.dead_letters.add(letter)
-        await self._retrying(lambda: self.bus.dead_letter(message, f"{letter.error_type}: {letter.message}"))
+        reason = f"{letter.error_type}: {letter.message}"
+        await with_retries(lambda: self.bus.dead_letter(message, reason), self.options.retry)
         self.counts.dead += 1
         return MessageDeadLettered(
             topic=message.topic,
@@ -363,20 +364,8 @@ class StreamWorker:
         """A lost ack is harmless (the redelivery is a no-op), so retry briefly and move on."""
         if messages:
             with contextlib.suppress(RetryableError):
-                await self._retrying(lambda: self.bus.ack(messages))
+                await with_retries(lambda: self.bus.ack(messages), self.options.retry)
 
-    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
-        delay = self.options.retry.initial_seconds
-        for attempt in range(self.options.retry.attempts):
-            try:
-                await call()
-            except RetryableError:
-                if attempt == self.options.retry.attempts - 1:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.options.retry.max_seconds)
-            else:
-                return
 
 
 def _position(message: BusMessage) -> str:

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
+from tests.conftest import assert_same_rows
 
 from headwater.bootstrap import build_document_pipeline, make_metadata_store
 from headwater.cli_signals import export_rows
@@ -127,7 +127,7 @@ async def test_replay_storm_every_message_three_times_adds_no_rows(tmp_path: Pat
     for dataset in ("windows", "points"):
         a = await export_rows(make_offline_store(once), "sensors", dataset=dataset)
         b = await export_rows(make_offline_store(storm), "sensors", dataset=dataset)
-        assert_rows_equal(a, b)
+        assert_same_rows(a, b)
 
 
 async def test_signals_stream_equals_the_backfill(tmp_path: Path) -> None:
@@ -144,19 +144,8 @@ async def test_signals_stream_equals_the_backfill(tmp_path: Path) -> None:
     for dataset in ("windows", "points"):
         a = await export_rows(make_offline_store(batch), "sensors", dataset=dataset)
         b = await export_rows(make_offline_store(stream), "sensors", dataset=dataset)
-        assert_rows_equal(a, b)
+        assert_same_rows(a, b)
 
-
-def assert_rows_equal(a: pl.DataFrame, b: pl.DataFrame) -> None:
-    """Keys and counts exactly; floats to 1e-9 relative (sums merged at other batch boundaries)."""
-    assert a.height == b.height > 0 and a.columns == b.columns
-    for column in a.columns:
-        if a[column].dtype == pl.Float64:
-            assert (a[column].is_null() == b[column].is_null()).all(), column
-            x, y = a[column].fill_null(0.0), b[column].fill_null(0.0)
-            assert ((x - y).abs() <= 1e-9 * (x.abs() + 1)).all(), column
-        else:
-            assert a[column].equals(b[column]), column
 
 
 async def test_docs_watch_and_worker_converge_to_the_batch_index(tmp_path: Path) -> None:
@@ -279,7 +268,7 @@ async def test_signal_worker_crash_before_commit_resumes_in_order(tmp_path: Path
     for dataset in ("windows", "points", "late"):
         a = await export_rows(make_offline_store(clean), "sensors", dataset=dataset)
         b = await export_rows(make_offline_store(crashed), "sensors", dataset=dataset)
-        assert_rows_equal(a.drop("input_ref", strict=False), b.drop("input_ref", strict=False))
+        assert_same_rows(a.drop("input_ref", strict=False), b.drop("input_ref", strict=False))
 
 
 async def test_a_message_that_kills_the_worker_uses_only_its_own_attempts(tmp_path: Path) -> None:
