@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(30.0, ge=0)  # SIGTERM: time the in-flight batch gets to commit
     online_store: str | None = None  # default: sqlite:///{home}/features.db
     offline_store: str | None = None  # default: {home}/offline (Parquet, hive-partitioned)
+
+    # --- operating it (issue #5) --------------------------------------------------------------------
+    api_token: SecretStr | None = None  # bearer token of `headwater serve`; required off loopback
+    max_concurrent_jobs: int = Field(1, ge=1)  # jobs the server runs at once (more wait by priority)
+    api_max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
+    api_page_limit: int = Field(500, ge=1)  # most items one list response returns
+    log_format: str = Field("console", pattern="^(console|json)$")
+    log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 
     @property
     def online_store_url(self) -> str:
