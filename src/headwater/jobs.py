@@ -51,7 +51,7 @@ TERMINAL = frozenset(status for status, moves in TRANSITIONS.items() if not move
 # Where a job left by a crashed server goes: the runner that should have settled it is gone.
 RECOVERY = {S.RUNNING: S.QUEUED, S.PAUSING: S.PAUSED, S.CANCELLING: S.CANCELLED}
 # Fields a job's spec must have, per kind.
-REQUIRED_SPEC: dict[str, tuple[str, ...]] = {"docs": ("source",)}
+REQUIRED_SPEC: dict[str, tuple[str, ...]] = {"docs": ("source",), "replay": ()}
 
 
 class JobNotFound(HeadwaterError):
@@ -93,6 +93,14 @@ def validate_spec(kind: str, spec: dict[str, Any]) -> None:
         if not isinstance(spec.get(name), str) or not spec[name]:
             msg = f"a {kind} job needs {name!r} (a non-empty string) in its spec"
             raise InputError(msg, field=name)
+    ids = spec.get("ids")
+    if (
+        kind == "replay"
+        and ids is not None
+        and not (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids))
+    ):
+        msg = "a replay job's 'ids' must be a list of dead-letter ids (integers), or absent for all"
+        raise InputError(msg, field="ids")
 
 
 def _now() -> str:
@@ -288,10 +296,32 @@ def docs_runner(settings: Settings) -> Runner:
     return run
 
 
-def build_job_service(settings: Settings, *, max_concurrent: int = 1) -> JobService:
+def replay_runner(settings: Settings) -> Runner:
+    """Republishes dead-lettered bus messages, then re-runs dead-lettered documents.
+
+    The letters are marked replayed when the run starts: a replay paused midway is finished by
+    the next ``ingest`` of its source (the documents stay claimed), not by resuming this job.
+    """
+
+    async def run(job: Job) -> AsyncIterator[Event]:
+        from headwater.bootstrap import build_document_pipeline
+        from headwater.pipeline.index import claim_replays
+        from headwater.stream_bootstrap import replay_messages
+
+        ids = job.spec.get("ids")
+        await replay_messages(settings, ids)
+        for source, paths in (await claim_replays(settings, ids)).items():
+            async for event in build_document_pipeline(settings, source, only=paths).stream_events():
+                yield event
+
+    return run
+
+
+def build_job_service(settings: Settings, *, observers: Sequence[Callable[[Event], None]] = ()) -> JobService:
     """The job service the server and ``headwater jobs`` use, on the home's ``jobs.db``."""
     store = cast(JobStore, registry.create("job_store", job_store_url(settings)))
-    return JobService(store, {"docs": docs_runner(settings)}, max_concurrent=max_concurrent)
+    runners = {"docs": docs_runner(settings), "replay": replay_runner(settings)}
+    return JobService(store, runners, max_concurrent=settings.max_concurrent_jobs, observers=observers)
 
 
 _COUNTED = {"DocumentCompleted": "completed", "DocumentSkipped": "skipped", "DocumentFailed": "failed",
@@ -302,8 +332,14 @@ class _Journal:
     """Group commit of one run's events: while one write is in flight the next events gather,
     so a slow disk batches more instead of slowing the pipeline."""
 
-    def __init__(self, store: JobStore, job_id: str, written: Callable[[], None]) -> None:
-        self.store, self.job_id, self._written = store, job_id, written
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        written: Callable[[], None],
+        observers: Sequence[Callable[[Event], None]] = (),
+    ) -> None:
+        self.store, self.job_id, self._written, self._observers = store, job_id, written, observers
         self.pending: list[dict[str, Any]] = []
         self.progress: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -313,6 +349,8 @@ class _Journal:
     def add(self, event: Event) -> None:
         if self._task.done():
             self._task.result()  # a failed journal write stops the run with its error
+        for observe in self._observers:
+            observe(event)
         data = to_dict(event)
         kind = data.get("type", "")
         if kind == "RunStarted":
@@ -365,6 +403,7 @@ class JobService:
         *,
         max_concurrent: int = 1,
         poll_seconds: float = 1.0,
+        observers: Sequence[Callable[[Event], None]] = (),
     ) -> None:
         if max_concurrent < 1:
             msg = f"max_concurrent must be at least 1, not {max_concurrent}"
@@ -373,6 +412,7 @@ class JobService:
         self.runners = dict(runners)
         self.max_concurrent = max_concurrent
         self.poll_seconds = poll_seconds
+        self.observers = tuple(observers)  # see every event of every run (metrics)
         self._active: dict[str, _Active] = {}
         self._wake = asyncio.Event()
         self._written = asyncio.Event()  # set and replaced on every journal write (followers wait on it)
@@ -523,7 +563,7 @@ class JobService:
                 self._stop_run(job_id)
 
     async def _run(self, job: Job) -> None:
-        journal = _Journal(self.store, job.id, self._notify)
+        journal = _Journal(self.store, job.id, self._notify, self.observers)
         result: bool | BaseException = False  # True: the run finished its work; False: it was stopped
         if not self._closing:
             consumer = self._active[job.id].consumer = asyncio.create_task(self._consume(job, journal))
@@ -607,5 +647,6 @@ __all__ = [
     "check_transition",
     "docs_runner",
     "job_store_url",
+    "replay_runner",
     "validate_spec",
 ]

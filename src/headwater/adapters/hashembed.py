@@ -2,11 +2,14 @@
 
 No model, no network, ~1M texts/s: for tests, offline runs and benchmarks of the pipeline itself.
 Equal texts get equal vectors whatever the batch, so the embedding cache and idempotency tests
-can tell exactly which text a stored vector came from.
+can tell exactly which text a stored vector came from. ``hash://?delay_ms=N`` waits N ms per
+call, standing in for a remote embedder's latency (pause/cancel/kill tests, demos); the vectors
+and the embedder id do not change with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -22,8 +25,9 @@ class HashEmbedder:
         query = parse_qs(urlsplit(url).query)
         try:
             self.dimensions = int(query.get("dim", ["384"])[0])
+            self.delay_seconds = int(query.get("delay_ms", ["0"])[0]) / 1000
         except ValueError as exc:
-            msg = f"embedder URL {url!r}: dim must be an integer"
+            msg = f"embedder URL {url!r}: dim and delay_ms must be integers"
             raise ConfigError(msg) from exc
         self.id = f"hash:shake256:{self.dimensions}"
         self.cacheable = False  # recomputing is cheaper than a cache lookup
@@ -36,6 +40,8 @@ class HashEmbedder:
     async def embed(self, texts: Sequence[str]) -> Vectors:
         self.calls += 1
         self.texts += len(texts)
+        if self.delay_seconds > 0:
+            await asyncio.sleep(self.delay_seconds)
         return embed_hash(texts, self.dimensions)
 
     async def close(self) -> None:

@@ -188,6 +188,20 @@ def _chunk_dict(chunk: Chunk) -> dict[str, Any]:
 
 async def replay_documents(settings: Settings, letter_ids: list[int] | None) -> list[RunCompleted]:
     """Re-run dead-lettered documents (all open letters when ``letter_ids`` is None)."""
+    return [
+        await build_document_pipeline(settings, src, only=refs).run_async()
+        for src, refs in (await claim_replays(settings, letter_ids)).items()
+    ]
+
+
+async def claim_replays(settings: Settings, letter_ids: list[int] | None) -> dict[str, set[str]]:
+    """Mark dead-lettered documents replayed and due again; returns their paths by source.
+
+    Claimed first, so the re-run does not skip them as ``previously_failed``; one that fails
+    again gets a new letter.
+    """
+    from headwater.models import make_doc_id
+
     metadata = make_metadata_store(settings)
     await metadata.open()
     try:
@@ -198,8 +212,6 @@ async def replay_documents(settings: Settings, letter_ids: list[int] | None) -> 
         ]
         states = {}
         for letter in letters:
-            from headwater.models import make_doc_id
-
             states.update(await metadata.get_documents([make_doc_id(letter.input_ref)]))
         await metadata.claim([(d.doc_id, d.source, d.uri) for d in states.values()])
         await metadata.mark_replayed([lt.id for lt in letters])
@@ -208,6 +220,4 @@ async def replay_documents(settings: Settings, letter_ids: list[int] | None) -> 
     by_source: dict[str, set[str]] = {}
     for letter in letters:
         by_source.setdefault(letter.source, set()).add(letter.input_ref)
-    return [
-        await build_document_pipeline(settings, src, only=refs).run_async() for src, refs in by_source.items()
-    ]
+    return by_source
