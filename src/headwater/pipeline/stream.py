@@ -20,7 +20,6 @@ import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from headwater.errors import InputError, RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
@@ -28,6 +27,7 @@ from headwater.pipeline.engine import RetryPolicy, with_retries
 from headwater.ports import BusMessage, DeadLetter, DeadLetters, StreamBus
 from headwater.stages import cloudevents
 from headwater.stages.cloudevents import CloudEvent
+from headwater.stages.redact import redact_url as redact_url  # noqa: PLC0414 (cli.py imports it from here)
 
 
 @dataclass
@@ -367,17 +367,6 @@ class StreamWorker:
                 await with_retries(lambda: self.bus.ack(messages), self.options.retry)
 
 
-
 def _position(message: BusMessage) -> str:
     major, minor = message.position
     return f"{major}-{minor}" if minor else str(major)
-
-
-def redact_url(url: str) -> str:
-    """A bus URL without its credentials (DLQ entries and events are shown to users)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -1,0 +1,134 @@
+"""Redaction of secrets and PII from anything that leaves the process: log lines, SSE payloads,
+DLQ entries, error messages.
+
+Pure and stateless: the caller passes the exact secret values it knows about (the registry of
+those lives in ``headwater.observability``). Secrets are removed everywhere; PII (via
+``stages.scrub``) only from free text, not from identifier fields such as ``doc_id`` or
+``created_at``, whose values are ours and whose digits would otherwise look like phone numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from headwater.stages.scrub import scrub_pii
+
+MASK = "***"
+T = TypeVar("T")
+
+_SECRET_WORDS = frozenset(
+    {
+        "token", "secret", "password", "passwd", "pwd", "passphrase", "apikey", "authorization",
+        "auth", "credential", "credentials", "cookie", "key", "sig", "signature",
+    }
+)  # fmt: skip
+_SECRET_SUFFIXES = ("token", "secret", "password", "passwd", "apikey")
+_NOT_FREE_TEXT = frozenset(
+    {"id", "type", "version", "status", "kind", "stage", "level", "logger", "timestamp", "at"}
+)
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_BEARER = re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=\-]{4,}", re.IGNORECASE)
+_KEY_SHAPES = re.compile(
+    r"\b(?:sk-[A-Za-z0-9_\-]{8,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9\-]{10,})"
+)
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@]+@")
+# Bounded name lengths keep these linear on long inputs (a DLQ message can be a whole traceback).
+_QUERY_PARAM = re.compile(r"([?&;])([^=&#\s]{1,64})=([^&#\s]*)")
+_ASSIGNMENT = re.compile(
+    r"""\b([\w\-]{0,40}?(?:token|secret|passw(?:or)?d|pwd|passphrase|api[_-]?key|authorization|auth"""
+    r"""|credentials?|cookie|key|sig|signature))\b(["']?\s*[:=]\s*)(["']?)([^\s"'&,;}]+)""",
+    re.IGNORECASE,
+)  # the name must end in a secret word, so "Error: password=x" is not consumed as "Error: password"
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a field or parameter name says its value is a credential (``api_key``,
+    ``X-Auth-Token``, ``clientSecret``). Whole words only: ``max_tokens`` is not one."""
+    words = [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub("_", name).lower()) if w]
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    compact = "".join(words)
+    return bool(compact) and compact.endswith(_SECRET_SUFFIXES)
+
+
+def redact_url(url: str) -> str:
+    """A URL safe to show: no user or password, secret-named query parameters masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, _redact_query(parts.query), parts.fragment))
+
+
+def redact_text(text: str, secrets: Iterable[str] = (), *, pii: bool = True) -> str:
+    """Free text with known secret values, credential-shaped substrings and (unless ``pii`` is
+    false) e-mail addresses, phone numbers, cards, IBANs and IPs replaced."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, MASK)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    text = _KEY_SHAPES.sub(MASK, text)
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+    text = _QUERY_PARAM.sub(_mask_param, text)
+    text = _ASSIGNMENT.sub(_mask_assignment, text)
+    if pii:
+        text, _ = scrub_pii(text)
+    return text
+
+
+def redact_value(value: T, secrets: Iterable[str] = ()) -> T:
+    """``value`` with every string inside it redacted; containers are copied, never mutated, and
+    keep their type, so a dict in is a dict out. Values under secret-named keys are masked whole
+    (numbers and booleans excepted: a count is not a credential)."""
+    return cast(T, _redact(value, tuple(secrets), pii=True))
+
+
+def _redact(value: Any, secrets: tuple[str, ...], *, pii: bool) -> Any:
+    if isinstance(value, str):
+        return redact_text(value, secrets, pii=pii)
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "replace")
+        cleaned = redact_text(text, secrets, pii=pii)
+        return value if cleaned == text else cleaned.encode()
+    if isinstance(value, dict):
+        return {k: _redact_item(str(k), v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, secrets, pii=pii) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_redact(v, secrets, pii=pii) for v in value)
+    return value
+
+
+def _redact_item(key: str, value: Any, secrets: tuple[str, ...]) -> Any:
+    if is_secret_key(key) and value and not isinstance(value, bool | int | float):
+        return MASK
+    return _redact(value, secrets, pii=is_free_text(key))
+
+
+def is_free_text(key: str) -> bool:
+    """Identifier and timestamp fields are ours (hashes, sequence numbers, ISO times): scrubbing
+    them for PII finds only false positives and breaks the references."""
+    lowered = key.lower()
+    return lowered not in _NOT_FREE_TEXT and not lowered.endswith(("_id", "_at"))
+
+
+def _redact_query(query: str) -> str:
+    if not query:
+        return query
+    return _QUERY_PARAM.sub(_mask_param, "?" + query)[1:]
+
+
+def _mask_param(match: re.Match[str]) -> str:
+    sep, name, value = match.groups()
+    return f"{sep}{name}={MASK}" if value and is_secret_key(name) else match.group(0)
+
+
+def _mask_assignment(match: re.Match[str]) -> str:
+    name, between, quote, value = match.groups()
+    if value == MASK or not is_secret_key(name):
+        return match.group(0)
+    return f"{name}{between}{quote}{MASK}"
