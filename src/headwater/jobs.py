@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -27,16 +28,20 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import structlog
+
 from headwater import registry
 from headwater.adapters._thread import OwnThread
 from headwater.adapters.sqlite import enable_wal
 from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError, InputError
 from headwater.events import Event, to_dict
+from headwater.observability import get_logger
 from headwater.pipeline.ratelimit import CircuitOpenError
 from headwater.ports import Job, JobEvent, JobStatus, JobStore
 
 S = JobStatus
+log = get_logger("headwater.jobs")
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED}),
     S.RUNNING: frozenset({S.PAUSING, S.CANCELLING, S.SUCCEEDED, S.FAILED, S.QUEUED}),
@@ -357,6 +362,9 @@ class _Journal:
             self.progress = dict.fromkeys(_COUNTED.values(), 0)
         if kind in _COUNTED:
             self.progress[_COUNTED[kind]] = self.progress.get(_COUNTED[kind], 0) + 1
+        if kind == "DocumentFailed":  # the DLQ has the whole context; the log says where to look
+            log.warning("document failed", doc_id=data.get("doc_id"), stage=data.get("stage"),
+                        error_type=data.get("error_type"), error=data.get("message"))  # fmt: skip
         if kind == "BatchProgress" and data.get("estimated_total") is not None:
             self.progress["total"] = int(data["estimated_total"])
         if kind == "RunCompleted" and "documents_seen" in data:
@@ -431,6 +439,7 @@ class JobService:
             reason = f"recovered: the server stopped while the job was {job.status}"
             with contextlib.suppress(IllegalTransition):  # another process settled it meanwhile
                 await self.store.transition(job.id, RECOVERY[job.status], reason, expected=job.status)
+                log.warning("job recovered", job_id=job.id, was=job.status, now=RECOVERY[job.status])
         self._dispatcher = asyncio.create_task(self._dispatch())
 
     async def stop(self) -> None:
@@ -495,6 +504,7 @@ class JobService:
             except StaleJobStatus:
                 continue
             self._stop_run(job_id)
+            log.info("job change requested", job_id=job_id, status=job.status, reason=reason)
             return job
         msg = f"job {job_id}: its status kept changing; try again"
         raise HeadwaterError(msg)
@@ -563,6 +573,12 @@ class JobService:
                 self._stop_run(job_id)
 
     async def _run(self, job: Job) -> None:
+        # every log line of this run, the pipeline's included, carries the job's id
+        with structlog.contextvars.bound_contextvars(job_id=job.id, job_kind=job.kind):
+            log.info("job started", run=job.runs, priority=job.priority)
+            await self._run_bound(job)
+
+    async def _run_bound(self, job: Job) -> None:
         journal = _Journal(self.store, job.id, self._notify, self.observers)
         result: bool | BaseException = False  # True: the run finished its work; False: it was stopped
         if not self._closing:
@@ -611,6 +627,9 @@ class JobService:
                 await self.store.transition(job_id, to, reason, expected=job.status)
             except StaleJobStatus:
                 continue
+            log.log(
+                logging.ERROR if to is S.FAILED else logging.INFO, "job settled", status=to, reason=reason
+            )
             return
         msg = f"job {job_id}: could not settle its status after its run ended"
         raise HeadwaterError(msg)

@@ -1,0 +1,163 @@
+"""CLI for operating headwater as a service: ``serve`` (the HTTP API) and ``jobs …`` (the same job
+commands, on the home's job store, without a server in between).
+
+``jobs pause|cancel`` from another process is seen by a running server within a second: it polls
+the store for such requests, so the two can be mixed freely on one home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+
+from headwater.config import Settings
+from headwater.errors import ConfigError
+
+T = TypeVar("T")
+out = Console(soft_wrap=True)
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+jobs_app = typer.Typer(
+    no_args_is_help=True, help="Ingestion jobs: submit, list, status, pause, resume, cancel."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.add_typer(jobs_app, name="jobs")
+
+
+def serve(
+    home: HomeOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind (non-loopback needs HEADWATER_API_TOKEN)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port")] = 8080,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", help="Jobs run at once [HEADWATER_MAX_CONCURRENT_JOBS]")
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="console | json [HEADWATER_LOG_FORMAT]")
+    ] = None,
+) -> None:
+    """Serve the HTTP API: jobs, their live events (SSE), the DLQ, /metrics, /livez, /readyz.
+
+    The bearer token comes from HEADWATER_API_TOKEN only (never a flag: flags show in `ps`).
+    """
+    from headwater.cli import run_guarded, settings_from
+
+    settings = run_guarded(
+        lambda: _checked_bind(
+            settings_from(home=home, max_concurrent_jobs=max_jobs, log_format=log_format), host
+        )
+    )
+    import uvicorn
+
+    from headwater.observability import configure_logging
+    from headwater.server import create_app
+
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=10)
+
+
+def _checked_bind(settings: Settings, host: str) -> Settings:
+    if settings.api_token is None and not _is_loopback(host):
+        msg = f"refusing to serve on {host} without a token: set HEADWATER_API_TOKEN (or bind 127.0.0.1)"
+        raise ConfigError(msg)
+    return settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+
+def _with_service(home: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    from headwater.cli import run_guarded, settings_from
+    from headwater.jobs import build_job_service
+
+    async def run() -> T:
+        service = build_job_service(settings_from(home=home))
+        await service.open()
+        try:
+            return await work(service)
+        finally:
+            await service.store.close()
+
+    return run_guarded(lambda: asyncio.run(run()))
+
+
+def _print_job(job: Any, json_out: bool) -> None:
+    if json_out:
+        sys.stdout.write(json.dumps(msgspec.to_builtins(job)) + "\n")
+        return
+    progress = " ".join(f"{k}={v}" for k, v in sorted(job.progress.items()))
+    reason = f"  ({job.reason})" if job.reason else ""
+    out.print(f"{job.id}\t{job.kind}\t{job.status}\t{progress}{reason}", markup=False, highlight=False)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    source: Annotated[str, typer.Argument(help="Folder or URL to index")],
+    home: HomeOpt = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first")] = 0,
+) -> None:
+    """Queue a docs job; a running `headwater serve` on this home picks it up."""
+    if "://" not in source:
+        source = str(Path(source).resolve())
+    job_id = _with_service(home, lambda s: s.submit("docs", {"source": source}, priority))
+    sys.stdout.write(job_id + "\n")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+    limit: Annotated[int, typer.Option(help="At most this many")] = 100,
+) -> None:
+    """Jobs by priority, then age."""
+    for job in _with_service(home, lambda s: s.list(limit=limit)):
+        _print_job(job, json_out)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """One job: status, reason, progress counts."""
+    _print_job(_with_service(home, lambda s: s.get(job_id)), json_out)
+
+
+@jobs_app.command("pause")
+def jobs_pause(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Pause: a queued job at once, a running one when its run stops (PAUSING meanwhile)."""
+    _print_job(_with_service(home, lambda s: s.pause(job_id)), json_out)
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Queue a paused job again; finished documents are not redone."""
+    _print_job(_with_service(home, lambda s: s.resume(job_id)), json_out)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Stop a job for good (what it indexed stays indexed)."""
+    _print_job(_with_service(home, lambda s: s.cancel(job_id)), json_out)

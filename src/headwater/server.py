@@ -1,0 +1,413 @@
+"""The HTTP API (DESIGN §6): jobs, their live events as Server-Sent Events, the DLQ, probes, metrics.
+
+Thin by rule (DESIGN §8): routes translate HTTP to ``JobService`` calls and errors to status
+codes; the jobs run exactly what ``headwater ingest`` runs, built by the same composition code.
+
+Security model: one bearer token (``HEADWATER_API_TOKEN``) guards every route except the probes
+(``/livez``, ``/readyz``) and ``/metrics`` (aggregate counts with bounded labels, for scrapers).
+Without a token the server only binds to loopback (``headwater serve`` refuses otherwise).
+Everything that leaves the server (SSE data, DLQ entries, job reasons) goes through the same
+redaction as the logs.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime, and
+# some of them close over the settings (page limits).
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from headwater.config import Settings
+from headwater.errors import ConfigError, InputError
+from headwater.jobs import IllegalTransition, JobNotFound, JobService, build_job_service
+from headwater.observability import Metrics, redact, register_secret
+from headwater.ports import Job, JobStatus
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# --- wire models (they are the OpenAPI schema) -----------------------------------------------------
+
+
+class JobRequest(BaseModel):
+    """A job to run: ``docs`` indexes ``source``; ``replay`` re-runs dead letters (``ids`` or all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["docs", "replay"] = "docs"
+    source: str | None = Field(None, min_length=1, max_length=4096, description="Folder or URL (docs)")
+    ids: list[int] | None = Field(None, max_length=10_000, description="Dead-letter ids (replay)")
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first among queued jobs")
+
+
+class ReplayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] | None = Field(None, max_length=10_000, description="Entries to replay; omit for all")
+
+
+class Created(BaseModel):
+    id: str
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    spec: dict[str, Any]
+    priority: int
+    status: JobStatus
+    reason: str | None
+    progress: dict[str, int]
+    runs: int
+    created_at: str
+    updated_at: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    kind: str
+    input_ref: str
+    source: str
+    stage: str
+    error_type: str
+    message: str
+    attempts: int
+    created_at: str
+    replayed_at: str | None
+
+
+class DeadLetterList(BaseModel):
+    entries: list[DeadLetterOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Action(StrEnum):
+    pause = "pause"
+    resume = "resume"
+    cancel = "cancel"
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing or wrong bearer token"},
+    404: {"model": Problem, "description": "No such job"},
+    409: {"model": Problem, "description": "The job's status does not allow this"},
+    413: {"model": Problem, "description": "Request body too large"},
+}
+
+
+# --- the application -------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings, *, service: JobService | None = None, metrics: Metrics | None = None
+) -> FastAPI:
+    """The API over one home. ``service`` and ``metrics`` are injectable for tests."""
+    metrics = metrics or Metrics()
+    service = service or build_job_service(settings, observers=[metrics.observe])
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    if token:
+        register_secret(token)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="headwater",
+        version="1",
+        description="Ingestion jobs, their live events, the dead-letter queue, probes and metrics.",
+        lifespan=lifespan,
+    )
+    app.state.service, app.state.metrics, app.state.settings = service, metrics, settings
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    _error_handlers(app)
+    _probe_routes(app, settings, service, metrics)
+    _job_routes(app, settings, service, _auth(token))
+    _dlq_routes(app, settings, service, _auth(token))
+    return app
+
+
+def _auth(token: str | None) -> Callable[..., None]:
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return  # loopback only: `serve` refuses a public bind without a token
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+def _error_handlers(app: FastAPI) -> None:
+    def problem(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handle(_request: Request, exc: Exception) -> Response:
+            return JSONResponse({"detail": redact(str(exc))}, status_code=status)
+
+        return handle
+
+    app.add_exception_handler(JobNotFound, problem(404))
+    app.add_exception_handler(IllegalTransition, problem(409))
+    app.add_exception_handler(InputError, problem(422))
+    app.add_exception_handler(ConfigError, problem(400))
+
+
+def _probe_routes(app: FastAPI, settings: Settings, service: JobService, metrics: Metrics) -> None:
+    @app.get("/livez", response_model=Health, tags=["probes"])
+    async def livez() -> Health:
+        """The process serves requests."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["probes"], responses={503: {"model": Health}})
+    async def readyz() -> Response:
+        """Every store (and the bus, when one is configured) answers; 503 ``degraded`` otherwise."""
+        checks = await _readiness(settings, service)
+        ok = all(v == "ok" for v in checks.values())
+        body = Health(status="ok" if ok else "degraded", checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["probes"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus exposition; gauges read at scrape time."""
+        with contextlib.suppress(Exception):  # a store that is down keeps its gauges
+            jobs = await service.list(limit=100_000)
+            counts = dict.fromkeys((s.value for s in JobStatus), 0)
+            for job in jobs:
+                counts[job.status.value] += 1
+            metrics.set_jobs(counts)
+        with contextlib.suppress(Exception):  # a store that is down keeps its gauges
+            metrics.set_dlq_size(len(await _dead_letters(settings, limit=1_000_000)))
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+
+def _job_routes(app: FastAPI, settings: Settings, service: JobService, auth: Callable[..., None]) -> None:
+    guarded = [Depends(auth)]
+
+    @app.post("/v1/jobs", status_code=201, response_model=Created, dependencies=guarded, tags=["jobs"],
+              responses={**ERRORS, 422: {"model": Problem}})  # fmt: skip
+    async def submit(request: JobRequest) -> Created:
+        """Queue a job; it runs with the server's home and settings."""
+        spec: dict[str, Any] = {}
+        if request.kind == "docs":
+            spec["source"] = _source(request.source)
+        elif request.ids is not None:
+            spec["ids"] = request.ids
+        return Created(id=await service.submit(request.kind, spec, request.priority))
+
+    @app.get("/v1/jobs", response_model=JobList, dependencies=guarded, tags=["jobs"], responses=ERRORS)
+    async def list_jobs(
+        status: Annotated[list[JobStatus] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=settings.api_page_limit)] = 100,
+    ) -> JobList:
+        """Jobs by priority then age, optionally only some statuses."""
+        return JobList(jobs=[_job_out(j) for j in await service.list(status, limit)])
+
+    @app.get(
+        "/v1/jobs/{job_id}", response_model=JobOut, dependencies=guarded, tags=["jobs"], responses=ERRORS
+    )
+    async def get_job(job_id: str) -> JobOut:
+        """The job's status, reason and progress counts of its current run."""
+        return _job_out(await service.get(job_id))
+
+    @app.post("/v1/jobs/{job_id}:{action}", response_model=JobOut, dependencies=guarded, tags=["jobs"],
+              responses=ERRORS)  # fmt: skip
+    async def act(job_id: str, action: Action) -> JobOut:
+        """``pause`` (cooperative: PAUSING until the run stops), ``resume`` or ``cancel``."""
+        command = {Action.pause: service.pause, Action.resume: service.resume, Action.cancel: service.cancel}
+        return _job_out(await command[action](job_id))
+
+    @app.get("/v1/jobs/{job_id}/events", dependencies=guarded, tags=["jobs"], response_class=Response,
+             responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}})  # fmt: skip
+    async def events(
+        job_id: str, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+    ) -> Response:
+        """The job's journal as Server-Sent Events (``id`` = sequence number), then live events
+        until the job is final. Reconnect with ``Last-Event-ID`` to get only what was missed."""
+        await service.get(job_id)  # 404 before the stream starts
+        after = _after(last_event_id)
+
+        async def stream() -> AsyncIterator[ServerSentEvent]:
+            async for event in service.follow(job_id, after):
+                data = redact(event.data)
+                kind = str(data.get("type", "message"))
+                yield ServerSentEvent(data=json.dumps(data), id=str(event.seq), event=kind)
+
+        return EventSourceResponse(stream(), ping=15, send_timeout=30)
+
+
+def _dlq_routes(app: FastAPI, settings: Settings, service: JobService, auth: Callable[..., None]) -> None:
+    guarded = [Depends(auth)]
+
+    @app.get("/v1/dlq", response_model=DeadLetterList, dependencies=guarded, tags=["dlq"], responses=ERRORS)
+    async def dlq_list(
+        limit: Annotated[int, Query(ge=1, le=settings.api_page_limit)] = 100,
+        include_replayed: bool = False,
+    ) -> DeadLetterList:
+        """Dead-lettered inputs, newest context included (tracebacks and payloads are CLI-only)."""
+        letters = await _dead_letters(settings, limit=limit, include_replayed=include_replayed)
+        return DeadLetterList(entries=[DeadLetterOut.model_validate(redact(_letter(lt))) for lt in letters])
+
+    @app.post("/v1/dlq:replay", status_code=201, response_model=Created, dependencies=guarded, tags=["dlq"],
+              responses=ERRORS)  # fmt: skip
+    async def dlq_replay(request: ReplayRequest) -> Created:
+        """Replay as a job (follow it like any other): messages are republished, documents re-run."""
+        spec = {} if request.ids is None else {"ids": request.ids}
+        return Created(id=await service.submit("replay", spec))
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _job_out(job: Job) -> JobOut:
+    return JobOut.model_validate(redact(msgspec.to_builtins(job)))
+
+
+def _source(source: str | None) -> str:
+    """Local paths are resolved against the server's working folder and must exist."""
+    if not source:
+        msg = "a docs job needs 'source' (a folder or URL)"
+        raise InputError(msg, field="source")
+    if "://" in source:
+        return source
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        msg = f"source {source!r} does not exist on the server (resolved to {path})"
+        raise InputError(msg, field="source")
+    return str(path)
+
+
+def _after(last_event_id: str | None) -> int:
+    if last_event_id is None or not last_event_id.strip():
+        return 0
+    try:
+        after = int(last_event_id)
+    except ValueError:
+        after = -1
+    if after < 0:
+        raise HTTPException(400, f"Last-Event-ID must be a sequence number, not {last_event_id!r}")
+    return after
+
+
+def _letter(letter: Any) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(letter)
+    data.pop("traceback", None)
+    data.pop("payload", None)
+    return data
+
+
+async def _dead_letters(settings: Settings, *, limit: int, include_replayed: bool = False) -> list[Any]:
+    from headwater.bootstrap import make_metadata_store
+
+    store = make_metadata_store(settings)
+    await store.open()
+    try:
+        return await store.list(include_replayed=include_replayed, limit=limit)
+    finally:
+        await store.close()
+
+
+async def _readiness(settings: Settings, service: JobService) -> dict[str, str]:
+    async def jobs() -> None:
+        await service.list(limit=1)
+
+    async def metadata() -> None:
+        await _dead_letters(settings, limit=1)
+
+    async def bus() -> None:
+        from headwater.stream_bootstrap import make_bus
+
+        client = make_bus(settings)
+        await client.open()
+        await client.close()
+
+    probes = {"jobs": jobs, "metadata": metadata}
+    if not settings.bus.startswith("memory://"):
+        probes["bus"] = bus
+    checks: dict[str, str] = {}
+    for name, probe in probes.items():
+        try:
+            await asyncio.wait_for(probe(), timeout=3)
+            checks[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 (any failure is the answer: not ready, and why)
+            checks[name] = redact(f"{type(exc).__name__}: {exc}")[:300]
+    return checks
+
+
+class BodyLimit:
+    """413 for a body over ``max_bytes``, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await _too_large(send, self.max_bytes)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if not started:
+                await _too_large(send, self.max_bytes)
+
+
+class _TooLarge(Exception):
+    """A control-flow signal inside BodyLimit, never surfaced."""
+
+
+async def _too_large(send: Send, max_bytes: int) -> None:
+    body = json.dumps({"detail": f"request body over {max_bytes} bytes"}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+__all__ = ["create_app"]
