@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(1, ge=1)  # jobs the server runs at once (more wait by priority)
     api_max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     api_page_limit: int = Field(500, ge=1)  # most items one list response returns
+    api_source_roots: list[Path] = Field(default_factory=list)  # folders jobs may read; [] = the cwd
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 

@@ -21,13 +21,21 @@ from contextlib import asynccontextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from uuid import UUID
 
 import msgspec
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from headwater import registry
 from headwater.config import Settings
 from headwater.errors import ConfigError, InputError
 from headwater.jobs import IllegalTransition, JobNotFound, JobService, build_job_service
@@ -47,16 +55,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class JobRequest(BaseModel):
     """A job to run: ``docs`` indexes ``source``; ``replay`` re-runs dead letters (``ids`` or all)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     kind: Literal["docs", "replay"] = "docs"
     source: str | None = Field(None, min_length=1, max_length=4096, description="Folder or URL (docs)")
-    ids: list[int] | None = Field(None, max_length=10_000, description="Dead-letter ids (replay)")
+    ids: list[int] | None = Field(None, max_length=1000, description="Dead-letter ids (replay)")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first among queued jobs")
 
 
 class ReplayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ids: list[int] | None = Field(None, max_length=10_000, description="Entries to replay; omit for all")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    ids: list[int] | None = Field(None, max_length=1000, description="Entries to replay; omit for all")
 
 
 class Created(BaseModel):
@@ -113,10 +121,12 @@ class Action(StrEnum):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "Unreadable request (body is not JSON, bad Last-Event-ID)"},
     401: {"model": Problem, "description": "Missing or wrong bearer token"},
     404: {"model": Problem, "description": "No such job"},
     409: {"model": Problem, "description": "The job's status does not allow this"},
     413: {"model": Problem, "description": "Request body too large"},
+    422: {"model": Problem, "description": "Invalid request: which field, and why"},
 }
 
 
@@ -174,6 +184,30 @@ def _error_handlers(app: FastAPI) -> None:
 
         return handle
 
+    async def invalid(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        )
+        return JSONResponse({"detail": redact(detail)}, status_code=422)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's 405 lists only the first route of a path; ``Allow`` must name them all."""
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            allowed = {
+                method
+                for route in app.router.routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE
+                for method in route.methods or ()
+            }
+            headers = {"Allow": ", ".join(sorted(allowed))}
+            return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers=headers)
+        return await http_exception_handler(request, exc)
+
+    # one error shape everywhere ({"detail": "..."}), request validation included
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(JobNotFound, problem(404))
     app.add_exception_handler(IllegalTransition, problem(409))
     app.add_exception_handler(InputError, problem(422))
@@ -213,12 +247,12 @@ def _job_routes(app: FastAPI, settings: Settings, service: JobService, auth: Cal
     guarded = [Depends(auth)]
 
     @app.post("/v1/jobs", status_code=201, response_model=Created, dependencies=guarded, tags=["jobs"],
-              responses={**ERRORS, 422: {"model": Problem}})  # fmt: skip
+              responses=ERRORS)  # fmt: skip
     async def submit(request: JobRequest) -> Created:
         """Queue a job; it runs with the server's home and settings."""
         spec: dict[str, Any] = {}
         if request.kind == "docs":
-            spec["source"] = _source(request.source)
+            spec["source"] = _source(request.source, settings.api_source_roots or [Path.cwd()])
         elif request.ids is not None:
             spec["ids"] = request.ids
         return Created(id=await service.submit(request.kind, spec, request.priority))
@@ -232,31 +266,31 @@ def _job_routes(app: FastAPI, settings: Settings, service: JobService, auth: Cal
         return JobList(jobs=[_job_out(j) for j in await service.list(status, limit)])
 
     @app.get(
-        "/v1/jobs/{job_id}", response_model=JobOut, dependencies=guarded, tags=["jobs"], responses=ERRORS
+        "/v1/jobs/{job_id:uuid}", response_model=JobOut, dependencies=guarded, tags=["jobs"], responses=ERRORS
     )
-    async def get_job(job_id: str) -> JobOut:
+    async def get_job(job_id: UUID) -> JobOut:
         """The job's status, reason and progress counts of its current run."""
-        return _job_out(await service.get(job_id))
+        return _job_out(await service.get(job_id.hex))
 
-    @app.post("/v1/jobs/{job_id}:{action}", response_model=JobOut, dependencies=guarded, tags=["jobs"],
+    @app.post("/v1/jobs/{job_id:uuid}:{action}", response_model=JobOut, dependencies=guarded, tags=["jobs"],
               responses=ERRORS)  # fmt: skip
-    async def act(job_id: str, action: Action) -> JobOut:
+    async def act(job_id: UUID, action: Action) -> JobOut:
         """``pause`` (cooperative: PAUSING until the run stops), ``resume`` or ``cancel``."""
         command = {Action.pause: service.pause, Action.resume: service.resume, Action.cancel: service.cancel}
-        return _job_out(await command[action](job_id))
+        return _job_out(await command[action](job_id.hex))
 
-    @app.get("/v1/jobs/{job_id}/events", dependencies=guarded, tags=["jobs"], response_class=Response,
+    @app.get("/v1/jobs/{job_id:uuid}/events", dependencies=guarded, tags=["jobs"], response_class=Response,
              responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}})  # fmt: skip
     async def events(
-        job_id: str, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+        job_id: UUID, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
     ) -> Response:
         """The job's journal as Server-Sent Events (``id`` = sequence number), then live events
         until the job is final. Reconnect with ``Last-Event-ID`` to get only what was missed."""
-        await service.get(job_id)  # 404 before the stream starts
+        job = await service.get(job_id.hex)  # 404 before the stream starts
         after = _after(last_event_id)
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
-            async for event in service.follow(job_id, after):
+            async for event in service.follow(job.id, after):
                 data = redact(event.data)
                 kind = str(data.get("type", "message"))
                 yield ServerSentEvent(data=json.dumps(data), id=str(event.seq), event=kind)
@@ -291,14 +325,23 @@ def _job_out(job: Job) -> JobOut:
     return JobOut.model_validate(redact(msgspec.to_builtins(job)))
 
 
-def _source(source: str | None) -> str:
-    """Local paths are resolved against the server's working folder and must exist."""
+def _source(source: str | None, roots: list[Path]) -> str:
+    """A URL of a known scheme, or a local folder inside the allowed roots (a token holder must
+    not be able to index the server's whole disk). Relative paths are resolved against the cwd."""
     if not source:
         msg = "a docs job needs 'source' (a folder or URL)"
         raise InputError(msg, field="source")
-    if "://" in source:
+    if registry.scheme_of(source) != "file":
+        try:
+            registry.resolve("source", source)
+        except ConfigError as exc:
+            raise InputError(str(exc), field="source") from exc
         return source
-    path = Path(source).expanduser().resolve()
+    path = Path(urlsplit(source).path if source.startswith("file:") else source).expanduser().resolve()
+    allowed = [root.expanduser().resolve() for root in roots]
+    if not any(path.is_relative_to(root) for root in allowed):
+        msg = f"source {source!r} is outside the folders jobs may read (HEADWATER_API_SOURCE_ROOTS)"
+        raise InputError(msg, field="source")
     if not path.exists():
         msg = f"source {source!r} does not exist on the server (resolved to {path})"
         raise InputError(msg, field="source")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ OPEN_ROUTES = {"/livez", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs
 def make_settings(home: Path, **extra: Any) -> Settings:
     base: dict[str, Any] = {
         "home": home, "workers": 1, "api_token": TOKEN, "progress_interval_seconds": 0.05,
-        "commit_batch_chunks": 1,
+        "commit_batch_chunks": 1, "api_source_roots": [home.parent],
     }  # fmt: skip
     return load_settings(**{**base, **extra})
 
@@ -84,7 +83,7 @@ def test_every_route_but_the_probes_needs_the_token(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     checked = 0
     for path, operations in paths.items():
-        url = re.sub(r"\{[^}]+\}", "x", path)
+        url = path.replace("{job_id}", "0" * 32).replace("{action}", "pause")
         for method in operations:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
                 response = client.request(method, url, headers=headers, json={})
@@ -160,10 +159,15 @@ def test_pause_resume_and_cancel_during_a_real_run(corpus: Path, tmp_path: Path)
 
 def test_errors_have_specific_statuses(client: TestClient, tmp_path: Path) -> None:
     assert client.get("/v1/jobs/nope", headers=AUTH).status_code == 404
+    unknown = client.get(f"/v1/jobs/{'0' * 32}", headers=AUTH)
+    assert (unknown.status_code, unknown.json()["detail"]) == (404, f"no job {'0' * 32!r}")
     missing = client.post("/v1/jobs", json={"source": str(tmp_path / "absent")}, headers=AUTH)
     assert missing.status_code == 422
     assert "does not exist" in missing.json()["detail"]
     assert client.post("/v1/jobs", json={"kind": "docs"}, headers=AUTH).status_code == 422
+    outside = client.post("/v1/jobs", json={"source": "/"}, headers=AUTH)
+    assert (outside.status_code, "outside" in outside.json()["detail"]) == (422, True)
+    assert client.post("/v1/jobs", json={"source": "ftp://host/x"}, headers=AUTH).status_code == 422
     assert client.post("/v1/jobs", json={"kind": "spark", "source": "x"}, headers=AUTH).status_code == 422
     assert client.post("/v1/jobs", json={"source": "x", "extra": 1}, headers=AUTH).status_code == 422
     big = client.post("/v1/jobs", content=b"{" + b" " * 2_000_000 + b"}", headers=AUTH)

@@ -41,7 +41,7 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "headwater.cli", "serve", "--home", str(self.home),
                  "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.home.parent,
             )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -94,7 +94,8 @@ def test_jobs_cli_pause_then_sigkill_and_restart_converges(
     for i in range(14):  # 20 documents of one chunk each: a run of a few seconds at 120 ms per embed
         (corpus / f"extra-{i:02}.md").write_text(f"# Extra {i}\n\nParagraph number {i} about retries.\n")
     server.start()
-    job_id = httpx.post(f"{server.url}/v1/jobs", json={"source": str(corpus)}, headers=AUTH).json()["id"]
+    # a path relative to the server's working folder, the one folder jobs may read by default
+    job_id = httpx.post(f"{server.url}/v1/jobs", json={"source": "corpus"}, headers=AUTH).json()["id"]
     server.wait(job_id, lambda j: j["progress"].get("completed", 0) >= 2)
 
     home = ["--home", str(server.home)]
