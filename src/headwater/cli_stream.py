@@ -42,6 +42,9 @@ IdleOpt = Annotated[
 GroupOpt = Annotated[
     str | None, typer.Option("--group", help="Consumer group (workers sharing it share the load)")
 ]
+MetricsOpt = Annotated[
+    int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on 127.0.0.1:PORT")
+]
 BatchOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Messages per batch [HEADWATER_WORKER_BATCH_SIZE]")
 ]
@@ -77,11 +80,28 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _render(
-    events: AsyncIterator[Event], *, json_lines: bool, every: float = 5.0
+    events: AsyncIterator[Event], *, json_lines: bool, every: float = 5.0, metrics_port: int | None = None
 ) -> WorkerStopped | None:
-    """JSON lines, or a plain line per problem and a throughput line every few seconds."""
+    """JSON lines, or a plain line per problem and a throughput line every few seconds; with
+    ``metrics_port``, every event also feeds Prometheus metrics served on that port."""
+    from headwater.observability import Metrics
+
+    metrics = Metrics() if metrics_port is not None else None
+    server = metrics.serve_http(metrics_port) if metrics is not None and metrics_port is not None else None
+    try:
+        return await _show(events, json_lines=json_lines, every=every, metrics=metrics)
+    finally:
+        if server is not None:
+            server.close()
+
+
+async def _show(
+    events: AsyncIterator[Event], *, json_lines: bool, every: float, metrics: Any
+) -> WorkerStopped | None:
     final, acked, shown = None, 0, time.monotonic()
     async for event in events:
+        if metrics is not None:
+            metrics.observe(event)
         if json_lines:
             sys.stdout.buffer.write(to_json(event) + b"\n")
             sys.stdout.buffer.flush()
@@ -169,6 +189,7 @@ def worker_docs(
     topic: Annotated[str, typer.Option(help="Topic to consume")] = "docs",
     batch_size: BatchOpt = None,
     exit_when_idle: IdleOpt = None,
+    metrics_port: MetricsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index the documents named by change events (from ``headwater watch``) as they arrive."""
@@ -188,7 +209,7 @@ def worker_docs(
                 stop=stop,
                 exit_when_idle_seconds=exit_when_idle,
             ) as worker:
-                return await _render(worker.stream_events(), json_lines=json_out)
+                return await _render(worker.stream_events(), json_lines=json_out, metrics_port=metrics_port)
 
         return asyncio.run(go())
 
@@ -216,6 +237,7 @@ def worker_signals(
         str | None, typer.Option(help="Close open windows after this long without messages, e.g. 30s")
     ] = None,
     exit_when_idle: IdleOpt = None,
+    metrics_port: MetricsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Keep a feature set up to date from a topic: the backfill's engine, watermark moved by events."""
@@ -246,7 +268,7 @@ def worker_signals(
             async with open_signal_worker(
                 settings, spec, topic=topic, group=group, stop=stop, exit_when_idle_seconds=exit_when_idle
             ) as worker:
-                return await _render(worker.stream_events(), json_lines=json_out)
+                return await _render(worker.stream_events(), json_lines=json_out, metrics_port=metrics_port)
 
         return asyncio.run(go())
 

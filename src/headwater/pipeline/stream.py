@@ -88,6 +88,9 @@ class WorkerOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+LAG_SAMPLE_SECONDS = 1.0
+
+
 @dataclass
 class _Counts:
     batches: int = 0
@@ -113,6 +116,8 @@ class StreamWorker:
         self.options = options
         self.stop = stop or asyncio.Event()
         self.counts = _Counts()
+        self._lag: int | None = None  # messages the group has not acked yet, sampled
+        self._lag_at = -LAG_SAMPLE_SECONDS
         self.held: list[BusMessage] = []  # deferred by the sink: offered again with the next batch
 
     async def stream_events(self) -> AsyncIterator[Event]:
@@ -238,7 +243,20 @@ class StreamWorker:
             acked=len(acked),
             dead_lettered=len(dead) + sum(d.error is not None for d, _ in failed),
             already_done=sum(d.done for d in batch),
+            lag=await self._sampled_lag(),
         )
+
+    async def _sampled_lag(self) -> int | None:
+        """The group's backlog, asked of the bus at most once per ``LAG_SAMPLE_SECONDS`` (one
+        round trip; a batch of 20,000 messages must not pay it every time)."""
+        now = time.monotonic()
+        if now - self._lag_at >= LAG_SAMPLE_SECONDS:
+            self._lag_at = now
+            try:
+                self._lag = await self.bus.pending(self.options.topic, self.options.group)
+            except Exception:  # noqa: BLE001 (a metric must never stop the worker; the next batch asks again)
+                self._lag = None
+        return self._lag
 
     async def _isolate(self, live: list[Delivery]) -> tuple[list[Event], list[tuple[Delivery, Exception]]]:
         """Commit what can be committed: a failing batch is split in halves until the message
