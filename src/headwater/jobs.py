@@ -36,7 +36,7 @@ from headwater.adapters.sqlite import enable_wal
 from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError, InputError
 from headwater.events import Event, to_dict
-from headwater.observability import get_logger
+from headwater.observability import get_logger, span
 from headwater.pipeline.ratelimit import CircuitOpenError
 from headwater.ports import Job, JobEvent, JobStatus, JobStore
 
@@ -574,7 +574,10 @@ class JobService:
 
     async def _run(self, job: Job) -> None:
         # every log line of this run, the pipeline's included, carries the job's id
-        with structlog.contextvars.bound_contextvars(job_id=job.id, job_kind=job.kind):
+        with (
+            structlog.contextvars.bound_contextvars(job_id=job.id, job_kind=job.kind),
+            span("headwater.job", job_id=job.id, kind=job.kind, run=job.runs),
+        ):
             log.info("job started", run=job.runs, priority=job.priority)
             await self._run_bound(job)
 

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from headwater.errors import InputError, RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
+from headwater.observability import span
 from headwater.pipeline.engine import RetryPolicy, with_retries
 from headwater.ports import BusMessage, DeadLetter, DeadLetters, StreamBus
 from headwater.stages import cloudevents
@@ -307,6 +308,10 @@ class StreamWorker:
     async def _handle(self, live: list[Delivery]) -> list[Event]:
         """Run the sink; on shutdown, give the batch ``drain_seconds`` to commit, then abandon it
         (nothing is acked, so it is redelivered)."""
+        with span("headwater.worker.batch", topic=self.options.topic, messages=len(live)):
+            return await self._handle_in_span(live)
+
+    async def _handle_in_span(self, live: list[Delivery]) -> list[Event]:
         task = asyncio.ensure_future(self.sink.handle(live))
         stopping = asyncio.ensure_future(self.stop.wait())
         keepalive = asyncio.ensure_future(self._keep_alive([d.message for d in live]))

@@ -302,3 +302,21 @@ async def test_a_message_that_kills_the_worker_uses_only_its_own_attempts(tmp_pa
     assert sorted(sink.committed) == sorted(b'{"n":%d}' % n for n in (0, 1, 3, 4))
     assert [(lt.kind, lt.stage, lt.attempts) for lt in letters] == [("message", "deliver", 5)]
     assert isinstance(events[-1], WorkerStopped) and await bus.pending("t", "g") == 0
+
+
+async def test_batches_are_traced_when_opentelemetry_is_on(tmp_path: Path, monkeypatch: Any) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer", provider.get_tracer)
+    monkeypatch.setenv("HEADWATER_OTEL", "1")
+    sink = RecordingSink()
+    await run_sink(sink, [ce(n) for n in range(6)], settings(tmp_path, "h"))
+    spans = [s for s in exporter.get_finished_spans() if s.name == "headwater.worker.batch"]
+    assert sum(int(s.attributes["messages"]) for s in spans) == 6  # type: ignore[index, arg-type]
+    assert {s.attributes["topic"] for s in spans} == {"t"}  # type: ignore[index]
