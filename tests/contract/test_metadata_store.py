@@ -24,8 +24,18 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 def state(doc_id: str, status: str = "done", content_hash: str = "h1") -> DocState:
-    return DocState(doc_id=doc_id, source="file:///src", uri=f"{doc_id}.md", content_hash=content_hash,
-                    size=10, mtime_ns=5, status=status, attempts=0, error_count=0, version=1)
+    return DocState(
+        doc_id=doc_id,
+        source="file:///src",
+        uri=f"{doc_id}.md",
+        content_hash=content_hash,
+        size=10,
+        mtime_ns=5,
+        status=status,
+        attempts=0,
+        error_count=0,
+        version=1,
+    )
 
 
 async def test_claim_counts_attempts_until_finished(store: MetadataStore) -> None:
@@ -52,7 +62,9 @@ async def test_commit_replaces_a_documents_chunk_keys(store: MetadataStore) -> N
 
 async def test_unseen_lists_only_unlisted_documents_of_that_source(store: MetadataStore) -> None:
     s = store
-    other = DocState(**{**{f: getattr(state("x"), f) for f in DocState.__struct_fields__}, "source": "file:///other"})
+    other = DocState(
+        **{**{f: getattr(state("x"), f) for f in DocState.__struct_fields__}, "source": "file:///other"}
+    )
     await s.commit([state("a"), state("b"), state("c"), other], {})
     await s.note_seen(["a", "c"])
     assert [d.doc_id for d in await s.unseen("file:///src", 10)] == ["b"]
@@ -64,9 +76,18 @@ async def test_unseen_lists_only_unlisted_documents_of_that_source(store: Metada
 
 async def test_dead_letters_round_trip_and_replay(store: MetadataStore) -> None:
     s = store
-    letter = DeadLetter(id=0, kind="document", input_ref="bad.pdf", source="file:///src", stage="extract",
-                        error_type="InputError", message="bad.pdf: not a PDF", traceback="Traceback ...",
-                        attempts=1, created_at="")
+    letter = DeadLetter(
+        id=0,
+        kind="document",
+        input_ref="bad.pdf",
+        source="file:///src",
+        stage="extract",
+        error_type="InputError",
+        message="bad.pdf: not a PDF",
+        traceback="Traceback ...",
+        attempts=1,
+        created_at="",
+    )
     first = await s.add(letter)
     second = await s.add(letter)
     assert second > first
@@ -76,6 +97,29 @@ async def test_dead_letters_round_trip_and_replay(store: MetadataStore) -> None:
     assert [lt.id for lt in await s.list()] == [second]
     assert len(await s.list(include_replayed=True)) == 2
     assert await s.get(999) is None
+
+
+async def test_dead_letters_are_stored_redacted_but_payloads_verbatim(store: MetadataStore) -> None:
+    body = b'{"owner": "jane.roe@example.com"}'
+    letter = DeadLetter(
+        id=0,
+        kind="message",
+        input_ref="t@1",
+        source="redis://:hunter22@host/0",
+        stage="sink",
+        error_type="RetryableError",
+        attempts=3,
+        created_at="",
+        payload=body,
+        message="POST failed for jane.roe@example.com (Authorization: Bearer sk-abcdef123456)",
+        traceback="Traceback: url=redis://:hunter22@host/0 phone +1 415 555 0100",
+    )
+    got = await store.get(await store.add(letter))
+    stored = f"{got.message} {got.traceback}"
+    for secret in ("jane.roe@example.com", "sk-abcdef123456", "hunter22", "555 0100"):
+        assert secret not in stored
+    assert "POST failed for" in got.message
+    assert got.payload == body
 
 
 async def test_embedding_cache_is_keyed_by_embedder_and_hash(store: MetadataStore) -> None:

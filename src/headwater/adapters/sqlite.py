@@ -19,6 +19,7 @@ import numpy as np
 
 from headwater.adapters._thread import OwnThread
 from headwater.errors import ConfigError
+from headwater.observability import redact
 from headwater.ports import ChunkKey, DeadLetter, DocState, Vectors
 
 SCHEMA = """
@@ -291,6 +292,10 @@ class SQLiteMetadataStore:
 
     # -- DeadLetters ---------------------------------------------------------------------------
     async def add(self, letter: DeadLetter) -> int:
+        """Message and traceback are stored redacted (secrets, PII): a dead letter is read by
+        people and shipped to dashboards. The payload stays verbatim: it is what replay sends."""
+        message, traceback = redact(letter.message), redact(letter.traceback)
+
         def _add() -> int:
             with self.db:
                 cur = self.db.execute(
@@ -302,8 +307,8 @@ class SQLiteMetadataStore:
                         letter.source,
                         letter.stage,
                         letter.error_type,
-                        letter.message,
-                        letter.traceback,
+                        message,
+                        traceback,
                         letter.attempts,
                         letter.created_at or _now(),
                         letter.payload,
