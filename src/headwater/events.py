@@ -129,6 +129,9 @@ class WindowsClosed(Event, frozen=True, kw_only=True, tag="WindowsClosed"):
     points: int
     late: int
     watermark_ms: int | None
+    feature_latency_seconds: dict[str, float] | None = None
+    """Stream mode: per window size, wall-clock time from the end of the newest window closed in
+    this batch to its commit (how fresh the online features are). None in backfills."""
 
 
 class SignalProgress(Event, frozen=True, kw_only=True, tag="SignalProgress"):

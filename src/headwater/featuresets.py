@@ -32,6 +32,14 @@ def parse_duration_ms(text: str | int) -> int:
     return int(match.group(1)) * _UNITS_MS[match.group(2) or "ms"]
 
 
+def duration_label(ms: int) -> str:
+    """The inverse of ``parse_duration_ms`` in the largest exact unit: 60000 → ``"1m"``."""
+    for unit in ("d", "h", "m", "s"):
+        if ms and ms % _UNITS_MS[unit] == 0:
+            return f"{ms // _UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
 class WindowSpec(msgspec.Struct, frozen=True, kw_only=True, order=True):
     """A window family: tumbling when ``slide_ms == size_ms``, sliding (hopping) otherwise."""
 

@@ -158,6 +158,8 @@ class Metrics:
         self.signals.labels("windows", "accepted").inc(_count(d, "points"))
         self.signals.labels("windows", "late").inc(_count(d, "late"))
         self.signals.labels("features", "rows_written").inc(_count(d, "rows"))
+        for window, seconds in (d.get("feature_latency_seconds") or {}).items():
+            self.observe_feature_latency(str(window), float(seconds))
 
     def _signal_run_completed(self, d: Mapping[str, Any]) -> None:
         self.signals.labels("decode", "duplicate").inc(_count(d, "duplicates"))

@@ -83,3 +83,11 @@ def test_invalid_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("HEADWATER_CHUNK_SIZE_CHARS", "ten")
     with pytest.raises(ConfigError, match="chunk_size_chars"):
         load_settings()
+
+
+def test_duration_labels_round_trip() -> None:
+    from headwater.featuresets import duration_label, parse_duration_ms
+
+    for label in ("250ms", "1s", "5s", "1m", "90s", "2h", "1d"):
+        assert duration_label(parse_duration_ms(label)) == label
+    assert duration_label(60_000) == "1m"

@@ -28,7 +28,7 @@ import polars as pl
 
 from headwater.errors import InputError
 from headwater.events import Event, WindowsClosed
-from headwater.featuresets import FeatureSetSpec
+from headwater.featuresets import FeatureSetSpec, duration_label
 from headwater.models import sha256_hex
 from headwater.pipeline.faults import crash_point
 from headwater.pipeline.signal_commit import BatchCommit, build_commit, count_batch, offline_datasets
@@ -222,6 +222,7 @@ class SignalSink:
             points=result.points.height,
             late=result.late.height,
             watermark_ms=state.watermark_ms,
+            feature_latency_seconds=_freshness(result.rows, self.clock()),
         )
 
     def _serialize(
@@ -230,3 +231,12 @@ class SignalSink:
         commit = build_commit(self.scope, self.spec, self.files, batch_no, result, None, checkpoint)
         return offline_datasets(self.spec, self.files, result, 0), commit
 
+
+def _freshness(rows: pl.DataFrame, now_ms: int) -> dict[str, float] | None:
+    """Seconds from the end of each window size's newest closed window until now (its commit)."""
+    if rows.height == 0:
+        return None
+    ends = rows.group_by("window_ms").agg(
+        (pl.col("window_start_ms") + pl.col("window_ms")).max().alias("end")
+    )
+    return {duration_label(int(size)): round((now_ms - int(end)) / 1000, 3) for size, end in ends.iter_rows()}
