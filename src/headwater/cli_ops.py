@@ -128,6 +128,36 @@ def jobs_submit(
     sys.stdout.write(job_id + "\n")
 
 
+@jobs_app.command("run")
+def jobs_run(
+    home: HomeOpt = None,
+    max_jobs: Annotated[int | None, typer.Option("--max-jobs", help="Jobs run at once")] = None,
+) -> None:
+    """Run queued jobs without a server, until none is queued or running (cron, CI)."""
+    from headwater.cli import run_guarded, settings_from
+    from headwater.jobs import build_job_service
+    from headwater.ports import JobStatus
+
+    async def run() -> list[Any]:
+        service = build_job_service(settings_from(home=home, max_concurrent_jobs=max_jobs))
+        busy = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING, JobStatus.CANCELLING]
+        await service.start()  # running jobs a crashed server left behind are queued again here
+        try:
+            todo = [job.id for job in await service.list(busy, limit=100_000)]
+            # other processes (jobs submit/pause) write to the same store: poll it, like the server
+            while await service.list(busy, limit=1):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            return [await service.get(job_id) for job_id in todo]
+        finally:
+            await service.stop()
+
+    jobs = run_guarded(lambda: asyncio.run(run()))
+    for job in jobs:
+        _print_job(job, json_out=False)
+    if any(job.status == "failed" for job in jobs):
+        raise typer.Exit(1)
+
+
 @jobs_app.command("list")
 def jobs_list(
     home: HomeOpt = None,
