@@ -169,25 +169,20 @@ def jobs_list(
         _print_job(job, json_out)
 
 
-@jobs_app.command("status")
-def jobs_status(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """One job: status, reason, progress counts."""
-    _print_job(_with_service(home, lambda s: s.get(job_id)), json_out)
+def _job_command(name: str, method: str, doc: str) -> None:
+    """``jobs NAME ID``: one JobService call on one job, printed like ``jobs status``."""
+
+    def command(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+        _print_job(_with_service(home, lambda s: getattr(s, method)(job_id)), json_out)
+
+    command.__doc__ = doc
+    jobs_app.command(name)(command)
 
 
-@jobs_app.command("pause")
-def jobs_pause(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """Pause: a queued job at once, a running one when its run stops (PAUSING meanwhile)."""
-    _print_job(_with_service(home, lambda s: s.pause(job_id)), json_out)
-
-
-@jobs_app.command("resume")
-def jobs_resume(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """Queue a paused job again; finished documents are not redone."""
-    _print_job(_with_service(home, lambda s: s.resume(job_id)), json_out)
-
-
-@jobs_app.command("cancel")
-def jobs_cancel(job_id: str, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """Stop a job for good (what it indexed stays indexed)."""
-    _print_job(_with_service(home, lambda s: s.cancel(job_id)), json_out)
+for _name, _method, _doc in (
+    ("status", "get", "One job: status, reason, progress counts."),
+    ("pause", "pause", "Pause: a queued job at once, a running one when its run stops (PAUSING meanwhile)."),
+    ("resume", "resume", "Queue a paused job again; finished documents are not redone."),
+    ("cancel", "cancel", "Stop a job for good (what it indexed stays indexed)."),
+):
+    _job_command(_name, _method, _doc)
