@@ -4,6 +4,7 @@ tests all build pipelines here, so they run the same wiring.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection
 from typing import Any, cast
 
@@ -18,7 +19,12 @@ def make_source(url: str, settings: Settings) -> Source:
 
 
 def make_embedder(settings: Settings) -> Embedder:
-    return cast(Embedder, registry.create("embedder", settings.embedder))
+    """The configured embedder; one whose constructor takes a ``preset`` (a rate-limited remote
+    embedder) gets ``settings.preset``, so one setting sizes both the pipeline and the limiter."""
+    cls = registry.resolve("embedder", settings.embedder)
+    takes_preset = settings.preset is not None and "preset" in inspect.signature(cls).parameters
+    options = {"preset": settings.preset} if takes_preset else {}
+    return cast(Embedder, cls(settings.embedder, **options))
 
 
 def make_vector_store(settings: Settings) -> VectorStore:

@@ -71,6 +71,10 @@ def ingest_docs(
     chunk_overlap: Annotated[int | None, typer.Option(help="Chunk overlap in characters")] = None,
     pii_scrub: Annotated[bool | None, typer.Option("--pii-scrub/--no-pii-scrub", help="Redact PII")] = None,
     workers: Annotated[int | None, typer.Option(help="Extraction processes (0 = one per core)")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Sizing profile: local | standard | high-throughput [env HEADWATER_PRESET]"),
+    ] = None,
     json_out: JsonOpt = False,
     fail_on_error: Annotated[
         bool, typer.Option("--fail-on-error", help="Exit 1 if any document failed")
@@ -90,6 +94,7 @@ def ingest_docs(
             chunk_overlap_chars=chunk_overlap,
             pii_scrub=pii_scrub,
             workers=workers,
+            preset=preset,
         )
         pipeline = build_document_pipeline(settings, path)
         return asyncio.run(render_events(pipeline.stream_events(), json_lines=json_out, console=err))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from headwater.errors import ConfigError
+from headwater.presets import DEFAULTS, PRESETS, get_preset
 
 
 class Settings(BaseSettings):
@@ -40,20 +41,40 @@ class Settings(BaseSettings):
     chunk_overlap_chars: int = Field(100, ge=0)
     pii_scrub: bool = False
 
-    embed_batch_size: int = Field(256, ge=1)
-    commit_batch_chunks: int = Field(2048, ge=1)
-    concurrency: int = Field(4, ge=1)
-    workers: int = Field(0, ge=0)  # extraction processes; 0 = one per core
+    # Defaults of the fields a preset sets are the "standard" preset's (presets.py holds the values).
+    preset: str | None = None  # local | standard | high-throughput; fills in only fields not set
+    embed_batch_size: int = Field(DEFAULTS["embed_batch_size"], ge=1)
+    commit_batch_chunks: int = Field(DEFAULTS["commit_batch_chunks"], ge=1)
+    concurrency: int = Field(DEFAULTS["concurrency"], ge=1)
+    workers: int = Field(DEFAULTS["workers"], ge=0)  # extraction processes; 0 = one per core
     max_attempts: int = Field(3, ge=1)
     retry_attempts: int = Field(5, ge=1)
     retry_initial_seconds: float = Field(0.2, ge=0)
     retry_max_seconds: float = Field(30.0, ge=0)
-    queue_size: int = Field(256, ge=1)
+    queue_size: int = Field(DEFAULTS["queue_size"], ge=1)
 
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
     pdf_max_pages: int = Field(2000, ge=1)
     extract_timeout_seconds: float = Field(60.0, gt=0)
     progress_interval_seconds: float = Field(2.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Fill in the preset's values for fields no source set. This runs on the merged input of
+        init arguments, environment and headwater.toml, before defaults: whatever the user said
+        explicitly, anywhere, beats the preset, and the preset beats the built-in defaults."""
+        name = data.get("preset") if isinstance(data, dict) else None
+        if not isinstance(name, str) or name not in PRESETS:
+            return data  # no preset, or an unknown one: the field validator reports that
+        return {**PRESETS[name].settings, **data}
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str | None) -> str | None:
+        if name is not None:
+            get_preset(name)  # ValueError naming the choices
+        return name
 
     @classmethod
     def settings_customise_sources(
@@ -89,7 +110,7 @@ class Settings(BaseSettings):
 
     # --- streaming (issue #4) ---------------------------------------------------------------------
     bus: str = "memory://default"  # nats://host:4222 | redis://host:6379/0; memory:// is in-process only
-    worker_batch_size: int = Field(1000, ge=1)
+    worker_batch_size: int = Field(DEFAULTS["worker_batch_size"], ge=1)
     ack_wait_seconds: float = Field(30.0, gt=0)
     idle_timeout_seconds: float = Field(30.0, gt=0)  # a quiet stream closes its open windows
     drain_seconds: float = Field(30.0, ge=0)  # SIGTERM: time the in-flight batch gets to commit

@@ -64,6 +64,7 @@ class BatchProgress(Event, frozen=True, kw_only=True):
     estimated_total: int | None
     eta_seconds: float | None
     elapsed_seconds: float
+    embed_rate_per_second: float | None = None  # the embedder's rate limit now, if it has one
 
 
 class RunCompleted(Event, frozen=True, kw_only=True):

@@ -27,13 +27,14 @@ from headwater.adapters.hashembed import embed_hash
 
 
 class FakeEmbeddingServer:
-    def __init__(self, dimensions: int = 16, plan: list[str] | None = None) -> None:
+    def __init__(self, dimensions: int = 16, plan: list[str] | None = None, *, port: int = 0) -> None:
+        """``port``: 0 picks a free one; a stopped server's port brings "the same server" back."""
         self.dimensions = dimensions
         self.plan = list(plan or [])
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -41,6 +42,10 @@ class FakeEmbeddingServer:
             name="fake-embedder",
             daemon=True,
         )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:

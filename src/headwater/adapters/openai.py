@@ -7,8 +7,8 @@ URLs:
     ``dimensions`` is required and only checked against answers (servers differ on the parameter);
     ``key_env=VAR`` sends ``Bearer $VAR``.
     Options for both: ``batch`` (inputs per request, 128), ``timeout`` (seconds, 30), ``attempts``
-    (per request, 4), ``preset`` (rate limiter profile, ``standard``), ``breaker_failures`` (5),
-    ``breaker_cooldown`` (seconds, 30).
+    (per request, 4), ``preset`` (rate limiter profile; else the ``preset`` setting, else
+    ``standard``), ``breaker_failures`` (5), ``breaker_cooldown`` (seconds, 30).
 
 Every request goes through an adaptive rate limiter (429 and 503 halve the rate and pause everyone
 until ``Retry-After``) and a circuit breaker (5xx, timeouts and refused connections open it; then
@@ -43,6 +43,7 @@ from headwater.pipeline.ratelimit import (
     Sleep,
 )
 from headwater.ports import Vectors
+from headwater.presets import DEFAULT_PRESET
 
 OPENAI_ENDPOINT = "https://api.openai.com/v1/embeddings"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
@@ -64,10 +65,18 @@ class OpenAIEmbedder:
     """Implements the Embedder port against ``POST /v1/embeddings``.
 
     Args:
+        preset: the rate limiter profile when the URL names none (``Settings.preset``).
         clock, sleep: injected into the limiter and the retry backoff (tests run instantly).
     """
 
-    def __init__(self, url: str, *, clock: Clock = time.monotonic, sleep: Sleep | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        preset: str | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep | None = None,
+    ) -> None:
         parts = urlsplit(url)
         options = _options(url, parts.query)
         self.safe_url = _safe_url(url)
@@ -97,7 +106,8 @@ class OpenAIEmbedder:
         self.cacheable = True
         self._sleep = sleep or asyncio.sleep
         self._clock = clock
-        self.limiter = AdaptiveRateLimiter(_preset(self.safe_url, options), clock=clock, sleep=self._sleep)
+        limits = _preset(self.safe_url, options.get("preset") or preset or DEFAULT_PRESET)
+        self.limiter = AdaptiveRateLimiter(limits, clock=clock, sleep=self._sleep)
         where = self.safe_url
         self.breaker = CircuitBreaker(
             f"embedder {where}",
@@ -106,6 +116,15 @@ class OpenAIEmbedder:
             clock=clock,
         )
         self._client: httpx.AsyncClient | None = None
+
+    @property
+    def rate_limit(self) -> float:
+        """Requests per second the limiter allows now (for progress events and metrics)."""
+        return self.limiter.rate
+
+    def observe_queue(self, depth: int, capacity: int) -> float:
+        """The pipeline reports how full the queue after the embedder is (see GroupCommitter)."""
+        return self.limiter.observe_queue(depth, capacity)
 
     async def open(self) -> None:
         if self._client is not None:
@@ -288,8 +307,7 @@ def _options(url: str, query: str) -> dict[str, str]:
     return parsed
 
 
-def _preset(where: str, options: dict[str, str]) -> LimiterConfig:
-    name = options.get("preset", "standard")
+def _preset(where: str, name: str) -> LimiterConfig:
     if name not in LIMITER_PRESETS:
         msg = f"embedder URL {where}: preset {name!r} is not one of {sorted(LIMITER_PRESETS)}"
         raise ConfigError(msg)

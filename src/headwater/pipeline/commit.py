@@ -4,13 +4,17 @@ The order is the crash-safety argument (DESIGN §4): vectors are written before 
 says so, and stale vectors are deleted only after the replacement is committed. A document is
 ``done`` only after its cleanup, so a crash anywhere leaves it non-done and the next run redoes
 the (idempotent) steps.
+
+``embed`` and ``write`` are separate steps so the document pipeline can embed the next group
+while the previous one is written, with a bounded queue of embedded groups between them. That
+queue is the congestion signal of the embedder's rate limiter (``backlog``): see ``_observe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +50,18 @@ class ReadyDocument:
     attempts: int = 1  # claims since the document was last finished; > 1: an earlier one may have written
 
 
+@dataclass(frozen=True, slots=True)
+class EmbeddedGroup:
+    """A group whose new chunks have vectors, waiting to be written."""
+
+    group: Sequence[ReadyDocument]
+    old: dict[str, list[ChunkKey]]
+    new: list[tuple[ReadyDocument, TextChunk]]
+    kept: list[tuple[ReadyDocument, TextChunk]]
+    vectors: dict[str, Vectors]
+    embedded: set[str]
+
+
 @dataclass
 class CommitStats:
     embedded: int = 0
@@ -54,6 +70,14 @@ class CommitStats:
 
 
 class GroupCommitter:
+    """Embeds and writes groups of prepared documents.
+
+    Args:
+        backlog: ``(depth, capacity)`` of the queue of embedded groups waiting for their write,
+            reported before each embed call to an embedder that adapts its rate (one with an
+            ``observe_queue`` method; the Embedder port does not require it).
+    """
+
     def __init__(
         self,
         embedder: Embedder,
@@ -64,8 +88,10 @@ class GroupCommitter:
         batch_size: int,
         concurrency: int,
         retry: RetryPolicy,
+        backlog: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.embedder = embedder
+        self.backlog = backlog
         self.cache = cache
         self.vectors = vectors
         self.state = state
@@ -102,12 +128,37 @@ class GroupCommitter:
 
     async def _embed(self, texts: list[str]) -> Vectors:
         async with self.limit:
+            self._observe()
             self.stats.embed_calls += 1
             matrix = await with_retries(lambda: self.embedder.embed(texts), self.retry)
         _check_vectors(matrix, len(texts), self.embedder)
         return matrix
 
+    def _observe(self) -> None:
+        """Tell a rate-limited embedder how full the queue *after* it is (seed 004's rule: above
+        80% halve the rate, below 30% raise it by a fifth).
+
+        Why that queue and not the one before it (prepared documents waiting to be embedded):
+        the rule slows the limited stage down when its queue is congested, which only makes
+        sense for the queue that stage *feeds*. When the embedder is the bottleneck the queue
+        before it is full; halving the rate then would fill it more, halve again, and settle at
+        the minimum rate — a death spiral. The queue after it is full only when the writes fall
+        behind, where embedding faster only piles up vectors nobody can store yet; it is empty
+        when the writer waits on the embedder, where a faster rate helps (and a 429 halves it
+        again). The queue stays bounded either way: backpressure bounds it, the limiter keeps
+        the external server from being pushed beyond what the rest of the pipeline absorbs.
+        """
+        observe = getattr(self.embedder, "observe_queue", None)
+        if observe is not None and self.backlog is not None:
+            depth, capacity = self.backlog()
+            observe(depth, capacity)
+
     async def commit(self, group: Sequence[ReadyDocument]) -> list[DocumentCompleted]:
+        """Embed and write one group (no overlap with other groups)."""
+        return await self.write(await self.embed(group))
+
+    async def embed(self, group: Sequence[ReadyDocument]) -> EmbeddedGroup:
+        """Vectors for the group's new chunks (cached or embedded); nothing is written yet."""
         old = await self.state.get_chunks([r.doc_id for r in group if r.before is not None])
         retained = {doc_id: {k.chunk_id for k in keys} for doc_id, keys in old.items()}
         new = [
@@ -116,7 +167,12 @@ class GroupCommitter:
         kept = [(r, c) for r in group for c in r.prepared.chunks if c.chunk_id in retained.get(r.doc_id, ())]
         vectors, embedded = await self.vectors_for({c.chunk_hash: c.text for _, c in new})
         self.stats.reused += len(kept)
-        await self._upsert(new, vectors)
+        return EmbeddedGroup(group, old, new, kept, vectors, embedded)
+
+    async def write(self, planned: EmbeddedGroup) -> list[DocumentCompleted]:
+        """Upsert, record, clean up and finish, in the crash-safe order."""
+        group, old, kept = planned.group, planned.old, planned.kept
+        await self._upsert(planned.new, planned.vectors)
         if kept:  # unchanged text, maybe moved: rewrite positions, never the vectors
             await with_retries(
                 functools.partial(self.vectors.update_positions, [_row(r, c) for r, c in kept]), self.retry
@@ -137,7 +193,7 @@ class GroupCommitter:
         await self.vectors.delete_stale(keep)
         crash_point("after_cleanup")
         await self.state.finish([r.doc_id for r in group])
-        return [_completed(r, old.get(r.doc_id, []), embedded) for r in group]
+        return [_completed(r, old.get(r.doc_id, []), planned.embedded) for r in group]
 
     async def _upsert(
         self, new: Sequence[tuple[ReadyDocument, TextChunk]], vectors: dict[str, Vectors]

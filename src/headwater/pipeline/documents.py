@@ -1,8 +1,10 @@
 """The document pipeline: Source → read → (extract, normalize, chunk in worker processes) →
-group commit (embed, upsert, record, clean up) → deletions of vanished documents.
+embed a group → write it (upsert, record, clean up) → deletions of vanished documents.
 
 ``stream_events()`` is the one primitive; everything else collects it. Stages are connected by
-bounded queues, so a slow embedder or store slows the scan instead of filling memory.
+bounded queues, so a slow embedder or store slows the scan instead of filling memory. The queue
+between embedding and writing also tells a rate-limited embedder whether the writes keep up
+(``GroupCommitter._observe`` says why that queue).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import traceback
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,7 +31,7 @@ from headwater.events import (
     RunStarted,
 )
 from headwater.models import make_doc_id, normalize_relpath, sha256_hex
-from headwater.pipeline.commit import GroupCommitter, ReadyDocument
+from headwater.pipeline.commit import EmbeddedGroup, GroupCommitter, ReadyDocument
 from headwater.pipeline.engine import CpuPool, Progress, RetryPolicy
 from headwater.pipeline.faults import crash_point
 from headwater.ports import (
@@ -50,6 +52,7 @@ _END = object()
 SCAN_BATCH = 256
 PREPARE_BATCH_DOCS = 32  # documents per round trip to a worker process
 PREPARE_BATCH_BYTES = 4 * 1024 * 1024
+WRITE_BACKLOG_GROUPS = 2  # embedded groups waiting for their write: 1 is jitter, 2 is congestion
 
 
 class MetadataStore(DocumentState, DeadLetters, EmbeddingCache, Protocol):
@@ -149,6 +152,7 @@ class _DocumentRun:
         )
         self.work: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * self.s.concurrency)
         self.ready: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.s.queue_size)
+        self.embedded: asyncio.Queue[Any] = asyncio.Queue(maxsize=WRITE_BACKLOG_GROUPS)
         self.in_flight = 0
         self.suspects: list[_Work] = []
         self._vectors_open: asyncio.Future[None] | None = None
@@ -171,6 +175,7 @@ class _DocumentRun:
             batch_size=self.s.embed_batch_size,
             concurrency=self.s.concurrency,
             retry=RetryPolicy(self.s.retry_attempts, self.s.retry_initial_seconds, self.s.retry_max_seconds),
+            backlog=lambda: (self.embedded.qsize(), WRITE_BACKLOG_GROUPS),
         )
 
     async def emit(self, event: Event) -> None:
@@ -190,9 +195,11 @@ class _DocumentRun:
                         tg.create_task(self._scan())
                         readers = [tg.create_task(self._prepare_loop()) for _ in range(self.s.concurrency)]
                         committer = tg.create_task(self._commit_loop())
+                        writer = tg.create_task(self._write_loop())
                         await asyncio.gather(*readers)
                         await self.ready.put(_END)
                         await committer
+                        await writer
                         await self.committer.flush()
                 except ExceptionGroup as group:
                     raise _first_error(group) from None
@@ -403,6 +410,8 @@ class _DocumentRun:
 
     # -- commit ---------------------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
+        """Gather prepared documents into groups and embed them; the writer takes it from there.
+        (If this fails, the task group cancels the writer: no end marker is needed then.)"""
         done = False
         while not done:
             group: list[ReadyDocument] = []
@@ -417,24 +426,44 @@ class _DocumentRun:
                     break
                 group.append(item)
                 chunks += len(item.prepared.chunks)
-            if group:
-                await self._commit(group)
+            if group and (planned := await self._embed(group)) is not None:
+                await self.embedded.put(planned)
+        await self.embedded.put(_END)
+
+    async def _write_loop(self) -> None:
+        while (planned := await self.embedded.get()) is not _END:
+            await self._write(planned)
 
     async def _commit(self, group: list[ReadyDocument]) -> None:
+        """Embed and write one group on its own (suspects, one document at a time)."""
+        if (planned := await self._embed(group)) is not None:
+            await self._write(planned)
+
+    async def _embed(self, group: list[ReadyDocument]) -> EmbeddedGroup | None:
+        try:
+            return await self.committer.embed(group)
+        except HeadwaterError as exc:
+            await self._fail_group(group, exc)
+            return None
+
+    async def _fail_group(self, group: Sequence[ReadyDocument], exc: HeadwaterError) -> None:
+        status = "error" if isinstance(exc, RetryableError) else "failed"
+        for ready in group:
+            await self._fail(
+                _Work(ready.entry, ready.doc_id, ready.before, 0),
+                "commit",
+                exc,
+                status=status,
+                content_hash=ready.content_hash,
+                delete_chunks=False,
+            )
+
+    async def _write(self, planned: EmbeddedGroup) -> None:
         try:
             await self.vectors_ready()
-            completed = await self.committer.commit(group)
+            completed = await self.committer.write(planned)
         except HeadwaterError as exc:
-            status = "error" if isinstance(exc, RetryableError) else "failed"
-            for ready in group:
-                await self._fail(
-                    _Work(ready.entry, ready.doc_id, ready.before, 0),
-                    "commit",
-                    exc,
-                    status=status,
-                    content_hash=ready.content_hash,
-                    delete_chunks=False,
-                )
+            await self._fail_group(planned.group, exc)
             return
         for event in completed:
             self.counts[event.outcome] += 1
@@ -553,6 +582,7 @@ class _DocumentRun:
             estimated_total=pr.listed if pr.listing_done else None,
             eta_seconds=pr.eta_seconds(),
             elapsed_seconds=round(pr.clock() - pr.started, 3),
+            embed_rate_per_second=getattr(self.p.embedder, "rate_limit", None),
         )
 
     def _final(self) -> RunCompleted:

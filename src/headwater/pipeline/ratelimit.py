@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 
 from headwater.errors import RetryableError
+from headwater.presets import PRESETS
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -53,14 +55,10 @@ class LimiterConfig:
             raise ValueError(msg)
 
 
-# Named profiles (seed 004's local / standard / high-throughput): data, not code.
-LIMITER_PRESETS: dict[str, LimiterConfig] = {
-    "local": LimiterConfig(rate_per_second=2, burst=2, min_rate_per_second=0.2, max_rate_per_second=10),
-    "standard": LimiterConfig(rate_per_second=10, burst=10, min_rate_per_second=0.5, max_rate_per_second=50),
-    "high-throughput": LimiterConfig(
-        rate_per_second=50, burst=50, min_rate_per_second=1, max_rate_per_second=500
-    ),
-}
+# The limiter bounds of each named profile; the values live in headwater.presets with the rest of it.
+LIMITER_PRESETS: Mapping[str, LimiterConfig] = MappingProxyType(
+    {name: LimiterConfig(**preset.limiter) for name, preset in PRESETS.items()}
+)
 
 
 class AdaptiveRateLimiter:
