@@ -65,6 +65,7 @@ class BatchProgress(Event, frozen=True, kw_only=True):
     eta_seconds: float | None
     elapsed_seconds: float
     embed_rate_per_second: float | None = None  # the embedder's rate limit now, if it has one
+    queue_depths: dict[str, int] | None = None  # items waiting in each bounded queue (backpressure)
 
 
 class RunCompleted(Event, frozen=True, kw_only=True):

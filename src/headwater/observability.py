@@ -146,6 +146,10 @@ class Metrics:
 
     def _batch_progress(self, d: Mapping[str, Any]) -> None:
         self.queue_depth.labels("documents_in_flight").set(_count(d, "in_flight"))
+        for queue, depth in (d.get("queue_depths") or {}).items():
+            self.set_queue_depth(str(queue), int(depth))
+        if d.get("embed_rate_per_second") is not None:
+            self.set_rate_limit(float(d["embed_rate_per_second"]))
 
     def _run_completed(self, d: Mapping[str, Any]) -> None:
         self.stage_duration.labels("run_documents").observe(_count(d, "elapsed_seconds"))

@@ -309,3 +309,18 @@ def test_span_is_a_no_op_unless_enabled(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("HEADWATER_OTEL", "1")
     with span("ingest", job="j1") as current:  # no SDK provider set here: the API's default span
         assert current is not None and hasattr(current, "is_recording")
+
+
+def test_progress_reports_queue_depths_and_the_embed_rate() -> None:
+    metrics = Metrics()
+    metrics.observe(
+        BatchProgress(
+            run_id="r", completed=1, failed=0, skipped=0, in_flight=3, estimated_total=None,
+            eta_seconds=None, elapsed_seconds=1.0, embed_rate_per_second=12.5,
+            queue_depths={"prepared": 7, "embedded": 2, "Bad Name/../x": 1},
+        )
+    )  # fmt: skip
+    assert value(metrics, "headwater_queue_depth", queue="prepared") == 7
+    assert value(metrics, "headwater_queue_depth", queue="embedded") == 2
+    assert value(metrics, "headwater_queue_depth", queue="other") == 1
+    assert value(metrics, "headwater_embed_rate_limit_requests_per_second") == 12.5

@@ -583,6 +583,11 @@ class _DocumentRun:
             eta_seconds=pr.eta_seconds(),
             elapsed_seconds=round(pr.clock() - pr.started, 3),
             embed_rate_per_second=getattr(self.p.embedder, "rate_limit", None),
+            queue_depths={
+                "scanned": self.work.qsize(),
+                "prepared": self.ready.qsize(),
+                "embedded": self.embedded.qsize(),
+            },
         )
 
     def _final(self) -> RunCompleted:
