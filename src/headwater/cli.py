@@ -39,7 +39,7 @@ HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME; default ./.headwater]")
 ]
 EmbedderOpt = Annotated[
-    str | None, typer.Option("--embedder", help="hash:// | minilm:// [env HEADWATER_EMBEDDER]")
+    str | None, typer.Option("--embedder", help="hash:// | minilm:// | openai://MODEL | http://HOST/v1/embeddings?model=… [env HEADWATER_EMBEDDER]")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
