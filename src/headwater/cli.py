@@ -39,7 +39,12 @@ HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME; default ./.headwater]")
 ]
 EmbedderOpt = Annotated[
-    str | None, typer.Option("--embedder", help="hash:// | minilm:// | openai://MODEL | http://HOST/v1/embeddings?model=… [env HEADWATER_EMBEDDER]")
+    str | None,
+    typer.Option(
+        "--embedder",
+        help="hash:// | minilm:// | openai://MODEL | http://HOST/v1/embeddings?model=M&dimensions=N "
+        "[env HEADWATER_EMBEDDER]",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
