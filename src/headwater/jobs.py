@@ -263,6 +263,22 @@ class SQLiteJobStore:
 
         return await self._thread.call(_events)
 
+    async def delete(self, job_id: str) -> None:
+        def _delete() -> None:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                row = self.db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    raise JobNotFound(job_id)
+                status = JobStatus(row[0])
+                if status not in TERMINAL:
+                    msg = f"job {job_id}: only a finished job can be deleted; this one is {status}"
+                    raise IllegalTransition(job_id, status, status, msg)
+                self.db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
+                self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+        await self._thread.call(_delete)
+
     async def list(self, statuses: Sequence[JobStatus] | None = None, limit: int = 100) -> list[Job]:
         def _list() -> list[Job]:
             where, args = "", [s.value for s in statuses or ()]
@@ -471,6 +487,10 @@ class JobService:
 
     async def list(self, statuses: Sequence[JobStatus] | None = None, limit: int = 100) -> list[Job]:
         return await self.store.list(statuses, limit)
+
+    async def delete(self, job_id: str) -> None:
+        """Forget a finished job and its journal (what it indexed stays indexed)."""
+        await self.store.delete(job_id)
 
     async def pause(self, job_id: str, reason: str = "paused by request") -> Job:
         """A queued job pauses at once; a running one goes PAUSING until its runner stops."""

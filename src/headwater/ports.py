@@ -425,4 +425,8 @@ class JobStore(Protocol):
         """Jobs with one of ``statuses`` (all when None), in queue order."""
         ...
 
+    async def delete(self, job_id: str) -> None:
+        """Remove a final job and its journal; a job that can still move is refused
+        (``IllegalTransition``), an unknown one raises ``JobNotFound``."""
+
     async def close(self) -> None: ...

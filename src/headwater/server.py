@@ -272,6 +272,14 @@ def _job_routes(app: FastAPI, settings: Settings, service: JobService, auth: Cal
         """The job's status, reason and progress counts of its current run."""
         return _job_out(await service.get(job_id.hex))
 
+    @app.delete(
+        "/v1/jobs/{job_id:uuid}", status_code=204, dependencies=guarded, tags=["jobs"], responses=ERRORS
+    )
+    async def delete_job(job_id: UUID) -> Response:
+        """Forget a finished job and its event journal (409 while it can still move)."""
+        await service.delete(job_id.hex)
+        return Response(status_code=204)
+
     @app.post("/v1/jobs/{job_id:uuid}:{action}", response_model=JobOut, dependencies=guarded, tags=["jobs"],
               responses=ERRORS)  # fmt: skip
     async def act(job_id: UUID, action: Action) -> JobOut:

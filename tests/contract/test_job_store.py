@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from headwater import registry
-from headwater.jobs import TRANSITIONS, IllegalTransition, JobNotFound, StaleJobStatus
+from headwater.jobs import TERMINAL, TRANSITIONS, IllegalTransition, JobNotFound, StaleJobStatus
 from headwater.ports import JobStatus, JobStore
 
 S = JobStatus
@@ -169,3 +169,18 @@ async def test_everything_survives_a_reopen(store: JobStore, store_url: str) -> 
     finally:
         await again.close()
         await store.open()  # the fixture closes it
+
+
+async def test_only_final_jobs_are_deleted_with_their_journal(store: JobStore) -> None:
+    for status in S:
+        job_id = await job_in(store, status)
+        if status in TERMINAL:
+            await store.delete(job_id)
+            assert await store.get(job_id) is None
+            assert await store.events_after(job_id, 0) == []
+        else:
+            with pytest.raises(IllegalTransition, match="only a finished job can be deleted"):
+                await store.delete(job_id)
+            assert (await store.get(job_id)) is not None
+    with pytest.raises(JobNotFound):
+        await store.delete("0" * 32)

@@ -92,7 +92,7 @@ def test_every_route_but_the_probes_needs_the_token(client: TestClient) -> None:
                 else:
                     assert response.status_code == 401, (method, path, headers, response.text)
                     checked += 1
-    assert checked >= 3 * 7  # submit, list, get, act, events, dlq list, dlq replay
+    assert checked >= 3 * 8  # submit, list, get, delete, act, events, dlq list, dlq replay
 
 
 def test_a_job_runs_and_its_event_stream_resumes_without_loss(
@@ -130,6 +130,7 @@ def test_pause_resume_and_cancel_during_a_real_run(corpus: Path, tmp_path: Path)
     with TestClient(create_app(settings)) as client:
         job_id = client.post("/v1/jobs", json={"source": str(corpus)}, headers=AUTH).json()["id"]
         wait_for(client, job_id, lambda j: j["progress"].get("completed", 0) >= 1)
+        assert client.delete(f"/v1/jobs/{job_id}", headers=AUTH).status_code == 409  # still running
         paused = client.post(f"/v1/jobs/{job_id}:pause", headers=AUTH).json()
         assert paused["status"] in ("pausing", "paused")
         paused = wait_for(client, job_id, lambda j: j["status"] == "paused")
@@ -154,6 +155,8 @@ def test_pause_resume_and_cancel_during_a_real_run(corpus: Path, tmp_path: Path)
         refused = client.post(f"/v1/jobs/{second}:resume", headers=AUTH)
         assert refused.status_code == 409
         assert "cancelled" in refused.json()["detail"]
+        assert client.delete(f"/v1/jobs/{job_id}", headers=AUTH).status_code == 204
+        assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).status_code == 404
     assert str(asyncio.run(status(settings))["fingerprint"]) == clean_fingerprint(corpus, tmp_path / "clean")
 
 
