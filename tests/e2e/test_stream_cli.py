@@ -47,7 +47,6 @@ def export(cli: Cli, home: Path, out: Path, dataset: str = "windows") -> pl.Data
     return pl.read_parquet(out)
 
 
-
 def test_docs_watch_and_worker_give_the_batch_fingerprint(
     cli: Cli, corpus: Path, tmp_path: Path, server: Any, topic: str
 ) -> None:
