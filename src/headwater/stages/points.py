@@ -2,14 +2,20 @@
 
 Events wait in a buffer until the watermark passes them (``t < W``), then are released per
 entity in (event_time, sequence) order, so the recursions see event-time order whatever the
-arrival order. Vectorized: the EWMA runs as Polars' ``ewm_mean`` seeded with each entity's
-previous value; the z-score uses shifted prefix sums over ``[t - Z, t)`` (values minus the
-entity's previous EWMA, a close estimate of the local mean, so the variance keeps its digits).
+arrival order. Vectorized: entities get integer codes once per release (an ``Enum`` over the
+sorted entity names, so codes agree across the buffer, the history and the EWMA table), one
+NumPy sort orders the released events, the EWMA runs as Polars' ``ewm_mean`` seeded with each
+entity's previous value, and the z-score uses shifted prefix sums over ``[t - Z, t)`` (values
+minus the entity's previous EWMA, a close estimate of the local mean, so the variance keeps its
+digits).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 PENDING_SCHEMA: dict[str, pl.DataType] = {
@@ -26,81 +32,122 @@ HISTORY_SCHEMA: dict[str, pl.DataType] = {
 ENTITY_SCHEMA: dict[str, pl.DataType] = {"entity_id": pl.String(), "ewma": pl.Float64()}
 POINT_SCHEMA: dict[str, pl.DataType] = {**PENDING_SCHEMA, "ewma": pl.Float64(), "zscore": pl.Float64()}
 
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+_CODE_SHIFT = 42  # time offsets below 2**42 ms (139 years) fit under the entity code in one int64
 
-def _code(column: str = "entity_id") -> pl.Expr:
-    """An integer code per entity, comparable only within the one frame it was computed on.
 
-    Sorting and grouping on it beats strings; never compare codes from two separate casts.
+@dataclass(frozen=True)
+class _Released:
+    """Released events sorted by (entity code, event_time, sequence, value), one segment per entity."""
+
+    codes: Ints
+    times: Ints
+    sequences: Ints
+    values: Floats
+    starts: Ints  # first row of each entity's segment
+    ends: Ints  # one past its last row
+
+
+def _encode(names: pl.Series, column: pl.Series) -> Ints:
+    return column.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
+
+
+def _sort_ready(ready: pl.DataFrame, codes: Ints) -> _Released:
+    """A stable sort on (code, time); only rows tied on both are re-sorted by (sequence, value).
+
+    Two stable passes, time (nearly sorted already: cheap) then code (small integers: a radix
+    sort), give the same order as one stable sort on the combined key, faster.
     """
-    return pl.col(column).cast(pl.Categorical).to_physical().alias("_code")
-
-
-def _with_ewma(ready: pl.DataFrame, entities: pl.DataFrame, alpha: float) -> pl.DataFrame:
-    """EWMA continuing from each entity's previous value: seed rows go first, then are removed.
-
-    ``ready`` is sorted by (_code, event_time, sequence, value); a stable sort on the code alone
-    puts each entity's seed (concatenated first) just before its events.
-    """
-    seeds = entities.join(ready.select("entity_id").unique(), on="entity_id", how="semi").select(
-        "entity_id",
-        pl.lit(-(2**62)).alias("event_time"),
-        pl.lit(0).cast(pl.Int64).alias("sequence"),
-        pl.col("ewma").alias("value"),
-        pl.lit(value=True).alias("_seed"),
+    times = ready["event_time"].to_numpy()
+    sequences = ready["sequence"].to_numpy()
+    values = ready["value"].to_numpy()
+    key = (codes << _CODE_SHIFT) | (times - times.min())
+    by_time = np.argsort(times, kind="stable")
+    narrow = codes[by_time].astype(np.uint16 if codes.max() < 2**16 else np.int64)
+    order = by_time[np.argsort(narrow, kind="stable")]
+    sorted_key = key[order]
+    tied = sorted_key[1:] == sorted_key[:-1]
+    if tied.any():
+        runs = np.zeros(key.size, dtype=bool)
+        runs[1:] |= tied
+        runs[:-1] |= tied
+        positions = np.flatnonzero(runs)
+        sub = order[positions]
+        order[positions] = sub[np.lexsort((values[sub], sequences[sub], key[sub]))]
+    codes = codes[order]
+    bounds = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    return _Released(
+        codes=codes,
+        times=times[order],
+        sequences=sequences[order],
+        values=values[order],
+        starts=np.concatenate(([0], bounds)),
+        ends=np.concatenate((bounds, [codes.size])),
     )
-    body = ready.drop("_code").with_columns(pl.lit(value=False).alias("_seed"))
-    both = pl.concat([seeds, body], how="vertical_relaxed")  # codes come from ONE cast: comparable
-    both = both.with_columns(_code()).sort("_code", maintain_order=True)
-    ewma = pl.col("value").ewm_mean(alpha=alpha, adjust=False).over("_code")
-    return both.with_columns(ewma.alias("ewma")).filter(~pl.col("_seed")).drop("_seed", "_code")
 
 
-def _with_zscore(
-    ready: pl.DataFrame, history: pl.DataFrame, entities: pl.DataFrame, window_ms: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """z against the entity's values in ``[t - window, t)``; returns (rows, history incl. ready).
+def _ewma(released: _Released, seeds: Floats, alpha: float) -> Floats:
+    """EWMA continuing from each entity's seed: the seed goes first in its segment, then is removed."""
+    starts = released.starts
+    values = np.insert(released.values, starts, seeds)
+    groups = np.insert(released.codes, starts, released.codes[starts])
+    ewm = pl.col("value").ewm_mean(alpha=alpha, adjust=False).over("group")
+    smoothed = pl.DataFrame({"group": groups, "value": values}).select(ewm)["value"].to_numpy()
+    return np.delete(smoothed, starts + np.arange(starts.size))
 
-    Shifted sums: values minus the entity's EWMA before this batch (close to the local mean, so
-    the variance keeps its digits), per-entity prefix sums, and a binary search for each window's
-    start and end. The window end is the first row at time t, so ties at t are excluded.
+
+def _zscores(
+    released: _Released, history: tuple[Ints, Ints, Floats], shift: Floats, window_ms: int
+) -> tuple[Floats, Ints, Ints, Floats]:
+    """z against the entity's values in ``[t - window, t)``; returns (z, history codes, times, values).
+
+    Shifted sums: values minus the entity's EWMA before this release (``shift``, close to the
+    local mean, so the variance keeps its digits), per-entity prefix sums, and a binary search
+    for each window's start. History (stored in order) precedes the released events (sorted by
+    time, sequence, value), and a stable sort keeps that, so every window sums in the same order
+    on any run. The window end is the first row at time t, so ties at t are excluded.
     """
-    marked = pl.concat(
-        [
-            history.with_columns(pl.lit(-1, dtype=pl.Int64).alias("_row")),
-            ready.select(
-                "entity_id", "event_time", "value", pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")
-            ),
-        ],
-        how="vertical_relaxed",
-    ).join(entities.select("entity_id", pl.col("ewma").alias("_k")), on="entity_id", how="left")
-    codes = marked.select(_code())["_code"].to_numpy().astype(np.int64)
-    times = marked["event_time"].to_numpy()
-    values = marked["value"].to_numpy()
-    # A stable sort by (entity, time): history (stored in order) precedes this batch's events, which
-    # arrive sorted by (time, sequence, value), so every window sums in the same order on any run.
-    key = (codes << 42) | (times - times.min())
+    codes = np.concatenate((history[0], released.codes))
+    times = np.concatenate((history[1], released.times))
+    values = np.concatenate((history[2], released.values))
+    key = (codes << _CODE_SHIFT) | (times - times.min())
     order = np.argsort(key, kind="stable")
     key, codes = key[order], codes[order]
-    x = values[order] - marked["_k"].to_numpy()[order]
-    start = np.searchsorted(key, np.maximum(key - window_ms, codes << 42), side="left")
-    end = np.searchsorted(key, key, side="left")
+    x = values[order] - shift[codes]
     sums = pl.DataFrame({"c": codes, "x": x}).select(
         (pl.col("x").cum_sum().over("c") - pl.col("x")).alias("p1"),
         ((pl.col("x") ** 2).cum_sum().over("c") - pl.col("x") ** 2).alias("p2"),
     )
     p1, p2 = sums["p1"].to_numpy(), sums["p2"].to_numpy()
+    first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    end = np.repeat(first, np.diff(np.append(first, key.size)))
+    mine = np.flatnonzero(order >= history[0].size)  # history rows only feed the sums
+    needle = np.maximum(key[mine] - window_ms, codes[mine] << _CODE_SHIFT)
+    start, end, x = np.searchsorted(key, needle), end[mine], x[mine]
     n = (end - start).astype(np.float64)
     s1, s2 = p1[end] - p1[start], p2[end] - p2[start]
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = s1 / n
         std = np.sqrt(np.maximum(s2 - s1 * mean, 0.0) / (n - 1))
         z = np.where((n >= 2) & (std > 0), (x - mean) / std, np.nan)
-    row = marked["_row"].to_numpy()[order]
-    mine = row >= 0
-    out = np.empty(ready.height, dtype=np.float64)
-    out[row[mine]] = z[mine]
-    zscore = pl.Series("zscore", out).fill_nan(None)
-    return ready.with_columns(zscore), marked.select("entity_id", "event_time", "value")[order]
+    out = np.empty(released.codes.size, dtype=np.float64)
+    out[order[mine] - history[0].size] = z
+    return out, codes, times[order], values[order]
+
+
+def _previous_ewma(names: pl.Series, entities: pl.DataFrame, released: _Released) -> Floats:
+    """Each entity's EWMA before this release, by code; a new entity's starts at its first value."""
+    known = np.zeros(names.len(), dtype=bool)
+    previous = np.zeros(names.len(), dtype=np.float64)
+    if entities.height:
+        codes = _encode(names, entities["entity_id"])
+        known[codes] = True
+        previous[codes] = entities["ewma"].to_numpy()
+    present = released.codes[released.starts]
+    new = ~known[present]
+    previous[present[new]] = released.values[released.starts[new]]
+    return previous
 
 
 def release_points(
@@ -113,29 +160,37 @@ def release_points(
     window_ms: int,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Release pending events with ``t < W``: returns (points, pending, history, entities)."""
-    ready = pending.filter(pl.col("event_time") < watermark_ms)
-    rest = pending.filter(pl.col("event_time") >= watermark_ms)
+    due = pending["event_time"] < watermark_ms
+    ready, rest = pending.filter(due), pending.filter(~due)
     if ready.height == 0:
         return pl.DataFrame(schema=POINT_SCHEMA), rest, history, entities
-    ready = ready.with_columns(_code()).sort("_code", "event_time", "sequence", "value")
-    first = ready.filter(pl.col("_code").is_first_distinct()).select(
-        "entity_id", pl.col("value").alias("_first")
+    names = pl.concat([entities["entity_id"], ready["entity_id"].unique()]).unique().sort()
+    released = _sort_ready(ready, _encode(names, ready["entity_id"]))
+    shift = _previous_ewma(names, entities, released)
+    present = released.codes[released.starts]
+    ewma = _ewma(released, shift[present], alpha)
+    past = (
+        _encode(names, history["entity_id"]),
+        history["event_time"].to_numpy(),
+        history["value"].to_numpy(),
     )
-    entities = (
-        entities.join(first, on="entity_id", how="full", coalesce=True)
-        .with_columns(pl.col("ewma").fill_null(pl.col("_first")))
-        .drop("_first")
+    z, codes, times, values = _zscores(released, past, shift, window_ms)
+    latest = shift.copy()
+    latest[present] = ewma[released.ends - 1]
+    keep = times >= watermark_ms - window_ms
+    points = pl.DataFrame(
+        {
+            "entity_id": names.gather(released.codes),
+            "event_time": released.times,
+            "sequence": released.sequences,
+            "value": released.values,
+            "ewma": ewma,
+            "zscore": pl.Series(z).fill_nan(None),
+        },
+        schema=POINT_SCHEMA,
     )
-    with_ewma = _with_ewma(ready, entities, alpha)
-    last = with_ewma.filter(pl.col("entity_id").is_last_distinct()).select(
-        "entity_id", pl.col("ewma").alias("_last")
+    kept = pl.DataFrame(
+        {"entity_id": names.gather(codes[keep]), "event_time": times[keep], "value": values[keep]},
+        schema=HISTORY_SCHEMA,
     )
-    points, history = _with_zscore(with_ewma, history, entities, window_ms)
-    entities = (
-        entities.join(last, on="entity_id", how="left", maintain_order="left")
-        .with_columns(pl.col("_last").fill_null(pl.col("ewma")).alias("ewma"))
-        .drop("_last")
-        .sort("entity_id")
-    )
-    horizon = watermark_ms - window_ms
-    return points.select(list(POINT_SCHEMA)), rest, history.filter(pl.col("event_time") >= horizon), entities
+    return points, rest, kept, pl.DataFrame({"entity_id": names, "ewma": latest}, schema=ENTITY_SCHEMA)
