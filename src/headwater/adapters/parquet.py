@@ -27,6 +27,16 @@ def _day(value: object) -> str:
     return str(value)
 
 
+def _by_day(rows: pl.DataFrame) -> list[tuple[object, pl.DataFrame]]:
+    """Rows split by their ``date`` column (dropped); a batch within one day (the usual case) is
+    written as is, without the copy ``partition_by`` makes."""
+    dates = rows["date"]
+    if dates.n_unique() == 1:
+        return [(dates[0], rows.drop("date"))]
+    groups = rows.partition_by("date", as_dict=True, maintain_order=True, include_key=False)
+    return [(day, group) for (day,), group in groups.items()]
+
+
 def root_from_url(url: str) -> Path:
     parts = urlsplit(url)
     if parts.scheme in ("file", "parquet"):
@@ -54,23 +64,26 @@ class ParquetOfflineStore:
         if rows.height == 0:
             return
         try:
-            for (day,), group in rows.partition_by("date", as_dict=True, maintain_order=True).items():
-                folder = self._folder(dataset, feature_set) / f"date={_day(day)}"
-                folder.mkdir(parents=True, exist_ok=True)
-                target = folder / f"{part}.parquet"
-                tmp = folder / f".{part}.parquet.tmp"
-                group.drop("date").write_parquet(tmp, statistics=False, compression="lz4")
-                with tmp.open("rb") as handle:
-                    os.fsync(handle.fileno())
-                tmp.replace(target)
-                directory = os.open(folder, os.O_RDONLY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
+            for day, group in _by_day(rows):
+                self._write_part(self._folder(dataset, feature_set) / f"date={_day(day)}", part, group)
         except OSError as exc:
             msg = f"offline store {self.root}: {exc}"
             raise RetryableError(msg) from exc
+
+    @staticmethod
+    def _write_part(folder: Path, part: str, rows: pl.DataFrame) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{part}.parquet"
+        tmp = folder / f".{part}.parquet.tmp"
+        rows.write_parquet(tmp, statistics=False, compression="lz4")
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.replace(target)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     async def read(self, dataset: str, feature_set: str) -> pl.DataFrame:
         return await asyncio.to_thread(self._read, dataset, feature_set)

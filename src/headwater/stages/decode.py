@@ -263,8 +263,9 @@ def decode_arrow(
     df = df.with_columns(pl.int_range(first_row, first_row + df.height, dtype=pl.Int64).alias("row"))
     checks = _arrow_checks(epoch, sub_ms, limits)
     flags = df.select("row", *[c[0].fill_null(value=False).alias(f"_c{i}") for i, c in enumerate(checks)])
-    invalid = pl.any_horizontal([pl.col(f"_c{i}") for i in range(len(checks))])
-    out = df.filter(flags.select(~invalid).to_series()).select(
+    invalid = flags.select(pl.any_horizontal([pl.col(f"_c{i}") for i in range(len(checks))])).to_series()
+    clean = not invalid.any()  # the usual case: no filter, no per-check scan
+    out = (df if clean else df.filter(~invalid)).select(
         pl.col("entity_id").cast(pl.String),
         epoch.alias("event_time"),
         pl.col("sequence").cast(pl.Int64),
@@ -273,7 +274,7 @@ def decode_arrow(
         pl.lit(None, dtype=pl.String).alias("ce_key"),
         "row",
     )
-    return out, _first_problem_per_row(flags, checks)
+    return out, [] if clean else _first_problem_per_row(flags, checks)
 
 
 def _arrow_checks(

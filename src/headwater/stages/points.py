@@ -50,7 +50,9 @@ class _Released:
 
 
 def _encode(names: pl.Series, column: pl.Series) -> Ints:
-    return column.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
+    """Codes of ``column`` in ``names``; cast inside a frame query, which runs without the GIL."""
+    code = pl.col(column.name).cast(pl.Enum(names)).to_physical().cast(pl.Int64)
+    return column.to_frame().select(code).to_series().to_numpy()
 
 
 def _sort_ready(ready: pl.DataFrame, codes: Ints) -> _Released:
