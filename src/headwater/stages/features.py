@@ -12,6 +12,7 @@ closed; later events in the same batch are late for it, so the values equal even
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import msgspec
@@ -204,10 +205,13 @@ def _split_windows(
     late_mask = end <= pl.col("wm_before")
     tumbling = [w.size_ms for w in spec.windows if w.slide_ms == w.size_ms]
     on_time = merge_partials(tumbling_partials(events, tumbling), partials(sliding.filter(~late_mask)))
-    late = pl.concat([_late_tumbling(events, spec), sliding.filter(late_mask)], how="vertical")
+    # Late for a window means end <= W_{i-1}, and end > t, so only events with t < W_{i-1} (a
+    # small share) can be late anywhere: the per-window checks and the join run on those alone.
+    suspects = events.filter(pl.col("event_time") < pl.col("wm_before"))
+    late = pl.concat([_late_tumbling(suspects, spec), sliding.filter(late_mask)], how="vertical")
     if late.height:  # the late rows carry the full event for the late table
         late = late.join(
-            events.select("row", "sequence", "extra"), on="row", how="left", maintain_order="left"
+            suspects.select("row", "sequence", "extra"), on="row", how="left", maintain_order="left"
         )
     else:
         late = late.with_columns(pl.lit(0, dtype=pl.Int64).alias("sequence"), pl.lit("").alias("extra"))
@@ -307,8 +311,15 @@ def process_batch(
         identity=dedup.advance(state.identity, accepted, dedup.IDENTITY, watermark),
         cloudevents=dedup.advance(state.cloudevents, accepted, dedup.CLOUDEVENT, watermark),
     )
-    rows, late, corrected, state = _window_step(state, accepted, watermark, spec)
-    released, point_late, state = _point_step(state, accepted, watermark, spec)
+    # The window and point steps read disjoint parts of the state and mostly run in NumPy and
+    # Polars without the GIL, so the point step runs in a helper thread beside the window step.
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        point_step = helper.submit(_point_step, state, accepted, watermark, spec)
+        rows, late, corrected, state = _window_step(state, accepted, watermark, spec)
+        released, point_late, point_state = point_step.result()
+    state = replace(
+        state, pending=point_state.pending, history=point_state.history, entities=point_state.entities
+    )
     window_late = late.height
     return state, BatchResult(
         rows=rows,

@@ -34,6 +34,8 @@ PARTIAL_SCHEMA: dict[str, pl.DataType] = {
 
 def partials(assigned: pl.DataFrame) -> pl.DataFrame:
     """Per-window partial aggregates of raw events; M2 by two passes around the group mean."""
+    if assigned.height == 0:
+        return pl.DataFrame(schema=PARTIAL_SCHEMA)
     value = pl.col("value")
     centered = assigned.with_columns(value.mean().over(KEY).alias("_mean")).with_columns(
         ((value - pl.col("_mean")) ** 2).alias("_sq")
