@@ -263,6 +263,13 @@ class SQLiteJobStore:
 
         return await self._thread.call(_events)
 
+    async def counts(self) -> dict[JobStatus, int]:
+        def _counts() -> dict[JobStatus, int]:
+            rows = self.db.execute("SELECT status, count(*) FROM jobs GROUP BY status")
+            return {**dict.fromkeys(JobStatus, 0), **{JobStatus(status): n for status, n in rows}}
+
+        return await self._thread.call(_counts)
+
     async def delete(self, job_id: str) -> None:
         def _delete() -> None:
             with self.db:
@@ -487,6 +494,9 @@ class JobService:
 
     async def list(self, statuses: Sequence[JobStatus] | None = None, limit: int = 100) -> list[Job]:
         return await self.store.list(statuses, limit)
+
+    async def counts(self) -> dict[JobStatus, int]:
+        return await self.store.counts()
 
     async def delete(self, job_id: str) -> None:
         """Forget a finished job and its journal (what it indexed stays indexed)."""

@@ -425,6 +425,10 @@ class JobStore(Protocol):
         """Jobs with one of ``statuses`` (all when None), in queue order."""
         ...
 
+    async def counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status (every status present, 0 when none)."""
+        ...
+
     async def delete(self, job_id: str) -> None:
         """Remove a final job and its journal; a job that can still move is refused
         (``IllegalTransition``), an unknown one raises ``JobNotFound``."""

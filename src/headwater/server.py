@@ -232,13 +232,9 @@ def _probe_routes(app: FastAPI, settings: Settings, service: JobService, metrics
     async def prometheus() -> Response:
         """Prometheus exposition; gauges read at scrape time."""
         with contextlib.suppress(Exception):  # a store that is down keeps its gauges
-            jobs = await service.list(limit=100_000)
-            counts = dict.fromkeys((s.value for s in JobStatus), 0)
-            for job in jobs:
-                counts[job.status.value] += 1
-            metrics.set_jobs(counts)
-        with contextlib.suppress(Exception):  # a store that is down keeps its gauges
-            metrics.set_dlq_size(len(await _dead_letters(settings, limit=1_000_000)))
+            metrics.set_jobs({status.value: n for status, n in (await service.counts()).items()})
+        with contextlib.suppress(Exception):
+            metrics.set_dlq_size((await _metadata_counts(settings))["dlq"])
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -386,12 +382,23 @@ async def _dead_letters(settings: Settings, *, limit: int, include_replayed: boo
         await store.close()
 
 
+async def _metadata_counts(settings: Settings) -> dict[str, int]:
+    from headwater.bootstrap import make_metadata_store
+
+    store = make_metadata_store(settings)
+    await store.open()
+    try:
+        return await store.counts()
+    finally:
+        await store.close()
+
+
 async def _readiness(settings: Settings, service: JobService) -> dict[str, str]:
     async def jobs() -> None:
         await service.list(limit=1)
 
     async def metadata() -> None:
-        await _dead_letters(settings, limit=1)
+        await _metadata_counts(settings)
 
     async def bus() -> None:
         from headwater.stream_bootstrap import make_bus

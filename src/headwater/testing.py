@@ -5,17 +5,35 @@ Users test their own configurations with these, and so do we.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.adapters.hashembed import HashEmbedder
 from headwater.errors import PermanentError, RetryableError
-from headwater.ports import Vectors
+from headwater.ports import Job, JobStatus, Vectors
+
+if TYPE_CHECKING:
+    from headwater.jobs import JobService
 
 
 async def collect_events(events: AsyncIterator[Any]) -> list[Any]:
     """Every event of a ``stream_events()`` run, in order."""
     return [event async for event in events]
+
+
+async def wait_for_status(
+    service: JobService, job_id: str, *statuses: JobStatus, timeout_seconds: float = 60
+) -> Job:
+    """Poll a job until it reaches one of ``statuses``; AssertionError with its last state if not."""
+    job = await service.get(job_id)
+    for _ in range(int(timeout_seconds / 0.02)):
+        job = await service.get(job_id)
+        if job.status in statuses:
+            return job
+        await asyncio.sleep(0.02)
+    msg = f"job {job_id} stayed {job.status}"
+    raise AssertionError(msg)
 
 
 class FailingEmbedder(HashEmbedder):
@@ -39,4 +57,4 @@ class FailingEmbedder(HashEmbedder):
         return await super().embed(texts)
 
 
-__all__ = ["FailingEmbedder", "PermanentError", "RetryableError", "collect_events"]
+__all__ = ["FailingEmbedder", "PermanentError", "RetryableError", "collect_events", "wait_for_status"]

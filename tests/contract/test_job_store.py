@@ -172,6 +172,7 @@ async def test_everything_survives_a_reopen(store: JobStore, store_url: str) -> 
 
 
 async def test_only_final_jobs_are_deleted_with_their_journal(store: JobStore) -> None:
+    assert await store.counts() == dict.fromkeys(S, 0)
     for status in S:
         job_id = await job_in(store, status)
         if status in TERMINAL:
@@ -184,3 +185,4 @@ async def test_only_final_jobs_are_deleted_with_their_journal(store: JobStore) -
             assert (await store.get(job_id)) is not None
     with pytest.raises(JobNotFound):
         await store.delete("0" * 32)
+    assert await store.counts() == {s: 0 if s in TERMINAL else 1 for s in S}

@@ -20,9 +20,10 @@ from headwater import load_settings
 from headwater.bootstrap import build_document_pipeline
 from headwater.config import Settings
 from headwater.events import BatchProgress, DocumentFailed, RunCompleted
-from headwater.jobs import JobService, build_job_service
+from headwater.jobs import build_job_service
 from headwater.pipeline.index import status
-from headwater.ports import Job, JobEvent, JobStatus
+from headwater.ports import JobEvent, JobStatus
+from headwater.testing import wait_for_status
 from tests.servers.fake_embedder import FakeEmbeddingServer
 
 S = JobStatus
@@ -117,15 +118,6 @@ async def test_throttling_faults_and_stalls_lose_nothing_and_slow_the_limiter(
     assert min(r for r in rates if r is not None) < start, "429s and 503s slowed the limiter down"
 
 
-async def until(service: JobService, job_id: str, *statuses: JobStatus, timeout: float = 30) -> Job:
-    for _ in range(int(timeout / 0.02)):
-        job = await service.get(job_id)
-        if job.status in statuses:
-            return job
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {job.status}")
-
-
 async def first_completed(events: AsyncIterator[JobEvent]) -> None:
     async for event in events:
         if event.data["type"] == "DocumentCompleted":
@@ -145,7 +137,7 @@ async def test_a_dead_server_pauses_the_job_and_resume_converges(
         job_id = await service.submit("docs", {"source": str(corpus)})
         await asyncio.wait_for(first_completed(service.follow(job_id)), 30)
         server.stop()  # mid-job: connections are refused from now on
-        job = await until(service, job_id, S.PAUSED, S.SUCCEEDED, S.FAILED)
+        job = await wait_for_status(service, job_id, S.PAUSED, S.SUCCEEDED, S.FAILED, timeout_seconds=30)
         assert job.status is S.PAUSED, (job.status, job.reason)
         assert job.reason is not None and job.reason.startswith("embedder unavailable:")
         assert "connection failed" in job.reason
@@ -154,7 +146,7 @@ async def test_a_dead_server_pauses_the_job_and_resume_converges(
 
         server = FakeEmbeddingServer(dimensions=16, port=port).start()  # the embedder is back
         await service.resume(job_id)
-        job = await until(service, job_id, S.SUCCEEDED, S.FAILED, S.PAUSED)
+        job = await wait_for_status(service, job_id, S.SUCCEEDED, S.FAILED, S.PAUSED, timeout_seconds=30)
     finally:
         await service.stop()
         server.stop()

@@ -60,7 +60,9 @@ def test_events_round_trip_with_type_and_version() -> None:
 
 
 def test_registry_names_the_scheme_and_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match=r"scheme 'nope' is not one of hash://, http://, https://, minilm://"):
+    with pytest.raises(
+        ConfigError, match=r"scheme 'nope' is not one of hash://, http://, https://, minilm://"
+    ):
         registry.create("embedder", "nope://x")
     monkeypatch.setitem(registry.ADAPTERS["embedder"], "fake", ("headwater_missing_mod:Thing", "fake-extra"))
     with pytest.raises(ConfigError, match=r"pip install 'headwater\[fake-extra\]'"):

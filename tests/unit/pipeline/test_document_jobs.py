@@ -23,6 +23,7 @@ from headwater.events import Event
 from headwater.jobs import JobService, SQLiteJobStore, build_job_service, job_store_url
 from headwater.pipeline.index import status
 from headwater.ports import Job, JobStatus, Vectors
+from headwater.testing import wait_for_status
 
 ROOT = Path(__file__).resolve().parents[3]
 S = JobStatus
@@ -50,21 +51,12 @@ async def clean_fingerprint(corpus: Path, home: Path) -> str:
     return str((await status(settings(home)))["fingerprint"])
 
 
-async def until(service: JobService, job_id: str, *statuses: JobStatus, timeout: float = 60) -> Job:
-    for _ in range(int(timeout / 0.02)):
-        job = await service.get(job_id)
-        if job.status in statuses:
-            return job
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {job.status}")
-
-
 async def test_a_docs_job_indexes_the_source(corpus: Path, tmp_path: Path) -> None:
     service = build_job_service(settings(tmp_path / "home"))
     await service.start()
     try:
         job_id = await service.submit("docs", {"source": str(corpus)})
-        job = await until(service, job_id, S.SUCCEEDED, S.FAILED)
+        job = await wait_for_status(service, job_id, S.SUCCEEDED, S.FAILED)
     finally:
         await service.stop()
     assert (job.status, job.progress["completed"], job.progress["total"]) == (S.SUCCEEDED, 6, 6)
@@ -85,11 +77,11 @@ async def test_pause_and_resume_skip_finished_documents(corpus: Path, tmp_path: 
             if event.data["type"] == "DocumentCompleted":
                 break
         await service.pause(job_id)
-        paused = await until(service, job_id, S.PAUSED)
+        paused = await wait_for_status(service, job_id, S.PAUSED)
         done_before = paused.progress["completed"]
         assert 1 <= done_before < 6, paused.progress
         await service.resume(job_id)
-        job = await until(service, job_id, S.SUCCEEDED, S.FAILED)
+        job = await wait_for_status(service, job_id, S.SUCCEEDED, S.FAILED)
     finally:
         await service.stop()
     assert job.status is S.SUCCEEDED and job.runs == 2
@@ -145,7 +137,7 @@ async def test_a_killed_service_resumes_the_job_and_converges(corpus: Path, tmp_
     service = build_job_service(settings(home))
     await service.start()  # recovers the running job: back to the queue, run again
     try:
-        job = await until(service, job_id, S.SUCCEEDED, S.FAILED)
+        job = await wait_for_status(service, job_id, S.SUCCEEDED, S.FAILED)
     finally:
         await service.stop()
     assert job.status is S.SUCCEEDED and job.runs == 2
@@ -166,14 +158,14 @@ async def test_an_embedder_outage_pauses_the_job_and_resume_finishes_it(corpus: 
     await service.start()
     try:
         job_id = await service.submit("docs", {"source": str(corpus)})
-        job = await until(service, job_id, S.PAUSED, S.SUCCEEDED, S.FAILED)
+        job = await wait_for_status(service, job_id, S.PAUSED, S.SUCCEEDED, S.FAILED)
         assert job.status is S.PAUSED and job.reason is not None
         assert job.reason.startswith(f"embedder unavailable: embedder {server.url} is unavailable")
         calls = len(server.requests)
         assert calls == 2  # the open circuit spared the server the other documents' retries
         server.plan.clear()  # the embedder is back
         await service.resume(job_id)
-        job = await until(service, job_id, S.SUCCEEDED, S.FAILED, S.PAUSED)
+        job = await wait_for_status(service, job_id, S.SUCCEEDED, S.FAILED, S.PAUSED)
     finally:
         await service.stop()
         server.stop()

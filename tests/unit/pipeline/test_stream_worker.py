@@ -147,7 +147,6 @@ async def test_signals_stream_equals_the_backfill(tmp_path: Path) -> None:
         assert_same_rows(a, b)
 
 
-
 async def test_docs_watch_and_worker_converge_to_the_batch_index(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(ROOT / "samples" / "docs", corpus)
