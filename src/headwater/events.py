@@ -186,6 +186,7 @@ class MessagesPublished(Event, frozen=True, kw_only=True, tag="MessagesPublished
     topic: str
     messages: int
     elapsed_seconds: float
+    events: int = 0  # signals carried: more than ``messages`` when events are batched per message
 
 
 class MessageDeadLettered(Event, frozen=True, kw_only=True, tag="MessageDeadLettered"):
@@ -206,6 +207,7 @@ class WorkerBatch(Event, frozen=True, kw_only=True, tag="WorkerBatch"):
     dead_lettered: int
     already_done: int
     lag: int | None = None
+    events_rejected: int = 0  # bad events inside batch messages, dead-lettered one by one
 
 
 class WorkerStopped(Event, frozen=True, kw_only=True, tag="WorkerStopped"):

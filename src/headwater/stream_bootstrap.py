@@ -120,23 +120,32 @@ async def open_signal_worker(
         )
 
 
-def signal_messages(path: Path, batch: int = 1000) -> Iterator[list[bytes]]:
-    """A JSONL file as CloudEvents, one per line (lines that already are CloudEvents pass as they are).
+def signal_messages(path: Path, batch: int = 1000, per_message: int = 1) -> Iterator[list[bytes]]:
+    """A JSONL file as CloudEvents, one per line (lines that already are CloudEvents pass as they are),
+    in lists of ``batch`` messages. With ``per_message`` > 1, consecutive events share a message in
+    the CloudEvents JSON batch format: one bus message (one append, one ack) per N events.
 
     Ids are deterministic (file name, line number, bytes), so publishing the same file twice is
     a redelivery, which the worker's CloudEvent dedup discards.
     """
     source = f"headwater.publish:{path.name}"
     out: list[bytes] = []
+    group: list[bytes] = []
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             line = raw.strip()
             if not line:
                 continue
-            out.append(_as_cloudevent(line, source, number))
+            group.append(_as_cloudevent(line, source, number))
+            if len(group) < per_message:
+                continue
+            out.append(group[0] if per_message == 1 else cloudevents.encode_batch(group))
+            group = []
             if len(out) >= batch:
                 yield out
                 out = []
+    if group:
+        out.append(group[0] if per_message == 1 else cloudevents.encode_batch(group))
     if out:
         yield out
 
@@ -155,16 +164,24 @@ def _as_cloudevent(line: bytes, source: str, number: int) -> bytes:
     return cloudevents.make_event(id=event_id, source=source, type=cloudevents.SIGNAL, data=data)
 
 
-async def publish_signals(bus: StreamBus, path: Path, topic: str = SIGNALS_TOPIC) -> int:
+async def publish_signals(
+    bus: StreamBus, path: Path, topic: str = SIGNALS_TOPIC, per_message: int = 1
+) -> tuple[int, int]:
+    """Returns (messages, events) published."""
     await bus.open()
-    count = 0
+    messages = events = 0
     try:
-        for bodies in signal_messages(path):
+        for bodies in signal_messages(path, batch=max(1, 1000 // per_message), per_message=per_message):
             await bus.publish(topic, bodies)
-            count += len(bodies)
+            messages += len(bodies)
+            events += sum(_events_in(body) for body in bodies) if per_message > 1 else len(bodies)
     finally:
         await bus.close()
-    return count
+    return messages, events
+
+
+def _events_in(body: bytes) -> int:
+    return len(cloudevents.split_batch(body)) if cloudevents.is_batch(body) else 1
 
 
 async def replay_messages(

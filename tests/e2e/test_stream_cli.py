@@ -72,9 +72,12 @@ def test_docs_watch_and_worker_give_the_batch_fingerprint(
     cli("verify", "--home", str(stream))
 
 
+@pytest.mark.parametrize("per_message", [1, 25])
 def test_signals_publish_and_worker_give_the_backfill_rows(
-    cli: Cli, tmp_path: Path, server: Any, topic: str
+    cli: Cli, tmp_path: Path, server: Any, topic: str, per_message: int
 ) -> None:
+    """One event per message, or 25 (CloudEvents JSON batch format): a bad event is dead-lettered
+    alone either way, and the rows equal the backfill's."""
     batch, stream = tmp_path / "batch", tmp_path / "stream"
     lines = EVENTS.read_text().splitlines()
     bad = ['{"entity_id": "pump-1", "event_time": "yesterday", "sequence": 1, "value": 1}', "{not json"]
@@ -82,9 +85,13 @@ def test_signals_publish_and_worker_give_the_backfill_rows(
     events_file.write_text("\n".join([*lines[:400], *bad, *lines[400:]]) + "\n")
     cli("ingest", "signals", str(events_file), "--home", str(batch), "--feature-set", "sensors")
     published = json.loads(
-        cli("publish", "signals", str(events_file), "--bus", server.url, "--topic", topic, "--json").stdout
-    )
-    assert published["messages"] == len(lines) + 2
+        cli(
+            "publish", "signals", str(events_file), "--bus", server.url, "--topic", topic,
+            "--events-per-message", str(per_message), "--json",
+        ).stdout
+    )  # fmt: skip
+    assert published["events"] == len(lines) + 2
+    assert published["messages"] == -(-(len(lines) + 2) // per_message)
     events = cli.json_lines(
         "worker",
         "signals",
@@ -104,7 +111,10 @@ def test_signals_publish_and_worker_give_the_backfill_rows(
     stopped = events[-1]
     assert stopped["type"] == "WorkerStopped" and stopped["reason"] == "idle"
     dead = [e for e in events if e["type"] == "MessageDeadLettered"]
-    assert stopped["messages_acked"] + len(dead) == published["messages"]
+    dead_messages = len(dead) if per_message == 1 else 0  # else only events inside messages
+    assert stopped["messages_acked"] + dead_messages == published["messages"]
+    if per_message > 1:
+        assert {d["position"].split("#")[1] for d in dead} == {"0", "1"}  # 401st and 402nd events
     for dataset in ("windows", "points"):
         a = export(cli, batch, tmp_path / f"a-{dataset}.parquet", dataset)
         b = export(cli, stream, tmp_path / f"b-{dataset}.parquet", dataset)

@@ -68,15 +68,20 @@ def assert_same_features(cli: Cli, a: Path, b: Path, tmp_path: Path) -> None:
         assert_same_rows(x, y)
 
 
-@pytest.mark.parametrize("point", ["stream_after_intent:3", "stream_after_commit:3"])
+@pytest.mark.parametrize(
+    ("point", "per_message"),
+    [("stream_after_intent:3", 1), ("stream_after_commit:3", 1), ("stream_after_intent:2", 5)],
+)
 def test_signal_worker_killed_mid_stream_resumes_exactly(
-    cli: Cli, tmp_path: Path, server: Any, point: str
+    cli: Cli, tmp_path: Path, server: Any, point: str, per_message: int
 ) -> None:
     """Before the commit, the batch comes back after the ack wait and is replayed first; after
-    the commit but before the ack, it comes back and is acked without effect."""
+    the commit but before the ack, it comes back and is acked without effect. Events batched 5
+    per message (the clean run has one per message) end in the same rows."""
     clean = clean_signal_run(cli, server, tmp_path)
     topic, home = new_topic(), tmp_path / "crashed"
-    cli("publish", "signals", str(EVENTS), "--bus", server.url, "--topic", topic)
+    batching = ["--events-per-message", str(per_message)]
+    cli("publish", "signals", str(EVENTS), "--bus", server.url, "--topic", topic, *batching)
     killed = signal_worker(cli, server, topic, home, HEADWATER_CRASH_AT=point)
     assert killed.returncode == -9
     events = [json.loads(line) for line in signal_worker(cli, server, topic, home).stdout.splitlines()]

@@ -1,10 +1,11 @@
 """Signals in stream mode: the backfill's engine (``process_batch``/``flush``), fed by a bus.
 
 Each batch of messages is one micro-batch in delivery order: decode (a CloudEvent body is one
-JSONL record to the same decoder), dedup, windows and points, then the offline parts, then ONE
-online transaction with the rows and the checkpoint (engine state + the positions of the batch),
-then the worker acks. Batches are committed in position order (below), so the checkpoint keeps
-one high-water mark: every position up to it is committed. After a crash:
+JSONL record to the same decoder; a batch message — the CloudEvents JSON batch format, an array —
+is several, each validated and, if bad, dead-lettered alone), dedup, windows and points, then the
+offline parts, then ONE online transaction with the rows and the checkpoint (engine state + the
+positions of the batch), then the worker acks. Batches are committed in position order (below),
+so the checkpoint keeps one high-water mark: every position up to it is committed. After a crash:
 - a batch committed but not acked comes back (after newer ones, maybe): its positions are at
   or below the mark, so it is acked without effect (exactly-once even beyond the dedup horizon);
 - a batch not committed comes back after the ack wait, maybe after newer messages: its
@@ -34,8 +35,9 @@ from headwater.pipeline.faults import crash_point
 from headwater.pipeline.signal_commit import BatchCommit, build_commit, count_batch, offline_datasets
 from headwater.pipeline.signal_inputs import InputFile
 from headwater.pipeline.signals import COUNTERS, DATASETS, Clock, SignalOptions, wall_clock_ms
-from headwater.pipeline.stream import Delivery
+from headwater.pipeline.stream import Delivery, RejectedEvent
 from headwater.ports import FeatureStore, OfflineFeatureStore, SignalCheckpoint
+from headwater.stages import cloudevents
 from headwater.stages.decode import DecodeLimits, decode_json_lines
 from headwater.stages.features import BatchResult, EngineState, flush, process_batch
 
@@ -114,20 +116,21 @@ class SignalSink:
             )
             if not delivery.message.body.strip():
                 delivery.error = InputError("empty message body", field="$")
+        redelivered = [d for d in batch if d.done and d.error is None and d.message.deliveries > 1]
+        if redelivered:  # committed, ack lost: dead-letter its bad events again (at least once)
+            await asyncio.to_thread(_decode_deliveries, redelivered, limits)
         fresh = self._in_order([d for d in batch if not d.done and d.error is None])
         if not fresh:
             return []
         await self._save_intent([d.message.position for d in fresh])
         crash_point("stream_after_intent")
-        frame, errors = decode_json_lines([d.message.body for d in fresh], 0, limits)
-        for error in errors:
-            fresh[error.row].error = InputError(f"{error.field}: {error.reason}", field=error.field)
+        frame, invalid = await asyncio.to_thread(_decode_deliveries, fresh, limits)
         # ``row`` keys the engine's joins: it must be unique and follow arrival order, so it is
         # the event's arrival number in this stream (late rows point at it as "topic:line N").
         frame = frame.with_columns(pl.col("row") + (self.counters["events_seen"] + 1))
         state, result = await asyncio.to_thread(process_batch, self.state, frame, self.spec)
         done = [d.message.position for d in fresh]
-        event = await self._commit(state, result, done, status="running", invalid=len(errors))
+        event = await self._commit(state, result, done, status="running", invalid=invalid)
         self.dirty = True
         return [event]
 
@@ -230,6 +233,37 @@ class SignalSink:
     ) -> tuple[dict[str, pl.DataFrame], object]:
         commit = build_commit(self.scope, self.spec, self.files, batch_no, result, None, checkpoint)
         return offline_datasets(self.spec, self.files, result, 0), commit
+
+
+def _decode_deliveries(deliveries: list[Delivery], limits: DecodeLimits) -> tuple[pl.DataFrame, int]:
+    """One frame of the events of every delivery, in delivery order; a batch message (CloudEvents
+    JSON batch format) adds each of its events. A bad single event marks its message ``error``
+    (the message is dead-lettered), a bad event inside a batch goes to its ``rejected`` list.
+    Returns the frame and the number of bad events."""
+    bodies: list[bytes] = []
+    owners: list[tuple[Delivery, int]] = []  # per event: its message, its index there (-1: alone)
+    for delivery in deliveries:
+        body = delivery.message.body
+        if not cloudevents.is_batch(body):
+            bodies.append(body)
+            owners.append((delivery, -1))
+            continue
+        try:
+            events = cloudevents.split_batch(body)
+        except InputError as exc:
+            delivery.error = exc
+            continue
+        bodies.extend(events)
+        owners.extend((delivery, i) for i in range(len(events)))
+    frame, errors = decode_json_lines(bodies, 0, limits)
+    for error in errors:
+        delivery, index = owners[error.row]
+        problem = InputError(f"{error.field}: {error.reason}", field=error.field)
+        if index < 0:
+            delivery.error = problem
+        else:
+            delivery.rejected.append(RejectedEvent(index=index, body=bodies[error.row], error=problem))
+    return frame, len(errors)
 
 
 def _freshness(rows: pl.DataFrame, now_ms: int) -> dict[str, float] | None:

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 from headwater.errors import InputError, RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
 from headwater.observability import span
@@ -31,11 +33,22 @@ from headwater.stages.cloudevents import CloudEvent
 from headwater.stages.redact import redact_url as redact_url  # noqa: PLC0414 (cli.py imports it from here)
 
 
+@dataclass(frozen=True)
+class RejectedEvent:
+    """One bad event inside a batch message (CloudEvents JSON batch format): dead-lettered alone,
+    with its own body, while the message and its good events are committed and acked."""
+
+    index: int
+    body: bytes
+    error: InputError
+
+
 @dataclass
 class Delivery:
     """A message on its way through a sink. The sink sets ``error`` to dead-letter this message
-    alone (bad input), ``done`` when its effects were already committed (a redelivery), or
-    ``deferred`` to get it back, unacked, with the next batch (it must wait for older ones)."""
+    alone (bad input), ``rejected`` for bad events inside a batch message, ``done`` when its
+    effects were already committed (a redelivery), or ``deferred`` to get it back, unacked, with
+    the next batch (it must wait for older ones)."""
 
     message: BusMessage
     event: CloudEvent | None = None
@@ -43,6 +56,7 @@ class Delivery:
     stage: str = "decode"
     done: bool = False
     deferred: bool = False
+    rejected: list[RejectedEvent] = field(default_factory=list)
 
 
 class AttemptLog(Protocol):
@@ -225,8 +239,11 @@ class StreamWorker:
         for event in events:
             yield event
         dead = [d for d in batch if d.error is not None]  # bad input, marked by decode or the sink
-        for delivery in dead:
-            yield await self._dead_letter(delivery)
+        for delivery in batch:  # in position order; bad events of committed batch messages too
+            if delivery.error is not None:
+                yield await self._dead_letter(delivery)
+            for rejected in delivery.rejected:
+                yield await self._dead_letter_event(delivery.message, rejected)
         async for event in self._failed(failed):
             yield event
         failed_ids = {id(d) for d, _ in failed}
@@ -243,6 +260,7 @@ class StreamWorker:
             messages=len(batch),
             acked=len(acked),
             dead_lettered=len(dead) + sum(d.error is not None for d, _ in failed),
+            events_rejected=sum(len(d.rejected) for d in batch),
             already_done=sum(d.done for d in batch),
             lag=await self._sampled_lag(),
         )
@@ -353,14 +371,23 @@ class StreamWorker:
             with contextlib.suppress(RetryableError):
                 await self.bus.nak(again, delay_seconds=min(delay, self.options.retry.max_seconds))
 
-    async def _dead_letter(self, delivery: Delivery) -> MessageDeadLettered:
+    async def _dead_letter_event(self, message: BusMessage, rejected: RejectedEvent) -> MessageDeadLettered:
+        """The event alone becomes a dead letter (its body is what ``dlq replay`` publishes, as a
+        single-event message); the bus's DLQ copy acks the message, whose sink already committed."""
+        alone = msgspec.structs.replace(message, body=rejected.body)
+        return await self._dead_letter(
+            Delivery(alone, error=rejected.error), ref=f"{_position(message)}#{rejected.index}"
+        )
+
+    async def _dead_letter(self, delivery: Delivery, ref: str | None = None) -> MessageDeadLettered:
         error = delivery.error
         assert error is not None
         message = delivery.message
+        ref = ref or _position(message)
         letter = DeadLetter(
             id=0,
             kind="message",
-            input_ref=f"{message.topic}@{_position(message)}",
+            input_ref=f"{message.topic}@{ref}",
             source=redact_url(self.bus.url),
             stage=delivery.stage,
             error_type=type(error).__name__,
@@ -376,7 +403,7 @@ class StreamWorker:
         self.counts.dead += 1
         return MessageDeadLettered(
             topic=message.topic,
-            position=_position(message),
+            position=ref,
             deliveries=message.deliveries,
             error_type=letter.error_type,
             message=letter.message,

@@ -130,17 +130,23 @@ async def test_replay_storm_every_message_three_times_adds_no_rows(tmp_path: Pat
         assert_same_rows(a, b)
 
 
-async def test_signals_stream_equals_the_backfill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_message", [1, 7])
+async def test_signals_stream_equals_the_backfill(tmp_path: Path, per_message: int) -> None:
+    """Also with events batched 7 per message (CloudEvents JSON batch format; the last message
+    holds the remainder): batching changes the transport, never the rows."""
     batch, stream = settings(tmp_path, "batch", micro_batch_events=100), settings(tmp_path, "stream")
     spec = resolve_feature_set(batch, "sensors")
     async with open_signal_pipeline(batch, EVENTS, spec) as pipeline:
         await pipeline.run_async()
     bus = make_bus(stream)
     await bus.open()
-    for bodies in signal_messages(EVENTS):
+    for bodies in signal_messages(EVENTS, per_message=per_message):
         await bus.publish("signals", bodies)
-    async with open_signal_worker(stream, spec, bus=bus, exit_when_idle_seconds=1.0, batch_size=100) as w:
-        await collect(w)
+    async with open_signal_worker(
+        stream, spec, bus=bus, exit_when_idle_seconds=1.0, batch_size=100 // per_message
+    ) as w:
+        events = await collect(w)
+    assert isinstance(events[-1], WorkerStopped) and events[-1].messages_dead_lettered == 0
     for dataset in ("windows", "points"):
         a = await export_rows(make_offline_store(batch), "sensors", dataset=dataset)
         b = await export_rows(make_offline_store(stream), "sensors", dataset=dataset)
@@ -319,3 +325,46 @@ async def test_batches_are_traced_when_opentelemetry_is_on(tmp_path: Path, monke
     spans = [s for s in exporter.get_finished_spans() if s.name == "headwater.worker.batch"]
     assert sum(int(s.attributes["messages"]) for s in spans) == 6  # type: ignore[index, arg-type]
     assert {s.attributes["topic"] for s in spans} == {"t"}  # type: ignore[index]
+
+
+async def test_a_bad_event_inside_a_batch_message_is_dead_lettered_alone(tmp_path: Path) -> None:
+    """One bad event in a batch message: it alone goes to both DLQs (with its own body and its
+    index in the message), the good events beside it are committed, the message is acked. A
+    batch body that is not a JSON array is a bad message: dead-lettered whole."""
+    batch, stream = settings(tmp_path, "batch", micro_batch_events=100), settings(tmp_path, "stream")
+    spec = resolve_feature_set(batch, "sensors")
+    async with open_signal_pipeline(batch, EVENTS, spec) as pipeline:
+        await pipeline.run_async()
+    singles = [body for bodies in signal_messages(EVENTS) for body in bodies]
+    bad = (
+        b'{"specversion":"1.0","id":"bad-1","source":"t","type":"x","data":'
+        b'{"entity_id":"e","event_time":"yesterday","sequence":1,"value":1}}'
+    )
+    messages = [cloudevents.encode_batch([*singles[:3], bad, *singles[3:10]])]
+    messages += [cloudevents.encode_batch(singles[i : i + 10]) for i in range(10, len(singles), 10)]
+    messages.insert(2, b'[{"specversion": "1.0",')
+    bus = make_bus(stream)
+    await bus.open()
+    await bus.publish("signals", messages)
+    async with open_signal_worker(stream, spec, bus=bus, exit_when_idle_seconds=1.0, batch_size=4) as w:
+        events = await collect(w)
+    dead = [e for e in events if isinstance(e, MessageDeadLettered)]
+    assert [d.position for d in dead] == ["1#3", "3"]
+    assert "$.data.event_time" in dead[0].message and "not a CloudEvents batch" in dead[1].message
+    assert sum(e.events_rejected for e in events if isinstance(e, WorkerBatch)) == 1
+    metadata = make_metadata_store(stream)
+    await metadata.open()
+    try:
+        letters = sorted(await metadata.list(), key=lambda lt: lt.id)
+    finally:
+        await metadata.close()
+    assert [(lt.input_ref, lt.payload) for lt in letters] == [
+        ("signals@1#3", bad),
+        ("signals@3", b'[{"specversion": "1.0",'),
+    ]
+    assert [body for body, _ in await bus.dead_letters("signals")] == [bad, b'[{"specversion": "1.0",']
+    assert await bus.pending("signals", "features-sensors") == 0
+    for dataset in ("windows", "points"):
+        a = await export_rows(make_offline_store(batch), "sensors", dataset=dataset)
+        b = await export_rows(make_offline_store(stream), "sensors", dataset=dataset)
+        assert_same_rows(a, b)
