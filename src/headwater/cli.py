@@ -178,6 +178,15 @@ def verify(
 
 
 @app.command()
+def optimize(home: HomeOpt = None, embedder: EmbedderOpt = None) -> None:
+    """Compact the vector store and drop its old versions (ingest does it only for small tables)."""
+    from headwater.pipeline.index import optimize as run_optimize
+
+    run_guarded(lambda: asyncio.run(run_optimize(settings_from(home=home, embedder=embedder))))
+    out.print("optimized")
+
+
+@app.command()
 def export(
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,

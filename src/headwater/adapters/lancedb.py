@@ -1,7 +1,8 @@
 """LanceDB vector store: the embedded default, one table of chunks on disk under the home folder.
 
-Every write adds a table version, so writes are batched (one per commit group) and ``close()``
-compacts and drops old versions; otherwise a few incremental runs triple the size on disk.
+Every write adds a table version, so writes are batched (one per commit group). ``close()`` indexes
+the key columns and, on a small table, compacts and drops old versions; a large table is compacted
+by ``optimize()`` (``headwater optimize``), because lancedb's compaction reads the whole table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from headwater.ports import Vectors
 
 TABLE = "chunks"
 _KEY_COLUMNS = ["doc_id", "chunk_id", "uri", "offset", "length", "chunk_hash", "text"]
+_ROW_COLUMNS = [*_KEY_COLUMNS, "vector"]
 _IN_BATCH = 2000
+COMPACT_MAX_ROWS = 100_000  # see LanceVectorStore._maintain
 
 
 def _schema(dimensions: int) -> pa.Schema:
@@ -126,16 +129,24 @@ class LanceVectorStore:
             await self._thread.call(self._update_positions, chunks)
 
     def _update_positions(self, chunks: Sequence[Chunk]) -> None:
-        data = pa.table(
-            {
-                "chunk_id": [c.chunk_id for c in chunks],
-                "uri": [c.uri for c in chunks],
-                "offset": pa.array([c.offset for c in chunks], pa.int64()),
-                "length": pa.array([c.length for c in chunks], pa.int64()),
-            }
-        )
-        self.table.merge_insert("chunk_id").when_matched_update_all().execute(data)
-        self._writes += 1
+        """Read the stored rows (an indexed lookup), change only those whose position moved and
+        merge them back whole. A merge of only uri/offset/length looks cheaper but is not: once a
+        fragment carries deletions, lancedb answers it with a full-table join (~1.3 GB at 240k
+        rows); a merge of whole rows stays a lookup and writes only the moved rows."""
+        wanted = {c.chunk_id: c for c in chunks}
+        ids = sorted(wanted)
+        for start in range(0, len(ids), _IN_BATCH):
+            stored = (
+                self.table.search()
+                .where(f"chunk_id IN ({_quote(ids[start : start + _IN_BATCH])})")
+                .select(_ROW_COLUMNS)
+                .limit(None)
+                .to_arrow()
+            )
+            moved = _moved_rows(stored, wanted)
+            if moved is not None:
+                self.table.merge_insert("chunk_id").when_matched_update_all().execute(moved)
+                self._writes += 1
 
     async def delete_stale(self, keep: dict[str, set[str]]) -> None:
         if keep:
@@ -183,20 +194,69 @@ class LanceVectorStore:
 
     async def close(self) -> None:
         if self._table is not None and self._writes:
-            await self._thread.call(self._compact)
+            await self._thread.call(self._maintain)
         self._thread.shutdown()
 
-    def _compact(self) -> None:
-        """Index the key columns (a merge by chunk_id goes from a full join to a lookup: ~100x
-        faster at 300k rows), then compact; optimize() folds new rows into the indexes."""
-        from lancedb.index import BTree
+    async def optimize(self) -> None:
+        """Compact the table, fold new rows into its indexes and drop old versions, whatever its
+        size (``headwater optimize``: a maintenance step that reads the whole table)."""
+        await self._thread.call(self._optimize)
 
-        indexed = {tuple(ix.columns) for ix in self.table.list_indices()}
-        if self.table.count_rows() > 0:
+    def _maintain(self) -> None:
+        """After a run that wrote: index the key columns if they are not yet (a merge or lookup
+        by chunk_id goes from a full scan to an index lookup: ~100x faster at 300k rows; building
+        one reads a single column, ~40 MB at 800k rows), then optimize only a small table.
+
+        lancedb's optimize rewrites every fragment under a million rows together with the new
+        ones, reading many at once: at 800k rows it takes 300-700 MB whatever little changed,
+        which would make a run's memory grow with the corpus. Above ``COMPACT_MAX_ROWS`` it is
+        left to ``headwater optimize``; skipping it costs disk (old versions, deleted rows) and a
+        scan of the not-yet-indexed rows, both proportional to what changed since, not the table.
+        """
+        rows = self._index_keys()
+        if 0 < rows <= COMPACT_MAX_ROWS:
+            self.table.optimize(cleanup_older_than=timedelta(minutes=1))
+
+    def _optimize(self) -> None:
+        self._index_keys()
+        self.table.optimize(cleanup_older_than=timedelta(minutes=1))
+
+    def _index_keys(self) -> int:
+        """Create the missing BTree indexes on chunk_id and doc_id; returns the row count."""
+        rows = int(self.table.count_rows())
+        if rows > 0:
+            indexed = {tuple(ix.columns) for ix in self.table.list_indices()}
             for column in ("chunk_id", "doc_id"):
                 if (column,) not in indexed:
-                    self.table.create_index(column, config=BTree())
-        self.table.optimize(cleanup_older_than=timedelta(minutes=1))
+                    self.table.create_index(column, config=_btree())
+        return rows
+
+
+def _btree() -> Any:
+    from lancedb.index import BTree
+
+    return BTree()
+
+
+def _moved_rows(stored: pa.Table, wanted: dict[str, Chunk]) -> pa.Table | None:
+    """The stored rows whose uri/offset/length differ from ``wanted``, with the new values."""
+    keys = zip(*(stored[c].to_pylist() for c in ("chunk_id", "uri", "offset", "length")), strict=True)
+    picks, positions = [], []
+    for i, (chunk_id, uri, offset, length) in enumerate(keys):
+        new = wanted[chunk_id]
+        if (new.uri, new.offset, new.length) != (uri, offset, length):
+            picks.append(i)
+            positions.append(new)
+    if not picks:
+        return None
+    rows = stored.take(picks)
+    for name, values in (
+        ("uri", pa.array([c.uri for c in positions], pa.string())),
+        ("offset", pa.array([c.offset for c in positions], pa.int64())),
+        ("length", pa.array([c.length for c in positions], pa.int64())),
+    ):
+        rows = rows.set_column(rows.schema.get_field_index(name), name, values)
+    return rows
 
 
 def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:

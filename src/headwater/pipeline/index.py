@@ -59,6 +59,18 @@ async def status(settings: Settings) -> dict[str, Any]:
         await _close_index(metadata, vectors, embedder)
 
 
+async def optimize(settings: Settings) -> None:
+    """Compact the vector store, fold new rows into its indexes and drop old versions: the
+    maintenance an ingest skips on large tables (it reads the whole table), for a quiet hour."""
+    metadata, vectors, embedder = await _open_index(settings)
+    try:
+        maintain = getattr(vectors, "optimize", None)
+        if maintain is not None:
+            await maintain()
+    finally:
+        await _close_index(metadata, vectors, embedder)
+
+
 @dataclass
 class VerifyReport:
     lost: list[str] = field(default_factory=list)  # in metadata, missing from the vector store
