@@ -161,7 +161,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--events", default="1000000", help="comma-separated sizes, e.g. 1000000,10000000")
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=100_000, help="micro-batch size (events)")
+    parser.add_argument(
+        "--batch", type=int, default=250_000, help="micro-batch size (events; the CLI's default)"
+    )
     parser.add_argument("--points", default="1", choices=["0", "1"], help="also compute EWMA and z-score")
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "headwater-bench"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "signals.json"))

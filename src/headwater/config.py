@@ -104,7 +104,10 @@ class Settings(BaseSettings):
     ewma_alpha: float = Field(0.1, gt=0, le=1)
     max_payload_bytes: int = Field(65_536, ge=64)
     max_future_ms: int = Field(86_400_000, ge=0)
-    micro_batch_events: int = Field(100_000, ge=1)
+    # Per-batch costs (the online serving view: one row per entity and window size; three Parquet
+    # parts; two fsyncs) are fixed, so larger batches amortize them: 250k events ran ~15% faster
+    # than 100k (bench/signals.py) for ~90 MiB more peak memory.
+    micro_batch_events: int = Field(250_000, ge=1)
     checkpoint_interval_seconds: float = Field(1.0, ge=0)
     feature_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [feature_sets.NAME] tables
 

@@ -68,7 +68,7 @@ def wall_clock_ms() -> int:
 
 @dataclass(frozen=True)
 class SignalOptions:
-    batch_events: int = 100_000
+    batch_events: int = 250_000  # Settings.micro_batch_events says why
     max_future_ms: int = 86_400_000
     max_record_bytes: int = 65_536
     progress_interval_seconds: float = 1.0
@@ -137,9 +137,13 @@ class SignalPipeline:
         run = await self._begin(files, run_id)
         chunks = read_chunks(files, run.file_index, run.row_offset, self.options.batch_events, run.limits)
         writer: asyncio.Task[list[SignalEvent]] | None = None
+        # Batch k + 1 is read and decoded while batch k is computed: three stages in flight
+        # (read, engine, write), each bounded to one batch, so memory stays O(batch).
+        reader = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
         last_progress = 0.0
         try:
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            while (chunk := await reader) is not None:
+                reader = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
                 staged = await asyncio.to_thread(self._compute, run, chunk)
                 if writer is not None:  # batch k is durable before batch k + 1 starts writing
                     for event in await writer:
@@ -155,8 +159,7 @@ class SignalPipeline:
             for event in await self._write(await asyncio.to_thread(self._compute, run, None)):
                 yield event
         finally:
-            if writer is not None:
-                await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(reader, *([writer] if writer is not None else []), return_exceptions=True)
         for dataset in DATASETS:
             await self.offline.prune(dataset, self.spec.name, self.scope, run.batch_no - 1)
         await self._deliver_dead_letters()
