@@ -138,3 +138,26 @@ def bus_server(bus_url: str, request: pytest.FixtureRequest) -> ServerProcess | 
         return None
     server: ServerProcess = request.getfixturevalue(f"{kind}_server")
     return server
+
+
+def many_entities(tmp_path: Path) -> Path:
+    """The sample's signals spread over 12 entities (it has 3, which 2 partitions do not split)."""
+    out = []
+    for line in (SAMPLES / "signals" / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        data = event.get("data", event)
+        if isinstance(data.get("entity_id"), str) and isinstance(data.get("sequence"), int):
+            data["entity_id"] += f"-{data['sequence'] % 4}"
+        out.append(json.dumps(event))
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def entity_of(line: str) -> str | None:
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    entity = event.get("data", event).get("entity_id")
+    return entity if isinstance(entity, str) else None

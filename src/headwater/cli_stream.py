@@ -165,17 +165,27 @@ def publish_signals(
             "store and ack, for high rates)",
         ),
     ] = 1,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="Route events by a hash of entity_id to TOPIC.p0 … TOPIC.p<N-1>, one worker each",
+        ),
+    ] = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Publish each line as a CloudEvent (deterministic ids: publishing twice is a harmless replay)."""
     from headwater.config import load_settings
+    from headwater.pipeline.signal_publish import publish_signals as publish
     from headwater.stream_bootstrap import make_bus
-    from headwater.stream_bootstrap import publish_signals as publish
 
     def work() -> MessagesPublished:
         settings = load_settings(bus=bus)
         started = time.monotonic()
-        messages, events = asyncio.run(publish(make_bus(settings), path, topic, per_message))
+        messages, events = asyncio.run(
+            publish(make_bus(settings), path, topic, per_message=per_message, partitions=partitions)
+        )
         return MessagesPublished(
             topic=topic,
             messages=messages,

@@ -7,28 +7,22 @@ use: only where work comes from, and how it is acknowledged, differs (DESIGN §1
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import cast
-
-import msgspec
 
 from headwater import registry
 from headwater.bootstrap import make_metadata_store
 from headwater.config import Settings
 from headwater.featuresets import FeatureSetSpec
-from headwater.models import sha256_hex
 from headwater.pipeline.doc_stream import DOCS_TOPIC, DocumentSink
 from headwater.pipeline.engine import RetryPolicy
+from headwater.pipeline.signal_publish import SIGNALS_TOPIC
 from headwater.pipeline.signal_stream import SignalSink
 from headwater.pipeline.signals import SignalOptions
 from headwater.pipeline.stream import StreamWorker, WorkerOptions
 from headwater.ports import DeadLetters, StreamBus
 from headwater.signals_bootstrap import make_offline_store, make_online_store
-from headwater.stages import cloudevents
-
-SIGNALS_TOPIC = "signals"
 
 
 def make_bus(settings: Settings, url: str | None = None) -> StreamBus:
@@ -118,70 +112,6 @@ async def open_signal_worker(
             worker_options(settings, topic, group, ordered=True, decode_envelopes=False, **options),
             stop=stop,
         )
-
-
-def signal_messages(path: Path, batch: int = 1000, per_message: int = 1) -> Iterator[list[bytes]]:
-    """A JSONL file as CloudEvents, one per line (lines that already are CloudEvents pass as they are),
-    in lists of ``batch`` messages. With ``per_message`` > 1, consecutive events share a message in
-    the CloudEvents JSON batch format: one bus message (one append, one ack) per N events.
-
-    Ids are deterministic (file name, line number, bytes), so publishing the same file twice is
-    a redelivery, which the worker's CloudEvent dedup discards.
-    """
-    source = f"headwater.publish:{path.name}"
-    out: list[bytes] = []
-    group: list[bytes] = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            group.append(_as_cloudevent(line, source, number))
-            if len(group) < per_message:
-                continue
-            out.append(group[0] if per_message == 1 else cloudevents.encode_batch(group))
-            group = []
-            if len(out) >= batch:
-                yield out
-                out = []
-    if group:
-        out.append(group[0] if per_message == 1 else cloudevents.encode_batch(group))
-    if out:
-        yield out
-
-
-def _as_cloudevent(line: bytes, source: str, number: int) -> bytes:
-    try:
-        value = msgspec.json.decode(line)
-    except msgspec.DecodeError:
-        value = None
-        data = msgspec.json.encode(line.decode("utf-8", "replace"))  # kept, so the DLQ shows it
-    else:
-        if isinstance(value, dict) and "specversion" in value:
-            return line
-        data = line
-    event_id = sha256_hex(b"%d\x00" % number + line)[:32]
-    return cloudevents.make_event(id=event_id, source=source, type=cloudevents.SIGNAL, data=data)
-
-
-async def publish_signals(
-    bus: StreamBus, path: Path, topic: str = SIGNALS_TOPIC, per_message: int = 1
-) -> tuple[int, int]:
-    """Returns (messages, events) published."""
-    await bus.open()
-    messages = events = 0
-    try:
-        for bodies in signal_messages(path, batch=max(1, 1000 // per_message), per_message=per_message):
-            await bus.publish(topic, bodies)
-            messages += len(bodies)
-            events += sum(_events_in(body) for body in bodies) if per_message > 1 else len(bodies)
-    finally:
-        await bus.close()
-    return messages, events
-
-
-def _events_in(body: bytes) -> int:
-    return len(cloudevents.split_batch(body)) if cloudevents.is_batch(body) else 1
 
 
 async def replay_messages(

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
-from tests.conftest import SAMPLES, Cli, assert_same_rows
+from headwater.pipeline.signal_publish import partition_of
+from tests.conftest import SAMPLES, Cli, assert_same_rows, entity_of, many_entities
 
 EVENTS = SAMPLES / "signals" / "events.jsonl"
 
@@ -134,3 +136,41 @@ def test_signals_publish_and_worker_give_the_backfill_rows(
     assert len([e for e in again if e["type"] == "MessageDeadLettered"]) == 2
     letters = json.loads(cli("dlq", "list", "--home", str(stream), "--all", "--json").stdout)
     assert len(letters) == 4 and sum(lt["replayed_at"] is not None for lt in letters) == 2
+
+
+def test_two_signal_workers_on_two_partitions_share_one_home(
+    cli: Cli, tmp_path: Path, server: Any, topic: str
+) -> None:
+    """``publish --partitions 2`` routes entities by hash; two worker processes run at once, one
+    per partition topic, writing one home. Each holds whole entities with its partition's own
+    watermark, so together they equal a backfill of each partition's events."""
+    batch, stream = tmp_path / "batch", tmp_path / "stream"
+    events_file = many_entities(tmp_path)
+    lines = events_file.read_text().splitlines()
+    for partition in (0, 1):
+        part = tmp_path / f"part{partition}.jsonl"
+        part.write_text("\n".join(x for x in lines if partition_of(entity_of(x), 2) == partition) + "\n")
+        cli("ingest", "signals", str(part), "--home", str(batch), "--feature-set", "sensors")
+    published = json.loads(
+        cli(
+            "publish", "signals", str(events_file), "--bus", server.url, "--topic", topic,
+            "--partitions", "2", "--events-per-message", "10", "--json",
+        ).stdout
+    )  # fmt: skip
+    assert published["events"] == len(lines)
+
+    def work(partition: int) -> dict[str, Any]:
+        return cli.json_lines(
+            "worker", "signals", "--bus", server.url, "--topic", f"{topic}.p{partition}",
+            "--home", str(stream), "--feature-set", "sensors", "--exit-when-idle", "2", "--json",
+            env=stream_env(),
+        )[-1]  # fmt: skip
+
+    with ThreadPoolExecutor(2) as pool:
+        stopped = list(pool.map(work, (0, 1)))
+    assert all(s["type"] == "WorkerStopped" and s["messages_acked"] > 0 for s in stopped)
+    assert sum(s["messages_acked"] for s in stopped) == published["messages"]
+    for dataset in ("windows", "points"):
+        a = export(cli, batch, tmp_path / f"a-{dataset}.parquet", dataset)
+        b = export(cli, stream, tmp_path / f"b-{dataset}.parquet", dataset)
+        assert_same_rows(a, b)

@@ -4,13 +4,15 @@ replays change nothing, graceful drain, and signals parity with the backfill."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import assert_same_rows
+from tests.conftest import assert_same_rows, entity_of, many_entities
 
 from headwater.bootstrap import build_document_pipeline, make_metadata_store
 from headwater.cli_signals import export_rows
@@ -19,11 +21,17 @@ from headwater.errors import RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
 from headwater.pipeline.doc_stream import DOCS_TOPIC, Watcher
 from headwater.pipeline.index import status
+from headwater.pipeline.signal_publish import (
+    partition_of,
+    partition_topic,
+    partitioned_messages,
+    signal_messages,
+)
 from headwater.pipeline.stream import Delivery, StreamWorker, WorkerOptions
 from headwater.ports import StreamBus
 from headwater.signals_bootstrap import make_offline_store, open_signal_pipeline, resolve_feature_set
 from headwater.stages import cloudevents
-from headwater.stream_bootstrap import make_bus, open_doc_worker, open_signal_worker, signal_messages
+from headwater.stream_bootstrap import make_bus, open_doc_worker, open_signal_worker
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = ROOT / "samples" / "signals" / "events.jsonl"
@@ -364,6 +372,54 @@ async def test_a_bad_event_inside_a_batch_message_is_dead_lettered_alone(tmp_pat
     ]
     assert [body for body, _ in await bus.dead_letters("signals")] == [bad, b'[{"specversion": "1.0",']
     assert await bus.pending("signals", "features-sensors") == 0
+    for dataset in ("windows", "points"):
+        a = await export_rows(make_offline_store(batch), "sensors", dataset=dataset)
+        b = await export_rows(make_offline_store(stream), "sensors", dataset=dataset)
+        assert_same_rows(a, b)
+
+
+def test_partitioned_publishing_routes_each_entity_to_one_partition_in_order(tmp_path: Path) -> None:
+    events_file = many_entities(tmp_path)
+    lines = [json.loads(line) for line in events_file.read_text().splitlines()]
+    lines = [e.get("data", e) for e in lines if isinstance(e.get("data", e).get("entity_id"), str)]
+    seen: dict[int, list[tuple[str, int]]] = {0: [], 1: [], 2: []}
+    for partition, bodies in partitioned_messages(events_file, per_message=4, partitions=3, batch=5):
+        for body in bodies:
+            for event in cloudevents.split_batch(body):
+                data = json.loads(event)["data"]
+                assert partition_of(data["entity_id"], 3) == partition
+                seen[partition].append((data["entity_id"], data["sequence"]))
+    assert all(seen.values()) and sum(map(len, seen.values())) == len(lines)
+    for partition, events in seen.items():  # file order within a partition
+        mine = [e for e in lines if partition_of(e["entity_id"], 3) == partition]
+        assert events == [(e["entity_id"], e["sequence"]) for e in mine]
+    assert partition_of("pump-1", 3) == zlib.crc32(b"pump-1") % 3  # stable across runs and machines
+
+
+async def test_partitioned_workers_equal_one_backfill_per_partition(tmp_path: Path) -> None:
+    """Two partitions, one worker each, on one home: each worker holds whole entities, with its
+    partition's own watermark, so the rows equal backfills of each partition's events."""
+    batch, stream = settings(tmp_path, "batch", micro_batch_events=100), settings(tmp_path, "stream")
+    spec = resolve_feature_set(batch, "sensors")
+    events_file = many_entities(tmp_path)
+    lines = events_file.read_text().splitlines()
+    for partition in (0, 1):
+        part = tmp_path / f"part{partition}.jsonl"
+        mine = [line for line in lines if partition_of(entity_of(line), 2) == partition]
+        assert mine
+        part.write_text("\n".join(mine) + "\n")
+        async with open_signal_pipeline(batch, part, spec) as pipeline:
+            await pipeline.run_async()
+    bus = make_bus(stream)
+    await bus.open()
+    for partition, bodies in partitioned_messages(events_file, per_message=3, partitions=2):
+        await bus.publish(partition_topic("signals", partition, 2), bodies)
+    for partition in (0, 1):
+        topic = partition_topic("signals", partition, 2)
+        async with open_signal_worker(
+            stream, spec, bus=bus, topic=topic, exit_when_idle_seconds=1.0, batch_size=30
+        ) as w:
+            await collect(w)
     for dataset in ("windows", "points"):
         a = await export_rows(make_offline_store(batch), "sensors", dataset=dataset)
         b = await export_rows(make_offline_store(stream), "sensors", dataset=dataset)
