@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from headwater.config import load_settings  # noqa: E402
+from headwater.pipeline.signal_publish import partition_of  # noqa: E402
 from headwater.stream_bootstrap import make_bus  # noqa: E402
 
 ENTITIES = 1000
@@ -72,8 +72,9 @@ def grouped(items: list[bytes], per_message: int) -> list[bytes]:
 
 
 def partition(body: bytes, parts: int) -> int:
+    """What ``headwater publish signals --partitions`` does (CRC-32 of the entity id)."""
     start = body.index(b'"entity_id":"') + 13
-    return zlib.crc32(body[start : body.index(b'"', start)]) % parts
+    return partition_of(body[start : body.index(b'"', start)].decode(), parts)
 
 
 async def publish(url: str, topic_bodies: dict[str, list[bytes]]) -> float:
