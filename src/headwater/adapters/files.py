@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote_from_bytes, unquote
 
 from headwater.errors import ConfigError, InputError
 from headwater.models import normalize_relpath
@@ -43,11 +43,14 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
 
 
 class _Globs:
+    """Patterns as one alternation: one regex call per path, however many patterns."""
+
     def __init__(self, patterns: list[str]) -> None:
-        self.regexes = [glob_to_regex(p) for p in patterns]
+        self.regex = re.compile("|".join(f"(?:{glob_to_regex(p).pattern})" for p in patterns), re.DOTALL)
+        self.empty = not patterns
 
     def match(self, relpath: str) -> bool:
-        return any(r.fullmatch(relpath) for r in self.regexes)
+        return not self.empty and self.regex.fullmatch(relpath) is not None
 
 
 class FileSource:
@@ -107,7 +110,32 @@ class FileSource:
             entries = sorted(it, key=lambda e: e.name)
         for item in entries:
             relpath = f"{prefix}{item.name}"
-            yield from self._visit(item, relpath, visiting)
+            if self._plain_file(item, relpath):
+                yield self._file_entry(item, relpath)
+            else:
+                yield from self._visit(item, relpath, visiting)
+
+    def _plain_file(self, item: os.DirEntry[str], relpath: str) -> bool:
+        """A regular file, not a link, included and not excluded: the common case, listed from
+        the DirEntry alone (its type came with the directory listing; one stat for size/mtime)."""
+        return (
+            not item.is_symlink()
+            and item.is_file(follow_symlinks=False)
+            and self.include.match(relpath)
+            and not self.exclude.match(relpath)
+        )
+
+    def _file_entry(self, item: os.DirEntry[str], relpath: str) -> SourceEntry:
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError as exc:
+            return self._entry(relpath, Path(item.path), problem=f"cannot stat: {exc.strerror}")
+        return SourceEntry(
+            relpath=normalize_relpath(relpath),
+            uri="file://" + quote_from_bytes(os.fsencode(item.path)),
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+        )
 
     def _visit(
         self, item: os.DirEntry[str], relpath: str, visiting: set[tuple[int, int]]

@@ -15,11 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from headwater.adapters._thread import OwnThread
 from headwater.errors import ConfigError
-from headwater.observability import redact
 from headwater.ports import ChunkKey, DeadLetter, DocState, Vectors
 
 SCHEMA = """
@@ -294,6 +291,8 @@ class SQLiteMetadataStore:
     async def add(self, letter: DeadLetter) -> int:
         """Message and traceback are stored redacted (secrets, PII): a dead letter is read by
         people and shipped to dashboards. The payload stays verbatim: it is what replay sends."""
+        from headwater.observability import redact  # lazily: structlog and prometheus cost ~0.1 s
+
         message, traceback = redact(letter.message), redact(letter.traceback)
 
         def _add() -> int:
@@ -338,6 +337,8 @@ class SQLiteMetadataStore:
 
     # -- EmbeddingCache ------------------------------------------------------------------------
     async def get_vectors(self, embedder_id: str, chunk_hashes: Sequence[str]) -> dict[str, Vectors]:
+        import numpy as np
+
         def _get() -> dict[str, Vectors]:
             assert self._cache is not None
             found: dict[str, Vectors] = {}
@@ -357,6 +358,8 @@ class SQLiteMetadataStore:
         return await self._cache_thread.call(_get)
 
     async def put_vectors(self, embedder_id: str, vectors: dict[str, Vectors]) -> None:
+        import numpy as np
+
         def _put() -> None:
             assert self._cache is not None
             with self._cache:

@@ -17,8 +17,6 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from headwater.events import DocumentCompleted
 from headwater.models import Chunk
 from headwater.pipeline.engine import RetryPolicy, with_retries
@@ -204,7 +202,7 @@ class GroupCommitter:
             rows = [_row(r, c) for r, c in new if _appendable(r) == fresh]
             for start in range(0, len(rows), UPSERT_SLICE):
                 part = rows[start : start + UPSERT_SLICE]
-                matrix = np.stack([vectors[c.chunk_hash] for c in part]).astype(np.float32)
+                matrix = _stack([vectors[c.chunk_hash] for c in part])
                 await with_retries(
                     functools.partial(self.vectors.upsert, part, matrix, fresh=fresh), self.retry
                 )
@@ -227,7 +225,15 @@ def _row(r: ReadyDocument, c: TextChunk) -> Chunk:
     )
 
 
+def _stack(rows: list[Vectors]) -> Vectors:
+    import numpy as np  # lazily: a run with nothing to embed never loads numpy
+
+    return np.stack(rows).astype(np.float32)
+
+
 def _check_vectors(matrix: Vectors, n: int, embedder: Embedder) -> None:
+    import numpy as np
+
     from headwater.errors import PermanentError
 
     if matrix.shape != (n, embedder.dimensions):

@@ -14,8 +14,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
-
 from headwater.errors import InputError, RetryableError
 
 T = TypeVar("T")
@@ -125,6 +123,13 @@ class RetryPolicy:
 
 
 async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy = RetryPolicy()) -> T:
+    from tenacity import (  # lazily: ~0.05 s of import a no-change re-run never needs
+        AsyncRetrying,
+        retry_if_exception_type,
+        stop_after_attempt,
+        wait_exponential_jitter,
+    )
+
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(RetryableError),
         stop=stop_after_attempt(policy.attempts),
