@@ -8,7 +8,9 @@ the checkpoint — all applied in one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,3 +176,12 @@ def input_ref(files: list[InputFile], file_index: int, row: int) -> str:
         return f"row {row}"
     unit = "row" if file.kind == "parquet" else "line"
     return f"{file.relpath}:{unit} {row}"
+
+
+async def write_all(writes: Iterable[Awaitable[None]]) -> None:
+    """Run the offline part writes of a batch together (independent files: their fsyncs overlap);
+    every write finishes before the first error is raised, so none is left running unwatched."""
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

@@ -35,6 +35,7 @@ from headwater.pipeline.signal_commit import (
     count_batch,
     input_ref,
     offline_datasets,
+    write_all,
 )
 from headwater.pipeline.signal_inputs import (
     Chunk,
@@ -248,8 +249,10 @@ class SignalPipeline:
         """I/O half of a batch: offline parts (durable), then the online transaction, then the DLQ."""
         datasets, commit = await asyncio.to_thread(self._serialize, staged)
         part = f"part-{self.scope}-{staged.batch_no:06d}"
-        for dataset, rows in datasets.items():
-            await self.offline.write(dataset, self.spec.name, part, rows)
+        # The parts are independent files: written side by side, their fsyncs overlap.
+        await write_all(
+            self.offline.write(dataset, self.spec.name, part, rows) for dataset, rows in datasets.items()
+        )
         await self.online.commit(commit)
         if staged.chunk is not None and staged.chunk.errors:
             await self._deliver_dead_letters()
