@@ -4,7 +4,8 @@ Each line becomes one CloudEvent (a line that already is one passes as it is) wi
 deterministic id (file name, line number, bytes), so publishing a file twice is a redelivery that
 the worker's CloudEvent dedup discards. Two knobs, both for scale:
 - ``per_message`` > 1 packs consecutive events into one message in the CloudEvents JSON batch
-  format (a JSON array): one bus append and one ack per N events instead of N.
+  format (a JSON array): one bus append and one ack per N events instead of N (fewer when
+  the events are large: a message stays under ``MAX_MESSAGE_BYTES``).
 - ``partitions`` > 1 routes every event by a consistent hash of its ``entity_id`` (CRC-32, the
   same on every machine and run) to ``<topic>.p<i>``, one signal worker per partition topic: an
   entity's events stay on one partition, in order, so each worker holds whole entities.
@@ -23,6 +24,7 @@ from headwater.ports import StreamBus
 from headwater.stages import cloudevents
 
 SIGNALS_TOPIC = "signals"
+MAX_MESSAGE_BYTES = 256 * 1024  # a batch message closes early at this size (NATS refuses > 1 MiB)
 
 
 def partition_of(entity_id: str | None, partitions: int) -> int:
@@ -41,13 +43,15 @@ def partitioned_messages(
 ) -> Iterator[tuple[int, list[bytes]]]:
     """(partition, up to ``batch`` messages) in file order within each partition."""
     events: list[list[bytes]] = [[] for _ in range(partitions)]  # not yet in a message
+    sizes = [0] * partitions
     messages: list[list[bytes]] = [[] for _ in range(partitions)]  # not yet handed out
     for entity_id, event in _cloudevents(path):
         p = partition_of(entity_id, partitions)
         events[p].append(event)
-        if len(events[p]) == per_message:
+        sizes[p] += len(event) + 1
+        if len(events[p]) == per_message or sizes[p] >= MAX_MESSAGE_BYTES:
             messages[p].append(_pack(events[p], per_message))
-            events[p] = []
+            events[p], sizes[p] = [], 0
             if len(messages[p]) >= batch:
                 yield p, messages[p]
                 messages[p] = []
