@@ -7,7 +7,9 @@ by ``optimize()`` (``headwater optimize``), because lancedb's compaction reads t
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -74,6 +76,7 @@ class LanceVectorStore:
         return self._table
 
     def _open(self, dimensions: int) -> None:
+        _defer_namespace_client()
         import lancedb
 
         db = lancedb.connect(self.path, session=_session())
@@ -238,6 +241,31 @@ class LanceVectorStore:
                 if (column,) not in indexed:
                     self.table.create_index(column, config=_btree())
         return rows
+
+
+def _defer_namespace_client() -> None:
+    """Load the REST namespace client's package lazily. lancedb imports its models at start-up,
+    and the package's ``__init__`` also builds every API class (pydantic-validated methods):
+    1.2 of lancedb's 2.2 s of import, for a client a local table never uses. Its submodules
+    still import normally; the first top-level name anyone asks for runs the real ``__init__``."""
+    name = "lance_namespace_urllib3_client"
+    if name in sys.modules or "lancedb" in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def load_on_first_use(attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        del module.__getattr__
+        loader.exec_module(module)
+        return getattr(module, attr)
+
+    module.__getattr__ = load_on_first_use  # type: ignore[method-assign]
+    sys.modules[name] = module
 
 
 def _session() -> Any:
