@@ -49,9 +49,10 @@ class _Globs:
     def __init__(self, patterns: list[str]) -> None:
         self.regex = re.compile("|".join(f"(?:{glob_to_regex(p).pattern})" for p in patterns), re.DOTALL)
         self.empty = not patterns
+        self.everything = "**/*" in patterns or "**" in patterns  # the default include
 
     def match(self, relpath: str) -> bool:
-        return not self.empty and self.regex.fullmatch(relpath) is not None
+        return self.everything or (not self.empty and self.regex.fullmatch(relpath) is not None)
 
 
 class FileSource:

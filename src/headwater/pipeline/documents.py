@@ -218,6 +218,9 @@ class _DocumentRun:
                 await self._delete_vanished()
             finally:
                 ticker.cancel()
+            # The last progress, however short the run: one faster than the interval (a
+            # no-change re-run, a small folder) still reports where it ended.
+            await self.emit(self._progress_event())
             await self.emit(self._final())
         finally:
             self.pool.close()
