@@ -374,8 +374,8 @@ class _PullFailed(Exception):
 class _Puller:
     """Reads a durable pull consumer in batches without nats-py's ``fetch``, which awaits every
     message with a task and a timeout of its own (half the cost of consuming, measured): one
-    callback subscription on an inbox, one pull request per batch (``no_wait``: what is there),
-    which ends when the batch is full or with the server's status for that request.
+    callback subscription on an inbox, one pull request per batch, which ends when the batch is
+    full or with the server's status for that request (404 nothing now, 408 expired, 409).
 
     Messages that arrive after their request ended (rare: the server stops at expiry) are still
     valid deliveries: they wait in the buffer for the next fetch.
@@ -417,33 +417,16 @@ class _Puller:
             self.done.set()
 
     async def fetch(self, batch: int, expires_seconds: float) -> list[Msg]:
-        """What is there now, up to ``batch``; when nothing is, wait up to ``expires_seconds``
-        for the first message and take what came with it. Never waits for a batch to fill (at a
-        steady rate that wait is pure latency), like XREADGROUP's BLOCK on Redis."""
         if len(self.buffer) < batch:
-            await self._pull(batch - len(self.buffer), no_wait=True)
-        if not self.buffer:
-            await self._pull(1, expires_seconds=expires_seconds)
-            if self.buffer and len(self.buffer) < batch:
-                await self._pull(batch - len(self.buffer), no_wait=True)
+            self.requests += 1
+            self.request, self.wanted, self.failure = f"{self.inbox}.{self.requests}", batch, None
+            self.done.clear()
+            pull = {"batch": batch - len(self.buffer), "expires": int(expires_seconds * 1e9)}
+            await self.nc.publish(self.next_subject, json.dumps(pull).encode(), reply=self.request)
+            with contextlib.suppress(TimeoutError):  # lost on a disconnect: the caller checks
+                await asyncio.wait_for(self.done.wait(), expires_seconds + _REQUEST_TIMEOUT)
+            self.request = ""
+            if self.failure is not None:
+                raise _PullFailed(self.failure)
         taken, self.buffer = self.buffer[:batch], self.buffer[batch:]
         return taken
-
-    async def _pull(self, count: int, *, no_wait: bool = False, expires_seconds: float = 0.0) -> None:
-        """One pull request; returns when ``count`` more messages are buffered or the server ended
-        the request (404 nothing now, 408 expired, 409)."""
-        self.requests += 1
-        self.request, self.failure = f"{self.inbox}.{self.requests}", None
-        self.wanted = len(self.buffer) + count
-        self.done.clear()
-        pull: dict[str, Any] = {"batch": count}
-        if no_wait:
-            pull["no_wait"] = True
-        else:
-            pull["expires"] = int(expires_seconds * 1e9)
-        await self.nc.publish(self.next_subject, json.dumps(pull).encode(), reply=self.request)
-        with contextlib.suppress(TimeoutError):  # lost on a disconnect: the caller checks
-            await asyncio.wait_for(self.done.wait(), expires_seconds + _REQUEST_TIMEOUT)
-        self.request = ""
-        if self.failure is not None:
-            raise _PullFailed(self.failure)
