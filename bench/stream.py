@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from headwater.config import load_settings  # noqa: E402
 from headwater.pipeline.signal_publish import partition_of  # noqa: E402
+from headwater.stages.cloudevents import encode_batch  # noqa: E402
 from headwater.stream_bootstrap import make_bus  # noqa: E402
 
 ENTITIES = 1000
@@ -68,7 +69,7 @@ def grouped(items: list[bytes], per_message: int) -> list[bytes]:
     """Consecutive events, ``per_message`` to a message (CloudEvents JSON batch format)."""
     if per_message == 1:
         return items
-    return [b"[" + b",".join(items[i : i + per_message]) + b"]" for i in range(0, len(items), per_message)]
+    return [encode_batch(items[i : i + per_message]) for i in range(0, len(items), per_message)]
 
 
 def partition(body: bytes, parts: int) -> int:

@@ -40,31 +40,34 @@ def partition_topic(topic: str, partition: int, partitions: int) -> str:
 
 def partitioned_messages(
     path: Path, *, per_message: int = 1, partitions: int = 1, batch: int = 1000
-) -> Iterator[tuple[int, list[bytes]]]:
-    """(partition, up to ``batch`` messages) in file order within each partition."""
+) -> Iterator[tuple[int, list[bytes], int]]:
+    """(partition, up to ``batch`` messages, the events in them) in file order per partition."""
     events: list[list[bytes]] = [[] for _ in range(partitions)]  # not yet in a message
     sizes = [0] * partitions
     messages: list[list[bytes]] = [[] for _ in range(partitions)]  # not yet handed out
+    counts = [0] * partitions  # events in those messages
     for entity_id, event in _cloudevents(path):
         p = partition_of(entity_id, partitions)
         events[p].append(event)
         sizes[p] += len(event) + 1
         if len(events[p]) == per_message or sizes[p] >= MAX_MESSAGE_BYTES:
             messages[p].append(_pack(events[p], per_message))
+            counts[p] += len(events[p])
             events[p], sizes[p] = [], 0
             if len(messages[p]) >= batch:
-                yield p, messages[p]
-                messages[p] = []
+                yield p, messages[p], counts[p]
+                messages[p], counts[p] = [], 0
     for p in range(partitions):
         if events[p]:
             messages[p].append(_pack(events[p], per_message))
+            counts[p] += len(events[p])
         if messages[p]:
-            yield p, messages[p]
+            yield p, messages[p], counts[p]
 
 
 def signal_messages(path: Path, batch: int = 1000, per_message: int = 1) -> Iterator[list[bytes]]:
     """One topic's messages, in lists of ``batch``."""
-    for _, bodies in partitioned_messages(path, per_message=per_message, batch=batch):
+    for _, bodies, _ in partitioned_messages(path, per_message=per_message, batch=batch):
         yield bodies
 
 
@@ -78,10 +81,10 @@ async def publish_signals(
         batches = partitioned_messages(
             path, per_message=per_message, partitions=partitions, batch=max(1, 1000 // per_message)
         )
-        for partition, bodies in batches:
+        for partition, bodies, count in batches:
             await bus.publish(partition_topic(topic, partition, partitions), bodies)
             messages += len(bodies)
-            events += sum(map(_events_in, bodies)) if per_message > 1 else len(bodies)
+            events += count
     finally:
         await bus.close()
     return messages, events
@@ -89,10 +92,6 @@ async def publish_signals(
 
 def _pack(events: list[bytes], per_message: int) -> bytes:
     return events[0] if per_message == 1 else cloudevents.encode_batch(events)
-
-
-def _events_in(body: bytes) -> int:
-    return len(cloudevents.split_batch(body)) if cloudevents.is_batch(body) else 1
 
 
 def _cloudevents(path: Path) -> Iterator[tuple[str | None, bytes]]:

@@ -20,7 +20,7 @@ def test_partitioned_publishing_routes_each_entity_to_one_partition_in_order(tmp
     lines = [json.loads(line) for line in events_file.read_text().splitlines()]
     lines = [e.get("data", e) for e in lines if isinstance(e.get("data", e).get("entity_id"), str)]
     seen: dict[int, list[tuple[str, int]]] = {0: [], 1: [], 2: []}
-    for partition, bodies in partitioned_messages(events_file, per_message=4, partitions=3, batch=5):
+    for partition, bodies, _ in partitioned_messages(events_file, per_message=4, partitions=3, batch=5):
         for body in bodies:
             for event in cloudevents.split_batch(body):
                 data = json.loads(event)["data"]
@@ -42,7 +42,7 @@ def test_batch_messages_close_early_when_large(tmp_path: Path) -> None:
             for i in range(2000)
         )
     )
-    messages = [m for _, bodies in partitioned_messages(events_file, per_message=1000) for m in bodies]
+    messages = [m for _, bodies, _ in partitioned_messages(events_file, per_message=1000) for m in bodies]
     assert len(messages) > 2  # 1000 events of ~1.2 KB would be ~1.2 MB: split by size
     assert all(len(m) < MAX_MESSAGE_BYTES + 2000 for m in messages)
     sequences = [json.loads(e)["data"]["sequence"] for m in messages for e in cloudevents.split_batch(m)]

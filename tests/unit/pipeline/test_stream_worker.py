@@ -392,7 +392,7 @@ async def test_partitioned_workers_equal_one_backfill_per_partition(tmp_path: Pa
             await pipeline.run_async()
     bus = make_bus(stream)
     await bus.open()
-    for partition, bodies in partitioned_messages(events_file, per_message=3, partitions=2):
+    for partition, bodies, _ in partitioned_messages(events_file, per_message=3, partitions=2):
         await bus.publish(partition_topic("signals", partition, 2), bodies)
     for partition in (0, 1):
         topic = partition_topic("signals", partition, 2)
