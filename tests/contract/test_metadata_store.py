@@ -129,3 +129,19 @@ async def test_embedding_cache_is_keyed_by_embedder_and_hash(store: MetadataStor
     assert set(await s.get_vectors("emb-a", ["h1", "h2"])) == {"h1"}
     assert await s.get_vectors("emb-b", ["h1"]) == {}
     np.testing.assert_array_equal((await s.get_vectors("emb-a", ["h1"]))["h1"], vec)
+
+
+async def test_chunk_keys_lists_every_key_once_across_pages(store: MetadataStore) -> None:
+    """More keys than one page of the listing (5,000), spread over documents whose ids sort
+    differently from their chunk ids."""
+    docs = [state(f"d{i:03d}") for i in range(130)]
+    chunks = {
+        d.doc_id: [
+            ChunkKey(doc_id=d.doc_id, chunk_id=f"{99 - j:02d}-{d.doc_id}", chunk_hash="h") for j in range(50)
+        ]
+        for d in docs
+    }
+    await store.commit(docs, chunks)
+    listed = [(k.doc_id, k.chunk_id) async for k in store.chunk_keys()]
+    assert len(listed) == 6500
+    assert sorted(listed) == sorted((k.doc_id, k.chunk_id) for keys in chunks.values() for k in keys)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes, unquote
@@ -200,6 +200,18 @@ class FileSource:
 
     async def read(self, entry: SourceEntry, max_bytes: int) -> bytes:
         return await asyncio.to_thread(self._read, entry, max_bytes)
+
+    async def read_many(self, entries: Sequence[SourceEntry], max_bytes: int) -> list[bytes | InputError]:
+        return await asyncio.to_thread(self._read_many, entries, max_bytes)
+
+    def _read_many(self, entries: Sequence[SourceEntry], max_bytes: int) -> list[bytes | InputError]:
+        results: list[bytes | InputError] = []
+        for entry in entries:
+            try:
+                results.append(self._read(entry, max_bytes))
+            except InputError as exc:
+                results.append(exc)
+        return results
 
     def _read(self, entry: SourceEntry, max_bytes: int) -> bytes:
         path = self.root / entry.relpath

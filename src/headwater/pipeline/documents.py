@@ -373,11 +373,10 @@ class _DocumentRun:
     async def _read_changed(self, batch: list[_Work]) -> list[tuple[_Work, bytes, str]]:
         """Read and hash; a document whose bytes did not change is skipped (only its mtime moved)."""
         loaded = []
-        for work in batch:
-            try:
-                data = await self.p.source.read(work.entry, self.s.max_file_bytes)
-            except InputError as exc:
-                await self._fail(work, "read", exc, status="failed")
+        contents = await self.p.source.read_many([w.entry for w in batch], self.s.max_file_bytes)
+        for work, data in zip(batch, contents, strict=True):
+            if isinstance(data, InputError):
+                await self._fail(work, "read", data, status="failed")
                 continue
             content_hash = sha256_hex(data)
             before = work.before

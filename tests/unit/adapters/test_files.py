@@ -48,3 +48,15 @@ async def test_read_limits_and_errors(tmp_path: Path) -> None:
     (tmp_path / "big.md").unlink()
     with pytest.raises(InputError, match=r"big\.md: cannot read"):
         await source.read(entry, 100)
+
+
+async def test_read_many_keeps_order_and_puts_each_error_in_its_place(tmp_path: Path) -> None:
+    for name, text in (("a.md", "aa"), ("b.md", "b" * 50), ("c.md", "c")):
+        (tmp_path / name).write_text(text)
+    source = FileSource(str(tmp_path), include=["**/*.md"])
+    listed = [e async for e in source.scan()]
+    (tmp_path / "c.md").unlink()
+    a, b, c = await source.read_many(listed, 10)
+    assert a == b"aa"
+    assert isinstance(b, InputError) and "b.md: 11+ bytes is over the limit of 10 bytes" in str(b)
+    assert isinstance(c, InputError) and "c.md: cannot read" in str(c)
