@@ -6,7 +6,8 @@ A plain top-level function of picklable arguments, so a process pool (or Spark) 
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
+
+import msgspec
 
 from headwater.errors import InputError
 from headwater.stages.chunk import TextChunk, chunk_text
@@ -15,8 +16,7 @@ from headwater.stages.normalize import normalize_text, strip_repeated_edges
 from headwater.stages.scrub import scrub_pii
 
 
-@dataclass(frozen=True, slots=True)
-class PrepareOptions:
+class PrepareOptions(msgspec.Struct, frozen=True):
     chunk_size_chars: int
     chunk_overlap_chars: int
     pii_scrub: bool
@@ -24,12 +24,11 @@ class PrepareOptions:
     chunker_key: str
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedDocument:
+class PreparedDocument(msgspec.Struct, frozen=True):
     doc_id: str
     chunks: list[TextChunk]
     text_chars: int
-    redactions: dict[str, int] = field(default_factory=dict)
+    redactions: dict[str, int] = {}
 
 
 def prepare_document(doc_id: str, relpath: str, data: bytes, options: PrepareOptions) -> PreparedDocument:
@@ -52,8 +51,7 @@ def prepare_document(doc_id: str, relpath: str, data: bytes, options: PrepareOpt
     return PreparedDocument(doc_id=doc_id, chunks=chunks, text_chars=len(text), redactions=redactions)
 
 
-@dataclass(frozen=True, slots=True)
-class PrepareFailure:
+class PrepareFailure(msgspec.Struct, frozen=True):
     """A document that could not be prepared, as a value: one bad file never fails its batch."""
 
     error_type: str
