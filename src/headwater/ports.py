@@ -143,6 +143,10 @@ class DocumentState(Protocol):
 
     async def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocState]: ...
 
+    async def versions(self, uris: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        """(size, mtime_ns, status) per known uri: all a no-change re-run asks of each file."""
+        ...
+
     async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:
         """Committed chunk keys per document (what the vector store holds for it)."""
         ...
@@ -159,8 +163,8 @@ class DocumentState(Protocol):
         """Remove documents and their chunk keys (after their vectors were deleted)."""
         ...
 
-    async def note_seen(self, doc_ids: Sequence[str]) -> None:
-        """Remember ids listed by this run's scan (kept in the store, not in RAM)."""
+    async def note_seen(self, uris: Sequence[str]) -> None:
+        """Remember the uris (relative paths) this run's scan listed (in the store, not in RAM)."""
         ...
 
     async def unseen(self, source: str, limit: int) -> list[DocState]:

@@ -66,7 +66,7 @@ async def test_unseen_lists_only_unlisted_documents_of_that_source(store: Metada
         **{**{f: getattr(state("x"), f) for f in DocState.__struct_fields__}, "source": "file:///other"}
     )
     await s.commit([state("a"), state("b"), state("c"), other], {})
-    await s.note_seen(["a", "c"])
+    await s.note_seen(["a.md", "c.md"])
     assert [d.doc_id for d in await s.unseen("file:///src", 10)] == ["b"]
     await s.forget(["b"])
     assert await s.unseen("file:///src", 10) == []

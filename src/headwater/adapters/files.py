@@ -20,6 +20,8 @@ from headwater.errors import ConfigError, InputError
 from headwater.models import normalize_relpath
 from headwater.ports import SourceEntry
 
+_WALK_BATCH = 512  # entries per hand-off from the walking thread
+
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Compile a glob once: ``**/`` spans folders (or none), ``*`` and ``?`` stay within one."""
@@ -72,12 +74,21 @@ class FileSource:
     async def scan(self) -> AsyncIterator[SourceEntry]:
         self._check_root()
         walker = self._walk(self.root, "", {self._key(self.root)})
-        while True:
-            batch = await asyncio.to_thread(_take, walker, 512)
-            for entry in batch:
-                yield entry
-            if len(batch) < 512:
-                return
+        # The next batch is walked while the caller looks at this one: a no-change re-run is
+        # the walk and the lookups, and the lookups run on the store's own thread.
+        ahead = asyncio.ensure_future(asyncio.to_thread(_take, walker, _WALK_BATCH))
+        try:
+            while True:
+                batch = await ahead
+                if len(batch) == _WALK_BATCH:
+                    ahead = asyncio.ensure_future(asyncio.to_thread(_take, walker, _WALK_BATCH))
+                for entry in batch:
+                    yield entry
+                if len(batch) < _WALK_BATCH:
+                    return
+        finally:
+            if not ahead.done():  # the caller stopped early: let the walk thread finish alone
+                ahead.cancel()
 
     async def lookup(self, relpaths: list[str]) -> list[SourceEntry]:
         """The entries for these paths as ``scan`` would list them; a path that is gone, excluded

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS documents (
     version INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_source ON documents (source);
+CREATE INDEX IF NOT EXISTS documents_version ON documents (uri, size, mtime_ns, status);
 {CHUNKS_TABLE};
 CREATE TABLE IF NOT EXISTS dlq (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, input_ref TEXT NOT NULL,
@@ -130,7 +131,7 @@ class SQLiteMetadataStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(dlq)")}
         if "payload" not in columns:  # homes created before dead-lettered messages kept their body
             self._db.execute("ALTER TABLE dlq ADD COLUMN payload BLOB")
-        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (doc_id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (uri TEXT PRIMARY KEY) WITHOUT ROWID")
         self._cache = _connect(self.path.with_name("cache.db"), "NORMAL")
         self._cache.executescript(CACHE_SCHEMA)
 
@@ -185,6 +186,21 @@ class SQLiteMetadataStore:
                 f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_id IN ({marks})", part
             ):
                 found[row[0]] = _doc_from_row(row)
+        return found
+
+    async def versions(self, uris: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        return await self._thread.call(self._versions, list(uris))
+
+    def _versions(self, uris: list[str]) -> dict[str, tuple[int, int, str]]:
+        """From the covering index ``documents_version``, in uri order: a listing's neighbours
+        share its pages, where a lookup by the hashed doc_id lands on a random page each."""
+        found: dict[str, tuple[int, int, str]] = {}
+        for start in range(0, len(uris), _IN_BATCH):
+            part = uris[start : start + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT uri, size, mtime_ns, status FROM documents WHERE uri IN ({marks})"
+            for uri, size, mtime_ns, status in self.db.execute(sql, part):
+                found[uri] = (size, mtime_ns, status)
         return found
 
     async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:
@@ -266,16 +282,21 @@ class SQLiteMetadataStore:
         )
         return [_doc_from_row(r) for r in rows]
 
-    async def note_seen(self, doc_ids: Sequence[str]) -> None:
-        await self._thread.call(
-            self.db.executemany, "INSERT OR IGNORE INTO seen VALUES (?)", [(d,) for d in doc_ids]
-        )
+    async def note_seen(self, uris: Sequence[str]) -> None:
+        def _note() -> None:
+            # Keyed by uri, the listing appends in order (hashed ids landed anywhere), and one
+            # transaction per batch: outside one, SQLite committed the temp table row by row.
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(u,) for u in uris])
+
+        await self._thread.call(_note)
 
     async def unseen(self, source: str, limit: int) -> list[DocState]:
         def _unseen() -> list[DocState]:
             rows = self.db.execute(
                 f"SELECT {_DOC_COLUMNS} FROM documents WHERE source = ? "
-                "AND doc_id NOT IN (SELECT doc_id FROM seen) ORDER BY doc_id LIMIT ?",
+                "AND uri NOT IN (SELECT uri FROM seen) ORDER BY doc_id LIMIT ?",
                 (source, limit),
             )
             return [_doc_from_row(r) for r in rows]

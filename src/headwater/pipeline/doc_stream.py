@@ -100,7 +100,7 @@ class Watcher:
                     batch = []
             await self._compare(metadata, batch, counts)
             while gone := await metadata.unseen(self.source.uri, 256):
-                await metadata.note_seen([d.doc_id for d in gone])
+                await metadata.note_seen([d.uri for d in gone])
                 await self._publish([("deleted", d) for d in gone], counts)
         finally:
             await metadata.close()
@@ -112,7 +112,7 @@ class Watcher:
         if not batch:
             return
         ids = [make_doc_id(e.relpath) for e in batch]
-        await metadata.note_seen(ids)
+        await metadata.note_seen([e.relpath for e in batch])
         states = await metadata.get_documents(ids)
         changes: list[tuple[str, SourceEntry]] = []
         for entry, doc_id in zip(batch, ids, strict=True):

@@ -273,19 +273,20 @@ class _DocumentRun:
         ids = [make_doc_id(e.relpath) for e in batch]
         self.progress.listed += len(batch)
         self.counts["seen"] += len(batch)
-        await self.p.metadata.note_seen(ids)
-        states = await self.p.metadata.get_documents(ids)
+        relpaths = [e.relpath for e in batch]
+        await self.p.metadata.note_seen(relpaths)
+        versions = await self.p.metadata.versions(relpaths)
         todo: list[tuple[SourceEntry, str]] = []
         skips: list[DocumentSkipped] = []
         for entry, doc_id in zip(batch, ids, strict=True):
-            state = states.get(doc_id)
             if entry.problem is not None:
                 skips.append(self._skipped(doc_id, entry.relpath, entry.problem))
-            elif reason := self._fast_skip(entry, state):
+            elif reason := self._fast_skip(entry, versions.get(entry.relpath)):
                 skips.append(self._skipped(doc_id, entry.relpath, reason))
             else:
                 todo.append((entry, doc_id))
         await self.emit_all(skips)
+        states = await self.p.metadata.get_documents([doc_id for _, doc_id in todo]) if todo else {}
         batch_works: list[_Work] = []
         batch_bytes = 0
         for entry, doc_id in todo:
@@ -301,11 +302,11 @@ class _DocumentRun:
         if batch_works:
             await self.work.put(batch_works)
 
-    def _fast_skip(self, entry: SourceEntry, state: DocState | None) -> str | None:
+    def _fast_skip(self, entry: SourceEntry, version: tuple[int, int, str] | None) -> str | None:
         """Unchanged size and mtime: not even read (the no-change re-run never opens a file)."""
-        if state is None or self.force or (state.size, state.mtime_ns) != (entry.size, entry.mtime_ns):
+        if version is None or self.force or version[:2] != (entry.size, entry.mtime_ns):
             return None
-        return {"done": "unchanged", "failed": "previously_failed"}.get(state.status)
+        return {"done": "unchanged", "failed": "previously_failed"}.get(version[2])
 
     async def _skip(self, doc_id: str, uri: str, reason: str) -> None:
         await self.emit(self._skipped(doc_id, uri, reason))
