@@ -143,8 +143,9 @@ class DocumentState(Protocol):
 
     async def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocState]: ...
 
-    async def versions(self, uris: Sequence[str]) -> dict[str, tuple[int, int, str]]:
-        """(size, mtime_ns, status) per known uri: all a no-change re-run asks of each file."""
+    async def versions(self, source: str, uris: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        """(size, mtime_ns, status) per uri recorded for ``source``: all a no-change re-run asks
+        of each file."""
         ...
 
     async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:

@@ -145,3 +145,16 @@ async def test_chunk_keys_lists_every_key_once_across_pages(store: MetadataStore
     listed = [(k.doc_id, k.chunk_id) async for k in store.chunk_keys()]
     assert len(listed) == 6500
     assert sorted(listed) == sorted((k.doc_id, k.chunk_id) for keys in chunks.values() for k in keys)
+
+
+async def test_versions_are_recorded_size_mtime_and_status_per_uri_of_that_source(
+    store: MetadataStore,
+) -> None:
+    await store.commit([state("a"), state("b", status="failed")], {})
+    await store.claim([("c", "file:///src", "c.md")])
+    assert await store.versions("file:///src", ["a.md", "b.md", "c.md", "missing.md"]) == {
+        "a.md": (10, 5, "done"),
+        "b.md": (10, 5, "failed"),
+        "c.md": (0, 0, "pending"),
+    }
+    assert await store.versions("file:///other", ["a.md"]) == {}

@@ -30,8 +30,8 @@ CREATE TABLE IF NOT EXISTS documents (
     attempts INTEGER NOT NULL DEFAULT 0, error_count INTEGER NOT NULL DEFAULT 0,
     version INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS documents_source ON documents (source);
-CREATE INDEX IF NOT EXISTS documents_version ON documents (uri, size, mtime_ns, status);
+CREATE INDEX IF NOT EXISTS documents_listing ON documents (source, uri, size, mtime_ns, status);
+DROP INDEX IF EXISTS documents_source;
 {CHUNKS_TABLE};
 CREATE TABLE IF NOT EXISTS dlq (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, input_ref TEXT NOT NULL,
@@ -188,18 +188,18 @@ class SQLiteMetadataStore:
                 found[row[0]] = _doc_from_row(row)
         return found
 
-    async def versions(self, uris: Sequence[str]) -> dict[str, tuple[int, int, str]]:
-        return await self._thread.call(self._versions, list(uris))
+    async def versions(self, source: str, uris: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        return await self._thread.call(self._versions, source, list(uris))
 
-    def _versions(self, uris: list[str]) -> dict[str, tuple[int, int, str]]:
-        """From the covering index ``documents_version``, in uri order: a listing's neighbours
+    def _versions(self, source: str, uris: list[str]) -> dict[str, tuple[int, int, str]]:
+        """From the covering index ``documents_listing``, in uri order: a listing's neighbours
         share its pages, where a lookup by the hashed doc_id lands on a random page each."""
         found: dict[str, tuple[int, int, str]] = {}
         for start in range(0, len(uris), _IN_BATCH):
             part = uris[start : start + _IN_BATCH]
             marks = ",".join("?" * len(part))
-            sql = f"SELECT uri, size, mtime_ns, status FROM documents WHERE uri IN ({marks})"
-            for uri, size, mtime_ns, status in self.db.execute(sql, part):
+            sql = f"SELECT uri, size, mtime_ns, status FROM documents WHERE source = ? AND uri IN ({marks})"
+            for uri, size, mtime_ns, status in self.db.execute(sql, [source, *part]):
                 found[uri] = (size, mtime_ns, status)
         return found
 
@@ -294,12 +294,15 @@ class SQLiteMetadataStore:
 
     async def unseen(self, source: str, limit: int) -> list[DocState]:
         def _unseen() -> list[DocState]:
-            rows = self.db.execute(
-                f"SELECT {_DOC_COLUMNS} FROM documents WHERE source = ? "
-                "AND uri NOT IN (SELECT uri FROM seen) ORDER BY doc_id LIMIT ?",
+            # The ids first, from the covering index alone: asked for whole rows, SQLite read
+            # every row of the source before testing it against ``seen``.
+            ids = self.db.execute(
+                "SELECT doc_id FROM documents WHERE source = ? "
+                "AND uri NOT IN (SELECT uri FROM seen) ORDER BY uri LIMIT ?",
                 (source, limit),
-            )
-            return [_doc_from_row(r) for r in rows]
+            ).fetchall()
+            found = self._get_documents([doc_id for (doc_id,) in ids])
+            return sorted(found.values(), key=lambda d: d.uri)
 
         return await self._thread.call(_unseen)
 

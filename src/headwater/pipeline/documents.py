@@ -275,7 +275,7 @@ class _DocumentRun:
         self.counts["seen"] += len(batch)
         relpaths = [e.relpath for e in batch]
         await self.p.metadata.note_seen(relpaths)
-        versions = await self.p.metadata.versions(relpaths)
+        versions = await self.p.metadata.versions(self.p.source.uri, relpaths)
         todo: list[tuple[SourceEntry, str]] = []
         skips: list[DocumentSkipped] = []
         for entry, doc_id in zip(batch, ids, strict=True):
