@@ -20,7 +20,7 @@ from headwater.errors import ConfigError, InputError
 from headwater.models import normalize_relpath
 from headwater.ports import SourceEntry
 
-_WALK_BATCH = 512  # entries per hand-off from the walking thread
+_WALK_BATCH = 1024  # entries per hand-off from the walking thread: one scan batch of the pipeline
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:

