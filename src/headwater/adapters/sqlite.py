@@ -232,10 +232,11 @@ class SQLiteMetadataStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._tx(
                 "INSERT INTO documents (doc_id, source, uri, status, attempts, updated_at) "
-                "VALUES (?, ?, ?, 'pending', 1, ?) ON CONFLICT(doc_id) DO UPDATE SET "
+                "SELECT value ->> 0, value ->> 1, value ->> 2, 'pending', 1, ? FROM json_each(?) "
+                "WHERE true ON CONFLICT(doc_id) DO UPDATE SET "
                 "status = 'pending', attempts = attempts + 1, source = excluded.source, "
                 "uri = excluded.uri, updated_at = excluded.updated_at",
-                [(doc_id, source, uri, now) for doc_id, source, uri in docs],
+                [(now, msgspec.json.encode(docs))],
             )
             self.db.execute("PRAGMA synchronous=FULL")
             return {d.doc_id: d.attempts for d in self._get_documents([d[0] for d in docs]).values()}
@@ -252,11 +253,16 @@ class SQLiteMetadataStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(*_doc_to_row(d), now) for d in docs],
                 )
-                changed = [(doc_id,) for doc_id in chunks]
-                self.db.executemany("DELETE FROM chunks WHERE doc_id = ?", changed)
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)",
-                    [(k.chunk_id, k.doc_id, k.chunk_hash) for keys in chunks.values() for k in keys],
+                # One statement a table (see _VERSIONS_SQL): a group has thousands of chunks.
+                self.db.execute(
+                    "DELETE FROM chunks WHERE doc_id IN (SELECT value FROM json_each(?))",
+                    (msgspec.json.encode(list(chunks)),),
+                )
+                rows = [(k.chunk_id, k.doc_id, k.chunk_hash) for keys in chunks.values() for k in keys]
+                self.db.execute(
+                    "INSERT OR REPLACE INTO chunks "
+                    "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
+                    (msgspec.json.encode(rows),),
                 )
 
         await self._thread.call(_commit)
