@@ -60,6 +60,7 @@ _VERSIONS_SQL = (
     "SELECT json_group_array(json_array(uri, size, mtime_ns, status)) FROM documents "
     "WHERE source = ? AND uri IN (SELECT value FROM json_each(?))"
 )
+_THREE_FIELDS = "json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')"
 _decode_rows = msgspec.json.Decoder(list[tuple[str, int, int, str]]).decode
 
 
@@ -232,7 +233,7 @@ class SQLiteMetadataStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._tx(
                 "INSERT INTO documents (doc_id, source, uri, status, attempts, updated_at) "
-                "SELECT value ->> 0, value ->> 1, value ->> 2, 'pending', 1, ? FROM json_each(?) "
+                f"SELECT {_THREE_FIELDS}, 'pending', 1, ? FROM json_each(?) "
                 "WHERE true ON CONFLICT(doc_id) DO UPDATE SET "
                 "status = 'pending', attempts = attempts + 1, source = excluded.source, "
                 "uri = excluded.uri, updated_at = excluded.updated_at",
@@ -260,8 +261,7 @@ class SQLiteMetadataStore:
                 )
                 rows = [(k.chunk_id, k.doc_id, k.chunk_hash) for keys in chunks.values() for k in keys]
                 self.db.execute(
-                    "INSERT OR REPLACE INTO chunks "
-                    "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
+                    f"INSERT OR REPLACE INTO chunks SELECT {_THREE_FIELDS} FROM json_each(?)",
                     (msgspec.json.encode(rows),),
                 )
 
