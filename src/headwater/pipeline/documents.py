@@ -311,9 +311,6 @@ class _DocumentRun:
             return None
         return {"done": "unchanged", "failed": "previously_failed"}.get(version[2])
 
-    async def _skip(self, doc_id: str, uri: str, reason: str) -> None:
-        await self.emit(self._skipped(doc_id, uri, reason))
-
     def _skipped(self, doc_id: str, uri: str, reason: str) -> DocumentSkipped:
         """Count one skip and make its event."""
         if reason == "unchanged":
@@ -353,14 +350,14 @@ class _DocumentRun:
         await self._vectors_open
 
     async def _prepare_batch(self, batch: list[_Work]) -> list[ReadyDocument]:
+        self.in_flight += len(batch)
+        loaded = await self._read_changed(batch)
+        if not loaded:
+            return []  # only touched (same bytes): no worker, no vector store, no model needed
         if self._vectors_open is None:
             async with self._starting:
                 await self.pool.start()
         self.warm_vectors()
-        self.in_flight += len(batch)
-        loaded = await self._read_changed(batch)
-        if not loaded:
-            return []
         # Claimed just before the work: an input that kills the process counts an attempt and
         # reaches the DLQ after max_attempts instead of looping (suspects are retried alone).
         claims = await self.p.metadata.claim(
@@ -380,8 +377,12 @@ class _DocumentRun:
         return await self._extract(todo)
 
     async def _read_changed(self, batch: list[_Work]) -> list[tuple[_Work, bytes, str]]:
-        """Read and hash; a document whose bytes did not change is skipped (only its mtime moved)."""
+        """Read and hash; a document whose bytes did not change is skipped (only its mtime moved:
+        a checkout, a restore, a ``touch``). Its new size and mtime are recorded for the whole
+        batch in one transaction, so the next run skips it unread."""
         loaded = []
+        touched: list[DocState] = []
+        skips: list[DocumentSkipped] = []
         contents = await self.p.source.read_many([w.entry for w in batch], self.s.max_file_bytes)
         for work, data in zip(batch, contents, strict=True):
             if isinstance(data, InputError):
@@ -391,15 +392,17 @@ class _DocumentRun:
             before = work.before
             unchanged = before is not None and before.content_hash == content_hash and not self.force
             if before is not None and unchanged and before.status in ("done", "failed"):
-                touched = DocState(
-                    **{**_fields(before), "size": work.entry.size, "mtime_ns": work.entry.mtime_ns}
+                touched.append(
+                    DocState(**{**_fields(before), "size": work.entry.size, "mtime_ns": work.entry.mtime_ns})
                 )
-                await self.p.metadata.commit([touched], {})
-                self.in_flight -= 1
                 reason = "unchanged" if before.status == "done" else "previously_failed"
-                await self._skip(work.doc_id, work.entry.relpath, reason)
+                skips.append(self._skipped(work.doc_id, work.entry.relpath, reason))
                 continue
             loaded.append((work, data, content_hash))
+        if touched:
+            await self.p.metadata.commit(touched, {})
+            self.in_flight -= len(touched)
+            await self.emit_all(skips)
         return loaded
 
     async def _extract(self, todo: list[tuple[_Work, bytes, str]]) -> list[ReadyDocument]:

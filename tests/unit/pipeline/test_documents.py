@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,28 @@ async def test_an_embedder_is_warmed_once_when_there_is_work_and_never_on_a_no_c
     second = WarmingEmbedder()
     final = await build_document_pipeline(s, str(corpus), embedder=second).run_async()
     assert final.documents_unchanged == 6 and second.warmed_after_texts == []
+
+
+async def test_touched_files_are_skipped_and_their_new_mtime_recorded_in_one_go(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """Same bytes, new mtime (a checkout, a restore): read and hashed once, not re-indexed, and
+    recorded so the next run skips them without reading."""
+    s = settings(tmp_path)
+    await build_document_pipeline(s, str(corpus)).run_async()
+    touched = [corpus / "guides" / "retries.md", corpus / "guides" / "signals.md"]
+    for path in touched:
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    final = await build_document_pipeline(s, str(corpus)).run_async()
+    assert (final.documents_unchanged, final.documents_updated, final.chunks_embedded) == (6, 0, 0)
+    pipeline = build_document_pipeline(s, str(corpus))
+    await pipeline.metadata.open()
+    try:
+        versions = await pipeline.metadata.versions(
+            pipeline.source.uri, ["guides/retries.md", "guides/signals.md"]
+        )
+    finally:
+        await pipeline.metadata.close()
+    assert versions == {
+        str(p.relative_to(corpus)): (p.stat().st_size, p.stat().st_mtime_ns, "done") for p in touched
+    }
