@@ -109,14 +109,19 @@ async def test_reopen_sees_the_data_and_rejects_other_dimensions(tmp_path: Path)
 
 
 async def test_update_positions_keeps_vectors_and_inserts_nothing(store: VectorStore) -> None:
-    items = chunks("a", 2)
+    items = chunks("a", 3)
     await store.upsert(items, vectors_for(items), fresh=True)
     before = await store.search(vectors_for([items[1]])[0], k=1)
     moved = [
-        Chunk(**{**{f: getattr(c, f) for f in c.__struct_fields__}, "offset": c.offset + 7}) for c in items
+        Chunk(**{**{f: getattr(c, f) for f in c.__struct_fields__}, "offset": c.offset + 7})
+        for c in items[:2]
     ]
     ghost = Chunk(**{**{f: getattr(items[0], f) for f in items[0].__struct_fields__}, "chunk_id": "ghost"})
-    await store.update_positions([*moved, ghost])
-    assert sorted([(c.chunk_id, c.offset) async for c in store.scan()]) == [("a-c0", 7), ("a-c1", 17)]
+    await store.update_positions([*moved, ghost])  # the document's third chunk is not asked about
+    assert sorted([(c.chunk_id, c.offset) async for c in store.scan()]) == [
+        ("a-c0", 7),
+        ("a-c1", 17),
+        ("a-c2", 20),
+    ]
     after = await store.search(vectors_for([items[1]])[0], k=1)
     assert after[0][1] == pytest.approx(before[0][1])
