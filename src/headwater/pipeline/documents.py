@@ -162,6 +162,7 @@ class _DocumentRun:
         self._vectors_open: asyncio.Future[None] | None = None
         self._embedder_warm: asyncio.Future[None] | None = None
         self._starting = asyncio.Lock()
+        self._pool_started = False
         self.force = False
         self.found: set[str] = set()
         self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
@@ -349,14 +350,22 @@ class _DocumentRun:
         assert self._vectors_open is not None
         await self._vectors_open
 
+    async def _start_pool(self) -> None:
+        """Fork the extraction workers before anything can start lancedb's threads (see
+        ``CpuPool.start``): a read error of a known document opens the vector store to drop
+        its chunks, so this comes before the first read."""
+        if not self._pool_started:
+            async with self._starting:
+                if not self._pool_started:
+                    await self.pool.start()
+                    self._pool_started = True
+
     async def _prepare_batch(self, batch: list[_Work]) -> list[ReadyDocument]:
+        await self._start_pool()
         self.in_flight += len(batch)
         loaded = await self._read_changed(batch)
         if not loaded:
-            return []  # only touched (same bytes): no worker, no vector store, no model needed
-        if self._vectors_open is None:
-            async with self._starting:
-                await self.pool.start()
+            return []  # only touched (same bytes): no vector store, no model needed
         self.warm_vectors()
         # Claimed just before the work: an input that kills the process counts an attempt and
         # reaches the DLQ after max_attempts instead of looping (suspects are retried alone).
