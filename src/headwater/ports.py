@@ -160,6 +160,11 @@ class DocumentState(Protocol):
 
     async def finish(self, doc_ids: Sequence[str], status: str = "done") -> None: ...
 
+    async def touch(self, docs: Sequence[DocState]) -> None:
+        """Record a new size and mtime for documents whose bytes did not change (a checkout, a
+        restore). Need not be durable: if it is lost, the next run reads and hashes them again."""
+        ...
+
     async def forget(self, doc_ids: Sequence[str]) -> None:
         """Remove documents and their chunk keys (after their vectors were deleted)."""
         ...

@@ -158,3 +158,17 @@ async def test_versions_are_recorded_size_mtime_and_status_per_uri_of_that_sourc
         "c.md": (0, 0, "pending"),
     }
     assert await store.versions("file:///other", ["a.md"]) == {}
+
+
+async def test_touch_records_size_and_mtime_and_nothing_else(store: MetadataStore) -> None:
+    keys = [ChunkKey(doc_id="a", chunk_id="c1", chunk_hash="h1")]
+    await store.commit([state("a"), state("b")], {"a": keys})
+    moved = DocState(**{**{f: getattr(state("a"), f) for f in DocState.__struct_fields__}, "mtime_ns": 99})
+    await store.touch([moved])
+    assert await store.versions("file:///src", ["a.md", "b.md"]) == {
+        "a.md": (10, 99, "done"),
+        "b.md": (10, 5, "done"),
+    }
+    after = (await store.get_documents(["a"]))["a"]
+    assert (after.content_hash, after.version, after.status) == ("h1", 1, "done")
+    assert [k.chunk_id for k in (await store.get_chunks(["a"]))["a"]] == ["c1"]

@@ -409,7 +409,7 @@ class _DocumentRun:
                 continue
             loaded.append((work, data, content_hash))
         if touched:
-            await self.p.metadata.commit(touched, {})
+            await self.p.metadata.touch(touched)
             self.in_flight -= len(touched)
             await self.emit_all(skips)
         return loaded
