@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import msgspec
+
 from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError, InputError, RetryableError
 from headwater.events import (
@@ -49,6 +51,7 @@ from headwater.stages.chunk import chunker_key
 from headwater.stages.prepare import PrepareFailure, PrepareOptions, prepare_documents
 
 _END = object()
+SKIP_REASONS = {"done": "unchanged", "failed": "previously_failed"}  # by recorded status
 SCAN_BATCH = 1024
 PREPARE_BATCH_DOCS = 32  # documents per round trip to a worker process
 PREPARE_BATCH_BYTES = 4 * 1024 * 1024
@@ -310,7 +313,7 @@ class _DocumentRun:
         """Unchanged size and mtime: not even read (the no-change re-run never opens a file)."""
         if version is None or self.force or version[:2] != (entry.size, entry.mtime_ns):
             return None
-        return {"done": "unchanged", "failed": "previously_failed"}.get(version[2])
+        return SKIP_REASONS.get(version[2])
 
     def _skipped(self, doc_id: str, uri: str, reason: str) -> DocumentSkipped:
         """Count one skip and make its event."""
@@ -400,12 +403,11 @@ class _DocumentRun:
             content_hash = sha256_hex(data)
             before = work.before
             unchanged = before is not None and before.content_hash == content_hash and not self.force
-            if before is not None and unchanged and before.status in ("done", "failed"):
+            if before is not None and unchanged and before.status in SKIP_REASONS:
                 touched.append(
-                    DocState(**{**_fields(before), "size": work.entry.size, "mtime_ns": work.entry.mtime_ns})
+                    msgspec.structs.replace(before, size=work.entry.size, mtime_ns=work.entry.mtime_ns)
                 )
-                reason = "unchanged" if before.status == "done" else "previously_failed"
-                skips.append(self._skipped(work.doc_id, work.entry.relpath, reason))
+                skips.append(self._skipped(work.doc_id, work.entry.relpath, SKIP_REASONS[before.status]))
                 continue
             loaded.append((work, data, content_hash))
         if touched:
