@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
@@ -27,23 +27,35 @@ class SourceEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One object a source lists. ``problem`` set means: skip it, with this reason, unread."""
 
     relpath: str
-    uri: str
     size: int
     mtime_ns: int
     problem: str | None = None
+
+
+class Version(NamedTuple):
+    """A document's recorded listing: equal size and mtime mean unchanged, unread."""
+
+    size: int
+    mtime_ns: int
+    status: str
+    doc_id: str
 
 
 @runtime_checkable
 class Source(Protocol):
     """A tree of documents (a local folder, a bucket prefix).
 
-    ``scan`` streams entries in a deterministic order and never yields anything outside the root;
-    it raises if the listing itself fails, so a partial listing never looks like deletions.
+    ``scan`` streams entries in a deterministic order, in pages (a folder walk's batch, an object
+    store's listing page), and never yields anything outside the root; it raises if the listing
+    itself fails, so a partial listing never looks like deletions.
     """
 
     uri: str
 
-    def scan(self) -> AsyncIterator[SourceEntry]: ...
+    def scan(self) -> AsyncIterator[list[SourceEntry]]:
+        """Pages, not single entries: a no-change re-run of 100k files is this listing, and an
+        async hand-off per entry was a tenth of it."""
+        ...
 
     async def lookup(self, relpaths: list[str]) -> list[SourceEntry]:
         """Entries for just these paths, as ``scan`` would list them; absent ones are left out
@@ -143,9 +155,8 @@ class DocumentState(Protocol):
 
     async def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocState]: ...
 
-    async def versions(self, source: str, uris: Sequence[str]) -> dict[str, tuple[int, int, str]]:
-        """(size, mtime_ns, status) per uri recorded for ``source``: all a no-change re-run asks
-        of each file."""
+    async def versions(self, source: str, uris: Sequence[str]) -> dict[str, Version]:
+        """What is recorded per uri of ``source``: all a no-change re-run asks of each file."""
         ...
 
     async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:

@@ -153,9 +153,9 @@ async def test_versions_are_recorded_size_mtime_and_status_per_uri_of_that_sourc
     await store.commit([state("a"), state("b", status="failed")], {})
     await store.claim([("c", "file:///src", "c.md")])
     assert await store.versions("file:///src", ["a.md", "b.md", "c.md", "missing.md"]) == {
-        "a.md": (10, 5, "done"),
-        "b.md": (10, 5, "failed"),
-        "c.md": (0, 0, "pending"),
+        "a.md": (10, 5, "done", "a"),
+        "b.md": (10, 5, "failed", "b"),
+        "c.md": (0, 0, "pending", "c"),
     }
     assert await store.versions("file:///other", ["a.md"]) == {}
 
@@ -166,8 +166,8 @@ async def test_touch_records_size_and_mtime_and_nothing_else(store: MetadataStor
     moved = DocState(**{**{f: getattr(state("a"), f) for f in DocState.__struct_fields__}, "mtime_ns": 99})
     await store.touch([moved])
     assert await store.versions("file:///src", ["a.md", "b.md"]) == {
-        "a.md": (10, 99, "done"),
-        "b.md": (10, 5, "done"),
+        "a.md": (10, 99, "done", "a"),
+        "b.md": (10, 5, "done", "b"),
     }
     after = (await store.get_documents(["a"]))["a"]
     assert (after.content_hash, after.version, after.status) == ("h1", 1, "done")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_from_bytes, unquote
+from urllib.parse import unquote
 
+from headwater.adapters._process import batches_from_child, can_fork_cheaply
 from headwater.errors import ConfigError, InputError
 from headwater.models import normalize_relpath
 from headwater.ports import SourceEntry
@@ -71,24 +72,19 @@ class FileSource:
             msg = f"source folder {self.root} does not exist or is not a directory"
             raise ConfigError(msg)
 
-    async def scan(self) -> AsyncIterator[SourceEntry]:
+    async def scan(self) -> AsyncIterator[list[SourceEntry]]:
         self._check_root()
-        walker = self._walk(self.root, "", {self._key(self.root)})
-        # The next batch is walked while the caller looks at this one: a no-change re-run is
-        # the walk and the lookups, and the lookups run on the store's own thread.
-        ahead = asyncio.ensure_future(asyncio.to_thread(_take, walker, _WALK_BATCH))
-        try:
-            while True:
-                batch = await ahead
-                if len(batch) == _WALK_BATCH:
-                    ahead = asyncio.ensure_future(asyncio.to_thread(_take, walker, _WALK_BATCH))
-                for entry in batch:
-                    yield entry
-                if len(batch) < _WALK_BATCH:
-                    return
-        finally:
-            if not ahead.done():  # the caller stopped early: let the walk thread finish alone
-                ahead.cancel()
+
+        def walk() -> Iterator[SourceEntry]:
+            return self._walk(self.root, "", {self._key(self.root)})
+
+        # In a child process where forking is cheap and safe (see ``_process``): the listing then
+        # runs beside the lookups and the reporting instead of taking turns with them for the GIL.
+        batches = (
+            batches_from_child(walk, SourceEntry, _WALK_BATCH) if can_fork_cheaply() else _in_thread(walk)
+        )
+        async for batch in batches:
+            yield batch
 
     async def lookup(self, relpaths: list[str]) -> list[SourceEntry]:
         """The entries for these paths as ``scan`` would list them; a path that is gone, excluded
@@ -121,35 +117,26 @@ class FileSource:
 
     def _walk(self, folder: Path, prefix: str, visiting: set[tuple[int, int]]) -> Iterator[SourceEntry]:
         with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=_name)
         for item in entries:
-            relpath = f"{prefix}{item.name}"
-            if self._plain_file(item, relpath):
-                yield self._file_entry(item, relpath)
+            relpath = prefix + item.name
+            # The common case inline, from the DirEntry alone (its type came with the listing):
+            # a regular file, not a link, included and not excluded; one stat for size and mtime.
+            if (
+                item.is_file(follow_symlinks=False)
+                and self.include.match(relpath)
+                and not self.exclude.match(relpath)
+            ):
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except OSError as exc:
+                    yield self._entry(relpath, Path(item.path), problem=f"cannot stat: {exc.strerror}")
+                    continue
+                if not relpath.isascii() or "\\" in relpath:
+                    relpath = normalize_relpath(relpath)
+                yield SourceEntry(relpath=relpath, size=st.st_size, mtime_ns=st.st_mtime_ns)
             else:
                 yield from self._visit(item, relpath, visiting)
-
-    def _plain_file(self, item: os.DirEntry[str], relpath: str) -> bool:
-        """A regular file, not a link, included and not excluded: the common case, listed from
-        the DirEntry alone (its type came with the directory listing; one stat for size/mtime)."""
-        return (
-            not item.is_symlink()
-            and item.is_file(follow_symlinks=False)
-            and self.include.match(relpath)
-            and not self.exclude.match(relpath)
-        )
-
-    def _file_entry(self, item: os.DirEntry[str], relpath: str) -> SourceEntry:
-        try:
-            st = item.stat(follow_symlinks=False)
-        except OSError as exc:
-            return self._entry(relpath, Path(item.path), problem=f"cannot stat: {exc.strerror}")
-        return SourceEntry(
-            relpath=normalize_relpath(relpath),
-            uri="file://" + quote_from_bytes(os.fsencode(item.path)),
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-        )
 
     def _visit(
         self, item: os.DirEntry[str], relpath: str, visiting: set[tuple[int, int]]
@@ -194,7 +181,6 @@ class FileSource:
                 problem = f"cannot stat: {exc.strerror}"
         return SourceEntry(
             relpath=normalize_relpath(relpath),
-            uri=path.as_uri() if path.is_absolute() else str(path),
             size=size,
             mtime_ns=mtime_ns,
             problem=problem,
@@ -246,6 +232,28 @@ def _read_bounded(handle: Any, expected: int, max_bytes: int) -> bytes:
     if len(data) > expected and len(data) <= max_bytes:
         data += handle.read(max_bytes + 1 - len(data))
     return data
+
+
+async def _in_thread(walk: Callable[[], Iterator[SourceEntry]]) -> AsyncIterator[list[SourceEntry]]:
+    """The walk in a thread, one batch ahead: the next batch is listed while the caller looks
+    at this one."""
+    walker = walk()
+    ahead = asyncio.ensure_future(asyncio.to_thread(_take, walker, _WALK_BATCH))
+    try:
+        while True:
+            batch = await ahead
+            if len(batch) == _WALK_BATCH:
+                ahead = asyncio.ensure_future(asyncio.to_thread(_take, walker, _WALK_BATCH))
+            yield batch
+            if len(batch) < _WALK_BATCH:
+                return
+    finally:
+        if not ahead.done():  # the caller stopped early: let the walk thread finish alone
+            ahead.cancel()
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def _take(iterator: Iterator[SourceEntry], n: int) -> list[SourceEntry]:

@@ -19,7 +19,7 @@ import msgspec
 
 from headwater.adapters._thread import OwnThread
 from headwater.errors import ConfigError
-from headwater.ports import ChunkKey, DeadLetter, DocState, Vectors
+from headwater.ports import ChunkKey, DeadLetter, DocState, Vectors, Version
 
 CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS chunks (
     chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL, chunk_hash TEXT NOT NULL,
@@ -57,11 +57,11 @@ _WAL_CHECKPOINT_PAGES = 4000  # 16 MB of WAL at most between checkpoints
 # event loop and the walking thread were busy each take waited its turn: a no-change re-run
 # spent 1.7 s of its 2.3 s on lookups that take 0.5 s alone.
 _VERSIONS_SQL = (
-    "SELECT json_group_array(json_array(uri, size, mtime_ns, status)) FROM documents "
+    "SELECT json_group_array(json_array(uri, json_array(size, mtime_ns, status, doc_id))) FROM documents "
     "WHERE source = ? AND uri IN (SELECT value FROM json_each(?))"
 )
 _THREE_FIELDS = "json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')"
-_decode_rows = msgspec.json.Decoder(list[tuple[str, int, int, str]]).decode
+_decode_versions = msgspec.json.Decoder(list[tuple[str, Version]]).decode
 
 
 def _now() -> str:
@@ -200,14 +200,14 @@ class SQLiteMetadataStore:
                 found[row[0]] = _doc_from_row(row)
         return found
 
-    async def versions(self, source: str, uris: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+    async def versions(self, source: str, uris: Sequence[str]) -> dict[str, Version]:
         return await self._thread.call(self._versions, source, list(uris))
 
-    def _versions(self, source: str, uris: list[str]) -> dict[str, tuple[int, int, str]]:
+    def _versions(self, source: str, uris: list[str]) -> dict[str, Version]:
         """From the covering index ``documents_listing``, in uri order: a listing's neighbours
         share its pages, where a lookup by the hashed doc_id lands on a random page each."""
         (packed,) = self.db.execute(_VERSIONS_SQL, (source, msgspec.json.encode(uris))).fetchone()
-        return {uri: (size, mtime_ns, status) for uri, size, mtime_ns, status in _decode_rows(packed)}
+        return dict(_decode_versions(packed))
 
     async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:
         def _get() -> dict[str, list[ChunkKey]]:

@@ -92,13 +92,9 @@ class Watcher:
         await metadata.open()
         counts = dict.fromkeys(("added", "updated", "deleted", "unchanged"), 0)
         try:
-            batch: list[SourceEntry] = []
-            async for entry in self.source.scan():
-                batch.append(entry)
-                if len(batch) >= 256:
-                    await self._compare(metadata, batch, counts)
-                    batch = []
-            await self._compare(metadata, batch, counts)
+            async for page in self.source.scan():
+                for start in range(0, len(page), 256):
+                    await self._compare(metadata, page[start : start + 256], counts)
             while gone := await metadata.unseen(self.source.uri, 256):
                 await metadata.note_seen([d.uri for d in gone])
                 await self._publish([("deleted", d) for d in gone], counts)

@@ -46,6 +46,7 @@ from headwater.ports import (
     Source,
     SourceEntry,
     VectorStore,
+    Version,
 )
 from headwater.stages.chunk import chunker_key
 from headwater.stages.prepare import PrepareFailure, PrepareOptions, prepare_documents
@@ -73,6 +74,11 @@ class _Work:
     doc_id: str
     before: DocState | None
     attempts: int
+
+
+async def _pages(entries: list[SourceEntry]) -> AsyncIterator[list[SourceEntry]]:
+    for start in range(0, len(entries), SCAN_BATCH):
+        yield entries[start : start + SCAN_BATCH]
 
 
 class DocumentPipeline:
@@ -254,41 +260,54 @@ class _DocumentRun:
 
     # -- scan ---------------------------------------------------------------------------------
     async def _scan(self) -> None:
-        batch: list[SourceEntry] = []
         try:
             if self.p.only is not None:
                 found = await self.p.source.lookup(sorted(self.p.only))
                 self.found = {e.relpath for e in found}
-                for start in range(0, len(found), SCAN_BATCH):
-                    await self._classify(found[start : start + SCAN_BATCH])
-                self.progress.listing_done = True
-                return
-            async for entry in self.p.source.scan():
-                batch.append(entry)
-                if len(batch) >= SCAN_BATCH:
-                    await self._classify(batch)
-                    batch = []
-            await self._classify(batch)
+                listing = _pages(found)
+            else:
+                listing = self.p.source.scan()
+            await self._classify_all(listing)
             self.progress.listing_done = True
         finally:
             for _ in range(self.s.concurrency):
                 await self.work.put(_END)
 
-    async def _classify(self, batch: list[SourceEntry]) -> None:
-        if not batch:
-            return
-        ids = [make_doc_id(e.relpath) for e in batch]
-        self.progress.listed += len(batch)
-        self.counts["seen"] += len(batch)
+    async def _classify_all(self, listing: AsyncIterator[list[SourceEntry]]) -> None:
+        """A batch's lookups run on the store's thread while the batch before it is classified
+        (a no-change re-run is nothing but these two, and they took turns)."""
+        ahead: asyncio.Future[dict[str, Version]] | None = None
+        batch_ahead: list[SourceEntry] = []
+        try:
+            async for batch in listing:
+                lookup = asyncio.ensure_future(self._lookup(batch))
+                if ahead is not None:
+                    await self._classify(batch_ahead, await ahead)
+                ahead, batch_ahead = lookup, batch
+            if ahead is not None:
+                await self._classify(batch_ahead, await ahead)
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+
+    async def _lookup(self, batch: list[SourceEntry]) -> dict[str, Version]:
         relpaths = [e.relpath for e in batch]
         await self.p.metadata.note_seen(relpaths)
-        versions = await self.p.metadata.versions(self.p.source.uri, relpaths)
+        return await self.p.metadata.versions(self.p.source.uri, relpaths)
+
+    async def _classify(self, batch: list[SourceEntry], versions: dict[str, Version]) -> None:
+        self.progress.listed += len(batch)
+        self.counts["seen"] += len(batch)
         todo: list[tuple[SourceEntry, str]] = []
         skips: list[DocumentSkipped] = []
-        for entry, doc_id in zip(batch, ids, strict=True):
+        for entry in batch:
+            version = versions.get(entry.relpath)
+            doc_id = version.doc_id if version is not None else make_doc_id(entry.relpath)
             if entry.problem is not None:
                 skips.append(self._skipped(doc_id, entry.relpath, entry.problem))
-            elif reason := self._fast_skip(entry, versions.get(entry.relpath)):
+            elif reason := self._fast_skip(entry, version):
                 skips.append(self._skipped(doc_id, entry.relpath, reason))
             else:
                 todo.append((entry, doc_id))
@@ -309,11 +328,11 @@ class _DocumentRun:
         if batch_works:
             await self.work.put(batch_works)
 
-    def _fast_skip(self, entry: SourceEntry, version: tuple[int, int, str] | None) -> str | None:
+    def _fast_skip(self, entry: SourceEntry, version: Version | None) -> str | None:
         """Unchanged size and mtime: not even read (the no-change re-run never opens a file)."""
-        if version is None or self.force or version[:2] != (entry.size, entry.mtime_ns):
+        if version is None or self.force or version.size != entry.size or version.mtime_ns != entry.mtime_ns:
             return None
-        return SKIP_REASONS.get(version[2])
+        return SKIP_REASONS.get(version.status)
 
     def _skipped(self, doc_id: str, uri: str, reason: str) -> DocumentSkipped:
         """Count one skip and make its event."""

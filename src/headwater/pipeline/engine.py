@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -14,6 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from headwater.adapters._process import can_fork_cheaply, die_with_parent
 from headwater.errors import InputError, RetryableError
 
 T = TypeVar("T")
@@ -38,7 +38,7 @@ class CpuPool:
             # Forking after lancedb started its runtime threads risks a deadlock in the child; a
             # process that already loaded it (a repair after verify, an embedding application)
             # extracts in a thread instead.
-            if self.workers == 1 or "lancedb" in sys.modules:
+            if self.workers == 1 or not can_fork_cheaply():
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
             else:
                 import multiprocessing
@@ -98,19 +98,6 @@ class CpuPool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-
-
-def die_with_parent() -> None:
-    """Worker processes must not outlive a killed pipeline (they would hold its pipes open)."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform == "linux":
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,21 @@ from pathlib import Path
 
 import pytest
 
+from headwater.adapters import files
 from headwater.adapters.files import FileSource
 from headwater.errors import InputError
 
 
+@pytest.fixture(autouse=True, params=["child", "thread"])
+def walk_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every listing test runs both ways: walked in a forked child (Linux, the CLI) and in a
+    thread (elsewhere, and in a process that already loaded lancedb)."""
+    monkeypatch.setattr(files, "can_fork_cheaply", lambda: request.param == "child")
+    return str(request.param)
+
+
 async def entries(source: FileSource) -> dict[str, str | None]:
-    return {e.relpath: e.problem async for e in source.scan()}
+    return {e.relpath: e.problem async for page in source.scan() for e in page}
 
 
 async def test_include_exclude_and_sorted_recursive_walk(tmp_path: Path) -> None:
@@ -41,7 +50,7 @@ async def test_symlinks_outside_the_root_dangling_or_looping_are_skipped(tmp_pat
 async def test_read_limits_and_errors(tmp_path: Path) -> None:
     (tmp_path / "big.md").write_text("x" * 100)
     source = FileSource(str(tmp_path), include=["**/*.md"])
-    (entry,) = [e async for e in source.scan()]
+    (entry,) = [e async for page in source.scan() for e in page]
     assert await source.read(entry, 100) == b"x" * 100
     with pytest.raises(InputError, match="over the limit of 99 bytes"):
         await source.read(entry, 99)
@@ -54,9 +63,21 @@ async def test_read_many_keeps_order_and_puts_each_error_in_its_place(tmp_path: 
     for name, text in (("a.md", "aa"), ("b.md", "b" * 50), ("c.md", "c")):
         (tmp_path / name).write_text(text)
     source = FileSource(str(tmp_path), include=["**/*.md"])
-    listed = [e async for e in source.scan()]
+    listed = [e async for page in source.scan() for e in page]
     (tmp_path / "c.md").unlink()
     a, b, c = await source.read_many(listed, 10)
     assert a == b"aa"
     assert isinstance(b, InputError) and "b.md: 11+ bytes is over the limit of 10 bytes" in str(b)
     assert isinstance(c, InputError) and "c.md: cannot read" in str(c)
+
+
+async def test_a_large_listing_comes_in_pages_in_walk_order(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for i in range(1500):
+            (tmp_path / folder / f"{i:04d}.md").write_text("x")
+    pages = [page async for page in FileSource(str(tmp_path)).scan()]
+    assert [len(p) for p in pages] == [1024, 1024, 952]
+    listed = [e.relpath for page in pages for e in page]
+    assert listed == [f"{folder}/{i:04d}.md" for folder in ("a", "b") for i in range(1500)]
+    assert {(e.size, e.mtime_ns > 0) for page in pages for e in page} == {(1, True)}

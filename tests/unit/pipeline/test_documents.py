@@ -10,6 +10,7 @@ import pytest
 
 from headwater import build_document_pipeline, load_settings
 from headwater.events import BatchProgress, DocumentCompleted, DocumentFailed, RunCompleted, RunStarted
+from headwater.models import make_doc_id
 from headwater.pipeline.index import replay_documents
 from headwater.testing import FailingEmbedder, PermanentError, collect_events
 
@@ -118,6 +119,7 @@ async def test_touched_files_are_skipped_and_their_new_mtime_recorded_in_one_go(
         )
     finally:
         await pipeline.metadata.close()
+    relpaths = {p: str(p.relative_to(corpus)) for p in touched}
     assert versions == {
-        str(p.relative_to(corpus)): (p.stat().st_size, p.stat().st_mtime_ns, "done") for p in touched
+        rel: (p.stat().st_size, p.stat().st_mtime_ns, "done", make_doc_id(rel)) for p, rel in relpaths.items()
     }
