@@ -28,11 +28,10 @@ T = TypeVar("T")
 _BATCH, _ERROR, _DONE = b"B", b"E", b"D"
 
 
-def can_fork_cheaply() -> bool:
-    """Fork where it is the platform's own way to start a process (Linux), and not once a library
-    with runtime threads of its own (lancedb) is loaded: a child forked while such a thread holds
-    a lock can deadlock. The callers fall back to threads."""
-    return sys.platform == "linux" and "lancedb" not in sys.modules
+def fork_is_safe() -> bool:
+    """Not once a library with runtime threads of its own (lancedb) is loaded: a child forked
+    while such a thread holds a lock can deadlock. The callers fall back to threads."""
+    return hasattr(os, "fork") and "lancedb" not in sys.modules
 
 
 async def batches_from_child(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from headwater.adapters._process import batches_from_child, can_fork_cheaply
+from headwater.adapters._process import batches_from_child, fork_is_safe
 from headwater.errors import ConfigError, InputError
 from headwater.models import normalize_relpath
 from headwater.ports import SourceEntry
@@ -78,11 +79,10 @@ class FileSource:
         def walk() -> Iterator[SourceEntry]:
             return self._walk(self.root, "", {self._key(self.root)})
 
-        # In a child process where forking is cheap and safe (see ``_process``): the listing then
-        # runs beside the lookups and the reporting instead of taking turns with them for the GIL.
-        batches = (
-            batches_from_child(walk, SourceEntry, _WALK_BATCH) if can_fork_cheaply() else _in_thread(walk)
-        )
+        # In a child process (see ``_process``): the listing then runs beside the lookups and the
+        # reporting instead of taking turns with them for the GIL. On Linux only, where the child
+        # is sure to die with its parent.
+        batches = batches_from_child(walk, SourceEntry, _WALK_BATCH) if _walk_in_child() else _in_thread(walk)
         async for batch in batches:
             yield batch
 
@@ -250,6 +250,10 @@ async def _in_thread(walk: Callable[[], Iterator[SourceEntry]]) -> AsyncIterator
     finally:
         if not ahead.done():  # the caller stopped early: let the walk thread finish alone
             ahead.cancel()
+
+
+def _walk_in_child() -> bool:
+    return sys.platform == "linux" and fork_is_safe()
 
 
 def _name(entry: os.DirEntry[str]) -> str:

@@ -280,17 +280,15 @@ class _DocumentRun:
         batch_ahead: list[SourceEntry] = []
         try:
             async for batch in listing:
-                lookup = asyncio.ensure_future(self._lookup(batch))
-                if ahead is not None:
-                    await self._classify(batch_ahead, await ahead)
-                ahead, batch_ahead = lookup, batch
+                previous, batch_previous = ahead, batch_ahead
+                ahead, batch_ahead = asyncio.ensure_future(self._lookup(batch)), batch
+                if previous is not None:
+                    await self._classify(batch_previous, await previous)
             if ahead is not None:
                 await self._classify(batch_ahead, await ahead)
         finally:
-            if ahead is not None and not ahead.done():
+            if ahead is not None and not ahead.done():  # stopped by an error or a cancellation
                 ahead.cancel()
-                with contextlib.suppress(BaseException):
-                    await ahead
 
     async def _lookup(self, batch: list[SourceEntry]) -> dict[str, Version]:
         relpaths = [e.relpath for e in batch]

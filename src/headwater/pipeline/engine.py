@@ -13,7 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from headwater.adapters._process import can_fork_cheaply, die_with_parent
+from headwater.adapters._process import die_with_parent, fork_is_safe
 from headwater.errors import InputError, RetryableError
 
 T = TypeVar("T")
@@ -38,7 +38,7 @@ class CpuPool:
             # Forking after lancedb started its runtime threads risks a deadlock in the child; a
             # process that already loaded it (a repair after verify, an embedding application)
             # extracts in a thread instead.
-            if self.workers == 1 or not can_fork_cheaply():
+            if self.workers == 1 or not fork_is_safe():
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
             else:
                 import multiprocessing

@@ -12,7 +12,7 @@ from headwater.errors import InputError
 def walk_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every listing test runs both ways: walked in a forked child (Linux, the CLI) and in a
     thread (elsewhere, and in a process that already loaded lancedb)."""
-    monkeypatch.setattr(files, "can_fork_cheaply", lambda: request.param == "child")
+    monkeypatch.setattr(files, "_walk_in_child", lambda: request.param == "child")
     return str(request.param)
 
 
