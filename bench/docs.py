@@ -9,7 +9,7 @@ W3 updates exactly the edited files, W4 removes the deleted files from ``export`
     python bench/docs.py --sizes 200 --runs 1                      # quick look
     python bench/docs.py --sizes 1000,10000 --runs 3 --compare langchain
     python bench/docs.py --sizes 100000 --runs 1
-    python bench/docs.py --embedder minilm --minilm-docs 200       # raw model.encode vs end to end
+    python bench/docs.py --embedder minilm --minilm-docs 500       # raw model.encode vs end to end
 
 Writes every run's raw numbers and the medians to ``--out`` (JSON) and prints a table.
 See bench/README.md for what each column means and how to read the ratios.
@@ -441,7 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="hash",
         help="hash: the W1-W4 benchmark; minilm: raw model.encode vs end-to-end chunks/s",
     )
-    parser.add_argument("--minilm-docs", type=int, default=200, help="corpus size for --embedder minilm")
+    parser.add_argument("--minilm-docs", type=int, default=500, help="corpus size for --embedder minilm")
     parser.add_argument(
         "--summarize",
         nargs="+",

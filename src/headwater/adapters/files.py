@@ -244,7 +244,8 @@ async def _in_thread(walk: Callable[[], Iterator[SourceEntry]]) -> AsyncIterator
             batch = await ahead
             if len(batch) == _WALK_BATCH:
                 ahead = asyncio.ensure_future(asyncio.to_thread(_take, walker, _WALK_BATCH))
-            yield batch
+            if batch:
+                yield batch
             if len(batch) < _WALK_BATCH:
                 return
     finally:

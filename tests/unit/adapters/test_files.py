@@ -81,3 +81,7 @@ async def test_a_large_listing_comes_in_pages_in_walk_order(tmp_path: Path) -> N
     listed = [e.relpath for page in pages for e in page]
     assert listed == [f"{folder}/{i:04d}.md" for folder in ("a", "b") for i in range(1500)]
     assert {(e.size, e.mtime_ns > 0) for page in pages for e in page} == {(1, True)}
+
+
+async def test_an_empty_folder_lists_no_pages(tmp_path: Path) -> None:
+    assert [page async for page in FileSource(str(tmp_path)).scan()] == []
