@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from headwater.adapters._process import batches_from_child, fork_is_safe
-from headwater.errors import ConfigError, InputError
+from headwater.errors import AdapterError, ConfigError, InputError
 from headwater.models import normalize_relpath
 from headwater.ports import SourceEntry
 
@@ -116,8 +116,15 @@ class FileSource:
         return (st.st_dev, st.st_ino)
 
     def _walk(self, folder: Path, prefix: str, visiting: set[tuple[int, int]]) -> Iterator[SourceEntry]:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=_name)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=_name)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # removed while the walk was under way: its documents are gone
+        except OSError as exc:
+            # Not a skip: the documents under it would look deleted. The run stops instead.
+            msg = f"cannot list {folder}: {exc.strerror or exc} (nothing was changed; fix it and re-run)"
+            raise AdapterError(msg) from exc
         for item in entries:
             relpath = prefix + item.name
             # The common case inline, from the DirEntry alone (its type came with the listing):
