@@ -7,10 +7,11 @@ by ``optimize()`` (``headwater optimize``), because lancedb's compaction reads t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -76,9 +77,7 @@ class LanceVectorStore:
         return self._table
 
     def _open(self, dimensions: int) -> None:
-        _defer_namespace_client()
-        import lancedb
-
+        lancedb = _import_lancedb()
         db = lancedb.connect(self.path, session=_session())
         try:
             table = db.open_table(TABLE)
@@ -243,6 +242,55 @@ class LanceVectorStore:
         return rows
 
 
+def _import_lancedb() -> Any:
+    """lancedb in ~0.5 s instead of ~2.2 s: its import is the fixed cost of every run that
+    writes (it holds the GIL while the first documents are prepared) and of every query. Three
+    parts of it serve nothing a local table uses, and each is put off, not changed."""
+    if "lancedb" in sys.modules:
+        return sys.modules["lancedb"]
+    _defer_namespace_client()
+    with _overrides_as_on_python_312(), _pydantic_builds_deferred():
+        import lancedb
+    return lancedb
+
+
+@contextlib.contextmanager
+def _overrides_as_on_python_312() -> Iterator[None]:
+    """On Python < 3.12 lancedb marks its methods with the ``overrides`` package, which checks
+    each one against its base classes as the module loads (~0.15 s); on 3.12+ it uses
+    ``typing.override``, which only marks them. The same marker here, for lancedb's import only."""
+    if sys.version_info >= (3, 12) or importlib.util.find_spec("overrides") is None:
+        yield
+        return
+    import overrides
+    from typing_extensions import override
+
+    checked = overrides.override
+    overrides.override = override  # type: ignore[assignment]  # the 3.12 marker, for this import only
+    try:
+        yield
+    finally:
+        overrides.override = checked
+
+
+@contextlib.contextmanager
+def _pydantic_builds_deferred() -> Iterator[None]:
+    """lance_namespace defines ~100 pydantic models at import; each built its validator then
+    (~0.15 s in all). Models created meanwhile get pydantic's own ``defer_build``: the validator
+    is built on first use, which for a local table is never."""
+    from pydantic import BaseModel
+
+    config = BaseModel.model_config
+    if "defer_build" in config:
+        yield
+        return
+    config["defer_build"] = True
+    try:
+        yield
+    finally:
+        del config["defer_build"]
+
+
 def _defer_namespace_client() -> None:
     """Load the REST namespace client's package lazily. lancedb imports its models at start-up,
     and the package's ``__init__`` also builds every API class (pydantic-validated methods):
@@ -272,7 +320,7 @@ def _session() -> Any:
     """Bounded caches. lancedb's default session keeps the metadata of every table version it
     saw, and each version lists every fragment: a cold run that appends one fragment per group
     grew by ~140 MB over 100k documents (O(writes x fragments)); 32 MB caps it at no cost in speed."""
-    import lancedb
+    lancedb = _import_lancedb()
 
     return lancedb.Session(index_cache_size_bytes=CACHE_BYTES, metadata_cache_size_bytes=CACHE_BYTES)
 
