@@ -87,37 +87,33 @@ async def test_an_empty_folder_lists_no_pages(tmp_path: Path) -> None:
     assert [page async for page in FileSource(str(tmp_path)).scan()] == []
 
 
-async def test_a_folder_that_cannot_be_listed_stops_the_listing_with_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Skipping it would make every document under it look deleted."""
-    (tmp_path / "locked").mkdir()
-    (tmp_path / "locked" / "a.md").write_text("x")
+def folder_failing_to_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError) -> FileSource:
+    """``sub/a.md`` and ``b.md``, where listing ``sub`` raises ``error``."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.md").write_text("x")
     (tmp_path / "b.md").write_text("x")
     real_scandir = os.scandir
 
     def scandir(path: Path) -> "os._ScandirIterator[str]":
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied", str(path))
+        if Path(path).name == "sub":
+            raise error
         return real_scandir(path)
 
     monkeypatch.setattr(files.os, "scandir", scandir)
-    with pytest.raises(AdapterError, match=r"cannot list .*locked: Permission denied"):
-        await entries(FileSource(str(tmp_path)))
+    return FileSource(str(tmp_path))
+
+
+async def test_a_folder_that_cannot_be_listed_stops_the_listing_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipping it would make every document under it look deleted."""
+    source = folder_failing_to_list(tmp_path, monkeypatch, PermissionError(13, "Permission denied"))
+    with pytest.raises(AdapterError, match=r"cannot list .*sub: Permission denied"):
+        await entries(source)
 
 
 async def test_a_folder_removed_during_the_walk_is_simply_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "gone").mkdir()
-    (tmp_path / "gone" / "a.md").write_text("x")
-    (tmp_path / "b.md").write_text("x")
-    real_scandir = os.scandir
-
-    def scandir(path: Path) -> "os._ScandirIterator[str]":
-        if Path(path).name == "gone":
-            raise FileNotFoundError(2, "No such file or directory", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(files.os, "scandir", scandir)
-    assert await entries(FileSource(str(tmp_path))) == {"b.md": None}
+    source = folder_failing_to_list(tmp_path, monkeypatch, FileNotFoundError(2, "No such file or directory"))
+    assert await entries(source) == {"b.md": None}
