@@ -1,5 +1,5 @@
 """Metrics, logs and traces (DESIGN §6): Prometheus counters fed by pipeline events, structlog
-JSON with correlation ids, redaction of secrets and PII, and an opt-in span helper.
+JSON with correlation ids, redaction of secrets, and an opt-in span helper.
 
 Nothing here runs at import time: each ``Metrics`` owns its registry (a server and a test can hold
 several), and ``configure_logging`` is called by the CLI or the server, never by library code.
@@ -275,8 +275,9 @@ def register_secret(value: str) -> None:
 
 
 def redact(value: T) -> T:
-    """``value`` (str, bytes, dict, list, nested) with secrets and PII removed; see
-    ``headwater.stages.redact``. Containers are copied and keep their type."""
+    """``value`` (str, bytes, dict, list, nested) with secrets removed, and nothing else changed
+    (timestamps, numbers, hosts and addresses stay readable); see ``headwater.stages.redact``.
+    Containers are copied and keep their type."""
     return redact_value(value, _secrets)
 
 

@@ -13,8 +13,15 @@ from typing import Any, cast
 
 from headwater import registry
 from headwater.config import Settings
+from headwater.events import SignalRejected, SignalRunCompleted
 from headwater.featuresets import FeatureSetSpec, build_feature_set
-from headwater.pipeline.signals import Clock, SignalOptions, SignalPipeline, wall_clock_ms
+from headwater.pipeline.signals import (
+    Clock,
+    SignalOptions,
+    SignalPipeline,
+    parse_letter_source,
+    wall_clock_ms,
+)
 from headwater.ports import DeadLetters, FeatureStore, OfflineFeatureStore
 
 
@@ -82,3 +89,55 @@ async def open_online_store(settings: Settings) -> AsyncIterator[FeatureStore]:
         yield store
     finally:
         await store.close()
+
+
+async def replay_signals(
+    settings: Settings, letter_ids: list[int] | None, *, clock: Clock = wall_clock_ms
+) -> list[SignalRunCompleted]:
+    """Re-ingest the inputs of dead-lettered signal records (all open ones when ``letter_ids`` is
+    None): each input file or folder once, into the feature set its letters name, declared as
+    ``Settings`` resolves it. The rest of the input is unchanged, so re-reading it rewrites the
+    same rows (writes are idempotent) and the fixed records join their windows. A letter whose
+    record is rejected again stays open, with the new reason; the others are marked replayed."""
+    metadata: Any = registry.create("metadata_store", settings.metadata_store_url)
+    await metadata.open()
+    try:
+        letters = [
+            lt
+            for lt in await metadata.list(limit=1_000_000)
+            if lt.kind == "signal" and (letter_ids is None or lt.id in letter_ids)
+        ]
+    finally:
+        await metadata.close()
+    by_run: dict[tuple[Path, str], list[Any]] = {}
+    for letter in letters:
+        inputs, name = parse_letter_source(letter.source)
+        by_run.setdefault((inputs, name or settings.feature_set), []).append(letter)
+    finals: list[SignalRunCompleted] = []
+    done: list[int] = []
+    for (inputs, name), group in by_run.items():
+        spec = resolve_feature_set(settings, name)
+        rejected: set[str] = set()
+        async with open_signal_pipeline(settings, inputs, spec, clock=clock) as pipeline:
+            async for event in pipeline.stream_events():
+                if isinstance(event, SignalRejected):
+                    rejected.add(event.input_ref)
+                elif isinstance(event, SignalRunCompleted):
+                    finals.append(event)
+        done += [lt.id for lt in group if lt.input_ref not in rejected]
+    metadata = registry.create("metadata_store", settings.metadata_store_url)
+    await metadata.open()
+    try:
+        # A record rejected for a new reason got a new letter: that one stays open instead.
+        newest = max((lt.id for lt in letters), default=0)
+        renewed = {
+            (lt.source, lt.input_ref)
+            for lt in await metadata.list(limit=1_000_000)
+            if lt.kind == "signal" and lt.id > newest
+        }
+        done += [lt.id for lt in letters if lt.id not in done and (lt.source, lt.input_ref) in renewed]
+        if done:
+            await metadata.mark_replayed(done)
+    finally:
+        await metadata.close()
+    return finals

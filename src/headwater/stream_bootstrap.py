@@ -141,4 +141,9 @@ async def replay_messages(
         await metadata.mark_replayed([lt.id for lt in letters])
     finally:
         await metadata.close()
+    # Dead-lettered records of signal files go back through their input (both callers of this
+    # function, ``dlq replay`` and the API's replay job, replay every kind of letter).
+    from headwater.signals_bootstrap import replay_signals  # lazily: polars is not needed otherwise
+
+    await replay_signals(settings, letter_ids)
     return len(letters)

@@ -363,11 +363,16 @@ class SQLiteMetadataStore:
 
     # -- DeadLetters ---------------------------------------------------------------------------
     async def add(self, letter: DeadLetter) -> int:
-        """Message and traceback are stored redacted (secrets, PII): a dead letter is read by
-        people and shipped to dashboards. The payload stays verbatim: it is what replay sends."""
+        """Stored without secrets (a dead letter is read by people and shipped to dashboards)
+        and otherwise as it came: message, traceback and source keep their timestamps, numbers
+        and hosts; the reference is what replay looks up (a path or a bus position); and the
+        payload (the original record or message, what replay sends) stays byte for byte unless
+        it holds a secret."""
         from headwater.observability import redact  # lazily: structlog and prometheus cost ~0.1 s
 
         message, traceback = redact(letter.message), redact(letter.traceback)
+        source = redact(letter.source)
+        payload = None if letter.payload is None else redact(letter.payload)
 
         def _add() -> int:
             with self.db:
@@ -377,14 +382,14 @@ class SQLiteMetadataStore:
                     (
                         letter.kind,
                         letter.input_ref,
-                        letter.source,
+                        source,
                         letter.stage,
                         letter.error_type,
                         message,
                         traceback,
                         letter.attempts,
                         letter.created_at or _now(),
-                        letter.payload,
+                        payload,
                     ),
                 )
                 return int(cur.lastrowid or 0)

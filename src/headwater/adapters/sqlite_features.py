@@ -73,7 +73,11 @@ _UPSERT_POINT = (
 _UPSERT_INVALID = (
     f"INSERT INTO invalid_records ({', '.join(INVALID_FIELDS)}) VALUES ({_placeholders(INVALID_FIELDS)}) "
     "ON CONFLICT DO UPDATE SET input_ref = excluded.input_ref, field = excluded.field,"
-    " reason = excluded.reason"
+    " reason = excluded.reason,"
+    # A recommitted batch (resume) rewrites the same records: their letters stand. A changed
+    # input re-run under the same scope may put another record at this key: it needs its own.
+    " dlq_id = CASE WHEN input_ref IS excluded.input_ref AND field IS excluded.field"
+    " AND reason IS excluded.reason THEN dlq_id END"
 )
 _SAVE_CHECKPOINT = (
     "INSERT OR REPLACE INTO signal_checkpoints (scope, fingerprint, next_batch, file_index, row_offset,"

@@ -8,11 +8,13 @@ Positions count records: lines for JSONL/CSV (header excluded), rows for Parquet
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from headwater.errors import ConfigError
@@ -122,3 +124,52 @@ def count_records(files: list[InputFile]) -> int | None:
     if any(f.kind != "parquet" for f in files):
         return None
     return sum(int(pq.ParquetFile(f.path).metadata.num_rows) for f in files)
+
+
+def original_records(root: Path, refs: Iterable[str]) -> dict[str, bytes]:
+    """The records behind input references (``file:line N``, ``file:row N``), as they are in the
+    input: the line itself for JSONL, the header line and the line for CSV (a CSV line means
+    nothing without its header), the row as a JSON object for Parquet. What the DLQ keeps so
+    a record can be read and replayed as it came; references whose file is gone are left out."""
+    wanted: dict[str, dict[int, str]] = {}
+    for ref in refs:
+        relpath, _, position = ref.rpartition(":")
+        unit, _, number = position.partition(" ")
+        if relpath and unit in ("line", "row") and number.isdigit():
+            wanted.setdefault(relpath, {})[int(number)] = ref
+    base = root.parent if root.is_file() else root
+    found: dict[str, bytes] = {}
+    for relpath, rows in wanted.items():
+        path = base / relpath
+        try:
+            if path.suffix.lower() == ".parquet":
+                found.update(_parquet_rows(path, rows))
+            else:
+                found.update(_text_lines(path, rows, csv=path.suffix.lower() == ".csv"))
+        except (OSError, ValueError, pa.ArrowException):
+            continue
+    return found
+
+
+def _text_lines(path: Path, rows: dict[int, str], *, csv: bool) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    header = b""
+    last = max(rows)
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if csv and number == 1:
+                header = line.rstrip(b"\r\n") + b"\n"
+            elif number in rows:
+                found[rows[number]] = header + line.rstrip(b"\r\n")
+            if number >= last:
+                break
+    return found
+
+
+def _parquet_rows(path: Path, rows: dict[int, str]) -> dict[str, bytes]:
+    table = pq.read_table(path)
+    return {
+        ref: msgspec.json.encode(table.slice(index, 1).to_pylist()[0], enc_hook=str)
+        for index, ref in rows.items()
+        if index < table.num_rows
+    }

@@ -43,6 +43,7 @@ from headwater.pipeline.signal_inputs import (
     count_records,
     fingerprint,
     list_inputs,
+    original_records,
     read_chunks,
 )
 from headwater.ports import DeadLetter, DeadLetters, FeatureStore, OfflineFeatureStore, SignalCheckpoint
@@ -296,24 +297,46 @@ class SignalPipeline:
         if self.dead_letters is None:
             return
         pending = await self.online.undelivered_invalid()
+        if not pending:
+            return
+        # Each letter keeps its record as it was in the input, so it can be read and replayed.
+        originals = await asyncio.to_thread(
+            original_records, self.inputs, [str(item["input_ref"]) for item in pending]
+        )
         delivered = []
         for item in pending:
             letter = DeadLetter(
                 id=0,
                 kind="signal",
                 input_ref=item["input_ref"],
-                source=str(self.inputs),
+                source=letter_source(self.inputs, self.spec.name),
                 stage="decode",
                 error_type="InputError",
                 message=f"{item['field']}: {item['reason']}",
                 traceback="",
                 attempts=1,
                 created_at=datetime.fromtimestamp(self.clock() / 1000, tz=UTC).isoformat(),
+                payload=originals.get(str(item["input_ref"])),
             )
             dlq_id = await self.dead_letters.add(letter)
             delivered.append((item["scope"], item["batch"], item["idx"], dlq_id))
         if delivered:
             await self.online.mark_delivered(delivered)
+
+
+FEATURE_SET_MARK = "#feature_set="
+
+
+def letter_source(inputs: Path, feature_set: str) -> str:
+    """A signal letter's source: the absolute input (file or folder) and the feature set it was
+    ingested into, which is what ``dlq replay`` runs again."""
+    return f"{inputs.resolve()}{FEATURE_SET_MARK}{feature_set}"
+
+
+def parse_letter_source(source: str) -> tuple[Path, str | None]:
+    """(input, feature set) of :func:`letter_source`; a source without the mark is an input."""
+    path, mark, name = source.rpartition(FEATURE_SET_MARK)
+    return (Path(path), name) if mark else (Path(source), None)
 
 
 def _batch_events(run: _Run, batch_no: int, chunk: Chunk | None, result: BatchResult) -> list[SignalEvent]:

@@ -25,7 +25,7 @@ import msgspec
 
 from headwater.errors import InputError, RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
-from headwater.observability import span
+from headwater.observability import redact, span
 from headwater.pipeline.engine import RetryPolicy, with_retries
 from headwater.ports import BusMessage, DeadLetter, DeadLetters, StreamBus
 from headwater.stages import cloudevents
@@ -398,15 +398,18 @@ class StreamWorker:
             payload=message.body,
         )
         dlq_id = await self.dead_letters.add(letter)
-        reason = f"{letter.error_type}: {letter.message}"
-        await with_retries(lambda: self.bus.dead_letter(message, reason), self.options.retry)
+        # The bus's DLQ copy and the event are shown to operators too: secrets go, nothing else.
+        shown = redact(letter.message)
+        reason = f"{letter.error_type}: {shown}"
+        copy = msgspec.structs.replace(message, body=redact(message.body))
+        await with_retries(lambda: self.bus.dead_letter(copy, reason), self.options.retry)
         self.counts.dead += 1
         return MessageDeadLettered(
             topic=message.topic,
             position=ref,
             deliveries=message.deliveries,
             error_type=letter.error_type,
-            message=letter.message,
+            message=shown,
             dlq_id=dlq_id,
         )
 

@@ -1,10 +1,13 @@
-"""Redaction of secrets and PII from anything that leaves the process: log lines, SSE payloads,
-DLQ entries, error messages.
+"""Redaction of secrets from anything that leaves the process: log lines, SSE payloads, API
+answers, DLQ entries (messages, tracebacks and the stored payloads), error messages.
 
 Pure and stateless: the caller passes the exact secret values it knows about (the registry of
-those lives in ``headwater.observability``). Secrets are removed everywhere; PII (via
-``stages.scrub``) only from free text, not from identifier fields such as ``doc_id`` or
-``created_at``, whose values are ours and whose digits would otherwise look like phone numbers.
+those lives in ``headwater.observability``). Only secrets are removed: the API token and other
+registered values, ``Bearer``/``Basic`` values, key-shaped strings (``sk-…``, ``ghp_…``,
+``AKIA…``), credentials in URLs, and the values of secret-named fields and query parameters.
+Timestamps, numbers, host names and IP addresses are left as they are: an operator needs them,
+and a dead letter must stay replayable. PII (e-mails, phones, …) is a property of content, not
+of messages: ``stages.scrub`` removes it from document text when the user turns scrubbing on.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import re
 from collections.abc import Iterable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
-
-from headwater.stages.scrub import scrub_pii
 
 MASK = "***"
 T = TypeVar("T")
@@ -26,9 +27,6 @@ _SECRET_WORDS = frozenset(
     }
 )  # fmt: skip
 _SECRET_SUFFIXES = ("token", "secret", "password", "passwd", "apikey")
-_NOT_FREE_TEXT = frozenset(
-    {"id", "type", "version", "status", "kind", "stage", "level", "logger", "timestamp", "at"}
-)
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _BEARER = re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=\-]{4,}", re.IGNORECASE)
@@ -64,9 +62,9 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, _redact_query(parts.query), parts.fragment))
 
 
-def redact_text(text: str, secrets: Iterable[str] = (), *, pii: bool = True) -> str:
-    """Free text with known secret values, credential-shaped substrings and (unless ``pii`` is
-    false) e-mail addresses, phone numbers, cards, IBANs and IPs replaced."""
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Free text with known secret values and credential-shaped substrings replaced; nothing
+    else changes (a text without secrets comes back equal)."""
     for secret in sorted(secrets, key=len, reverse=True):
         if secret:
             text = text.replace(secret, MASK)
@@ -74,46 +72,42 @@ def redact_text(text: str, secrets: Iterable[str] = (), *, pii: bool = True) -> 
     text = _KEY_SHAPES.sub(MASK, text)
     text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
     text = _QUERY_PARAM.sub(_mask_param, text)
-    text = _ASSIGNMENT.sub(_mask_assignment, text)
-    if pii:
-        text, _ = scrub_pii(text)
-    return text
+    return _ASSIGNMENT.sub(_mask_assignment, text)
 
 
 def redact_value(value: T, secrets: Iterable[str] = ()) -> T:
     """``value`` with every string inside it redacted; containers are copied, never mutated, and
     keep their type, so a dict in is a dict out. Values under secret-named keys are masked whole
     (numbers and booleans excepted: a count is not a credential)."""
-    return cast(T, _redact(value, tuple(secrets), pii=True))
+    return cast(T, _redact(value, tuple(secrets)))
 
 
-def _redact(value: Any, secrets: tuple[str, ...], *, pii: bool) -> Any:
+def redact_bytes(data: bytes, secrets: Iterable[str] = ()) -> bytes:
+    """``data`` itself (the same bytes) unless it holds a secret: the way a stored payload stays
+    replayable byte for byte. Text that is not UTF-8 is checked through a lossless decoding."""
+    text = data.decode("utf-8", "surrogateescape")
+    cleaned = redact_text(text, secrets)
+    return data if cleaned == text else cleaned.encode("utf-8", "surrogateescape")
+
+
+def _redact(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, str):
-        return redact_text(value, secrets, pii=pii)
+        return redact_text(value, secrets)
     if isinstance(value, bytes):
-        text = value.decode("utf-8", "replace")
-        cleaned = redact_text(text, secrets, pii=pii)
-        return value if cleaned == text else cleaned.encode()
+        return redact_bytes(value, secrets)
     if isinstance(value, dict):
         return {k: _redact_item(str(k), v, secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact(v, secrets, pii=pii) for v in value]
+        return [_redact(v, secrets) for v in value]
     if isinstance(value, tuple):
-        return tuple(_redact(v, secrets, pii=pii) for v in value)
+        return tuple(_redact(v, secrets) for v in value)
     return value
 
 
 def _redact_item(key: str, value: Any, secrets: tuple[str, ...]) -> Any:
     if is_secret_key(key) and value and not isinstance(value, bool | int | float):
         return MASK
-    return _redact(value, secrets, pii=is_free_text(key))
-
-
-def is_free_text(key: str) -> bool:
-    """Identifier and timestamp fields are ours (hashes, sequence numbers, ISO times): scrubbing
-    them for PII finds only false positives and breaks the references."""
-    lowered = key.lower()
-    return lowered not in _NOT_FREE_TEXT and not lowered.endswith(("_id", "_at"))
+    return _redact(value, secrets)
 
 
 def _redact_query(query: str) -> str:
