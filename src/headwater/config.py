@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(DEFAULTS["queue_size"], ge=1)
 
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
-    pdf_max_pages: int = Field(2000, ge=1)
+    pdf_max_pages: int = Field(0, ge=0)  # 0: no page limit (extraction is bounded by time and memory)
     extract_timeout_seconds: float = Field(60.0, gt=0)
     progress_interval_seconds: float = Field(2.0, gt=0)
 
