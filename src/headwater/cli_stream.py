@@ -152,7 +152,7 @@ def watch(
 
 @publish_app.command("signals")
 def publish_signals(
-    path: Annotated[Path, typer.Argument(help="A JSONL file of signals (or of CloudEvents)")],
+    path: Annotated[Path, typer.Argument(help="A file or folder (JSONL, CSV, Parquet), as ingest takes")],
     bus: BusOpt = None,
     topic: Annotated[str, typer.Option(help="Topic to publish to")] = "signals",
     per_message: Annotated[

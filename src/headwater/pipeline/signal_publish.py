@@ -1,8 +1,11 @@
-"""``headwater publish signals``: a JSONL file → CloudEvents on a bus, batched and partitioned.
+"""``headwater publish signals``: signal inputs → CloudEvents on a bus, batched and partitioned.
 
-Each line becomes one CloudEvent (a line that already is one passes as it is) with a
-deterministic id (file name, line number, bytes), so publishing a file twice is a redelivery that
-the worker's CloudEvent dedup discards. Two knobs, both for scale:
+The inputs are what ``ingest signals`` takes — a file or a folder of JSONL, CSV and Parquet
+files, listed by the same function in the same order — so publishing a folder and ingesting it
+see the same events in the same order. Each record becomes one CloudEvent (a JSONL line that
+already is one passes as it is; a CSV row or Parquet row becomes the JSON object of its columns)
+with a deterministic id (file, line or row number, bytes), so publishing twice is a redelivery
+that the worker's CloudEvent dedup discards. Two knobs, both for scale:
 - ``per_message`` > 1 packs consecutive events into one message in the CloudEvents JSON batch
   format (a JSON array): one bus append and one ack per N events instead of N (fewer when
   the events are large: a message stays under ``MAX_MESSAGE_BYTES``).
@@ -13,13 +16,18 @@ the worker's CloudEvent dedup discards. Two knobs, both for scale:
 
 from __future__ import annotations
 
+import csv
+import math
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from headwater.models import sha256_hex
+from headwater.pipeline.signal_inputs import InputFile, list_inputs
 from headwater.ports import StreamBus
 from headwater.stages import cloudevents
 
@@ -95,12 +103,71 @@ def _pack(events: list[bytes], per_message: int) -> bytes:
 
 
 def _cloudevents(path: Path) -> Iterator[tuple[str | None, bytes]]:
-    source = f"headwater.publish:{path.name}"
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if line:
-                yield _as_cloudevent(line, source, number)
+    for file in list_inputs(path):
+        source = f"headwater.publish:{file.relpath}"
+        for number, record in _records(file):
+            yield _as_cloudevent(record, source, number)
+
+
+def _records(file: InputFile) -> Iterator[tuple[int, bytes]]:
+    """(line or row number, the record as JSON) in file order; blank lines are skipped."""
+    if file.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        number = 0
+        for batch in pq.ParquetFile(file.path).iter_batches(batch_size=10_000):
+            for row in batch.to_pylist():
+                yield number, msgspec.json.encode({k: _arrow_value(v) for k, v in row.items()})
+                number += 1
+        return
+    with file.path.open("rb") as handle:
+        if file.kind == "jsonl":
+            for number, raw in enumerate(handle, start=1):
+                if line := raw.strip():
+                    yield number, line
+            return
+        header = [h.strip() for h in handle.readline().decode("utf-8", "replace").rstrip("\r\n").split(",")]
+        for number, raw in enumerate(handle, start=2):
+            if line := raw.strip():
+                yield number, _csv_object(header, line)
+
+
+_CSV_TEXT = ("entity_id", "source", "trace_id")
+_CSV_NUMBERS = ("event_time", "sequence", "value")
+
+
+def _csv_object(header: list[str], line: bytes) -> bytes:
+    """A CSV row as the JSON object ingest would decode it to (digits are integers, decimals
+    floats, other text stays text); a row that does not fit its header stays the raw line, so
+    the worker dead-letters it with the line in view."""
+    text = line.decode("utf-8", "replace")
+    cells = next(csv.reader([text]), [])
+    if len(cells) != len(header):
+        return msgspec.json.encode(text)  # not an object: the worker rejects it and keeps it
+    row = dict(zip(header, cells, strict=True))
+    obj: dict[str, Any] = {k: v for k, v in row.items() if k in _CSV_TEXT}
+    for name in _CSV_NUMBERS:
+        if (cell := row.get(name, "").strip()) != "":
+            obj[name] = _csv_number(cell)
+    return msgspec.json.encode(obj)
+
+
+def _csv_number(cell: str) -> int | float | str:
+    if cell.lstrip("-").isdigit():
+        return int(cell)
+    try:
+        number = float(cell)
+    except ValueError:
+        return cell
+    return number if math.isfinite(number) else cell
+
+
+def _arrow_value(value: Any) -> Any:
+    """Arrow timestamps become epoch milliseconds (naive ones are UTC, as ingest reads them)."""
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return round(aware.timestamp() * 1000)
+    return value
 
 
 def _as_cloudevent(line: bytes, source: str, number: int) -> tuple[str | None, bytes]:
