@@ -2,8 +2,14 @@
 
 Walks with ``os.scandir`` (streaming, sorted per directory) rather than a full recursive listing,
 so memory stays flat on large trees. Symlinks are resolved; a link that leaves the root, dangles
-or loops is reported as a skip with its reason and never read. Reading goes through fsspec so the
-same code reads other file systems.
+or loops is reported as a skip with its reason and never read, and so is anything that is not a
+regular file (a FIFO is never opened: opening one blocks). A folder that cannot be listed stops
+the run (its documents would otherwise look deleted).
+
+A file is known by its name normalized (NFC, a backslash as ``%5C``, each byte that is not UTF-8
+as ``%XX``): that is its identity (``relpath``, ``doc_id``) on every system. Where the name on
+disk differs, the entry carries it (``LocalEntry.disk``) and every read uses it. A normalized
+name that another file on disk already has is skipped, naming that file.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import stat
 import sys
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from headwater.adapters._process import batches_from_child, fork_is_safe
@@ -59,6 +67,26 @@ class _Globs:
         return self.everything or (not self.empty and self.regex.fullmatch(relpath) is not None)
 
 
+class LocalEntry(SourceEntry, frozen=True, kw_only=True):
+    """A listed file whose name on disk is not its normalized ``relpath``: ``disk`` is the path
+    under the root as the file system spells it (bytes: it may not be UTF-8)."""
+
+    disk: bytes | None = None
+
+
+def identity_of(relpath: str) -> str:
+    """The normalized form of an on-disk relative path (``/``-separated; undecodable bytes as
+    Python's surrogate escapes, as ``os.scandir`` gives them). A fixed point of
+    ``normalize_relpath``, so ``doc_id`` agrees."""
+    if relpath.isascii() and "\\" not in relpath:
+        return relpath
+    escaped = "".join(
+        f"%{ord(ch) - 0xDC00:02X}" if "\udc80" <= ch <= "\udcff" else ch
+        for ch in relpath.replace("\\", "%5C")
+    )
+    return unicodedata.normalize("NFC", escaped)
+
+
 class FileSource:
     def __init__(self, url: str, include: list[str] | None = None, exclude: list[str] | None = None) -> None:
         raw = unquote(url.removeprefix("file://"))
@@ -66,7 +94,6 @@ class FileSource:
         self.uri = self.root.as_uri()
         self.include = _Globs(include or ["**/*"])
         self.exclude = _Globs(exclude or [])
-        self._filesystem: Any = None
 
     def _check_root(self) -> None:
         if not self.root.is_dir():
@@ -76,15 +103,15 @@ class FileSource:
     async def scan(self) -> AsyncIterator[list[SourceEntry]]:
         self._check_root()
 
-        def walk() -> Iterator[SourceEntry]:
+        def walk() -> Iterator[LocalEntry]:
             return self._walk(self.root, "", {self._key(self.root)})
 
         # In a child process (see ``_process``): the listing then runs beside the lookups and the
         # reporting instead of taking turns with them for the GIL. On Linux only, where the child
         # is sure to die with its parent.
-        batches = batches_from_child(walk, SourceEntry, _WALK_BATCH) if _walk_in_child() else _in_thread(walk)
+        batches = batches_from_child(walk, LocalEntry, _WALK_BATCH) if _walk_in_child() else _in_thread(walk)
         async for batch in batches:
-            yield batch
+            yield cast("list[SourceEntry]", batch)  # read only by the caller
 
     async def lookup(self, relpaths: list[str]) -> list[SourceEntry]:
         """The entries for these paths as ``scan`` would list them; a path that is gone, excluded
@@ -92,30 +119,62 @@ class FileSource:
         self._check_root()
         return await asyncio.to_thread(lambda: [e for r in relpaths if (e := self._lookup_one(r))])
 
-    def _lookup_one(self, relpath: str) -> SourceEntry | None:
-        relpath = normalize_relpath(relpath)
+    def _selected(self, relpath: str) -> bool:
         parts = relpath.split("/")
         if not relpath or ".." in parts or not self.include.match(relpath):
-            return None
+            return False
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if self.exclude.match(relpath) or any(self.exclude.match(p + "/") for p in prefixes[:-1]):
+        return not (self.exclude.match(relpath) or any(self.exclude.match(p + "/") for p in prefixes[:-1]))
+
+    def _lookup_one(self, relpath: str) -> LocalEntry | None:
+        relpath = normalize_relpath(relpath)
+        if not self._selected(relpath) or (disk := self._on_disk(relpath.split("/"))) is None:
             return None
-        path = self.root / relpath
-        for prefix in prefixes:
-            if (self.root / prefix).is_symlink() and (problem := self._link_problem(self.root / prefix)):
-                return self._entry(relpath, path, problem=problem)
-        if not path.exists():
+        path = self.root / disk
+        disk_parts = disk.split("/")
+        for depth in range(1, len(disk_parts) + 1):
+            prefix = self.root.joinpath(*disk_parts[:depth])
+            if prefix.is_symlink() and (problem := self._link_problem(prefix)):
+                return self._entry(relpath, path, disk, problem=problem)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
             return None
-        if not path.is_file():
-            return self._entry(relpath, path, problem="not a regular file")
-        return self._entry(relpath, path)
+        except OSError as exc:
+            return self._entry(relpath, path, disk, problem=f"cannot stat: {exc.strerror or exc}")
+        if not stat.S_ISREG(mode):
+            return self._entry(relpath, path, disk, problem="not a regular file")
+        return self._entry(relpath, path, disk)
+
+    def _on_disk(self, parts: list[str]) -> str | None:
+        """The on-disk relative path whose normalized form is ``parts``: the same spelling when
+        it exists (the usual case, and the one that wins a collision), else the one name in
+        each folder that normalizes to the part."""
+        if os.path.lexists(self.root.joinpath(*parts)):
+            return "/".join(parts)
+        found: list[str] = []
+        for part in parts:
+            folder = self.root.joinpath(*found)
+            if os.path.lexists(folder / part):
+                found.append(part)
+                continue
+            try:
+                with os.scandir(folder) as it:
+                    names = [e.name for e in it if identity_of(e.name) == part]
+            except OSError:
+                return None
+            if len(names) != 1:
+                return None
+            found.append(names[0])
+        return "/".join(found)
 
     @staticmethod
     def _key(path: Path) -> tuple[int, int]:
         st = path.stat()
         return (st.st_dev, st.st_ino)
 
-    def _walk(self, folder: Path, prefix: str, visiting: set[tuple[int, int]]) -> Iterator[SourceEntry]:
+    def _walk(self, folder: Path, prefix: str, visiting: set[tuple[int, int]]) -> Iterator[LocalEntry]:
+        """``prefix`` is the folder's path under the root as the file system spells it."""
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=_name)
@@ -126,48 +185,84 @@ class FileSource:
             msg = f"cannot list {folder}: {exc.strerror or exc} (nothing was changed; fix it and re-run)"
             raise AdapterError(msg) from exc
         for item in entries:
-            relpath = prefix + item.name
+            disk = prefix + item.name
             # The common case inline, from the DirEntry alone (its type came with the listing):
-            # a regular file, not a link, included and not excluded; one stat for size and mtime.
-            if (
-                item.is_file(follow_symlinks=False)
-                and self.include.match(relpath)
-                and not self.exclude.match(relpath)
-            ):
+            # a plain name, a regular file, not a link, included and not excluded; one stat.
+            if disk.isascii() and "\\" not in disk:
+                relpath = disk
+            else:
+                relpath = identity_of(disk)
+                if (clash := self._clash(relpath, disk)) is not None:
+                    yield self._entry(relpath, Path(item.path), disk, problem=clash)
+                    continue
+            try:
+                regular = item.is_file(follow_symlinks=False)
+            except OSError as exc:
+                yield self._entry(
+                    relpath, Path(item.path), disk, problem=f"cannot stat: {exc.strerror or exc}"
+                )
+                continue
+            if regular and self.include.match(relpath) and not self.exclude.match(relpath):
                 try:
                     st = item.stat(follow_symlinks=False)
                 except OSError as exc:
-                    yield self._entry(relpath, Path(item.path), problem=f"cannot stat: {exc.strerror}")
+                    yield self._entry(relpath, Path(item.path), disk, problem=f"cannot stat: {exc.strerror}")
                     continue
-                if not relpath.isascii() or "\\" in relpath:
-                    relpath = normalize_relpath(relpath)
-                yield SourceEntry(relpath=relpath, size=st.st_size, mtime_ns=st.st_mtime_ns)
+                yield LocalEntry(
+                    relpath=relpath,
+                    size=st.st_size,
+                    mtime_ns=st.st_mtime_ns,
+                    disk=None if relpath is disk else os.fsencode(disk),
+                )
             else:
-                yield from self._visit(item, relpath, visiting)
+                yield from self._visit(item, relpath, disk, visiting)
+
+    def _clash(self, relpath: str, disk: str) -> str | None:
+        """A name that normalizes to a path another file on disk has: that file keeps the
+        identity (it is what a lookup of the path finds), this one is skipped."""
+        if relpath != disk and os.path.lexists(self.root / relpath):
+            return f"its normalized name {relpath!r} is the name of another file"
+        return None
 
     def _visit(
-        self, item: os.DirEntry[str], relpath: str, visiting: set[tuple[int, int]]
-    ) -> Iterator[SourceEntry]:
+        self, item: os.DirEntry[str], relpath: str, disk: str, visiting: set[tuple[int, int]]
+    ) -> Iterator[LocalEntry]:
+        """Everything but a plain regular file: links, folders, FIFOs, sockets, devices. Nothing
+        here is opened; every error about one entry is a skip of that entry."""
         path = Path(item.path)
-        if self.exclude.match(relpath) or (item.is_dir() and self.exclude.match(relpath + "/")):
+        if self.exclude.match(relpath):
             return
-        if item.is_symlink():
-            problem = self._link_problem(path)
-            if problem:
-                if self.include.match(relpath):
-                    yield self._entry(relpath, path, problem=problem)
+        st = self._stat(item, path)
+        if isinstance(st, str):  # why it is skipped
+            # The target is unknown (a loop, a dangling link): reported when it could hold
+            # documents, as a file the include patterns name or as a folder (no suffix).
+            if self.include.match(relpath) or "." not in relpath.rsplit("/", 1)[-1]:
+                yield self._entry(relpath, path, disk, problem=st)
+            return
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            if self.exclude.match(relpath + "/"):
                 return
-        if item.is_dir():
-            key = self._key(path)
+            key = (st.st_dev, st.st_ino)
             if key in visiting:
-                yield self._entry(relpath, path, problem="symlink loop: directory already being walked")
+                yield self._entry(relpath, path, disk, problem="symlink loop: directory already being walked")
                 return
-            yield from self._walk(path, relpath + "/", visiting | {key})
+            yield from self._walk(path, disk + "/", visiting | {key})
         elif self.include.match(relpath):
-            if not item.is_file():
-                yield self._entry(relpath, path, problem="not a regular file")
+            if not stat.S_ISREG(mode):
+                yield self._entry(relpath, path, disk, problem="not a regular file")
                 return
-            yield self._entry(relpath, path)
+            yield self._entry(relpath, path, disk)
+
+    def _stat(self, item: os.DirEntry[str], path: Path) -> os.stat_result | str:
+        """An entry's status (a link's target's), or why it is skipped."""
+        try:
+            if item.is_symlink():
+                # Checked before anything follows the link: following a loop raises ELOOP.
+                return self._link_problem(path) or path.stat()
+            return item.stat(follow_symlinks=False)
+        except OSError as exc:
+            return f"cannot stat: {exc.strerror or exc}"
 
     def _link_problem(self, path: Path) -> str | None:
         try:
@@ -178,7 +273,7 @@ class FileSource:
             return "symlink points outside the source root"
         return None
 
-    def _entry(self, relpath: str, path: Path, problem: str | None = None) -> SourceEntry:
+    def _entry(self, relpath: str, path: Path, disk: str, problem: str | None = None) -> LocalEntry:
         size = mtime_ns = 0
         if problem is None:
             try:
@@ -186,21 +281,10 @@ class FileSource:
                 size, mtime_ns = st.st_size, st.st_mtime_ns
             except OSError as exc:
                 problem = f"cannot stat: {exc.strerror}"
-        return SourceEntry(
-            relpath=normalize_relpath(relpath),
-            size=size,
-            mtime_ns=mtime_ns,
-            problem=problem,
+        relpath = normalize_relpath(relpath)
+        return LocalEntry(
+            relpath=relpath, size=size, mtime_ns=mtime_ns, problem=problem, disk=os.fsencode(disk)
         )
-
-    def _fs(self) -> Any:
-        """One fsspec file system for the source: ``fsspec.open`` per file parsed the URL and
-        built a wrapper each time (twice the cost of the read itself)."""
-        if self._filesystem is None:
-            import fsspec
-
-            self._filesystem = fsspec.filesystem("file")
-        return self._filesystem
 
     async def read(self, entry: SourceEntry, max_bytes: int) -> bytes:
         return await asyncio.to_thread(self._read, entry, max_bytes)
@@ -218,9 +302,19 @@ class FileSource:
         return results
 
     def _read(self, entry: SourceEntry, max_bytes: int) -> bytes:
-        path = self.root / entry.relpath
+        disk = entry.disk if isinstance(entry, LocalEntry) else None
+        path = self.root / (os.fsdecode(disk) if disk is not None else entry.relpath)
         try:
-            with self._fs().open(str(path), "rb") as handle:
+            # Non-blocking: a file replaced by a FIFO since the listing must not hang the run.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            msg = f"{entry.relpath}: cannot read: {exc.strerror or exc}"
+            raise InputError(msg, field="content") from exc
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    msg = f"{entry.relpath}: cannot read: not a regular file"
+                    raise InputError(msg, field="content")
                 data = _read_bounded(handle, entry.size, max_bytes)
         except OSError as exc:
             msg = f"{entry.relpath}: cannot read: {exc.strerror or exc}"
@@ -241,7 +335,7 @@ def _read_bounded(handle: Any, expected: int, max_bytes: int) -> bytes:
     return data
 
 
-async def _in_thread(walk: Callable[[], Iterator[SourceEntry]]) -> AsyncIterator[list[SourceEntry]]:
+async def _in_thread(walk: Callable[[], Iterator[LocalEntry]]) -> AsyncIterator[list[LocalEntry]]:
     """The walk in a thread, one batch ahead: the next batch is listed while the caller looks
     at this one."""
     walker = walk()
@@ -268,8 +362,8 @@ def _name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
-def _take(iterator: Iterator[SourceEntry], n: int) -> list[SourceEntry]:
-    out: list[SourceEntry] = []
+def _take(iterator: Iterator[LocalEntry], n: int) -> list[LocalEntry]:
+    out: list[LocalEntry] = []
     for item in iterator:
         out.append(item)
         if len(out) >= n:
