@@ -16,7 +16,14 @@ _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
 _IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}(?!\w)")
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}(?![\w:])"
+)  # not followed by ":": the "2026-01-01 00" of "2026-01-01 00:00:00" is a time, not a phone
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2})?|\d{2}\.\d{2}\.\d{4}")  # not phones: dates, times
+
+
+def _phone_ok(match: str) -> bool:
+    return 7 <= sum(ch.isdigit() for ch in match) <= 15 and not _DATE.fullmatch(match)  # E.164: <= 15 digits
 
 
 def luhn_ok(digits: str) -> bool:
@@ -58,7 +65,7 @@ _RULES: list[tuple[str, re.Pattern[str], Callable[[str], bool]]] = [
     ("CARD", _CARD, _card_ok),
     ("IP", _IPV4, _ip_ok),
     ("IP", _IPV6, _ip_ok),
-    ("PHONE", _PHONE, lambda m: 7 <= sum(ch.isdigit() for ch in m) <= 15),  # E.164: at most 15 digits
+    ("PHONE", _PHONE, _phone_ok),
 ]
 
 

@@ -26,3 +26,11 @@ def test_luhn_and_iban() -> None:
     assert not luhn_ok("4111111111111112")
     assert iban_ok("GB82 WEST 1234 5698 7654 32")
     assert not iban_ok("GB83 WEST 1234 5698 7654 32")
+
+
+def test_dates_and_times_are_not_phone_numbers() -> None:
+    """Issue #13: content scrubbing turned '2026-01-01 00:00:00' into '[PHONE]:00:00'."""
+    text = "logged 2026-01-01 00:00:00, again 2026-01-01T12:30:45Z and 01.02.2026; call 020 7946 0958"
+    clean, counts = scrub_pii(text)
+    assert clean == "logged 2026-01-01 00:00:00, again 2026-01-01T12:30:45Z and 01.02.2026; call [PHONE]"
+    assert counts == {"PHONE": 1}
