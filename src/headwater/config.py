@@ -6,26 +6,42 @@ variable (``--embedder`` ↔ ``HEADWATER_EMBEDDER``) and the Python API sees the
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
 from headwater.errors import ConfigError
 from headwater.presets import DEFAULTS, PRESETS, get_preset
+from headwater.stages.redact import redact_text
+
+TOML_FILE = "headwater.toml"
+ENV_PREFIX = "HEADWATER_"
+LIST_HINT = 'a list is comma-separated (a,b) or JSON (["a", "b"])'
+
+# List-valued settings are read as text (NoDecode) and split by ``_split_list``: a value may be
+# comma-separated or a JSON list, in the environment and in headwater.toml alike.
+StrList = Annotated[list[str], NoDecode]
+PathList = Annotated[list[Path], NoDecode]
 
 
 class Settings(BaseSettings):
     """Everything a run can be configured with. Units are in the names."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HEADWATER_", toml_file="headwater.toml", extra="ignore", validate_default=True
+        env_prefix=ENV_PREFIX, toml_file=TOML_FILE, extra="ignore", validate_default=True
     )
 
     home: Path = Path(".headwater")
@@ -33,10 +49,10 @@ class Settings(BaseSettings):
     vector_store: str | None = None  # default: lancedb://{home}/vectors
     metadata_store: str | None = None  # default: sqlite:///{home}/state.db
 
-    include: list[str] = Field(
+    include: StrList = Field(
         default_factory=lambda: ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.pdf"]
     )
-    exclude: list[str] = Field(default_factory=lambda: ["**/.*", "**/.*/**"])
+    exclude: StrList = Field(default_factory=lambda: ["**/.*", "**/.*/**"])
     chunk_size_chars: int = Field(1000, ge=50)
     chunk_overlap_chars: int = Field(100, ge=0)
     pii_scrub: bool = False
@@ -69,6 +85,33 @@ class Settings(BaseSettings):
             return data  # no preset, or an unknown one: the field validator reports that
         return {**PRESETS[name].settings, **data}
 
+    @field_validator("include", "exclude", "windows", "api_source_roots", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """``a,b`` and ``["a", "b"]`` are the same list; an empty text is an empty list."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                msg = f"not a JSON list ({exc.msg} at character {exc.pos}); {LIST_HINT}"
+                raise ValueError(msg) from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("windows")
+    @classmethod
+    def _parse_windows(cls, windows: list[str]) -> list[str]:
+        from headwater.featuresets import parse_window
+
+        for window in windows:
+            try:
+                parse_window(window)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return windows
+
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, name: str | None) -> str | None:
@@ -85,7 +128,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        try:
+            toml_settings = TomlConfigSettingsSource(settings_cls)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(_toml_problem(exc)) from exc
+        return (init_settings, env_settings, toml_settings)
 
     @property
     def vector_store_url(self) -> str:
@@ -97,7 +144,7 @@ class Settings(BaseSettings):
 
     # --- signals (issue #3): defaults for feature sets not declared in headwater.toml ---------
     feature_set: str = "default"
-    windows: list[str] = Field(default_factory=lambda: ["1s", "5s", "1m"])
+    windows: StrList = Field(default_factory=lambda: ["1s", "5s", "1m"])
     lateness_ms: int = Field(2000, ge=0)
     late_policy: str = Field("drop", pattern="^(drop|hold|correct)$")
     correct_horizon_ms: int = Field(600_000, ge=0)
@@ -125,7 +172,7 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(1, ge=1)  # jobs the server runs at once (more wait by priority)
     api_max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     api_page_limit: int = Field(500, ge=1)  # most items one list response returns
-    api_source_roots: list[Path] = Field(default_factory=list)  # folders jobs may read; [] = the cwd
+    api_source_roots: PathList = Field(default_factory=list)  # folders jobs may read; [] = the cwd
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 
@@ -139,11 +186,98 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings, turning validation errors into a ConfigError that names the field."""
+    """Build settings; whatever is wrong becomes a one-line ConfigError that names the setting (the
+    option, ``HEADWATER_X`` or the headwater.toml key), its value (never a secret's), why, and what
+    to do."""
     clean = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**clean)
+    except ConfigError:
+        raise
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(
+            _problem(err["loc"], err["msg"], err.get("input"), clean) for err in exc.errors()
+        )
         msg = f"invalid configuration: {problems}"
         raise ConfigError(msg) from exc
+    except SettingsError as exc:
+        raise ConfigError(_settings_problem(exc)) from exc
+    except Exception as exc:  # any other way reading the settings fails is still a configuration error
+        msg = f"cannot read the configuration: {type(exc).__name__}: {redact_text(str(exc))[:300]}"
+        raise ConfigError(msg) from exc
+
+
+_SECRET_FIELDS = frozenset(
+    name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)
+)
+
+
+def _problem(loc: tuple[int | str, ...], why: str, value: Any, overrides: dict[str, Any]) -> str:
+    """``chunk_size_chars = 'ten' (from HEADWATER_CHUNK_SIZE_CHARS): why; what to do``."""
+    field = str(loc[0]) if loc else ""
+    why = why.removeprefix("Value error, ")
+    if field not in Settings.model_fields:
+        return why
+    where, fix = _source(field, overrides)
+    if where.startswith(ENV_PREFIX):
+        value = os.environ.get(where, value)  # what the user wrote, not what it was parsed into
+    if field in {"include", "exclude", "windows", "api_source_roots"} and "valid list" in why:
+        why = f"{why} ({LIST_HINT})"
+    return f"{field} = {_show(field, value)} (from {where}): {why}; {fix}"
+
+
+def _source(field: str, overrides: dict[str, Any]) -> tuple[str, str]:
+    """Where a field's value came from (the first source that has it wins) and how to fix it there."""
+    if field in overrides:
+        return "the command line", "give another value"
+    env = _env_name(field)
+    if env is not None:
+        return env, f"fix {env} or unset it"
+    if field in _toml_table():
+        return str(Path(TOML_FILE).resolve()), "fix or remove that key"
+    return "the defaults", f"set {ENV_PREFIX}{field.upper()}"
+
+
+def _env_name(field: str) -> str | None:
+    wanted = f"{ENV_PREFIX}{field}".lower()
+    return next((key for key in os.environ if key.lower() == wanted), None)
+
+
+def _toml_table() -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(TOML_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _show(field: str, value: Any) -> str:
+    if field in _SECRET_FIELDS:
+        return "(hidden)"
+    text = redact_text(repr(value if not isinstance(value, SecretStr) else "(hidden)"))
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _settings_problem(exc: SettingsError) -> str:
+    """pydantic-settings could not even parse a value (``HEADWATER_FEATURE_SETS`` that is not JSON)."""
+    match = re.search(r'field "(\w+)" from source "(\w+)"', str(exc))
+    cause = exc.__cause__
+    why = f"{cause}" if cause is not None else str(exc)
+    if match is None:
+        return f"invalid configuration: {redact_text(str(exc))}: {redact_text(why)}"
+    field, source = match.groups()
+    if source.startswith("Env") and (env := _env_name(field)) is not None:
+        value = _show(field, os.environ[env])
+        problem = f"{field} = {value} (from {env}): not valid JSON ({why})"
+        return f"invalid configuration: {problem}; fix {env} or unset it"
+    return f"invalid configuration: {field} (from {source}): {redact_text(why)}"
+
+
+def _toml_problem(exc: BaseException) -> str:
+    where = Path(TOML_FILE).resolve()
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        why = f"not valid TOML ({exc})"
+    elif isinstance(exc, UnicodeDecodeError):
+        why = f"not UTF-8 text (byte {exc.start})"
+    else:
+        why = f"cannot be read ({type(exc).__name__}: {getattr(exc, 'strerror', None) or exc})"
+    return f"{where} {why}: fix it or remove it (settings also come from HEADWATER_* variables)"
