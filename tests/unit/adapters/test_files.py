@@ -1,4 +1,9 @@
+import asyncio
+import contextlib
 import os
+import socket
+import threading
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -6,6 +11,7 @@ import pytest
 from headwater.adapters import files
 from headwater.adapters.files import FileSource
 from headwater.errors import AdapterError, InputError
+from headwater.models import make_doc_id, normalize_relpath
 
 
 @pytest.fixture(autouse=True, params=["child", "thread"])
@@ -117,3 +123,125 @@ async def test_a_folder_removed_during_the_walk_is_simply_gone(
 ) -> None:
     source = folder_failing_to_list(tmp_path, monkeypatch, FileNotFoundError(2, "No such file or directory"))
     assert await entries(source) == {"b.md": None}
+
+
+async def test_links_that_loop_at_the_root_and_deeper_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    """Two links pointing at each other made ``DirEntry.is_dir()`` raise ELOOP: the run stopped."""
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "good.md").write_text("x")
+    (tmp_path / "deep" / "er" / "fine.md").write_text("x")
+    os.symlink("loop_b", tmp_path / "loop_a")
+    os.symlink("loop_a", tmp_path / "loop_b")
+    os.symlink("y.md", tmp_path / "deep" / "er" / "x.md")
+    os.symlink("x.md", tmp_path / "deep" / "er" / "y.md")
+    os.symlink("self", tmp_path / "deep" / "self")
+    found = await entries(FileSource(str(tmp_path), include=["**/*.md"]))
+    assert found["good.md"] is None and found["deep/er/fine.md"] is None
+    for looping in ("loop_a", "loop_b", "deep/er/x.md", "deep/er/y.md", "deep/self"):
+        assert (found[looping] or "").startswith("broken or looping symlink"), (looping, found)
+
+
+async def test_a_folder_link_to_its_own_parent_is_a_loop_skipped_once(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "doc.md").write_text("x")
+    os.symlink("..", tmp_path / "a" / "b" / "up")
+    os.symlink(".", tmp_path / "a" / "here")
+    found = await entries(FileSource(str(tmp_path)))
+    assert found == {
+        "a/b/doc.md": None,
+        "a/b/up": "symlink loop: directory already being walked",
+        "a/here": "symlink loop: directory already being walked",
+    }
+
+
+async def test_a_fifo_and_a_socket_are_skipped_and_never_opened(tmp_path: Path) -> None:
+    (tmp_path / "good.md").write_text("x")
+    os.mkfifo(tmp_path / "fifo.md")  # opening it would block until a writer comes: never
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock.md"))
+        found = await asyncio.wait_for(entries(FileSource(str(tmp_path))), 30)
+    assert found == {"fifo.md": "not a regular file", "good.md": None, "sock.md": "not a regular file"}
+
+
+async def test_a_file_replaced_by_a_fifo_after_the_listing_fails_its_read_without_blocking(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.md").write_text("x")
+    source = FileSource(str(tmp_path))
+    (entry,) = [e async for page in source.scan() for e in page]
+    (tmp_path / "a.md").unlink()
+    os.mkfifo(tmp_path / "a.md")
+
+    def unblock() -> None:  # a reader stuck in open() gets a writer after 3 s (the test then fails)
+        with contextlib.suppress(OSError):
+            fd = os.open(tmp_path / "a.md", os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"fifo")
+            os.close(fd)
+
+    timer = threading.Timer(3, unblock)
+    timer.start()
+    try:
+        (result,) = await source.read_many([entry], 100)
+    finally:
+        timer.cancel()
+    assert isinstance(result, InputError) and "a.md: cannot read: not a regular file" in str(result)
+
+
+ODD_NAMES = {  # on disk (bytes) -> identity
+    b"back\\slash.md": "back%5Cslash.md",
+    unicodedata.normalize("NFD", "café.md").encode(): "café.md",
+    b"latin1 \xe9t\xe9.md": "latin1 %E9t%E9.md",
+    b"dir\xff/inside.md": "dir%FF/inside.md",
+    unicodedata.normalize("NFD", "résumé/ü.md").encode(): "résumé/ü.md",
+}
+
+
+def write_odd_names(root: Path) -> None:
+    for disk in ODD_NAMES:
+        path = os.path.join(os.fsencode(root), disk)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(b"content of " + disk)
+
+
+async def test_odd_names_are_read_under_their_on_disk_name_and_known_by_their_normalized_one(
+    tmp_path: Path,
+) -> None:
+    """Before, they were listed under the normalized name, which cannot be opened (and bytes that
+    are not UTF-8 stopped the listing in the child: surrogates cannot be encoded)."""
+    write_odd_names(tmp_path)
+    (tmp_path / "plain.md").write_text("plain")
+    source = FileSource(str(tmp_path))
+    listed = {e.relpath: e async for page in source.scan() for e in page}
+    assert set(listed) == {*ODD_NAMES.values(), "plain.md"}
+    assert all(e.problem is None for e in listed.values())
+    assert all(normalize_relpath(r) == r and make_doc_id(r) for r in listed)  # identities are stable
+    by_identity = {identity: disk for disk, identity in ODD_NAMES.items()}
+    contents = await source.read_many(list(listed.values()), 1000)
+    for (relpath, entry), data in zip(listed.items(), contents, strict=True):
+        expected = b"plain" if relpath == "plain.md" else b"content of " + by_identity[relpath]
+        assert data == expected, (relpath, entry)
+    # A lookup by identity (the stream worker, a DLQ replay) finds the same files.
+    looked_up = await source.lookup(sorted(listed))
+    assert [e.relpath for e in looked_up] == sorted(listed)
+    assert await source.read_many(looked_up, 1000) == [
+        b"plain" if e.relpath == "plain.md" else b"content of " + by_identity[e.relpath] for e in looked_up
+    ]
+
+
+async def test_a_name_that_normalizes_to_another_files_name_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / unicodedata.normalize("NFC", "café.md")).write_text("nfc")
+    (tmp_path / unicodedata.normalize("NFD", "café.md")).write_text("nfd")
+    (tmp_path / "a%5Cb.md").write_text("literal")
+    (tmp_path / "a\\b.md").write_text("backslash")
+    source = FileSource(str(tmp_path))
+    found = [(e.relpath, e.problem) async for page in source.scan() for e in page]
+    assert sorted(found, key=lambda item: (item[0], item[1] or "")) == [
+        ("a%5Cb.md", None),
+        ("a%5Cb.md", "its normalized name 'a%5Cb.md' is the name of another file"),
+        ("café.md", None),
+        ("café.md", "its normalized name 'café.md' is the name of another file"),
+    ]
+    kept = [e for page in [p async for p in source.scan()] for e in page if e.problem is None]
+    assert await source.read_many(kept, 100) == [b"literal", b"nfc"]
+    assert await source.read_many(await source.lookup(["café.md", "a%5Cb.md"]), 100) == [b"nfc", b"literal"]
