@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,8 +20,9 @@ import msgspec
 import typer
 from rich.console import Console
 
-from headwater.config import Settings
-from headwater.errors import ConfigError
+from headwater.cli_guard import Interrupted, run_async, run_guarded
+from headwater.config import Settings, load_settings
+from headwater.errors import ConfigError, HeadwaterError
 
 T = TypeVar("T")
 out = Console(soft_wrap=True)
@@ -43,9 +45,10 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (non-loopback needs HEADWATER_API_TOKEN)")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="Port")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port")] = 8080,
     max_jobs: Annotated[
-        int | None, typer.Option("--max-jobs", help="Jobs run at once [HEADWATER_MAX_CONCURRENT_JOBS]")
+        int | None,
+        typer.Option("--max-jobs", min=1, max=1000, help="Jobs run at once [HEADWATER_MAX_CONCURRENT_JOBS]"),
     ] = None,
     log_format: Annotated[
         str | None, typer.Option("--log-format", help="console | json [HEADWATER_LOG_FORMAT]")
@@ -54,22 +57,53 @@ def serve(
     """Serve the HTTP API: jobs, their live events (SSE), the DLQ, /metrics, /livez, /readyz.
 
     The bearer token comes from HEADWATER_API_TOKEN only (never a flag: flags show in `ps`).
+    SIGTERM and SIGINT shut it down gracefully (uvicorn's own handling: requests in flight finish,
+    the job service stops); the command then ends with 143 or 130 and one line.
     """
-    from headwater.cli import run_guarded, settings_from
-
     settings = run_guarded(
         lambda: _checked_bind(
-            settings_from(home=home, max_concurrent_jobs=max_jobs, log_format=log_format), host
+            load_settings(home=home, max_concurrent_jobs=max_jobs, log_format=log_format), host
         )
     )
+    run_guarded(lambda: _serve(settings, host, port))
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from headwater.observability import configure_logging
     from headwater.server import create_app
 
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn takes SIGINT/SIGTERM while it runs and raises them again once it has shut down: these
+    # handlers, restored by it, note them instead of dying by SIGTERM or a KeyboardInterrupt.
+    received: list[int] = []
+    noted = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in _STOP}
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind; its log line said why
+        msg = f"the server did not start on {host}:{port} (see the line above): pick another --port or host"
+        raise HeadwaterError(msg) from exc
+    finally:
+        for sig, handler in noted.items():
+            signal.signal(sig, handler)
+    if received:
+        raise Interrupted(received[0], "the server shut down")
+    if not server.started:
+        msg = f"the server did not start on {host}:{port} (its log says why): fix that and run it again"
+        raise HeadwaterError(msg)
+
+
+_STOP = (signal.SIGINT, signal.SIGTERM)
 
 
 def _checked_bind(settings: Settings, host: str) -> Settings:
@@ -91,19 +125,20 @@ def _is_loopback(host: str) -> bool:
 # --- jobs ------------------------------------------------------------------------------------------
 
 
-def _with_service(home: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
-    from headwater.cli import run_guarded, settings_from
+def _with_service(
+    home: Path | None, work: Callable[[Any], Awaitable[T]], settings: Settings | None = None
+) -> T:
     from headwater.jobs import build_job_service
 
     async def run() -> T:
-        service = build_job_service(settings_from(home=home))
+        service = build_job_service(settings or load_settings(home=home))
         await service.open()
         try:
             return await work(service)
         finally:
             await service.store.close()
 
-    return run_guarded(lambda: asyncio.run(run()))
+    return run_guarded(lambda: run_async(run()))
 
 
 def _print_job(job: Any, json_out: bool) -> None:
@@ -119,27 +154,37 @@ def _print_job(job: Any, json_out: bool) -> None:
 def jobs_submit(
     source: Annotated[str, typer.Argument(help="Folder or URL to index")],
     home: HomeOpt = None,
-    priority: Annotated[int, typer.Option(help="Higher runs first")] = 0,
+    priority: Annotated[int, typer.Option(min=-1000, max=1000, help="Higher runs first")] = 0,
 ) -> None:
     """Queue a docs job; a running `headwater serve` on this home picks it up."""
-    if "://" not in source:
-        source = str(Path(source).resolve())
+    source = run_guarded(lambda: _local_source(source))
     job_id = _with_service(home, lambda s: s.submit("docs", {"source": source}, priority))
     sys.stdout.write(job_id + "\n")
+
+
+def _local_source(source: str) -> str:
+    if "://" in source:
+        return source
+    folder = Path(source).resolve()
+    if not folder.is_dir():
+        msg = f"source folder {folder} does not exist or is not a directory: give a folder to index"
+        raise ConfigError(msg)
+    return str(folder)
 
 
 @jobs_app.command("run")
 def jobs_run(
     home: HomeOpt = None,
-    max_jobs: Annotated[int | None, typer.Option("--max-jobs", help="Jobs run at once")] = None,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", min=1, max=1000, help="Jobs run at once")
+    ] = None,
 ) -> None:
     """Run queued jobs without a server, until none is queued or running (cron, CI)."""
-    from headwater.cli import run_guarded, settings_from
     from headwater.jobs import build_job_service
     from headwater.ports import JobStatus
 
     async def run() -> list[Any]:
-        service = build_job_service(settings_from(home=home, max_concurrent_jobs=max_jobs))
+        service = build_job_service(load_settings(home=home, max_concurrent_jobs=max_jobs))
         busy = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING, JobStatus.CANCELLING]
         await service.start()  # running jobs a crashed server left behind are queued again here
         try:
@@ -151,7 +196,7 @@ def jobs_run(
         finally:
             await service.stop()
 
-    jobs = run_guarded(lambda: asyncio.run(run()))
+    jobs = run_guarded(lambda: run_async(run()))
     for job in jobs:
         _print_job(job, json_out=False)
     if any(job.status == "failed" for job in jobs):
@@ -162,7 +207,7 @@ def jobs_run(
 def jobs_list(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
-    limit: Annotated[int, typer.Option(help="At most this many")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many")] = 100,
 ) -> None:
     """Jobs by priority, then age."""
     for job in _with_service(home, lambda s: s.list(limit=limit)):

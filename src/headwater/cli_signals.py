@@ -7,11 +7,11 @@ one event per line (the ``headwater.events`` encoding, last one ``"type": "RunCo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
 from collections.abc import AsyncIterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from headwater.cli_guard import run_async, run_guarded
+from headwater.errors import ConfigError, HeadwaterError
 from headwater.events import SignalEvent, SignalProgress, SignalRejected, SignalRunCompleted, to_json
 
 err = Console(stderr=True, soft_wrap=True)
@@ -30,6 +32,56 @@ FeatureSetOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 PLAIN_INTERVAL_SECONDS = 5.0
+
+
+class LatePolicy(StrEnum):
+    drop = "drop"
+    hold = "hold"
+    correct = "correct"
+
+
+class Dataset(StrEnum):
+    windows = "windows"
+    points = "points"
+    late = "late"
+
+
+def duration(text: str) -> str:
+    """An option's duration (``2s``, ``500ms``), checked while parsing: a bad one is a usage error."""
+    from headwater.featuresets import parse_duration_ms
+
+    try:
+        parse_duration_ms(text)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return text
+
+
+def windows_list(text: str) -> str:
+    """``--windows 1s,5s,1m/10s``, each checked while parsing."""
+    from headwater.featuresets import parse_window
+
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        msg = "no windows given: e.g. 1s,5s,1m or 1m/10s"
+        raise typer.BadParameter(msg)
+    try:
+        for part in parts:
+            parse_window(part.strip())
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return text
+
+
+WindowsOpt = Annotated[
+    str | None,
+    typer.Option(
+        parser=windows_list, help="Comma-separated: 1s,5s,1m or 1m/10s (sliding) [HEADWATER_WINDOWS]"
+    ),
+]
+LatenessOpt = Annotated[str | None, typer.Option(parser=duration, help="Allowed lateness, e.g. 2s")]
+LatePolicyOpt = Annotated[LatePolicy | None, typer.Option(help="What to do with late events")]
+VersionOpt = Annotated[int | None, typer.Option("--feature-version", min=0, help="Feature set version")]
 
 features_app = typer.Typer(no_args_is_help=True, help="Read the feature stores.")
 
@@ -44,26 +96,20 @@ def register(app: typer.Typer) -> None:
     app.add_typer(features_app, name="features")
 
 
-def _guarded(work: Any) -> Any:
-    from headwater.cli import run_guarded
-
-    return run_guarded(work)
-
-
 def ingest_signals(
     path: Annotated[Path, typer.Argument(help="A file or folder of .jsonl/.json/.csv/.parquet signals")],
     home: HomeOpt = None,
     feature_set: FeatureSetOpt = None,
-    windows: Annotated[str | None, typer.Option(help="Comma-separated: 1s,5s,1m or 1m/10s (sliding)")] = None,
-    lateness: Annotated[str | None, typer.Option(help="Allowed lateness, e.g. 2s")] = None,
-    late_policy: Annotated[str | None, typer.Option(help="drop | hold | correct")] = None,
-    feature_version: Annotated[
-        int | None, typer.Option("--feature-version", help="Feature set version")
-    ] = None,
+    windows: WindowsOpt = None,
+    lateness: LatenessOpt = None,
+    late_policy: LatePolicyOpt = None,
+    feature_version: VersionOpt = None,
     points: Annotated[
         bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")
     ] = None,
-    batch_events: Annotated[int | None, typer.Option(help="Micro-batch size (events)")] = None,
+    batch_events: Annotated[
+        int | None, typer.Option(min=1, max=100_000_000, help="Micro-batch size (events)")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Backfill signals into a feature set: dedup, windows under a watermark, online + offline stores."""
@@ -77,7 +123,7 @@ def ingest_signals(
             feature_set,
             windows=windows,
             lateness=lateness,
-            policy=late_policy,
+            policy=late_policy.value if late_policy is not None else None,
             version=feature_version,
             points=points,
         )
@@ -86,9 +132,9 @@ def ingest_signals(
             async with open_signal_pipeline(settings, path, spec) as pipeline:
                 return await render(pipeline.stream_events(), json_lines=json_out)
 
-        return asyncio.run(go())
+        return run_async(go())
 
-    final = _guarded(work)
+    final = run_guarded(work)
     if not json_out:
         for name in final.__struct_fields__:
             if name not in {"version", "run_id"}:
@@ -143,7 +189,7 @@ def features_get(
     entity_id: Annotated[str, typer.Argument(help="Entity to read")],
     home: HomeOpt = None,
     feature_set: FeatureSetOpt = None,
-    feature_version: Annotated[int | None, typer.Option("--feature-version")] = None,
+    feature_version: VersionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Latest online rows of an entity: one per window size, plus its latest point features."""
@@ -157,9 +203,9 @@ def features_get(
             async with open_online_store(settings) as store:
                 return await store.get_latest(entity_id, settings.feature_set, feature_version)
 
-        return asyncio.run(go())
+        return run_async(go())
 
-    rows = _guarded(work)
+    rows = run_guarded(work)
     if json_out:
         sys.stdout.write(json.dumps(rows) + "\n")
         return
@@ -175,25 +221,26 @@ def features_export(
     out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
     home: HomeOpt = None,
     feature_set: FeatureSetOpt = None,
-    dataset: Annotated[str, typer.Option(help="windows | points | late")] = "windows",
+    dataset: Annotated[Dataset, typer.Option(help="Which offline table")] = Dataset.windows,
 ) -> None:
     """Offline rows; windows: one per (entity_id, feature_set, version, window_ms, window_start_ms)."""
     from headwater.config import load_settings
     from headwater.signals_bootstrap import make_offline_store
 
     def work() -> int:
-        if dataset not in EXPORT_KEYS:
-            from headwater.errors import ConfigError
-
-            msg = f"unknown dataset {dataset!r}: choose one of {', '.join(EXPORT_KEYS)}"
-            raise ConfigError(msg)
         settings = load_settings(home=home, feature_set=feature_set)
-        frame = asyncio.run(export_rows(make_offline_store(settings), settings.feature_set, dataset=dataset))
-        frame.write_parquet(out_path)
+        frame = run_async(
+            export_rows(make_offline_store(settings), settings.feature_set, dataset=dataset.value)
+        )
+        try:
+            frame.write_parquet(out_path)
+        except OSError as exc:
+            msg = f"cannot write {out_path}: {exc.strerror or exc}; give --out a writable file path"
+            raise HeadwaterError(msg) from exc
         height: int = frame.height
         return height
 
-    count = _guarded(work)
+    count = run_guarded(work)
     err.print(f"wrote {count} rows to {out_path}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from headwater.cli_guard import EXIT_SIGNAL_BASE, run_async, run_guarded
+from headwater.cli_signals import LatenessOpt, LatePolicyOpt, VersionOpt, WindowsOpt, duration
 from headwater.events import (
     ChangesPublished,
     DocumentFailed,
@@ -37,16 +40,21 @@ BusOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 IdleOpt = Annotated[
-    float | None, typer.Option("--exit-when-idle", help="Stop after this many seconds without messages")
+    float | None,
+    typer.Option("--exit-when-idle", min=0, help="Stop after this many seconds without messages"),
 ]
 GroupOpt = Annotated[
     str | None, typer.Option("--group", help="Consumer group (workers sharing it share the load)")
 ]
 MetricsOpt = Annotated[
-    int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on 127.0.0.1:PORT")
+    int | None,
+    typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus /metrics on 127.0.0.1:PORT"),
 ]
 BatchOpt = Annotated[
-    int | None, typer.Option("--batch-size", help="Messages per batch [HEADWATER_WORKER_BATCH_SIZE]")
+    int | None,
+    typer.Option(
+        "--batch-size", min=1, max=1_000_000, help="Messages per batch [HEADWATER_WORKER_BATCH_SIZE]"
+    ),
 ]
 
 worker_app = typer.Typer(no_args_is_help=True, help="Long-running workers that consume a bus.")
@@ -59,12 +67,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(publish_app, name="publish")
 
 
-def _guarded(work: Any) -> Any:
-    from headwater.cli import run_guarded
-
-    return run_guarded(work)
-
-
 def _seconds(text: str) -> float:
     from headwater.featuresets import parse_duration_ms
 
@@ -72,10 +74,20 @@ def _seconds(text: str) -> float:
 
 
 def _stop_on_signals() -> asyncio.Event:
+    """SIGTERM/SIGINT: stop taking messages and let the batch in flight commit (the run then ends
+    normally, exit 0); a second signal exits at once, leaving the rest to redelivery."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def handle(signum: int) -> None:
+        if stop.is_set():
+            os._exit(EXIT_SIGNAL_BASE + signum)
+        err.print(f"stopping ({signal.Signals(signum).name}): committing the batch in flight …")
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, handle, sig)
     return stop
 
 
@@ -127,7 +139,7 @@ def watch(
     path: Annotated[str, typer.Argument(help="Folder to watch")],
     bus: BusOpt = None,
     home: HomeOpt = None,
-    interval: Annotated[str, typer.Option(help="Poll interval, e.g. 5s")] = "5s",
+    interval: Annotated[str, typer.Option(parser=duration, help="Poll interval, e.g. 5s")] = "5s",
     once: Annotated[bool, typer.Option("--once", help="Poll once and exit")] = False,
     topic: Annotated[str, typer.Option(help="Topic to publish to")] = "docs",
     json_out: JsonOpt = False,
@@ -145,9 +157,9 @@ def watch(
             watcher = Watcher(settings, path, make_bus(settings), topic=topic)
             await _render(watcher.run(_seconds(interval), stop, once=once), json_lines=json_out)
 
-        asyncio.run(go())
+        run_async(go())
 
-    _guarded(work)
+    run_guarded(work)
 
 
 @publish_app.command("signals")
@@ -183,7 +195,7 @@ def publish_signals(
     def work() -> MessagesPublished:
         settings = load_settings(bus=bus)
         started = time.monotonic()
-        messages, events = asyncio.run(
+        messages, events = run_async(
             publish(make_bus(settings), path, topic, per_message=per_message, partitions=partitions)
         )
         return MessagesPublished(
@@ -193,7 +205,7 @@ def publish_signals(
             elapsed_seconds=round(time.monotonic() - started, 3),
         )
 
-    event = _guarded(work)
+    event = run_guarded(work)
     if json_out:
         sys.stdout.buffer.write(to_json(event) + b"\n")
     else:
@@ -207,7 +219,9 @@ def publish_signals(
 def worker_docs(
     bus: BusOpt = None,
     home: HomeOpt = None,
-    concurrency: Annotated[int | None, typer.Option(help="Documents prepared/embedded at once")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Documents prepared/embedded at once")
+    ] = None,
     group: GroupOpt = None,
     source: Annotated[
         list[str] | None, typer.Option("--source", help="Only accept events for this source (repeatable)")
@@ -237,9 +251,9 @@ def worker_docs(
             ) as worker:
                 return await _render(worker.stream_events(), json_lines=json_out, metrics_port=metrics_port)
 
-        return asyncio.run(go())
+        return run_async(go())
 
-    _summary(_guarded(work), json_out)
+    _summary(run_guarded(work), json_out)
 
 
 @worker_app.command("signals")
@@ -247,12 +261,10 @@ def worker_signals(
     bus: BusOpt = None,
     home: HomeOpt = None,
     feature_set: Annotated[str | None, typer.Option("--feature-set", help="Feature set name")] = None,
-    windows: Annotated[str | None, typer.Option(help="Comma-separated: 1s,5s,1m or 1m/10s (sliding)")] = None,
-    lateness: Annotated[str | None, typer.Option(help="Allowed lateness, e.g. 2s")] = None,
-    late_policy: Annotated[str | None, typer.Option(help="drop | hold | correct")] = None,
-    feature_version: Annotated[
-        int | None, typer.Option("--feature-version", help="Feature set version")
-    ] = None,
+    windows: WindowsOpt = None,
+    lateness: LatenessOpt = None,
+    late_policy: LatePolicyOpt = None,
+    feature_version: VersionOpt = None,
     points: Annotated[
         bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")
     ] = None,
@@ -260,7 +272,8 @@ def worker_signals(
     group: GroupOpt = None,
     batch_size: BatchOpt = None,
     idle_timeout: Annotated[
-        str | None, typer.Option(help="Close open windows after this long without messages, e.g. 30s")
+        str | None,
+        typer.Option(parser=duration, help="Close open windows after this long without messages, e.g. 30s"),
     ] = None,
     exit_when_idle: IdleOpt = None,
     metrics_port: MetricsOpt = None,
@@ -284,7 +297,7 @@ def worker_signals(
             feature_set,
             windows=windows,
             lateness=lateness,
-            policy=late_policy,
+            policy=late_policy.value if late_policy is not None else None,
             version=feature_version,
             points=points,
         )
@@ -296,9 +309,9 @@ def worker_signals(
             ) as worker:
                 return await _render(worker.stream_events(), json_lines=json_out, metrics_port=metrics_port)
 
-        return asyncio.run(go())
+        return run_async(go())
 
-    _summary(_guarded(work), json_out)
+    _summary(run_guarded(work), json_out)
 
 
 def _summary(final: WorkerStopped | None, json_out: bool) -> None:

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
                 raise ValueError(msg) from None
         return [part.strip() for part in text.split(",") if part.strip()]
 
+    @field_validator("home")
+    @classmethod
+    def _home_is_a_folder(cls, home: Path) -> Path:
+        if home.exists() and not home.is_dir():  # one stat: every command would fail later, less clearly
+            msg = "not a folder: the home is the folder headwater keeps its state in (created if missing)"
+            raise ValueError(msg)
+        return home
+
     @field_validator("windows")
     @classmethod
     def _parse_windows(cls, windows: list[str]) -> list[str]:
@@ -229,13 +237,24 @@ def _problem(loc: tuple[int | str, ...], why: str, value: Any, overrides: dict[s
 def _source(field: str, overrides: dict[str, Any]) -> tuple[str, str]:
     """Where a field's value came from (the first source that has it wins) and how to fix it there."""
     if field in overrides:
-        return "the command line", "give another value"
+        option = _OPTIONS.get(field, field.replace("_", "-"))
+        return f"the command line: --{option}", "give another value"
     env = _env_name(field)
     if env is not None:
         return env, f"fix {env} or unset it"
     if field in _toml_table():
         return str(Path(TOML_FILE).resolve()), "fix or remove that key"
     return "the defaults", f"set {ENV_PREFIX}{field.upper()}"
+
+
+_OPTIONS = {  # CLI options whose name is not the setting's
+    "chunk_size_chars": "chunk-size",
+    "chunk_overlap_chars": "chunk-overlap",
+    "micro_batch_events": "batch-events",
+    "worker_batch_size": "batch-size",
+    "max_concurrent_jobs": "max-jobs",
+    "idle_timeout_seconds": "idle-timeout",
+}
 
 
 def _env_name(field: str) -> str | None:
@@ -253,6 +272,8 @@ def _toml_table() -> dict[str, Any]:
 def _show(field: str, value: Any) -> str:
     if field in _SECRET_FIELDS:
         return "(hidden)"
+    if isinstance(value, Path):
+        value = str(value)
     text = redact_text(repr(value if not isinstance(value, SecretStr) else "(hidden)"))
     return text if len(text) <= 80 else f"{text[:77]}..."
 
