@@ -4,15 +4,27 @@ skip with a reason, nothing outside the root is read, and the run ends normally.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import io
 import json
 import os
 import random
+import socket
+import subprocess
+import sys
+import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 
 from pypdf import PdfWriter
 from reportlab.pdfgen import canvas
 
+from headwater import load_settings
+from headwater.adapters.files import FileSource
+from headwater.bootstrap import build_document_pipeline
+from headwater.errors import InputError
+from headwater.events import DocumentCompleted, DocumentFailed
+from headwater.ports import SourceEntry
 from tests.conftest import Cli
 
 SAMPLE_PDF = Path(__file__).resolve().parents[2] / "samples" / "docs" / "reference" / "operations.pdf"
@@ -127,3 +139,148 @@ def test_hostile_corpus(cli: Cli, tmp_path: Path) -> None:
     exported = cli("export", "--home", str(home)).stdout
     assert "TOP-SECRET-CANARY" not in exported
     assert cli("verify", "--home", str(home), check=False).returncode == 0
+
+
+# -- the folder walk (issue #13) ------------------------------------------------------------------
+
+GOOD_WALK = {  # on-disk name -> identity; every one must be indexed
+    b"good.md": "good.md",
+    b"deep/er/fine.md": "deep/er/fine.md",
+    b"back\\slash.md": "back%5Cslash.md",
+    unicodedata.normalize("NFD", "café.md").encode(): "café.md",
+    b"latin1 \xe9t\xe9.md": "latin1 %E9t%E9.md",
+    b"dir\xff/inside.md": "dir%FF/inside.md",
+}
+
+
+def drop_file_permission_overrides() -> None:
+    """Root, minus the capabilities that let it read any file (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH, dropped from the bounding set, so the CLI started next has neither): a
+    mode 000 file is unreadable again, while the interpreter under /root stays reachable (a
+    setuid to 'nobody' could not even start it there)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def build_walk(root: Path) -> None:
+    for disk, identity in GOOD_WALK.items():
+        path = os.path.join(os.fsencode(root), disk)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(f"# A document\n\nKnown as {identity}.\n".encode())
+    os.symlink("loop_b", root / "loop_a")  # two links pointing at each other, at the root
+    os.symlink("loop_a", root / "loop_b")
+    os.symlink("y.md", root / "deep" / "er" / "x.md")  # and deeper
+    os.symlink("x.md", root / "deep" / "er" / "y.md")
+    os.symlink("..", root / "deep" / "er" / "up")  # a folder link to its own parent
+    os.symlink(root / "nowhere.md", root / "dangling.md")
+    os.symlink("/etc", root / "escape")
+    os.mkfifo(root / "fifo.md")
+    (root / "locked.md").write_text("nobody may read this")
+    (root / "locked.md").chmod(0)
+
+
+def test_a_hostile_folder_walk_through_the_cli(cli: Cli, tmp_path: Path) -> None:
+    """Every good file is indexed, the run exits 0 with no traceback, the bad entries are skipped
+    with a reason or dead-lettered by name, and a second run changes nothing."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    root.mkdir()
+    build_walk(root)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "socket.md"))
+
+    def ingest() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "headwater.cli",
+                "ingest",
+                "docs",
+                str(root),
+                "--home",
+                str(home),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=cli.env,
+            timeout=180,
+            check=False,
+            preexec_fn=drop_file_permission_overrides if os.geteuid() == 0 else None,
+        )
+
+    try:
+        first = ingest()
+        assert first.returncode == 0, first.stderr
+        assert "Traceback" not in first.stderr + first.stdout
+        events = [json.loads(line) for line in first.stdout.splitlines() if line.strip()]
+        by_uri = {e["uri"]: e for e in events if "uri" in e}
+        for identity in GOOD_WALK.values():
+            assert by_uri[identity]["type"] == "DocumentCompleted", (identity, by_uri.get(identity))
+            assert by_uri[identity]["chunks"] == 1
+        skipped = {
+            "loop_a": "broken or looping symlink",
+            "loop_b": "broken or looping symlink",
+            "deep/er/x.md": "broken or looping symlink",
+            "deep/er/y.md": "broken or looping symlink",
+            "deep/er/up": "symlink loop",
+            "dangling.md": "broken or looping symlink",
+            "escape": "symlink points outside the source root",
+            "fifo.md": "not a regular file",
+            "socket.md": "not a regular file",
+        }
+        for uri, reason in skipped.items():
+            assert by_uri[uri]["type"] == "DocumentSkipped" and by_uri[uri]["reason"].startswith(reason), uri
+        locked = by_uri["locked.md"]  # root without its overrides, or any other user: unreadable
+        assert locked["type"] == "DocumentFailed", locked
+        assert locked["message"] == "locked.md: cannot read: Permission denied" and locked["stage"] == "read"
+        status = cli.status(home)
+        assert status["documents_done"] == len(GOOD_WALK)
+        assert status["chunks"] == status["vectors"] == len(GOOD_WALK)
+        assert status["dlq"] == 1
+
+        second = ingest()
+        assert second.returncode == 0 and "Traceback" not in second.stderr + second.stdout
+        final = json.loads(second.stdout.splitlines()[-1])
+        assert final["type"] == "RunCompleted"
+        assert final["documents_unchanged"] == len(GOOD_WALK)
+        assert final["documents_added"] == final["documents_updated"] == final["documents_deleted"] == 0
+        assert final["documents_failed"] == final["chunks_embedded"] == 0
+        assert cli.status(home) == status
+    finally:
+        sock.close()
+
+
+async def test_a_file_removed_between_listing_and_reading_is_dead_lettered_by_name(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("a.md", "vanishing.md", "z.md"):
+        (root / name).write_text(f"# {name}\n\nsome text")
+
+    class VanishingSource(FileSource):
+        async def read_many(self, entries: Sequence[SourceEntry], max_bytes: int) -> list[bytes | InputError]:
+            (root / "vanishing.md").unlink(missing_ok=True)
+            return await super().read_many(entries, max_bytes)
+
+    settings = load_settings(home=tmp_path / "home", embedder="hash://", workers=1)
+    events = [
+        e
+        async for e in build_document_pipeline(
+            settings, str(root), source=VanishingSource(str(root))
+        ).iter_results()
+    ]
+    by_uri = {e.uri: e for e in events}
+    assert isinstance(by_uri["a.md"], DocumentCompleted) and isinstance(by_uri["z.md"], DocumentCompleted)
+    failed = by_uri["vanishing.md"]
+    assert isinstance(failed, DocumentFailed) and failed.stage == "read"
+    assert failed.message == "vanishing.md: cannot read: No such file or directory"
+    # The next run finds it gone: its record goes, the others stay as they are.
+    again = [e async for e in build_document_pipeline(settings, str(root)).iter_results()]
+    assert sorted((type(e).__name__, e.uri) for e in again) == [
+        ("DocumentDeleted", "vanishing.md"),
+        ("DocumentSkipped", "a.md"),
+        ("DocumentSkipped", "z.md"),
+    ]
