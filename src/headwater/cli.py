@@ -1,7 +1,7 @@
 """The ``headwater`` command: parse options → Settings → the Python API → render events.
 
-Exit codes: 0 the run completed (failures are in the DLQ and the summary), 1 ``--fail-on-error``
-saw a failure or ``verify`` found disagreements, 2 usage errors, 3 configuration errors.
+How a command ends (one line and a documented exit code, never a traceback unless ``--debug``)
+is ``cli_guard``'s job; its docstring has the table of exit codes.
 """
 
 from __future__ import annotations
@@ -9,17 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from headwater.cli_guard import Interrupted, exit_for_uncaught, run_async, run_guarded, set_debug
 from headwater.config import Settings, load_settings
-from headwater.errors import ConfigError, HeadwaterError
-
-T = TypeVar("T")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -53,16 +50,13 @@ def settings_from(**options: Any) -> Settings:
     return load_settings(**options)
 
 
-def run_guarded(fn: Callable[[], T]) -> T:
-    """Turn our errors into exit codes and one clear line, never a traceback."""
-    try:
-        return fn()
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(3) from exc
-    except HeadwaterError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of errors [env HEADWATER_DEBUG=1]")
+    ] = False,
+) -> None:
+    set_debug(debug)
 
 
 @ingest_app.command("docs")
@@ -87,7 +81,9 @@ def ingest_docs(
 ) -> None:
     """Index a folder incrementally: unchanged files are skipped, deleted ones removed."""
     from headwater.bootstrap import build_document_pipeline
-    from headwater.cli_render import render_events, summary_lines
+    from headwater.cli_render import Tally, render_events, summary_lines
+
+    tally = Tally()
 
     def work() -> Any:
         settings = settings_from(
@@ -102,7 +98,11 @@ def ingest_docs(
             preset=preset,
         )
         pipeline = build_document_pipeline(settings, path)
-        return asyncio.run(render_events(pipeline.stream_events(), json_lines=json_out, console=err))
+        events = render_events(pipeline.stream_events(), json_lines=json_out, console=err, tally=tally)
+        try:
+            return run_async(events)
+        except Interrupted as exc:
+            raise Interrupted(exc.signum, tally.describe()) from None
 
     final = run_guarded(work)
     if not json_out:
@@ -115,7 +115,7 @@ def ingest_docs(
 @app.command()
 def query(
     text: Annotated[str, typer.Argument(help="What to search for")],
-    k: Annotated[int, typer.Option("-k", help="How many hits")] = 5,
+    k: Annotated[int, typer.Option("-k", min=1, max=10_000, help="How many hits")] = 5,
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
     json_out: JsonOpt = False,
@@ -313,7 +313,10 @@ def _register_extensions() -> None:
 
 def main() -> None:
     _register_extensions()
-    app()
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 (what escaped a command's guard still gets one line)
+        sys.exit(exit_for_uncaught(exc))
 
 
 if __name__ == "__main__":

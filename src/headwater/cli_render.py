@@ -27,10 +27,53 @@ JSON_FLUSH_SECONDS = 0.05
 JSON_FLUSH_LINES = 4096
 
 
+class Tally:
+    """How far a run got, for the line an interrupted command ends with."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def observe(self, event: Any) -> None:
+        kind = type(event).__name__
+        if kind in {"DocumentCompleted", "DocumentFailed", "DocumentDeleted"} or (
+            kind == "DocumentSkipped" and event.reason == "unchanged"
+        ):
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def describe(self) -> str:
+        c = self.counts
+        parts = [
+            f"{c.get('DocumentCompleted', 0)} document(s) indexed",
+            f"{c.get('DocumentSkipped', 0)} unchanged",
+            f"{c.get('DocumentFailed', 0)} failed",
+        ]
+        if c.get("DocumentDeleted"):
+            parts.append(f"{c['DocumentDeleted']} deleted")
+        return ", ".join(parts) + " before the stop"
+
+
+async def _tallied(events: AsyncIterator[Any], tally: Tally) -> AsyncIterator[Any]:
+    try:
+        async for event in events:
+            tally.observe(event)
+            yield event
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def render_events(
-    events: AsyncIterator[Any], *, json_lines: bool, console: Console, label: str = "ingest"
+    events: AsyncIterator[Any],
+    *,
+    json_lines: bool,
+    console: Console,
+    label: str = "ingest",
+    tally: Tally | None = None,
 ) -> Any:
     """Consume ``events`` and return the last one (the RunCompleted)."""
+    if tally is not None:
+        events = _tallied(events, tally)
     if json_lines:
         return await _render_json(events)
     if console.is_interactive:

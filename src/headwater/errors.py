@@ -2,10 +2,13 @@
 
     HeadwaterError
     ├── ConfigError            bad settings or URL; the CLI exits 3
+    ├── HomeBusy               another process writes the home and the caller won't wait; exits 4
     ├── InputError             bad input; goes straight to the DLQ, never retried
     └── AdapterError           a port's backend failed
         ├── RetryableError     timeouts, 429, lost connections: retried with backoff
-        └── PermanentError     the backend refused for good: to the DLQ
+        ├── PermanentError     the backend refused for good: to the DLQ
+        └── EmbedderUnavailable the embedder's circuit opened: the run stops (exit 5), nothing
+                               is dead-lettered for it, and the same command continues later
 
 Adapters translate vendor exceptions at their boundary (``raise RetryableError(msg) from exc``);
 the engine decides retry vs DLQ by class alone. Messages name the file or URL, the field and the
@@ -14,6 +17,9 @@ reason, and never carry credentials.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+
 
 class HeadwaterError(Exception):
     """Root of every error headwater raises on purpose."""
@@ -21,6 +27,10 @@ class HeadwaterError(Exception):
 
 class ConfigError(HeadwaterError):
     """The configuration cannot work: unknown scheme, missing extra, incompatible store."""
+
+
+class HomeBusy(HeadwaterError):
+    """Another process is writing this home, and the caller asked not to wait for it."""
 
 
 class InputError(HeadwaterError):
@@ -41,3 +51,36 @@ class RetryableError(AdapterError):
 
 class PermanentError(AdapterError):
     """A backend failure that retrying will not fix."""
+
+
+class EmbedderUnavailable(RetryableError):
+    """The embedder stayed down until its circuit breaker opened. Not the documents' fault: a run
+    stops instead of dead-lettering them, and a job pauses with this as its reason."""
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """The message of a "disk full" anywhere in the error's chain, or None. A full disk stops a
+    run (the documents are not at fault, so none is dead-lettered). Stores say it their own way:
+    OSError ENOSPC, SQLite's "database or disk is full", Lance's RuntimeError text."""
+    for cause in _chain(exc):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f"{cause.filename}: " if cause.filename else ""
+            return f"{where}{cause.strerror or cause}"
+        text = str(cause)
+        if any(marker in text for marker in ("No space left on device", "database or disk is full")):
+            return text.splitlines()[0][:300]
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)

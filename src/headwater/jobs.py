@@ -34,7 +34,7 @@ from headwater import registry
 from headwater.adapters._thread import OwnThread
 from headwater.adapters.sqlite import enable_wal
 from headwater.config import Settings
-from headwater.errors import ConfigError, HeadwaterError, InputError
+from headwater.errors import ConfigError, EmbedderUnavailable, HeadwaterError, InputError
 from headwater.events import Event, to_dict
 from headwater.observability import get_logger, span
 from headwater.pipeline.ratelimit import CircuitOpenError
@@ -552,16 +552,20 @@ class JobService:
         """
         while True:
             written = self._written
+            # The status first: a job that ends between the two reads has its last events
+            # (its final status change among them) read below, not lost after a "final" answer.
+            final = (await self.get(job_id)).status in TERMINAL
             events = await self.store.events_after(job_id, after)
             for event in events:
                 yield event
                 after = event.seq
             if events:
                 continue
-            if (await self.get(job_id)).status in TERMINAL:
+            if final:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(written.wait(), self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):  # not wait_for: see engine.CpuPool.run
+                    await written.wait()
 
     def _notify(self) -> None:
         self._written.set()
@@ -573,7 +577,8 @@ class JobService:
             await self._watch_active()
             await self._fill()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _fill(self) -> None:
@@ -638,13 +643,15 @@ class JobService:
             raise ConfigError(msg)
         events = runner(job)
         try:
-            async for event in events:
-                journal.add(event)
-                if getattr(event, "error_type", None) == CircuitOpenError.__name__:
-                    reason = f"embedder unavailable: {getattr(event, 'message', '')}"
-                    await journal.close()  # the events that led here come before the status change
-                    await self.store.transition(job.id, S.PAUSING, reason, expected=S.RUNNING)
-                    return False
+            try:
+                async for event in events:
+                    journal.add(event)
+                    _stop_if_embedder_unavailable(event)
+            except EmbedderUnavailable as exc:
+                reason = f"embedder unavailable: {exc}"
+                await journal.close()  # the events that led here come before the status change
+                await self.store.transition(job.id, S.PAUSING, reason, expected=S.RUNNING)
+                return False
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
@@ -666,6 +673,12 @@ class JobService:
             return
         msg = f"job {job_id}: could not settle its status after its run ended"
         raise HeadwaterError(msg)
+
+
+def _stop_if_embedder_unavailable(event: Event) -> None:
+    """A failure event of an open circuit (a pipeline that reports it rather than raising it)."""
+    if getattr(event, "error_type", None) == CircuitOpenError.__name__:
+        raise EmbedderUnavailable(getattr(event, "message", ""))
 
 
 def _outcome(job: Job, result: bool | BaseException) -> tuple[JobStatus, str | None]:

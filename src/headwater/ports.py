@@ -167,6 +167,13 @@ class DocumentState(Protocol):
         """Mark (doc_id, source, uri) pending and count an attempt; returns attempts per doc."""
         ...
 
+    async def release(self, doc_ids: Sequence[str]) -> None:
+        """Take back the attempt ``claim`` counted for documents a run stopped before finishing
+        (a stop request, an embedder outage, a full disk): the process survived, so they did
+        not crash it, and must not come closer to the DLQ. Documents no longer pending are
+        left alone."""
+        ...
+
     async def commit(self, docs: Sequence[DocState], chunks: dict[str, Sequence[ChunkKey]]) -> None: ...
 
     async def finish(self, doc_ids: Sequence[str], status: str = "done") -> None: ...

@@ -413,7 +413,8 @@ async def _readiness(settings: Settings, service: JobService) -> dict[str, str]:
     checks: dict[str, str] = {}
     for name, probe in probes.items():
         try:
-            await asyncio.wait_for(probe(), timeout=3)
+            async with asyncio.timeout(3):
+                await probe()
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001 (any failure is the answer: not ready, and why)
             checks[name] = redact(f"{type(exc).__name__}: {exc}")[:300]

@@ -99,10 +99,19 @@ def _pickled(exc: Exception) -> bytes:
 
 
 def die_with_parent() -> None:
-    """Child processes must not outlive a killed pipeline (they would hold its pipes open)."""
+    """Child processes must not outlive a killed pipeline (they would hold its pipes open), and
+    they leave stop signals to the parent: a terminal's Ctrl-C reaches the whole process group
+    (and a service manager's SIGTERM the whole cgroup); a child that died of it would print a
+    KeyboardInterrupt traceback of its own, or look like an input that crashed it, while the
+    parent is stopping the run cleanly. The parent stops them when it stops. The wakeup fd the
+    parent's event loop set for its signal handlers is the parent's, not the child's."""
     import ctypes
     import signal
 
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

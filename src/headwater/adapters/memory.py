@@ -78,7 +78,8 @@ class MemoryBus:
             t.changed.clear()
             # Redeliveries become due without a publish: wake up at least every 50 ms to look.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(t.changed.wait(), timeout=min(remaining, 0.05))
+                async with asyncio.timeout(min(remaining, 0.05)):
+                    await t.changed.wait()
 
     def _take(self, topic: str, group: str, t: _Topic, g: _Group, limit: int) -> list[BusMessage]:
         now = time.monotonic()

@@ -252,7 +252,8 @@ class NatsBus:
             for body in bodies:  # one at a time, so the send order is the stored order
                 future = await js.publish_async(subject, bytes(body), wait_stall=5)
                 futures.append(future)  # appended one by one: a partial list is still cancelled
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=_REQUEST_TIMEOUT + len(bodies) / 1000)
+            async with asyncio.timeout(_REQUEST_TIMEOUT + len(bodies) / 1000):
+                await asyncio.gather(*futures)
         finally:
             for future in futures:
                 future.cancel()
@@ -424,7 +425,8 @@ class _Puller:
             pull = {"batch": batch - len(self.buffer), "expires": int(expires_seconds * 1e9)}
             await self.nc.publish(self.next_subject, json.dumps(pull).encode(), reply=self.request)
             with contextlib.suppress(TimeoutError):  # lost on a disconnect: the caller checks
-                await asyncio.wait_for(self.done.wait(), expires_seconds + _REQUEST_TIMEOUT)
+                async with asyncio.timeout(expires_seconds + _REQUEST_TIMEOUT):
+                    await self.done.wait()
             self.request = ""
             if self.failure is not None:
                 raise _PullFailed(self.failure)

@@ -155,7 +155,8 @@ class RedisBus:
         if client is None:
             return
         with contextlib.suppress(rexc.RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self._leave_groups(client), timeout=5)
+            async with asyncio.timeout(5):
+                await self._leave_groups(client)
         await client.aclose()
         self._groups.clear()
         self._cursors.clear()

@@ -244,6 +244,17 @@ class SQLiteMetadataStore:
 
         return await self._thread.call(_claim)
 
+    async def release(self, doc_ids: Sequence[str]) -> None:
+        def _release() -> None:
+            self._tx(
+                "UPDATE documents SET attempts = max(attempts - 1, 0) "
+                "WHERE status = 'pending' AND doc_id IN (SELECT value FROM json_each(?))",
+                [(msgspec.json.encode(list(doc_ids)),)],
+            )
+
+        if doc_ids:
+            await self._thread.call(_release)
+
     async def commit(self, docs: Sequence[DocState], chunks: dict[str, Sequence[ChunkKey]]) -> None:
         def _commit() -> None:
             now = _now()

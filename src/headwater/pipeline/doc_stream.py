@@ -158,7 +158,8 @@ class Watcher:
                 if once:
                     return
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=interval_seconds)
+                    async with asyncio.timeout(interval_seconds):
+                        await stop.wait()
                 except TimeoutError:
                     continue
                 return

@@ -20,7 +20,14 @@ from typing import Any, Protocol
 import msgspec
 
 from headwater.config import Settings
-from headwater.errors import ConfigError, HeadwaterError, InputError, RetryableError
+from headwater.errors import (
+    ConfigError,
+    EmbedderUnavailable,
+    HeadwaterError,
+    InputError,
+    RetryableError,
+    disk_full,
+)
 from headwater.events import (
     BatchProgress,
     DocumentCompleted,
@@ -115,8 +122,12 @@ class DocumentPipeline:
         async def runner() -> None:
             try:
                 await _DocumentRun(self, events.put).execute()
-            finally:
-                await events.put(_END)
+            except asyncio.CancelledError:
+                raise  # the consumer stopped listening: nobody waits for the end marker
+            except BaseException:
+                await events.put(_END)  # the consumer is still reading: wake it to see the error
+                raise
+            await events.put(_END)
 
         task = asyncio.create_task(runner())
         try:
@@ -168,6 +179,7 @@ class _DocumentRun:
         self.embedded: asyncio.Queue[Any] = asyncio.Queue(maxsize=WRITE_BACKLOG_GROUPS)
         self.in_flight = 0
         self.suspects: list[_Work] = []
+        self.claimed: set[str] = set()  # claimed by this run and not finished yet
         self._vectors_open: asyncio.Future[None] | None = None
         self._embedder_warm: asyncio.Future[None] | None = None
         self._starting = asyncio.Lock()
@@ -227,6 +239,9 @@ class _DocumentRun:
                 await self._prepare_suspects()
                 await self.committer.flush()
                 await self._delete_vanished()
+            except BaseException:
+                await self._release_claims()
+                raise
             finally:
                 ticker.cancel()
             # The last progress, however short the run: one faster than the interval (a
@@ -244,6 +259,15 @@ class _DocumentRun:
             await p.embedder.close()
             await p.metadata.close()
 
+    async def _release_claims(self) -> None:
+        """A run that stops (a stop request, an embedder outage, a full disk) was not killed by
+        the documents it had claimed: their attempts are taken back, so the next run does them
+        as usual rather than one at a time as suspects, and no number of stops dead-letters
+        them. Best effort: if even this fails (the disk is full), they are only suspects."""
+        if self.claimed:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.p.metadata.release(sorted(self.claimed)))
+
     async def _check_settings(self) -> None:
         stored = await self.p.metadata.get_setting("embedder_id")
         if stored is not None and stored != self.p.embedder.id:
@@ -260,18 +284,18 @@ class _DocumentRun:
 
     # -- scan ---------------------------------------------------------------------------------
     async def _scan(self) -> None:
-        try:
-            if self.p.only is not None:
-                found = await self.p.source.lookup(sorted(self.p.only))
-                self.found = {e.relpath for e in found}
-                listing = _pages(found)
-            else:
-                listing = self.p.source.scan()
-            await self._classify_all(listing)
-            self.progress.listing_done = True
-        finally:
-            for _ in range(self.s.concurrency):
-                await self.work.put(_END)
+        if self.p.only is not None:
+            found = await self.p.source.lookup(sorted(self.p.only))
+            self.found = {e.relpath for e in found}
+            listing: AsyncIterator[list[SourceEntry]] = _pages(found)
+        else:
+            listing = self.p.source.scan()
+        await self._classify_all(listing)
+        self.progress.listing_done = True
+        # Only on success: a failed or cancelled scan takes its task group's readers down with
+        # it, and an end marker put into their full queue then would wait for ever.
+        for _ in range(self.s.concurrency):
+            await self.work.put(_END)
 
     async def _classify_all(self, listing: AsyncIterator[list[SourceEntry]]) -> None:
         """A batch's lookups run on the store's thread while the batch before it is classified
@@ -392,6 +416,7 @@ class _DocumentRun:
         claims = await self.p.metadata.claim(
             [(w.doc_id, self.p.source.uri, w.entry.relpath) for w, _, _ in loaded]
         )
+        self.claimed.update(claims)
         todo = []
         for work, data, content_hash in loaded:
             work.attempts = claims[work.doc_id]
@@ -476,7 +501,8 @@ class _DocumentRun:
             chunks = 0
             while chunks < self.s.commit_batch_chunks:
                 try:
-                    item = await asyncio.wait_for(self.ready.get(), timeout=0.05 if group else None)
+                    async with asyncio.timeout(0.05 if group else None):  # not wait_for: see CpuPool.run
+                        item = await self.ready.get()
                 except TimeoutError:
                     break
                 if item is _END:
@@ -501,6 +527,7 @@ class _DocumentRun:
         try:
             return await self.committer.embed(group)
         except HeadwaterError as exc:
+            _stop_if_not_the_documents_fault(exc)
             await self._fail_group(group, exc)
             return None
 
@@ -521,9 +548,11 @@ class _DocumentRun:
             await self.vectors_ready()
             completed = await self.committer.write(planned)
         except HeadwaterError as exc:
+            _stop_if_not_the_documents_fault(exc)
             await self._fail_group(planned.group, exc)
             return
         for event in completed:
+            self.claimed.discard(event.doc_id)
             self.counts[event.outcome] += 1
             self.counts["chunks_deleted"] += event.chunks_deleted
             self.progress.completed += 1
@@ -544,6 +573,7 @@ class _DocumentRun:
         """Dead-letter one document. Its old chunks go too: a clean run would not index bad input."""
         p = self.p
         self.in_flight -= 1
+        self.claimed.discard(work.doc_id)
         attempts = max(work.attempts, 1)
         if isinstance(error, PrepareFailure):
             error_type, message, tb = error.error_type, error.message, error.traceback
@@ -665,6 +695,13 @@ class _DocumentRun:
             embed_calls=st.embed_calls,
             elapsed_seconds=round(self.progress.clock() - self.progress.started, 3),
         )
+
+
+def _stop_if_not_the_documents_fault(exc: HeadwaterError) -> None:
+    """An embedder that is down, or a full disk, would dead-letter every document of the run
+    in turn: the run stops instead, and the same command continues when it is fixed."""
+    if isinstance(exc, EmbedderUnavailable) or disk_full(exc) is not None:
+        raise exc
 
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -81,7 +81,11 @@ class CpuPool:
             generation = self._generation
             future = loop.run_in_executor(self._get(), fn, *args)
             try:
-                return await asyncio.wait_for(future, self.timeout_seconds)
+                # Not wait_for: on Python 3.11 it returns the result of a future that finishes as
+                # the caller is cancelled, swallowing the cancellation; the stopped run then goes
+                # on into queues nobody reads any more, and a pause or a Ctrl-C never settles.
+                async with asyncio.timeout(self.timeout_seconds):
+                    return await future
             except TimeoutError as exc:
                 self._replace(generation)
                 msg = f"{what}: extraction took longer than {self.timeout_seconds:g} s"

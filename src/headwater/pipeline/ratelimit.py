@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
-from headwater.errors import RetryableError
+from headwater.errors import EmbedderUnavailable
 from headwater.presets import PRESETS
 
 Clock = Callable[[], float]
@@ -144,12 +144,9 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
-class CircuitOpenError(RetryableError):
-    """The backend is down: pause the job (``reason`` says why) rather than retry each input.
-
-    It is a RetryableError so inputs that meet it stay retryable (a later run redoes them)
-    instead of being marked permanently failed.
-    """
+class CircuitOpenError(EmbedderUnavailable):
+    """The backend is down: stop the run, or pause the job (``reason`` says why), rather than
+    retry or dead-letter each input (a later run redoes them)."""
 
     def __init__(self, message: str, *, name: str, reason: str, retry_in_seconds: float) -> None:
         super().__init__(message)
