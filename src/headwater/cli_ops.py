@@ -163,13 +163,9 @@ def jobs_submit(
 
 
 def _local_source(source: str) -> str:
-    if "://" in source:
-        return source
-    folder = Path(source).resolve()
-    if not folder.is_dir():
-        msg = f"source folder {folder} does not exist or is not a directory: give a folder to index"
-        raise ConfigError(msg)
-    return str(folder)
+    """A folder is queued by its absolute path (it need not exist yet: the job fails if it still
+    does not when it runs)."""
+    return source if "://" in source else str(Path(source).resolve())
 
 
 @jobs_app.command("run")

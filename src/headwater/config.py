@@ -59,20 +59,23 @@ class Settings(BaseSettings):
 
     # Defaults of the fields a preset sets are the "standard" preset's (presets.py holds the values).
     preset: str | None = None  # local | standard | high-throughput; fills in only fields not set
-    embed_batch_size: int = Field(DEFAULTS["embed_batch_size"], ge=1)
-    commit_batch_chunks: int = Field(DEFAULTS["commit_batch_chunks"], ge=1)
-    concurrency: int = Field(DEFAULTS["concurrency"], ge=1)
-    workers: int = Field(DEFAULTS["workers"], ge=0)  # extraction processes; 0 = one per core
+    embed_batch_size: int = Field(DEFAULTS["embed_batch_size"], ge=1, le=1_000_000)
+    commit_batch_chunks: int = Field(DEFAULTS["commit_batch_chunks"], ge=1, le=10_000_000)
+    concurrency: int = Field(DEFAULTS["concurrency"], ge=1, le=10_000)
+    workers: int = Field(
+        DEFAULTS["workers"], ge=0, le=1024
+    )  # extraction processes (forked at once); 0 = one per core
     max_attempts: int = Field(3, ge=1)
     retry_attempts: int = Field(5, ge=1)
     retry_initial_seconds: float = Field(0.2, ge=0)
     retry_max_seconds: float = Field(30.0, ge=0)
-    queue_size: int = Field(DEFAULTS["queue_size"], ge=1)
+    queue_size: int = Field(DEFAULTS["queue_size"], ge=1, le=10_000_000)
 
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
     pdf_max_pages: int = Field(0, ge=0)  # 0: no page limit (extraction is bounded by time and memory)
     extract_timeout_seconds: float = Field(60.0, gt=0)
     progress_interval_seconds: float = Field(2.0, gt=0)
+    wait_for_home: bool = True  # another writer holds the home: wait (False: exit 4 at once)
 
     @model_validator(mode="before")
     @classmethod
@@ -162,13 +165,13 @@ class Settings(BaseSettings):
     # Per-batch costs (the online serving view: one row per entity and window size; three Parquet
     # parts; two fsyncs) are fixed, so larger batches amortize them: 250k events ran ~15% faster
     # than 100k (bench/signals.py) for ~90 MiB more peak memory.
-    micro_batch_events: int = Field(250_000, ge=1)
+    micro_batch_events: int = Field(250_000, ge=1, le=100_000_000)
     checkpoint_interval_seconds: float = Field(1.0, ge=0)
     feature_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [feature_sets.NAME] tables
 
     # --- streaming (issue #4) ---------------------------------------------------------------------
     bus: str = "memory://default"  # nats://host:4222 | redis://host:6379/0; memory:// is in-process only
-    worker_batch_size: int = Field(DEFAULTS["worker_batch_size"], ge=1)
+    worker_batch_size: int = Field(DEFAULTS["worker_batch_size"], ge=1, le=1_000_000)
     ack_wait_seconds: float = Field(30.0, gt=0)
     idle_timeout_seconds: float = Field(30.0, gt=0)  # a quiet stream closes its open windows
     drain_seconds: float = Field(30.0, ge=0)  # SIGTERM: time the in-flight batch gets to commit
@@ -177,7 +180,7 @@ class Settings(BaseSettings):
 
     # --- operating it (issue #5) --------------------------------------------------------------------
     api_token: SecretStr | None = None  # bearer token of `headwater serve`; required off loopback
-    max_concurrent_jobs: int = Field(1, ge=1)  # jobs the server runs at once (more wait by priority)
+    max_concurrent_jobs: int = Field(1, ge=1, le=1000)  # jobs the server runs at once (more wait by priority)
     api_max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     api_page_limit: int = Field(500, ge=1)  # most items one list response returns
     api_source_roots: PathList = Field(default_factory=list)  # folders jobs may read; [] = the cwd

@@ -133,7 +133,6 @@ def test_wrong_arguments(tmp_path: Path, home: Path) -> None:
              2, "--late-policy")  # fmt: skip
     one_line(run(tmp_path, "ingest", "signals", str(EVENTS), "--home", str(home), "--lateness", "soon"),
              2, "--lateness", "soon")  # fmt: skip
-    one_line(run(tmp_path, "jobs", "submit", str(tmp_path / "missing"), "--home", str(home)), 3, "missing")
     (tmp_path / "a-file").write_text("x")
     one_line(run(tmp_path, "status", "--home", str(tmp_path / "a-file")), 3, "--home", "not a folder")
     nowhere = str(tmp_path / "no" / "x.parquet")
