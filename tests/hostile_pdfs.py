@@ -33,7 +33,8 @@ def page_text(index: int) -> str:
 
 
 def book(pages: int) -> bytes:
-    """``pages`` pages, each with its own line of text (``page_text``)."""
+    """``pages`` pages, each with its own line of text (``page_text``) in the middle of a running
+    header and footer (which the pipeline strips as repeated page edges)."""
     kids = b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(pages))
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -45,7 +46,9 @@ def book(pages: int) -> bytes:
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
             b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i)
         )
-        objects.append(stream(b"BT /F1 10 Tf 72 720 Td (%s) Tj ET" % page_text(i).encode()))
+        lines = [b"Reference manual", b"Overview", page_text(i).encode(), b"See the index.", b"%d" % i]
+        shown = b" 0 -14 Td ".join(b"(%s) Tj" % line for line in lines)
+        objects.append(stream(b"BT /F1 10 Tf 72 740 Td %s ET" % shown))
     return build(objects)
 
 

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from headwater.bootstrap import build_document_pipeline
 from headwater.errors import InputError
 from headwater.events import DocumentCompleted, DocumentFailed
 from headwater.ports import SourceEntry
+from tests import hostile_pdfs
 from tests.conftest import Cli
 
 SAMPLE_PDF = Path(__file__).resolve().parents[2] / "samples" / "docs" / "reference" / "operations.pdf"
@@ -284,3 +286,52 @@ async def test_a_file_removed_between_listing_and_reading_is_dead_lettered_by_na
         ("DocumentSkipped", "a.md"),
         ("DocumentSkipped", "z.md"),
     ]
+
+
+# -- long books and PDF bombs (issue #13) ---------------------------------------------------------
+
+
+def test_a_10000_page_book_is_indexed_and_an_inflating_bomb_is_stopped_by_memory(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """With the defaults: no page limit rejects the book; the 3 MB bomb (15 GB of PDFium memory
+    unbounded) is dead-lettered at the memory bound while everything else is indexed."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    root.mkdir()
+    (root / "manual.pdf").write_bytes(hostile_pdfs.book(10_000))
+    (root / "bomb.pdf").write_bytes(hostile_pdfs.inflating_bomb(1))
+    (root / "good.md").write_text("# Good\n\nStill indexed.")
+    result = cli("ingest", "docs", str(root), "--home", str(home), "--json")
+    assert "Traceback" not in result.stderr + result.stdout
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    by_uri = {e["uri"]: e for e in events if "uri" in e}
+    assert by_uri["good.md"]["type"] == "DocumentCompleted"
+    manual = by_uri["manual.pdf"]
+    assert manual["type"] == "DocumentCompleted", manual
+    # Every page's text is in the index, in order.
+    exported = [json.loads(line) for line in cli("export", "--home", str(home)).stdout.splitlines()]
+    text = "".join(row["text"] for row in exported if row["uri"] == "manual.pdf")
+    for i in (0, 1, 4999, 9998, 9999):
+        assert hostile_pdfs.page_text(i) in text
+    assert manual["chunks"] >= 10_000 * len(hostile_pdfs.page_text(0)) // 1000
+    bomb = by_uri["bomb.pdf"]
+    assert bomb["type"] == "DocumentFailed" and bomb["stage"] == "extract", bomb
+    assert "bomb.pdf: PDF extraction needed more than its memory limit of 2048 MiB" in bomb["message"]
+    assert cli("ingest", "docs", str(root), "--home", str(home), "--json").returncode == 0
+
+
+def test_a_form_bomb_is_stopped_by_the_extraction_time_bound(cli: Cli, tmp_path: Path) -> None:
+    root, home = tmp_path / "root", tmp_path / "home"
+    root.mkdir()
+    (root / "forms.pdf").write_bytes(hostile_pdfs.form_bomb())
+    (root / "good.md").write_text("# Good\n\nStill indexed.")
+    final = cli.last_event(
+        "ingest", "docs", str(root), "--home", str(home), env={"HEADWATER_EXTRACT_TIMEOUT_SECONDS": "1"}
+    )
+    assert final["documents_added"] == 1 and final["documents_failed"] == 1
+    (letter,) = json.loads(cli("dlq", "list", "--home", str(home), "--json").stdout)
+    assert letter["input_ref"] == "forms.pdf" and letter["stage"] == "extract"
+    # The time bound, unless PDFium reached the memory bound first (~5 s here).
+    assert re.search(
+        r"forms\.pdf: (extraction took longer than 1 s|PDF extraction needed more)", letter["message"]
+    )

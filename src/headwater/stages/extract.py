@@ -153,9 +153,11 @@ def _pdf_pages(relpath: str, data: bytes, max_pages: int, max_text_bytes: int) -
 
 
 def _isolation_is_safe() -> bool:
-    """Linux (``prctl`` and ``RLIMIT_AS``), and not once lancedb's runtime threads are loaded (a
-    fork taken while one of them holds a lock can deadlock: extraction then runs in place)."""
-    return sys.platform == "linux" and "lancedb" not in sys.modules
+    """Linux (``prctl`` and ``RLIMIT_AS``). Also once lancedb's runtime threads are loaded (the CPU
+    pool then extracts in a thread of the main process, where a bomb matters most): the child
+    runs only PDFium and writes to a pipe, imports nothing and takes no lock another thread could
+    hold (glibc's malloc is made safe across fork by its own fork handlers)."""
+    return sys.platform == "linux"
 
 
 def _pdf_pages_in_child(
