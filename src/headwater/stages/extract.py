@@ -229,7 +229,13 @@ def _child(  # the child's whole world, passed in before the fork
 ) -> NoReturn:
     code = 0
     try:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a killed worker takes its extractor along
+        # Stop signals are the parent's to handle (a Ctrl-C reaches the whole process group: the
+        # child must not look like an input that crashed it); a killed parent takes it along.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:
             os._exit(1)
         statm = os.open("/proc/self/statm", os.O_RDONLY)
