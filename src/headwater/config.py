@@ -111,6 +111,15 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return home
 
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not token.get_secret_value().strip():
+            # "Bearer " would then pass: an empty token must not open a public bind
+            msg = "the API token is empty: set a long random value, or unset it to serve on loopback only"
+            raise ValueError(msg)
+        return token
+
     @field_validator("windows")
     @classmethod
     def _parse_windows(cls, windows: list[str]) -> list[str]:

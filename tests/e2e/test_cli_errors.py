@@ -200,6 +200,8 @@ def test_serve_on_a_taken_port_and_with_bad_settings(tmp_path: Path, home: Path)
     (tmp_path / "a-file").write_text("x")
     one_line(run(tmp_path, "serve", "--home", str(tmp_path / "a-file")), 3, "not a folder")
     one_line(run(tmp_path, "serve", "--home", str(home), "--host", "0.0.0.0"), 3, "HEADWATER_API_TOKEN")
+    blank = run(tmp_path, "serve", "--home", str(home), "--host", "0.0.0.0", env={"HEADWATER_API_TOKEN": " "})
+    one_line(blank, 3, "HEADWATER_API_TOKEN", "empty")  # "Bearer " must not open a public bind
     assert run(tmp_path, "serve", "--port", "0").returncode == 2
 
 
