@@ -44,6 +44,12 @@ EmbedderOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait", help="If another process is writing the home, exit 4 at once instead of waiting"
+    ),
+]
 
 
 def settings_from(**options: Any) -> Settings:
@@ -78,6 +84,7 @@ def ingest_docs(
     fail_on_error: Annotated[
         bool, typer.Option("--fail-on-error", help="Exit 1 if any document failed")
     ] = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Index a folder incrementally: unchanged files are skipped, deleted ones removed."""
     from headwater.bootstrap import build_document_pipeline
@@ -96,6 +103,7 @@ def ingest_docs(
             pii_scrub=pii_scrub,
             workers=workers,
             preset=preset,
+            wait_for_home=False if no_wait else None,
         )
         pipeline = build_document_pipeline(settings, path)
         events = render_events(pipeline.stream_events(), json_lines=json_out, console=err, tally=tally)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -116,6 +117,12 @@ async def _render_json(events: AsyncIterator[Any]) -> Any:
 
 def _line_for(event: Event) -> str | None:
     kind = type(event).__name__
+    if kind == "WaitingForHome":
+        return (
+            f"[yellow]waiting:[/] the home {escape(event.home)} is being written by "  # type: ignore[attr-defined]
+            f"{escape(event.holder)}; this run starts when it is done "  # type: ignore[attr-defined]
+            "(Ctrl-C to give up; --no-wait exits at once instead)"
+        )
     if kind.endswith("Failed"):
         return f"[red]failed[/] {getattr(event, 'uri', '')}: {getattr(event, 'message', '')}"
     return None

@@ -83,8 +83,16 @@ class RunCompleted(Event, frozen=True, kw_only=True):
     elapsed_seconds: float = 0.0
 
 
+class WaitingForHome(Event, frozen=True, kw_only=True):
+    """Another writer holds the home: this run starts when it is done (``--no-wait`` exits)."""
+
+    home: str
+    holder: str
+
+
 DocumentEvent = (
     RunStarted
+    | WaitingForHome
     | DocumentCompleted
     | DocumentSkipped
     | DocumentFailed
@@ -161,7 +169,9 @@ class SignalRunCompleted(Event, frozen=True, kw_only=True, tag="RunCompleted"):
     elapsed_seconds: float = 0.0
 
 
-SignalEvent = RunStarted | SignalRejected | WindowsClosed | SignalProgress | SignalRunCompleted
+SignalEvent = (
+    RunStarted | WaitingForHome | SignalRejected | WindowsClosed | SignalProgress | SignalRunCompleted
+)
 _signal_decoder: msgspec.json.Decoder[SignalEvent] = msgspec.json.Decoder(SignalEvent)
 
 

@@ -339,8 +339,10 @@ def replay_runner(settings: Settings) -> Runner:
         ids = job.spec.get("ids")
         await replay_messages(settings, ids)
         for source, paths in (await claim_replays(settings, ids)).items():
-            async for event in build_document_pipeline(settings, source, only=paths).stream_events():
-                yield event
+            pipeline = build_document_pipeline(settings, source, only=paths)
+            async with contextlib.aclosing(pipeline.stream_events()) as events:  # see iter_results
+                async for event in events:
+                    yield event
 
     return run
 

@@ -69,6 +69,8 @@ async def open_signal_pipeline(
             max_record_bytes=settings.max_payload_bytes,
             progress_interval_seconds=settings.progress_interval_seconds,
             checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+            home=settings.home,
+            wait_for_home=settings.wait_for_home,
         )
         yield SignalPipeline(
             inputs=inputs,

@@ -9,6 +9,7 @@ builds: that is what makes redelivery and replay harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -60,7 +61,8 @@ class DocumentSink:
         events: list[Event] = []
         for source, relpaths in sorted(by_source.items()):
             pipeline = build_document_pipeline(self.settings, source, only=relpaths)
-            events += [e async for e in pipeline.stream_events() if not isinstance(e, BatchProgress)]
+            async with contextlib.aclosing(pipeline.stream_events()) as stream:  # see iter_results
+                events += [e async for e in stream if not isinstance(e, BatchProgress)]
         return events
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import traceback
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -38,7 +38,9 @@ from headwater.events import (
     Event,
     RunCompleted,
     RunStarted,
+    WaitingForHome,
 )
+from headwater.homelock import home_lock
 from headwater.models import make_doc_id, normalize_relpath, sha256_hex
 from headwater.pipeline.commit import EmbeddedGroup, GroupCommitter, ReadyDocument
 from headwater.pipeline.engine import CpuPool, Progress, RetryPolicy
@@ -116,7 +118,7 @@ class DocumentPipeline:
         self.only = {normalize_relpath(r) for r in only} if only is not None else None
         self.run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
-    async def stream_events(self) -> AsyncIterator[DocumentEvent]:
+    async def stream_events(self) -> AsyncGenerator[DocumentEvent, None]:
         events: asyncio.Queue[Any] = asyncio.Queue(maxsize=1024)
 
         async def runner() -> None:
@@ -147,15 +149,19 @@ class DocumentPipeline:
     async def iter_results(
         self,
     ) -> AsyncIterator[DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted]:
-        async for event in self.stream_events():
-            if isinstance(event, DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted):
-                yield event
+        # Closed explicitly when this view is closed: a generator left to the garbage collector
+        # would keep its run going (and the home locked) after the consumer stopped listening.
+        async with contextlib.aclosing(self.stream_events()) as events:
+            async for event in events:
+                if isinstance(event, DocumentCompleted | DocumentSkipped | DocumentFailed | DocumentDeleted):
+                    yield event
 
     async def run_async(self) -> RunCompleted:
         final = None
-        async for event in self.stream_events():
-            if isinstance(event, RunCompleted):
-                final = event
+        async with contextlib.aclosing(self.stream_events()) as events:
+            async for event in events:
+                if isinstance(event, RunCompleted):
+                    final = event
         assert final is not None, "stream_events always ends with RunCompleted"
         return final
 
@@ -215,6 +221,13 @@ class _DocumentRun:
             await self._emit(events)
 
     async def execute(self) -> None:
+        async with home_lock(self.s.home, wait=self.s.wait_for_home, on_wait=self._waiting):
+            await self._execute()
+
+    async def _waiting(self, holder: str) -> None:
+        await self.emit(WaitingForHome(run_id=self.p.run_id, home=str(self.s.home), holder=holder))
+
+    async def _execute(self) -> None:
         p = self.p
         await p.metadata.open()
         try:

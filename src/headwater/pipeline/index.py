@@ -16,6 +16,7 @@ import msgspec
 from headwater.bootstrap import build_document_pipeline, make_embedder, make_metadata_store, make_vector_store
 from headwater.config import Settings
 from headwater.events import RunCompleted
+from headwater.homelock import home_lock
 from headwater.models import Chunk
 from headwater.ports import DocState
 
@@ -62,13 +63,14 @@ async def status(settings: Settings) -> dict[str, Any]:
 async def optimize(settings: Settings) -> None:
     """Compact the vector store, fold new rows into its indexes and drop old versions: the
     maintenance an ingest skips on large tables (it reads the whole table), for a quiet hour."""
-    metadata, vectors, embedder = await _open_index(settings)
-    try:
-        maintain = getattr(vectors, "optimize", None)
-        if maintain is not None:
-            await maintain()
-    finally:
-        await _close_index(metadata, vectors, embedder)
+    async with home_lock(settings.home, wait=settings.wait_for_home):
+        metadata, vectors, embedder = await _open_index(settings)
+        try:
+            maintain = getattr(vectors, "optimize", None)
+            if maintain is not None:
+                await maintain()
+        finally:
+            await _close_index(metadata, vectors, embedder)
 
 
 @dataclass
@@ -96,22 +98,27 @@ class VerifyReport:
 
 
 async def verify(settings: Settings, *, repair: bool = False) -> tuple[VerifyReport, VerifyReport | None]:
-    """Compare metadata with the vector store; with ``repair``, fix it and verify again."""
-    metadata, vectors, embedder = await _open_index(settings)
-    try:
-        report = await _compare(metadata, vectors)
-        if not repair or report.ok:
-            return report, None
-        sources = await _repair_marks(metadata, vectors, report)
-    finally:
-        await _close_index(metadata, vectors, embedder)
+    """Compare metadata with the vector store; with ``repair``, fix it and verify again.
+
+    It holds the writer lock while it compares (a run in progress is not a disagreement: it
+    waits for it) and lets go of it for the repairing runs, which take it themselves."""
+    async with home_lock(settings.home, wait=settings.wait_for_home):
+        metadata, vectors, embedder = await _open_index(settings)
+        try:
+            report = await _compare(metadata, vectors)
+            if not repair or report.ok:
+                return report, None
+            sources = await _repair_marks(metadata, vectors, report)
+        finally:
+            await _close_index(metadata, vectors, embedder)
     for source, relpaths in sources.items():
         await build_document_pipeline(settings, source, only=relpaths).run_async()
-    metadata, vectors, embedder = await _open_index(settings)
-    try:
-        return report, await _compare(metadata, vectors)
-    finally:
-        await _close_index(metadata, vectors, embedder)
+    async with home_lock(settings.home, wait=settings.wait_for_home):
+        metadata, vectors, embedder = await _open_index(settings)
+        try:
+            return report, await _compare(metadata, vectors)
+        finally:
+            await _close_index(metadata, vectors, embedder)
 
 
 async def _compare(metadata: Any, vectors: Any) -> VerifyReport:

@@ -11,23 +11,27 @@ re-run from scratch rewrites the same parts and upserts the same rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
+from headwater.errors import HomeBusy
 from headwater.events import (
     RunStarted,
     SignalEvent,
     SignalProgress,
     SignalRejected,
     SignalRunCompleted,
+    WaitingForHome,
     WindowsClosed,
 )
 from headwater.featuresets import FeatureSetSpec
+from headwater.homelock import describe_holder, home_lock, lock_path
 from headwater.models import sha256_hex
 from headwater.pipeline.signal_commit import (
     BatchCommit,
@@ -75,6 +79,8 @@ class SignalOptions:
     max_record_bytes: int = 65_536
     progress_interval_seconds: float = 1.0
     checkpoint_interval_seconds: float = 1.0  # 0: every batch; replay after a crash covers the rest
+    home: Path | None = None  # a backfill holds the home's lock of its feature set (homelock.py)
+    wait_for_home: bool = True
 
 
 @dataclass
@@ -131,7 +137,24 @@ class SignalPipeline:
         self.clock = clock
         self.scope = sha256_hex(f"{spec.name}\x00{spec.version}\x00{inputs.resolve()}")[:12]
 
-    async def stream_events(self) -> AsyncIterator[SignalEvent]:
+    async def stream_events(self) -> AsyncGenerator[SignalEvent, None]:
+        """Two backfills of one feature set into one home would interleave their checkpoints:
+        the second waits for the first (or stops at once with ``wait_for_home=False``)."""
+        home = self.options.home
+        async with contextlib.AsyncExitStack() as held:
+            if home is not None:
+                name = f"signals-{sha256_hex(self.spec.name)[:12]}"
+                try:
+                    await held.enter_async_context(home_lock(home, name, wait=False))
+                except HomeBusy:
+                    if not self.options.wait_for_home:
+                        raise
+                    yield WaitingForHome(home=str(home), holder=describe_holder(lock_path(home, name)))
+                    await held.enter_async_context(home_lock(home, name))
+            async for event in self._events():
+                yield event
+
+    async def _events(self) -> AsyncIterator[SignalEvent]:
         started = time.monotonic()
         run_id = sha256_hex(f"{self.scope}{self.clock()}")[:16]
         files = await asyncio.to_thread(list_inputs, self.inputs)
@@ -260,15 +283,18 @@ class SignalPipeline:
         return staged.events
 
     async def iter_results(self) -> AsyncIterator[WindowsClosed]:
-        async for event in self.stream_events():
-            if isinstance(event, WindowsClosed):
-                yield event
+        # closed explicitly: see DocumentPipeline.iter_results
+        async with contextlib.aclosing(self.stream_events()) as events:
+            async for event in events:
+                if isinstance(event, WindowsClosed):
+                    yield event
 
     async def run_async(self) -> SignalRunCompleted:
         final: SignalRunCompleted | None = None
-        async for event in self.stream_events():
-            if isinstance(event, SignalRunCompleted):
-                final = event
+        async with contextlib.aclosing(self.stream_events()) as events:
+            async for event in events:
+                if isinstance(event, SignalRunCompleted):
+                    final = event
         assert final is not None  # stream_events always ends with it
         return final
 
