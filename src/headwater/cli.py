@@ -33,14 +33,14 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 HomeOpt = Annotated[
-    Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME; default ./.headwater]")
+    Path | None, typer.Option("--home", help="State folder \\[env HEADWATER_HOME; default ./.headwater]")
 ]
 EmbedderOpt = Annotated[
     str | None,
     typer.Option(
         "--embedder",
         help="hash:// | minilm:// | openai://MODEL | http://HOST/v1/embeddings?model=M&dimensions=N "
-        "[env HEADWATER_EMBEDDER]",
+        "\\[env HEADWATER_EMBEDDER]",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -59,7 +59,7 @@ def settings_from(**options: Any) -> Settings:
 @app.callback()
 def _options(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks of errors [env HEADWATER_DEBUG=1]")
+        bool, typer.Option("--debug", help="Show tracebacks of errors \\[env HEADWATER_DEBUG=1]")
     ] = False,
 ) -> None:
     set_debug(debug)
@@ -72,13 +72,15 @@ def ingest_docs(
     embedder: EmbedderOpt = None,
     include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable)")] = None,
-    chunk_size: Annotated[int | None, typer.Option(help="Chunk size in characters")] = None,
-    chunk_overlap: Annotated[int | None, typer.Option(help="Chunk overlap in characters")] = None,
+    chunk_size: Annotated[int | None, typer.Option(min=50, help="Chunk size in characters")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(min=0, help="Chunk overlap in characters")] = None,
     pii_scrub: Annotated[bool | None, typer.Option("--pii-scrub/--no-pii-scrub", help="Redact PII")] = None,
-    workers: Annotated[int | None, typer.Option(help="Extraction processes (0 = one per core)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, max=1024, help="Extraction processes (0 = one per core)")
+    ] = None,
     preset: Annotated[
         str | None,
-        typer.Option(help="Sizing profile: local | standard | high-throughput [env HEADWATER_PRESET]"),
+        typer.Option(help="Sizing profile: local | standard | high-throughput \\[env HEADWATER_PRESET]"),
     ] = None,
     json_out: JsonOpt = False,
     fail_on_error: Annotated[
@@ -166,7 +168,7 @@ def verify(
     from headwater.pipeline.index import verify as run_verify
 
     before, after = run_guarded(
-        lambda: asyncio.run(run_verify(settings_from(home=home, embedder=embedder), repair=repair))
+        lambda: run_async(run_verify(settings_from(home=home, embedder=embedder), repair=repair))
     )
     final = after or before
     if json_out:
@@ -190,7 +192,7 @@ def optimize(home: HomeOpt = None, embedder: EmbedderOpt = None) -> None:
     """Compact the vector store and drop its old versions (ingest does it only for small tables)."""
     from headwater.pipeline.index import optimize as run_optimize
 
-    run_guarded(lambda: asyncio.run(run_optimize(settings_from(home=home, embedder=embedder))))
+    run_guarded(lambda: run_async(run_optimize(settings_from(home=home, embedder=embedder))))
     out.print("optimized")
 
 
@@ -230,7 +232,7 @@ def dlq_list(
 
 
 @dlq_app.command("show")
-def dlq_show(letter_id: int, home: HomeOpt = None) -> None:
+def dlq_show(letter_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1)], home: HomeOpt = None) -> None:
     """Show one entry with its full context (traceback included)."""
     letter = run_guarded(lambda: asyncio.run(_letter(settings_from(home=home), letter_id)))
     if letter is None:
@@ -241,12 +243,12 @@ def dlq_show(letter_id: int, home: HomeOpt = None) -> None:
 
 @dlq_app.command("replay")
 def dlq_replay(
-    letter_id: Annotated[int | None, typer.Argument(help="Entry to replay")] = None,
+    letter_id: Annotated[int | None, typer.Argument(min=1, max=2**63 - 1, help="Entry to replay")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Replay every open entry")] = False,
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
     bus: Annotated[
-        str | None, typer.Option("--bus", help="Where dead-lettered messages go back [env HEADWATER_BUS]")
+        str | None, typer.Option("--bus", help="Where dead-lettered messages go back \\[env HEADWATER_BUS]")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
