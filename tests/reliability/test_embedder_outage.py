@@ -10,9 +10,11 @@ once the server is back a resume finishes it with the same index as an uninterru
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,7 @@ from headwater.jobs import build_job_service
 from headwater.pipeline.index import status
 from headwater.ports import JobEvent, JobStatus
 from headwater.testing import wait_for_status
+from tests.conftest import Cli
 from tests.servers.fake_embedder import FakeEmbeddingServer
 
 S = JobStatus
@@ -153,3 +156,45 @@ async def test_a_dead_server_pauses_the_job_and_resume_converges(
     assert job.status is S.SUCCEEDED and job.runs == 2, (job.status, job.reason)
     assert job.progress["skipped"] >= done_before  # finished documents were not redone
     assert str((await status(s))["fingerprint"]) == clean_fingerprint
+
+
+def test_a_cli_run_against_a_dead_embedder_stops_with_exit_5_and_dead_letters_nothing(
+    corpus: Path, tmp_path: Path, clean_fingerprint: str, cli: Cli
+) -> None:
+    """A CLI run does what a job does: the breaker opens, the run stops with its own exit code
+    and one line, no document is dead-lettered for the outage, and the same command finishes
+    the index once the server is back (it used to dead-letter the whole corpus and exit 0)."""
+    server = FakeEmbeddingServer(dimensions=16, plan=["503"] * 10_000).start()
+    port = server.port
+    home = tmp_path / "home"
+    url = f"{server.url}?{options(attempts=1, breaker_failures=2, breaker_cooldown=30)}"
+    env = {"HEADWATER_CHUNK_SIZE_CHARS": "200", "HEADWATER_CHUNK_OVERLAP_CHARS": "0"}
+    env["HEADWATER_WORKERS"] = "1"
+    args = ("ingest", "docs", str(corpus), "--home", str(home), "--embedder", url)
+
+    def state() -> dict[str, Any]:  # (a home does not remember its embedder yet: issue #14)
+        answer = cli("status", "--home", str(home), "--embedder", url, "--json")
+        data: dict[str, Any] = json.loads(answer.stdout)
+        return data
+
+    try:
+        down = cli(*args, check=False, env=env, timeout=120)
+    finally:
+        server.stop()
+    assert down.returncode == 5, down.stderr
+    assert "Traceback" not in down.stdout + down.stderr
+    last = down.stderr.strip().splitlines()[-1]
+    assert last.startswith("embedder unavailable:") and "run the same command again" in last
+    assert state()["dlq"] == 0
+    assert json.loads(cli("dlq", "list", "--home", str(home), "--json").stdout) == []
+
+    again = cli(*args, check=False, env=env, timeout=60)  # still down: still nothing dead-lettered
+    assert again.returncode == 5 and state()["dlq"] == 0
+
+    server = FakeEmbeddingServer(dimensions=16, port=port).start()  # back
+    try:
+        final = json.loads(cli(*args, "--json", env=env, timeout=120).stdout.splitlines()[-1])
+    finally:
+        server.stop()
+    assert (final["documents_added"], final["documents_failed"]) == (DOCS, 0)
+    assert state()["fingerprint"] == clean_fingerprint
