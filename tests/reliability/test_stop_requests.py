@@ -22,12 +22,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from headwater import load_settings
 from headwater.bootstrap import build_document_pipeline
 from headwater.pipeline.index import status
 from tests.conftest import Cli
+from tests.reliability.test_server_crash import AUTH, Server
 
 FILES = 20_000
 SETTLE_SECONDS = 5.0  # the issue's 2 s plus the batch in flight, on a shared 2-core machine
@@ -162,3 +164,46 @@ def test_jobs_pause_from_another_shell_settles_and_resume_converges(
     assert job()["status"] == "succeeded"
     assert cli.status(home)["fingerprint"] == clean_fingerprint
     assert cli("verify", "--home", str(home), check=False).returncode == 0
+
+
+def test_api_pause_cancel_and_sigterm_of_a_busy_server_settle(
+    big_corpus: Path, tmp_path: Path, clean_fingerprint: str, cli: Cli
+) -> None:
+    """``:pause`` and ``:cancel`` over HTTP settle, the next queued job then runs (it used to stay
+    queued behind the hung one), and SIGTERM stops a server with a job in flight promptly (it
+    used to ignore it until ``kill -9``); a restart resumes the job to a clean index."""
+    server = Server(tmp_path / "home", tmp_path / "server.log")
+    server.env.update(
+        HEADWATER_EMBEDDER="hash://", HEADWATER_WORKERS="2", HEADWATER_API_SOURCE_ROOTS=str(big_corpus),
+        HEADWATER_COMMIT_BATCH_CHUNKS="512", HEADWATER_LOG_FORMAT="json",
+    )  # fmt: skip
+    server.start()
+    try:
+        a, b = (
+            httpx.post(f"{server.url}/v1/jobs", json={"source": str(big_corpus)}, headers=AUTH).json()["id"]
+            for _ in range(2)
+        )
+        server.wait(a, lambda j: j["progress"].get("completed", 0) > 0)
+        for job_id, verb, final in ((a, "pause", "paused"), (b, "cancel", "cancelled")):
+            if job_id == b:
+                server.wait(b, lambda j: j["status"] == "running")  # a's stop let the next job in
+            started = time.monotonic()
+            assert httpx.post(f"{server.url}/v1/jobs/{job_id}:{verb}", headers=AUTH).status_code == 200
+            server.wait(job_id, lambda j, final=final: j["status"] == final, timeout=30)
+            assert time.monotonic() - started < SETTLE_SECONDS
+        httpx.post(f"{server.url}/v1/jobs/{a}:resume", headers=AUTH)
+        server.wait(a, lambda j: j["status"] == "running" and j["runs"] == 2)
+        assert server.proc is not None
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(30)
+        assert time.monotonic() - started < SETTLE_SECONDS
+        assert server.proc.returncode in (0, 143)
+        server.start()  # the interrupted job is queued again and resumes
+        done = server.wait(a, lambda j: j["status"] in ("succeeded", "failed"), timeout=300)
+    finally:
+        server.stop()
+    assert done["status"] == "succeeded", done
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log
+    assert cli.status(server.home)["fingerprint"] == clean_fingerprint
