@@ -15,7 +15,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from headwater.cli_guard import Interrupted, exit_for_uncaught, run_async, run_guarded, set_debug
+from headwater.cli_guard import (
+    Interrupted,
+    existing_home,
+    exit_for_uncaught,
+    run_async,
+    run_guarded,
+    set_debug,
+)
 from headwater.config import Settings, load_settings
 
 app = typer.Typer(
@@ -56,10 +63,27 @@ def settings_from(**options: Any) -> Settings:
     return load_settings(**options)
 
 
+def home_settings(**options: Any) -> Settings:
+    """Settings of a command that reads an existing home (a missing one is a usage error)."""
+    return existing_home(load_settings(**options))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"headwater {version('headwater')}")
+        raise typer.Exit
+
+
 @app.callback()
 def _options(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of errors \\[env HEADWATER_DEBUG=1]")
+    ] = False,
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit"),
     ] = False,
 ) -> None:
     set_debug(debug)
@@ -133,7 +157,7 @@ def query(
     """Search the index."""
     from headwater.pipeline.index import query as run_query
 
-    hits = run_guarded(lambda: asyncio.run(run_query(settings_from(home=home, embedder=embedder), text, k)))
+    hits = run_guarded(lambda: asyncio.run(run_query(home_settings(home=home, embedder=embedder), text, k)))
     if json_out:
         sys.stdout.write(json.dumps(hits, ensure_ascii=False) + "\n")
         return
@@ -149,7 +173,7 @@ def status(home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt
     """Counts of documents, chunks, vectors and DLQ entries, and the index fingerprint."""
     from headwater.pipeline.index import status as run_status
 
-    result = run_guarded(lambda: asyncio.run(run_status(settings_from(home=home, embedder=embedder))))
+    result = run_guarded(lambda: asyncio.run(run_status(home_settings(home=home, embedder=embedder))))
     if json_out:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -168,7 +192,7 @@ def verify(
     from headwater.pipeline.index import verify as run_verify
 
     before, after = run_guarded(
-        lambda: run_async(run_verify(settings_from(home=home, embedder=embedder), repair=repair))
+        lambda: run_async(run_verify(home_settings(home=home, embedder=embedder), repair=repair))
     )
     final = after or before
     if json_out:
@@ -192,7 +216,7 @@ def optimize(home: HomeOpt = None, embedder: EmbedderOpt = None) -> None:
     """Compact the vector store and drop its old versions (ingest does it only for small tables)."""
     from headwater.pipeline.index import optimize as run_optimize
 
-    run_guarded(lambda: run_async(run_optimize(settings_from(home=home, embedder=embedder))))
+    run_guarded(lambda: run_async(run_optimize(home_settings(home=home, embedder=embedder))))
     out.print("optimized")
 
 
@@ -213,7 +237,7 @@ def export(
         async for row in run_export(settings):
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    run_guarded(lambda: asyncio.run(dump(settings_from(home=home, embedder=embedder))))
+    run_guarded(lambda: asyncio.run(dump(home_settings(home=home, embedder=embedder))))
 
 
 @dlq_app.command("list")
@@ -223,7 +247,7 @@ def dlq_list(
     all_: Annotated[bool, typer.Option("--all", help="Include replayed entries")] = False,
 ) -> None:
     """List dead-lettered inputs."""
-    letters = run_guarded(lambda: asyncio.run(_letters(settings_from(home=home), all_)))
+    letters = run_guarded(lambda: asyncio.run(_letters(home_settings(home=home), all_)))
     if json_out:
         sys.stdout.write(json.dumps([_letter_dict(lt, full=False) for lt in letters]) + "\n")
         return
@@ -234,7 +258,7 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(letter_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1)], home: HomeOpt = None) -> None:
     """Show one entry with its full context (traceback included)."""
-    letter = run_guarded(lambda: asyncio.run(_letter(settings_from(home=home), letter_id)))
+    letter = run_guarded(lambda: asyncio.run(_letter(home_settings(home=home), letter_id)))
     if letter is None:
         err.print(f"no DLQ entry {letter_id}")
         raise typer.Exit(1)
@@ -261,7 +285,7 @@ def dlq_replay(
         err.print("give an entry ID or --all")
         raise typer.Exit(2)
     ids = None if all_ else [letter_id] if letter_id is not None else None
-    settings = run_guarded(lambda: settings_from(home=home, embedder=embedder, bus=bus))
+    settings = run_guarded(lambda: home_settings(home=home, embedder=embedder, bus=bus))
     finals = run_guarded(lambda: asyncio.run(replay_documents(settings, ids)))
     messages = run_guarded(lambda: asyncio.run(replay_messages(settings, ids)))
     if messages and not json_out:

@@ -30,7 +30,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from headwater.errors import ConfigError, EmbedderUnavailable, HeadwaterError, HomeBusy, disk_full
+from headwater.config import Settings
+from headwater.errors import ConfigError, EmbedderUnavailable, HeadwaterError, HomeBusy, NoHome, disk_full
 
 T = TypeVar("T")
 
@@ -131,6 +132,8 @@ def describe(exc: BaseException) -> tuple[int, str]:  # noqa: PLR0911 (one retur
             "half-written is kept: free some space and run the same command again"
         )
         return EXIT_DISK_FULL, line
+    if isinstance(exc, NoHome):
+        return EXIT_USAGE, f"[red]usage error:[/] {escape(str(exc))}"
     if isinstance(exc, HomeBusy):
         return EXIT_BUSY, f"[red]busy:[/] {escape(str(exc))}"
     if isinstance(exc, ConfigError):
@@ -174,3 +177,20 @@ def exit_for_uncaught(exc: BaseException) -> int:
     if line:
         err.print(line)
     return code
+
+
+HOME_FILES = ("state.db", "features.db", "jobs.db")
+
+
+def existing_home(settings: Settings) -> Settings:
+    """For commands that only read a home (query, status, export, dlq, features): refuse a folder
+    that is not one instead of creating an empty home there and answering from it."""
+    home = settings.home
+    external = settings.metadata_store is not None or settings.online_store is not None
+    if not external and not any((home / name).exists() for name in HOME_FILES):
+        msg = (
+            f"no headwater home at {home}: nothing was ingested there (check --home or "
+            "HEADWATER_HOME; `headwater ingest` creates a home)"
+        )
+        raise NoHome(msg)
+    return settings

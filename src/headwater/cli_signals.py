@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from headwater.cli_guard import run_async, run_guarded
+from headwater.cli_guard import existing_home, run_async, run_guarded
 from headwater.errors import ConfigError, HeadwaterError
 from headwater.events import SignalEvent, SignalProgress, SignalRejected, SignalRunCompleted, to_json
 
@@ -197,7 +197,7 @@ def features_get(
     from headwater.signals_bootstrap import open_online_store
 
     def work() -> list[dict[str, Any]]:
-        settings = load_settings(home=home, feature_set=feature_set)
+        settings = existing_home(load_settings(home=home, feature_set=feature_set))
 
         async def go() -> list[dict[str, Any]]:
             async with open_online_store(settings) as store:
@@ -228,7 +228,7 @@ def features_export(
     from headwater.signals_bootstrap import make_offline_store
 
     def work() -> int:
-        settings = load_settings(home=home, feature_set=feature_set)
+        settings = existing_home(load_settings(home=home, feature_set=feature_set))
         frame = run_async(
             export_rows(make_offline_store(settings), settings.feature_set, dataset=dataset.value)
         )

@@ -3,6 +3,7 @@
     HeadwaterError
     ├── ConfigError            bad settings or URL; the CLI exits 3
     ├── HomeBusy               another process writes the home and the caller won't wait; exits 4
+    ├── NoHome                 a command that reads a home got a folder that is none; exits 2
     ├── InputError             bad input; goes straight to the DLQ, never retried
     └── AdapterError           a port's backend failed
         ├── RetryableError     timeouts, 429, lost connections: retried with backoff
@@ -27,6 +28,11 @@ class HeadwaterError(Exception):
 
 class ConfigError(HeadwaterError):
     """The configuration cannot work: unknown scheme, missing extra, incompatible store."""
+
+
+class NoHome(HeadwaterError):
+    """A command that reads a home was pointed at a folder that is none (a mistyped --home would
+    otherwise look like an empty index, and be created as one)."""
 
 
 class HomeBusy(HeadwaterError):

@@ -1,0 +1,48 @@
+"""Commands that would silently do nothing refuse, and the CLI says what it is (issue #14)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli
+
+READERS = [
+    ["query", "retries"],
+    ["status", "--json"],
+    ["export"],
+    ["verify"],
+    ["optimize"],
+    ["dlq", "list"],
+    ["dlq", "show", "1"],
+    ["dlq", "replay", "--all"],
+    ["features", "get", "pump-1", "--json"],
+    ["features", "export", "--out", "rows.parquet"],
+]
+
+
+@pytest.mark.parametrize("command", READERS, ids=lambda c: " ".join(c[:2]))
+def test_a_command_on_a_home_that_does_not_exist_exits_2_and_creates_nothing(
+    command: list[str], cli: Cli, tmp_path: Path
+) -> None:
+    """A mistyped --home used to be created and answered from as an empty index (exit 0)."""
+    missing = tmp_path / "no-such-home"
+    result = cli(*command, "--home", str(missing), check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"no headwater home at {missing}" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not missing.exists()
+
+
+def test_readers_work_on_a_home_once_something_was_ingested(cli: Cli, corpus: Path, home: Path) -> None:
+    cli("ingest", "docs", str(corpus), "--home", str(home))
+    for command in (["status", "--json"], ["query", "retries"], ["dlq", "list"], ["verify"]):
+        assert cli(*command, "--home", str(home), check=False).returncode == 0, command
+
+
+def test_version(cli: Cli) -> None:
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.stdout.strip() == f"headwater {version('headwater')}"
