@@ -91,7 +91,7 @@ def _options(
 
 @ingest_app.command("docs")
 def ingest_docs(
-    path: Annotated[str, typer.Argument(help="Folder to index (.md .markdown .txt .rst .pdf, recursive)")],
+    path: Annotated[str, typer.Argument(help="Folder to index (.md .markdown .txt .rst .pdf, recursive), or one file")],
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
     include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable)")] = None,
@@ -131,7 +131,11 @@ def ingest_docs(
             preset=preset,
             wait_for_home=False if no_wait else None,
         )
-        pipeline = build_document_pipeline(settings, path)
+        file = Path(path)
+        if file.is_file():  # one file: indexed (or updated) as part of its folder, nothing else touched
+            pipeline = build_document_pipeline(settings, str(file.parent), only=[file.name])
+        else:
+            pipeline = build_document_pipeline(settings, path)
         events = render_events(pipeline.stream_events(), json_lines=json_out, console=err, tally=tally)
         try:
             return run_async(events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,17 @@ def test_version(cli: Cli) -> None:
 
     result = cli("--version")
     assert result.stdout.strip() == f"headwater {version('headwater')}"
+
+
+def test_ingest_of_one_file_indexes_it_as_part_of_its_folder(cli: Cli, corpus: Path, tmp_path: Path) -> None:
+    """``ingest docs FILE`` used to answer "does not exist or is not a directory"."""
+    one = sorted(corpus.rglob("*.md"))[0]
+    single, whole = tmp_path / "single", tmp_path / "whole"
+    final = cli.last_event("ingest", "docs", str(one), "--home", str(single))
+    assert (final["documents_seen"], final["documents_added"]) == (1, 1)
+    cli("ingest", "docs", str(one.parent), "--home", str(whole))
+    rows = {json.loads(line)["doc_id"] for line in cli("export", "--home", str(single)).stdout.splitlines()}
+    every = {json.loads(line)["doc_id"] for line in cli("export", "--home", str(whole)).stdout.splitlines()}
+    assert len(rows) == 1 and rows <= every, "the id a run over its folder gives that file"
+    again = cli.last_event("ingest", "docs", str(one), "--home", str(single))
+    assert again["documents_unchanged"] == 1 and again["documents_deleted"] == 0
