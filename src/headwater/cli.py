@@ -91,7 +91,9 @@ def _options(
 
 @ingest_app.command("docs")
 def ingest_docs(
-    path: Annotated[str, typer.Argument(help="Folder to index (.md .markdown .txt .rst .pdf, recursive), or one file")],
+    path: Annotated[
+        str, typer.Argument(help="Folder to index (.md .markdown .txt .rst .pdf, recursive), or one file")
+    ],
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
     include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable)")] = None,
@@ -146,6 +148,12 @@ def ingest_docs(
     if not json_out:
         for line in summary_lines(final):
             out.print(line)
+    if final.documents_failed:
+        where = f" --home {home}" if home is not None else ""
+        err.print(
+            f"[yellow]{final.documents_failed} document(s) failed[/] and are in the dead-letter queue: "
+            f"`headwater dlq list{where}` shows them"
+        )
     if fail_on_error and final.documents_failed:
         raise typer.Exit(1)
 

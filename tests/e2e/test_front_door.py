@@ -61,3 +61,16 @@ def test_ingest_of_one_file_indexes_it_as_part_of_its_folder(cli: Cli, corpus: P
     assert len(rows) == 1 and rows <= every, "the id a run over its folder gives that file"
     again = cli.last_event("ingest", "docs", str(one), "--home", str(single))
     assert again["documents_unchanged"] == 1 and again["documents_deleted"] == 0
+
+
+def test_a_run_that_dead_lettered_says_how_many_and_where_to_look(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Fine\n\nA good document.\n")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 not really" * 3)
+    result = cli("ingest", "docs", str(folder), "--home", str(tmp_path / "home"))
+    assert "documents failed: 1" in result.stdout
+    assert (
+        f"1 document(s) failed and are in the dead-letter queue: `headwater dlq list --home {tmp_path / 'home'}`"
+        in (result.stderr)
+    )
