@@ -70,7 +70,7 @@ def test_a_run_that_dead_lettered_says_how_many_and_where_to_look(cli: Cli, tmp_
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4 not really" * 3)
     result = cli("ingest", "docs", str(folder), "--home", str(tmp_path / "home"))
     assert "documents failed: 1" in result.stdout
-    assert (
-        f"1 document(s) failed and are in the dead-letter queue: `headwater dlq list --home {tmp_path / 'home'}`"
-        in (result.stderr)
+    home = tmp_path / "home"
+    expected = f"1 document(s) failed and are in the dead-letter queue: `headwater dlq list --home {home}`"
+    assert expected in result.stderr
     )
