@@ -73,4 +73,3 @@ def test_a_run_that_dead_lettered_says_how_many_and_where_to_look(cli: Cli, tmp_
     home = tmp_path / "home"
     expected = f"1 document(s) failed and are in the dead-letter queue: `headwater dlq list --home {home}`"
     assert expected in result.stderr
-    )
