@@ -30,6 +30,17 @@ def test_python_api_example_runs(tmp_path: Path, cli: Cli) -> None:
     assert result.stdout.count("indexed ") == 6
 
 
+def test_progress_example_prints_progress_and_a_summary(tmp_path: Path, cli: Cli) -> None:
+    """The README's Python API example (examples/progress.py)."""
+    args = [sys.executable, str(ROOT / "examples" / "progress.py"), str(ROOT / "samples" / "docs")]
+    result = subprocess.run(
+        [*args, str(tmp_path / "home")], capture_output=True, text=True, env=cli.env, timeout=180, check=True
+    )
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("6 indexed, 0 skipped, 0 failed") for line in lines), result.stdout
+    assert lines[-1].startswith("done in ") and "6 added, 0 unchanged" in lines[-1]
+
+
 @pytest.mark.slow
 def test_minilm_finds_the_retries_guide(cli: Cli, corpus: Path, home: Path) -> None:
     pytest.importorskip("sentence_transformers", reason="needs the [local] extra")
