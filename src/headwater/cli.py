@@ -350,11 +350,12 @@ def _letter_dict(letter: Any, *, full: bool) -> dict[str, Any]:
 
 
 def _register_extensions() -> None:
-    from headwater import cli_ops, cli_signals, cli_stream
+    from headwater import cli_config, cli_ops, cli_signals, cli_stream
 
     cli_signals.register(app)
     cli_stream.register(app)
     cli_ops.register(app)
+    cli_config.register(app)
 
 
 def main() -> None:

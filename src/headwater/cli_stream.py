@@ -50,6 +50,14 @@ MetricsOpt = Annotated[
     int | None,
     typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus /metrics on 127.0.0.1:PORT"),
 ]
+DocsTopicOpt = Annotated[
+    str | None,
+    typer.Option(help="Topic of document changes \\[env HEADWATER_TOPIC_DOCS or TOPIC_DOCS; default docs]"),
+]
+SignalsTopicOpt = Annotated[
+    str | None,
+    typer.Option(help="Topic of signals \\[env HEADWATER_TOPIC_SIGNALS or TOPIC_SIGNALS; default signals]"),
+]
 BatchOpt = Annotated[
     int | None,
     typer.Option(
@@ -139,9 +147,16 @@ def watch(
     path: Annotated[str, typer.Argument(help="Folder to watch")],
     bus: BusOpt = None,
     home: HomeOpt = None,
-    interval: Annotated[str, typer.Option(parser=duration, help="Poll interval, e.g. 5s")] = "5s",
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            parser=duration,
+            help="Poll interval, e.g. 5s \\[env HEADWATER_POLL_INTERVAL_SECONDS or SOURCE_POLL_INTERVAL_SEC "
+            "(seconds); default 5s]",
+        ),
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="Poll once and exit")] = False,
-    topic: Annotated[str, typer.Option(help="Topic to publish to")] = "docs",
+    topic: DocsTopicOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Poll a folder; publish doc added/updated/deleted events for what the index does not have yet."""
@@ -150,12 +165,18 @@ def watch(
     from headwater.stream_bootstrap import make_bus
 
     def work() -> None:
-        settings = load_settings(home=home, bus=bus)
+        settings = load_settings(
+            home=home,
+            bus=bus,
+            topic_docs=topic,
+            poll_interval_seconds=_seconds(interval) if interval is not None else None,
+        )
 
         async def go() -> None:
             stop = _stop_on_signals()
-            watcher = Watcher(settings, path, make_bus(settings), topic=topic)
-            await _render(watcher.run(_seconds(interval), stop, once=once), json_lines=json_out)
+            watcher = Watcher(settings, path, make_bus(settings), topic=settings.topic_docs)
+            events = watcher.run(settings.poll_interval_seconds, stop, once=once)
+            await _render(events, json_lines=json_out)
 
         run_async(go())
 
@@ -166,7 +187,7 @@ def watch(
 def publish_signals(
     path: Annotated[Path, typer.Argument(help="A file or folder (JSONL, CSV, Parquet), as ingest takes")],
     bus: BusOpt = None,
-    topic: Annotated[str, typer.Option(help="Topic to publish to")] = "signals",
+    topic: SignalsTopicOpt = None,
     per_message: Annotated[
         int,
         typer.Option(
@@ -193,13 +214,19 @@ def publish_signals(
     from headwater.stream_bootstrap import make_bus
 
     def work() -> MessagesPublished:
-        settings = load_settings(bus=bus)
+        settings = load_settings(bus=bus, topic_signals=topic)
         started = time.monotonic()
         messages, events = run_async(
-            publish(make_bus(settings), path, topic, per_message=per_message, partitions=partitions)
+            publish(
+                make_bus(settings),
+                path,
+                settings.topic_signals,
+                per_message=per_message,
+                partitions=partitions,
+            )
         )
         return MessagesPublished(
-            topic=topic,
+            topic=settings.topic_signals,
             messages=messages,
             events=events,
             elapsed_seconds=round(time.monotonic() - started, 3),
@@ -210,7 +237,7 @@ def publish_signals(
         sys.stdout.buffer.write(to_json(event) + b"\n")
     else:
         err.print(
-            f"published {event.events:,} events in {event.messages:,} messages to {topic} "
+            f"published {event.events:,} events in {event.messages:,} messages to {event.topic} "
             f"in {event.elapsed_seconds:.1f}s"
         )
 
@@ -226,7 +253,7 @@ def worker_docs(
     source: Annotated[
         list[str] | None, typer.Option("--source", help="Only accept events for this source (repeatable)")
     ] = None,
-    topic: Annotated[str, typer.Option(help="Topic to consume")] = "docs",
+    topic: DocsTopicOpt = None,
     batch_size: BatchOpt = None,
     exit_when_idle: IdleOpt = None,
     metrics_port: MetricsOpt = None,
@@ -237,13 +264,19 @@ def worker_docs(
     from headwater.stream_bootstrap import open_doc_worker
 
     def work() -> WorkerStopped | None:
-        settings = load_settings(home=home, bus=bus, concurrency=concurrency, worker_batch_size=batch_size)
+        settings = load_settings(
+            home=home,
+            bus=bus,
+            concurrency=concurrency,
+            worker_batch_size=batch_size,
+            topic_docs=topic,
+        )
 
         async def go() -> WorkerStopped | None:
             stop = _stop_on_signals()
             async with open_doc_worker(
                 settings,
-                topic=topic,
+                topic=settings.topic_docs,
                 group=group or "docs",
                 sources=source,
                 stop=stop,
@@ -268,7 +301,7 @@ def worker_signals(
     points: Annotated[
         bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")
     ] = None,
-    topic: Annotated[str, typer.Option(help="Topic to consume")] = "signals",
+    topic: SignalsTopicOpt = None,
     group: GroupOpt = None,
     batch_size: BatchOpt = None,
     idle_timeout: Annotated[
@@ -291,6 +324,8 @@ def worker_signals(
             feature_set=feature_set,
             worker_batch_size=batch_size,
             idle_timeout_seconds=_seconds(idle_timeout) if idle_timeout else None,
+            topic_signals=topic,
+            feature_set_version=feature_version,
         )
         spec = resolve_feature_set(
             settings,
@@ -298,14 +333,19 @@ def worker_signals(
             windows=windows,
             lateness=lateness,
             policy=late_policy.value if late_policy is not None else None,
-            version=feature_version,
+            version=settings.feature_set_version,  # the flag, else the environment's, else declared
             points=points,
         )
 
         async def go() -> WorkerStopped | None:
             stop = _stop_on_signals()
             async with open_signal_worker(
-                settings, spec, topic=topic, group=group, stop=stop, exit_when_idle_seconds=exit_when_idle
+                settings,
+                spec,
+                topic=settings.topic_signals,
+                group=group,
+                stop=stop,
+                exit_when_idle_seconds=exit_when_idle,
             ) as worker:
                 return await _render(worker.stream_events(), json_lines=json_out, metrics_port=metrics_port)
 

@@ -1,19 +1,30 @@
-"""Settings: environment variables with the ``HEADWATER_`` prefix, then ``headwater.toml``, then defaults.
+"""Settings: command-line flags, then environment variables with the ``HEADWATER_`` prefix, then
+seed 001's variable names (``WATERMARK_SECONDS``, ``LATE_EVENT_POLICY``, … — ``ALIASES``), then
+``headwater.toml``, then the preset, then defaults.
 
 The CLI only ever overrides fields of this one object, so every option also has its environment
 variable (``--embedder`` ↔ ``HEADWATER_EMBEDDER``) and the Python API sees the same values.
+Nothing is silently ignored: an unknown ``headwater.toml`` key, a seed variable with a bad value
+and a seed variable naming an adapter headwater does not have yet are configuration errors.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import os
 import re
 import tomllib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -120,6 +131,18 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return token
 
+    @field_validator("feature_sets")
+    @classmethod
+    def _known_feature_set_keys(cls, tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from headwater.featuresets import check_declaration_keys
+
+        for name, table in tables.items():
+            try:
+                check_declaration_keys(name, table)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return tables
+
     @field_validator("windows")
     @classmethod
     def _parse_windows(cls, windows: list[str]) -> list[str]:
@@ -152,7 +175,9 @@ class Settings(BaseSettings):
             toml_settings = TomlConfigSettingsSource(settings_cls)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
             raise ConfigError(_toml_problem(exc)) from exc
-        return (init_settings, env_settings, toml_settings)
+        check_toml_keys(toml_settings.toml_data)
+        # the seed's names come after HEADWATER_*: when both are set, the HEADWATER_ name wins
+        return (init_settings, env_settings, AliasSettingsSource(settings_cls), toml_settings)
 
     @property
     def vector_store_url(self) -> str:
@@ -164,6 +189,7 @@ class Settings(BaseSettings):
 
     # --- signals (issue #3): defaults for feature sets not declared in headwater.toml ---------
     feature_set: str = "default"
+    feature_set_version: int | None = Field(None, ge=0)  # None: the declared version, else 1
     windows: StrList = Field(default_factory=lambda: ["1s", "5s", "1m"])
     lateness_ms: int = Field(2000, ge=0)
     late_policy: str = Field("drop", pattern="^(drop|hold|correct)$")
@@ -180,6 +206,9 @@ class Settings(BaseSettings):
 
     # --- streaming (issue #4) ---------------------------------------------------------------------
     bus: str = "memory://default"  # nats://host:4222 | redis://host:6379/0; memory:// is in-process only
+    topic_docs: str = Field("docs", min_length=1)  # watch publishes to it, worker docs consumes it
+    topic_signals: str = Field("signals", min_length=1)  # publish signals, worker signals
+    poll_interval_seconds: float = Field(5.0, gt=0)  # how often `watch` looks at the folder
     worker_batch_size: int = Field(DEFAULTS["worker_batch_size"], ge=1, le=1_000_000)
     ack_wait_seconds: float = Field(30.0, gt=0)
     idle_timeout_seconds: float = Field(30.0, gt=0)  # a quiet stream closes its open windows
@@ -239,8 +268,8 @@ def _problem(loc: tuple[int | str, ...], why: str, value: Any, overrides: dict[s
     if field not in Settings.model_fields:
         return why
     where, fix = _source(field, overrides)
-    if where.startswith(ENV_PREFIX):
-        value = os.environ.get(where, value)  # what the user wrote, not what it was parsed into
+    if where in os.environ:  # HEADWATER_X or the seed's name: what the user wrote, not its parse
+        value = os.environ[where]
     if field in {"include", "exclude", "windows", "api_source_roots"} and "valid list" in why:
         why = f"{why} ({LIST_HINT})"
     return f"{field} = {_show(field, value)} (from {where}): {why}; {fix}"
@@ -248,15 +277,51 @@ def _problem(loc: tuple[int | str, ...], why: str, value: Any, overrides: dict[s
 
 def _source(field: str, overrides: dict[str, Any]) -> tuple[str, str]:
     """Where a field's value came from (the first source that has it wins) and how to fix it there."""
-    if field in overrides:
-        option = _OPTIONS.get(field, field.replace("_", "-"))
-        return f"the command line: --{option}", "give another value"
+    source = setting_source(field, overrides)
+    if source.kind == "flag":
+        return f"the command line: {source.where}", "give another value"
+    if source.kind == "environment":
+        return source.where, f"fix {source.where} or unset it"
+    if source.kind == "headwater.toml":
+        return source.where, "fix or remove that key"
+    return "the defaults", f"set {ENV_PREFIX}{field.upper()}"
+
+
+SourceKind = Literal["flag", "environment", "home", "headwater.toml", "preset", "default"]
+"""Where a setting can come from, the winner first. ``home``: settings recorded in the home; no
+home records any yet (another item of issue #14), so ``setting_source`` never answers it today."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSource:
+    """Where one setting's effective value came from: ``kind`` and, for most kinds, ``where``
+    (the option, the variable, the headwater.toml path or the preset's name)."""
+
+    kind: SourceKind
+    where: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "preset":
+            return f"preset {self.where}"
+        return f"{self.kind} ({self.where})" if self.where else self.kind
+
+
+def setting_source(field: str, flags: Mapping[str, Any], preset: str | None = None) -> SettingSource:
+    """The source ``Settings`` took ``field`` from, given the flags passed to ``load_settings`` and
+    the effective preset: flag, ``HEADWATER_X``, the seed's name, headwater.toml, preset, default."""
+    if flags.get(field) is not None:
+        return SettingSource("flag", f"--{_OPTIONS.get(field, field.replace('_', '-'))}")
     env = _env_name(field)
     if env is not None:
-        return env, f"fix {env} or unset it"
+        return SettingSource("environment", env)
+    alias = _alias_env_name(field)
+    if alias is not None:
+        return SettingSource("environment", alias)
     if field in _toml_table():
-        return str(Path(TOML_FILE).resolve()), "fix or remove that key"
-    return "the defaults", f"set {ENV_PREFIX}{field.upper()}"
+        return SettingSource("headwater.toml", str(Path(TOML_FILE).resolve()))
+    if preset is not None and preset in PRESETS and field in PRESETS[preset].settings:
+        return SettingSource("preset", preset)
+    return SettingSource("default")
 
 
 _OPTIONS = {  # CLI options whose name is not the setting's
@@ -266,6 +331,10 @@ _OPTIONS = {  # CLI options whose name is not the setting's
     "worker_batch_size": "batch-size",
     "max_concurrent_jobs": "max-jobs",
     "idle_timeout_seconds": "idle-timeout",
+    "poll_interval_seconds": "interval",
+    "topic_docs": "topic",
+    "topic_signals": "topic",
+    "feature_set_version": "feature-version",
 }
 
 
@@ -314,3 +383,179 @@ def _toml_problem(exc: BaseException) -> str:
     else:
         why = f"cannot be read ({type(exc).__name__}: {getattr(exc, 'strerror', None) or exc})"
     return f"{where} {why}: fix it or remove it (settings also come from HEADWATER_* variables)"
+
+
+# --- seed 001's variable names -------------------------------------------------------------------
+
+Converter = Callable[[str, str], Any]
+"""``(variable, text) → value`` for the setting (None: valid, nothing to set); a ConfigError
+naming the variable when the text is wrong or names something headwater does not have yet."""
+
+
+def _text(_name: str, text: str) -> str:
+    return text  # the setting's own validation parses it (and names the variable when it fails)
+
+
+def _seconds_to_ms(name: str, text: str) -> int:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        msg = (
+            f"invalid configuration: {name} = {_shown(text)}: not a number of seconds (e.g. 5 or 0.5); "
+            f"fix {name} or unset it"
+        )
+        raise ConfigError(msg)
+    return round(seconds * 1000)
+
+
+def _not_yet(what: str, supported: str) -> Converter:
+    def refuse(name: str, text: str) -> None:
+        msg = (
+            f"invalid configuration: {name} = {_shown(text)}: {what} is not supported yet; "
+            f"{supported}; unset {name}"
+        )
+        raise ConfigError(msg)
+
+    return refuse
+
+
+def _only(accepted: str, what: str, supported: str) -> Converter:
+    """A choice of which headwater has one so far: that one is fine (and the default)."""
+
+    def check(name: str, text: str) -> None:
+        if text.strip().lower() != accepted:
+            _not_yet(what.format(value=_shown(text)), supported)(name, text)
+
+    return check
+
+
+def _url_of(scheme: str, what: str, supported: str) -> Converter:
+    def check(name: str, text: str) -> str:
+        found = urlsplit(text.strip()).scheme.lower()
+        if found != scheme:
+            kind = f"a {found}:// {what}" if found else f"{what} {_shown(text)} without a {scheme}:// URL"
+            _not_yet(kind, supported)(name, text)
+        return text.strip()
+
+    return check
+
+
+def _shown(text: str) -> str:
+    shown = repr(redact_text(text))  # never a password: postgresql://***@host/db
+    return shown if len(shown) <= 80 else f"{shown[:77]}..."
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A seed 001 variable: the Settings field it sets (None: only checked) and how its text
+    becomes that field's value (units converted: seconds → milliseconds)."""
+
+    setting: str | None
+    convert: Converter = _text
+
+
+_BUSES = "the buses are nats:// (NATS_URL or HEADWATER_BUS), redis:// and memory://"
+ALIASES: Mapping[str, Alias] = MappingProxyType(
+    {
+        "SOURCE_INCLUDE": Alias("include"),
+        "SOURCE_EXCLUDE": Alias("exclude"),
+        "SOURCE_POLL_INTERVAL_SEC": Alias("poll_interval_seconds"),
+        "NATS_URL": Alias("bus", _url_of("nats", "NATS_URL", "give nats://HOST:PORT")),
+        "KAFKA_BROKERS": Alias(None, _not_yet("a Kafka bus", _BUSES)),
+        "PULSAR_URL": Alias(None, _not_yet("a Pulsar bus", _BUSES)),
+        "TOPIC_DOCS": Alias("topic_docs"),
+        "TOPIC_SIGNALS": Alias("topic_signals"),
+        "TOPIC_DLQ": Alias(
+            None,
+            _not_yet(
+                "one dead-letter topic for all",
+                "each topic's dead letters go to TOPIC.dlq (docs.dlq, signals.dlq): `headwater dlq "
+                "list` shows them",
+            ),
+        ),
+        "STREAM_CONCURRENCY": Alias("concurrency"),
+        "STREAM_BATCH_SIZE": Alias("worker_batch_size"),
+        "MAX_EMBED_BATCH": Alias("embed_batch_size"),
+        "WATERMARK_SECONDS": Alias("lateness_ms", _seconds_to_ms),
+        "LATE_EVENT_POLICY": Alias("late_policy"),
+        "FEATURE_WINDOWS": Alias("windows"),
+        "FEATURE_SET_VERSION": Alias("feature_set_version"),
+        "OFFLINE_DATA_PATH": Alias("offline_store"),
+        "OFFLINE_FORMAT": Alias(
+            None,
+            _only("parquet", "the offline format {value}", "the offline store writes Parquet (parquet)"),
+        ),
+        "METADATA_DB_URL": Alias(
+            "metadata_store",
+            _url_of("sqlite", "metadata database", "the metadata store is SQLite (sqlite:///PATH)"),
+        ),
+        "VECTORSTORE_BACKEND": Alias(
+            None,
+            _only(
+                "lancedb",
+                "the vector store backend {value}",
+                "the vector store is LanceDB (lancedb, HEADWATER_VECTOR_STORE=lancedb://PATH)",
+            ),
+        ),
+    }
+)
+
+
+def alias_values(environ: Mapping[str, str], taken: Collection[str] = ()) -> dict[str, Any]:
+    """Settings values from the seed's variables in ``environ``; fields in ``taken`` (set by a flag
+    or their ``HEADWATER_`` variable, which win) are left out, unread."""
+    values: dict[str, Any] = {}
+    for key, text in environ.items():
+        alias = ALIASES.get(key.upper())
+        if alias is None or alias.setting in taken:
+            continue
+        value = alias.convert(key.upper(), text)
+        if alias.setting is not None and value is not None:
+            values[alias.setting] = value
+    return values
+
+
+def _alias_env_name(field: str) -> str | None:
+    names = {name for name, alias in ALIASES.items() if alias.setting == field}
+    return next((key for key in os.environ if key.upper() in names), None)
+
+
+class AliasSettingsSource(PydanticBaseSettingsSource):
+    """The seed's variables, after the ``HEADWATER_`` ones: ``current_state`` holds what flags and
+    ``HEADWATER_*`` already set, and those win."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the table instead
+
+    def __call__(self) -> dict[str, Any]:
+        return alias_values(os.environ, taken=self.current_state)
+
+
+# --- headwater.toml keys --------------------------------------------------------------------------
+
+
+def check_toml_keys(table: Mapping[str, Any], where: str | None = None) -> None:
+    """An unknown top-level key is an error naming it and the nearest valid one (a typo such as
+    ``embeder`` would otherwise be ignored, and the default used)."""
+    unknown = [key for key in table if key not in Settings.model_fields]
+    if not unknown:
+        return
+    path = where or str(Path(TOML_FILE).resolve())
+    problems = "; ".join(_unknown_key(key) for key in unknown)
+    msg = f"invalid configuration: {path}: {problems}: fix or remove it (`headwater config show` lists all)"
+    raise ConfigError(msg)
+
+
+def _unknown_key(key: str) -> str:
+    alias = ALIASES.get(key.upper())
+    if alias is not None and alias.setting is not None:
+        return f"unknown key {key!r}: {key.upper()} is an environment variable, here write {alias.setting}"
+    return f"unknown key {key!r}{did_you_mean(key, Settings.model_fields)}"
+
+
+def did_you_mean(key: str, choices: Collection[str]) -> str:
+    """``" (did you mean 'embedder'?)"``, or nothing when no choice is close."""
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -8,6 +8,7 @@ stage functions, so their FeatureRows cannot drift apart. Declarations come from
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Literal
 
@@ -96,8 +97,31 @@ class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
         return self.correct_horizon_ms if self.late_policy == "correct" else 0
 
 
+_SHORT_KEYS = ("windows", "lateness", "correct_horizon", "zscore_window", "policy", "aggregations")
+DECLARATION_KEYS = frozenset({*_SHORT_KEYS, *FeatureSetSpec.__struct_fields__})
+"""The keys a ``[feature_sets.NAME]`` table may have (``lateness = "2s"`` or ``lateness_ms = 2000``)."""
+
+
+def check_declaration_keys(name: str, declared: Any) -> None:
+    """An unknown key (``polcy``) is an error naming it and the nearest valid one: ignored, it
+    would leave the default in place without a word."""
+    if not isinstance(declared, dict):
+        msg = f"[feature_sets.{name}] is not a table: declare it as [feature_sets.{name}] with its keys"
+        raise ConfigError(msg)
+    problems = []
+    for key in declared:
+        if key not in DECLARATION_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(DECLARATION_KEYS), n=1, cutoff=0.6)
+            known = ", ".join(sorted(DECLARATION_KEYS - {"name"}))
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {known})"
+            problems.append(f"unknown key {key!r} in [feature_sets.{name}]{hint}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def build_feature_set(name: str, declared: dict[str, Any] | None = None, **overrides: Any) -> FeatureSetSpec:
     """Merge a ``headwater.toml`` table with CLI overrides (None = not given) and validate it."""
+    check_declaration_keys(name, declared or {})
     raw: dict[str, Any] = dict(declared or {})
     raw.update({key: value for key, value in overrides.items() if value is not None})
     raw.pop("name", None)
