@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from headwater import home_settings
 from headwater.config import Settings
 from headwater.errors import (
     ConfigError,
@@ -286,10 +287,11 @@ class _DocumentRun:
         if stored is not None and stored != self.p.embedder.id:
             msg = (
                 f"this home was indexed with embedder {stored!r}, not {self.p.embedder.id!r}: "
-                "use another --home (vectors of two embedders cannot share an index)"
+                "index into a new --home (vectors of two embedders cannot share an index)"
             )
             raise ConfigError(msg)
         await self.p.metadata.set_setting("embedder_id", self.p.embedder.id)
+        home_settings.record(self.s, self.p.embedder.id, self.p.embedder.dimensions)
         key = self.options.chunker_key
         # A new chunker configuration re-keys every chunk: the unchanged-file fast path must not apply.
         self.force = (await self.p.metadata.get_setting("chunker_key")) not in (None, key)
@@ -364,8 +366,12 @@ class _DocumentRun:
             await self.work.put(batch_works)
 
     def _fast_skip(self, entry: SourceEntry, version: Version | None) -> str | None:
-        """Unchanged size and mtime: not even read (the no-change re-run never opens a file)."""
-        if version is None or self.force or version.size != entry.size or version.mtime_ns != entry.mtime_ns:
+        """Unchanged size and mtime: not even read (the no-change re-run never opens a file).
+        A new chunker re-keys every chunk (``force``) but cannot mend an input that failed: an
+        unchanged bad file is dead-lettered once, not once per settings change."""
+        if version is None or version.size != entry.size or version.mtime_ns != entry.mtime_ns:
+            return None
+        if self.force and version.status != "failed":
             return None
         return SKIP_REASONS.get(version.status)
 
@@ -457,7 +463,11 @@ class _DocumentRun:
                 continue
             content_hash = sha256_hex(data)
             before = work.before
-            unchanged = before is not None and before.content_hash == content_hash and not self.force
+            unchanged = (
+                before is not None
+                and before.content_hash == content_hash
+                and (not self.force or before.status == "failed")
+            )
             if before is not None and unchanged and before.status in SKIP_REASONS:
                 touched.append(
                     msgspec.structs.replace(before, size=work.entry.size, mtime_ns=work.entry.mtime_ns)

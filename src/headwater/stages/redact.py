@@ -59,7 +59,10 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if parts.username is not None or parts.password is not None:
         netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
-    return urlunsplit((parts.scheme, netloc, parts.path, _redact_query(parts.query), parts.fragment))
+    query = _redact_query(parts.query)
+    if netloc == parts.netloc and query == parts.query:
+        return url  # nothing secret: unchanged (urlunsplit would turn "hash://?dim=64" into "hash:?dim=64")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
