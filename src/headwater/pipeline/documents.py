@@ -266,8 +266,12 @@ class _DocumentRun:
             self.pool.close()
             for started in (self._vectors_open, self._embedder_warm):
                 if started is not None:
-                    with contextlib.suppress(Exception):
-                        await started  # its error, if any, was raised where it was needed
+                    # Waited, not awaited: its error, if any, was raised where it was needed, and
+                    # were it cancelled, awaiting it would end the run as "cancelled" (no end
+                    # marker for the consumer: the command hung) instead of with its own error.
+                    await asyncio.wait([started])
+                    if not started.cancelled():
+                        started.exception()
             if self._vectors_open is not None:
                 await p.vectors.close()
             await p.embedder.close()
@@ -411,7 +415,7 @@ class _DocumentRun:
     async def vectors_ready(self) -> None:
         self.warm_vectors()
         assert self._vectors_open is not None
-        await self._vectors_open
+        await asyncio.shield(self._vectors_open)  # a cancelled writer must not cancel the opening
 
     async def _start_pool(self) -> None:
         """Fork the extraction workers before anything can start lancedb's threads (see
