@@ -53,8 +53,8 @@ def show(
 ) -> None:
     """Every effective setting and where it came from (flag, environment, headwater.toml, preset,
     default); secrets masked. A setting that is wrong anywhere fails here too, exit 3."""
-    flags = {"home": home, "preset": preset, "embedder": embedder}
-    rows = run_guarded(lambda: describe(load_settings(**flags), flags))
+    flags: dict[str, Any] = {"home": home, "preset": preset, "embedder": embedder}
+    rows = run_guarded(lambda: describe(load_settings(home=home, preset=preset, embedder=embedder), flags))
     if json_out:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
         return
