@@ -59,8 +59,8 @@ NoWaitOpt = Annotated[
 ]
 
 
-def settings_from(**options: Any) -> Settings:
-    return load_settings(**options)
+def settings_from(*, rebuild: bool = False, **options: Any) -> Settings:
+    return load_settings(rebuild=rebuild, **options)
 
 
 def home_settings(**options: Any) -> Settings:
@@ -113,6 +113,14 @@ def ingest_docs(
         bool, typer.Option("--fail-on-error", help="Exit 1 if any document failed")
     ] = False,
     no_wait: NoWaitOpt = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Re-index this home with new chunking, PII or include/exclude settings (it refuses "
+            "them otherwise); every document stays searchable meanwhile",
+        ),
+    ] = False,
 ) -> None:
     """Index a folder incrementally: unchanged files are skipped, deleted ones removed."""
     from headwater.bootstrap import build_document_pipeline
@@ -132,6 +140,7 @@ def ingest_docs(
             workers=workers,
             preset=preset,
             wait_for_home=False if no_wait else None,
+            rebuild=rebuild,
         )
         file = Path(path)
         if file.is_file():  # one file: indexed (or updated) as part of its folder, nothing else touched

@@ -2,7 +2,8 @@
 
 A source is one of ``headwater.config.SourceKind``: a flag of this command, an environment
 variable (``HEADWATER_X`` or seed 001's name, e.g. ``WATERMARK_SECONDS``), ``headwater.toml``,
-the preset, or the default. Secrets never show: the API token is masked whole, and credentials
+the preset, the home (the index settings it recorded: ``home_settings``), or the default.
+Secrets never show: the API token is masked whole, and credentials
 inside URLs or secret-named parameters are masked by ``headwater.stages.redact``.
 """
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from headwater import home_settings
 from headwater.cli_guard import run_guarded
 from headwater.config import Settings, load_settings, setting_source
 from headwater.stages.redact import MASK, redact_value
@@ -72,6 +74,7 @@ def show(
 def describe(settings: Settings, flags: dict[str, Any]) -> list[dict[str, Any]]:
     """One ``{name, value, source, where}`` per setting, in the order Settings declares them."""
     values = settings.model_dump(mode="json")
+    remembered = set(home_settings.recorded(settings.home) or {}) & set(home_settings.INDEX_FIELDS)
     rows = []
     for name, field in Settings.model_fields.items():
         value = values[name]
@@ -80,8 +83,11 @@ def describe(settings: Settings, flags: dict[str, Any]) -> list[dict[str, Any]]:
         elif value is None and name in _DERIVED:
             value = getattr(settings, _DERIVED[name])
         source = setting_source(name, flags, settings.preset)
+        kind, where = source.kind, source.where
+        if kind == "default" and name in remembered:  # nobody asked: the home's recorded value
+            kind, where = "home", str(settings.home / home_settings.FILE)
         value = redact_value(value)
-        rows.append({"name": name, "value": value, "source": source.kind, "where": source.where})
+        rows.append({"name": name, "value": value, "source": kind, "where": where})
     return rows
 
 

@@ -127,7 +127,8 @@ def test_a_broken_headwater_toml_is_one_line(tmp_path: Path, home: Path) -> None
 
 
 def test_wrong_arguments(tmp_path: Path, home: Path) -> None:
-    one_line(run(tmp_path, "status", "--home", str(home), "--embedder", "bogus://x"), 3, "bogus")
+    one_line(run(tmp_path, "ingest", "docs", str(tmp_path), "--home", str(home), "--embedder", "bogus://x"),
+             3, "bogus")  # fmt: skip
     one_line(run(tmp_path, "ingest", "docs", str(tmp_path / "missing"), "--home", str(home)), 3, "missing")
     one_line(run(tmp_path, "ingest", "signals", str(EVENTS), "--home", str(home), "--late-policy", "later"),
              2, "--late-policy")  # fmt: skip
