@@ -117,14 +117,19 @@ def ingest_signals(
     from headwater.signals_bootstrap import open_signal_pipeline, resolve_feature_set
 
     def work() -> SignalRunCompleted:
-        settings = load_settings(home=home, feature_set=feature_set, micro_batch_events=batch_events)
+        settings = load_settings(
+            home=home,
+            feature_set=feature_set,
+            micro_batch_events=batch_events,
+            feature_set_version=feature_version,
+        )
         spec = resolve_feature_set(
             settings,
             feature_set,
             windows=windows,
             lateness=lateness,
             policy=late_policy.value if late_policy is not None else None,
-            version=feature_version,
+            version=settings.feature_set_version,
             points=points,
         )
 

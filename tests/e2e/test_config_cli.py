@@ -149,3 +149,12 @@ def test_topic_names_from_the_seed_reach_the_bus_and_the_flag_wins(tmp_path: Pat
 
     assert topic() == "pumps"
     assert topic("--topic", "valves") == "valves"
+
+
+def test_feature_set_version_reaches_ingest_signals(tmp_path: Path) -> None:
+    """Seed 001's FEATURE_SET_VERSION versions the rows of a backfill."""
+    home = str(tmp_path / "home")
+    env = {"FEATURE_SET_VERSION": "7"}
+    result = run(tmp_path, "ingest", "signals", str(EVENTS), "--home", home, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["feature_set_version"] == 7
