@@ -21,6 +21,8 @@ from rich.console import Console
 
 from headwater.cli_guard import EXIT_SIGNAL_BASE, run_async, run_guarded
 from headwater.cli_signals import LatenessOpt, LatePolicyOpt, VersionOpt, WindowsOpt, duration
+from headwater.config import Settings
+from headwater.errors import ConfigError
 from headwater.events import (
     ChangesPublished,
     DocumentFailed,
@@ -67,6 +69,23 @@ BatchOpt = Annotated[
 
 worker_app = typer.Typer(no_args_is_help=True, help="Long-running workers that consume a bus.")
 publish_app = typer.Typer(no_args_is_help=True, help="Publish inputs to a bus as CloudEvents.")
+
+
+def bus_settings(**options: Any) -> Settings:
+    """Settings of a command that talks to a bus: the in-process memory bus is for the Python API
+    and tests, and a CLI process that published to it would throw the events away."""
+    from headwater.config import load_settings
+    from headwater.registry import scheme_of
+
+    settings = load_settings(**options)
+    if scheme_of(settings.bus) == "memory":
+        msg = (
+            "no bus given: set --bus (or HEADWATER_BUS, or NATS_URL) to nats://HOST:4222 or "
+            "redis://HOST:6379/0 (the memory:// bus lives inside one process: events published "
+            "to it from the command line would be thrown away)"
+        )
+        raise ConfigError(msg)
+    return settings
 
 
 def register(app: typer.Typer) -> None:
@@ -160,12 +179,11 @@ def watch(
     json_out: JsonOpt = False,
 ) -> None:
     """Poll a folder; publish doc added/updated/deleted events for what the index does not have yet."""
-    from headwater.config import load_settings
     from headwater.pipeline.doc_stream import Watcher
     from headwater.stream_bootstrap import make_bus
 
     def work() -> None:
-        settings = load_settings(
+        settings = bus_settings(
             home=home,
             bus=bus,
             topic_docs=topic,
@@ -209,12 +227,11 @@ def publish_signals(
     json_out: JsonOpt = False,
 ) -> None:
     """Publish each line as a CloudEvent (deterministic ids: publishing twice is a harmless replay)."""
-    from headwater.config import load_settings
     from headwater.pipeline.signal_publish import publish_signals as publish
     from headwater.stream_bootstrap import make_bus
 
     def work() -> MessagesPublished:
-        settings = load_settings(bus=bus, topic_signals=topic)
+        settings = bus_settings(bus=bus, topic_signals=topic)
         started = time.monotonic()
         messages, events = run_async(
             publish(
@@ -260,11 +277,10 @@ def worker_docs(
     json_out: JsonOpt = False,
 ) -> None:
     """Index the documents named by change events (from ``headwater watch``) as they arrive."""
-    from headwater.config import load_settings
     from headwater.stream_bootstrap import open_doc_worker
 
     def work() -> WorkerStopped | None:
-        settings = load_settings(
+        settings = bus_settings(
             home=home,
             bus=bus,
             concurrency=concurrency,
@@ -313,12 +329,11 @@ def worker_signals(
     json_out: JsonOpt = False,
 ) -> None:
     """Keep a feature set up to date from a topic: the backfill's engine, watermark moved by events."""
-    from headwater.config import load_settings
     from headwater.signals_bootstrap import resolve_feature_set
     from headwater.stream_bootstrap import open_signal_worker
 
     def work() -> WorkerStopped | None:
-        settings = load_settings(
+        settings = bus_settings(
             home=home,
             bus=bus,
             feature_set=feature_set,

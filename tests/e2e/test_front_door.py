@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,24 @@ def test_a_run_that_dead_lettered_says_how_many_and_where_to_look(cli: Cli, tmp_
     home = tmp_path / "home"
     expected = f"1 document(s) failed and are in the dead-letter queue: `headwater dlq list --home {home}`"
     assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["publish", "signals", "events.jsonl"],
+        ["watch", ".", "--once", "--home", "home"],
+        ["worker", "docs", "--home", "home"],
+        ["worker", "signals", "--home", "home"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_bus_commands_without_a_bus_refuse(command: list[str], cli: Cli, tmp_path: Path) -> None:
+    """They used to publish to (or consume from) an in-process memory bus and lose everything."""
+    (tmp_path / "events.jsonl").write_text('{"entity_id": "a", "event_time": 1, "sequence": 1, "value": 1}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "headwater.cli", *command],
+        capture_output=True, text=True, env=cli.env, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "no bus given: set --bus" in result.stderr and "Traceback" not in result.stderr
