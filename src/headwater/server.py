@@ -1,4 +1,5 @@
-"""The HTTP API (DESIGN §6): jobs, their live events as Server-Sent Events, the DLQ, probes, metrics.
+"""The HTTP API (DESIGN §6): jobs, their live events as Server-Sent Events, the DLQ, queries of
+the index, probes, metrics.
 
 Thin by rule (DESIGN §8): routes translate HTTP to ``JobService`` calls and errors to status
 codes; the jobs run exactly what ``headwater ingest`` runs, built by the same composition code.
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from enum import StrEnum
@@ -37,9 +39,10 @@ from starlette.routing import Match
 
 from headwater import registry
 from headwater.config import Settings
-from headwater.errors import ConfigError, InputError
+from headwater.errors import AdapterError, ConfigError, InputError
 from headwater.jobs import IllegalTransition, JobNotFound, JobService, build_job_service
 from headwater.observability import Metrics, redact, register_secret
+from headwater.pipeline.index import Searcher, has_index
 from headwater.ports import Job, JobStatus
 
 Scope = MutableMapping[str, Any]
@@ -114,6 +117,25 @@ class Problem(BaseModel):
     detail: str
 
 
+QUERY_MAX_CHARS = 8192  # a query is a question, not a document (MiniLM reads 256 tokens of it)
+
+
+class Hit(BaseModel):
+    text: str
+    score: float = Field(description="Cosine similarity, higher is closer")
+    doc_id: str
+    uri: str = Field(description="The document's path relative to the folder it was ingested from")
+    offset: int = Field(description="Where the chunk starts in the document's text, in characters")
+    length: int
+    chunk_id: str
+
+
+class QueryOut(BaseModel):
+    hits: list[Hit]
+    embedder: str = Field(description="The embedder the index was built with and the query embedded by")
+    took_ms: float
+
+
 class Action(StrEnum):
     pause = "pause"
     resume = "resume"
@@ -127,6 +149,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": Problem, "description": "The job's status does not allow this"},
     413: {"model": Problem, "description": "Request body too large"},
     422: {"model": Problem, "description": "Invalid request: which field, and why"},
+}
+QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{code: ERRORS[code] for code in (400, 401, 413, 422)},
+    409: {"model": Problem, "description": "The home has no index yet (nothing was ingested)"},
+    503: {"model": Problem, "description": "The index or its embedder cannot be opened or is unavailable"},
 }
 
 
@@ -142,14 +169,20 @@ def create_app(
     token = settings.api_token.get_secret_value() if settings.api_token is not None else None
     if token:
         register_secret(token)
+    searcher = Searcher(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        warming = asyncio.create_task(_warm(searcher)) if has_index(settings) else None
         try:
             yield
         finally:
+            if warming is not None:
+                warming.cancel()
+                await asyncio.gather(warming, return_exceptions=True)
             await service.stop()
+            await searcher.close()
 
     app = FastAPI(
         title="headwater",
@@ -158,11 +191,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service, app.state.metrics, app.state.settings = service, metrics, settings
+    app.state.searcher = searcher
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     _error_handlers(app)
     _probe_routes(app, settings, service, metrics)
     _job_routes(app, settings, service, _auth(token))
     _dlq_routes(app, settings, service, _auth(token))
+    _query_routes(app, settings, searcher, _auth(token))
     return app
 
 
@@ -320,6 +355,50 @@ def _dlq_routes(app: FastAPI, settings: Settings, service: JobService, auth: Cal
         """Replay as a job (follow it like any other): messages are republished, documents re-run."""
         spec = {} if request.ids is None else {"ids": request.ids}
         return Created(id=await service.submit("replay", spec))
+
+
+def _query_routes(app: FastAPI, settings: Settings, searcher: Searcher, auth: Callable[..., None]) -> None:
+    class QueryRequest(BaseModel):
+        """Chunks nearest to ``text``, best first; only documents whose path starts with
+        ``uri_prefix`` when one is given (a filter applied before ranking: k hits whenever k match)."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        text: str = Field(
+            min_length=1, max_length=QUERY_MAX_CHARS, pattern=r"\S", description="What to search for"
+        )
+        k: int = Field(5, ge=1, le=settings.api_page_limit, description="How many hits")
+        uri_prefix: str | None = Field(
+            None, min_length=1, max_length=4096, description="Only chunks whose uri starts with this"
+        )
+
+    @app.post("/v1/query", response_model=QueryOut, dependencies=[Depends(auth)], tags=["query"],
+              responses=QUERY_ERRORS)  # fmt: skip
+    async def query(request: QueryRequest) -> QueryOut:
+        """Search the index with the server's embedder, loaded once for the server's lifetime."""
+        started = time.perf_counter()
+        if not has_index(settings):
+            msg = (
+                f"no index in {settings.home} yet: ingest documents first "
+                "(POST /v1/jobs or `headwater ingest docs`)"
+            )
+            raise HTTPException(409, msg)
+        try:
+            hits = await searcher.search(request.text, request.k, uri_prefix=request.uri_prefix)
+        except (ConfigError, AdapterError) as exc:
+            raise HTTPException(503, redact(f"the index cannot be searched: {exc}").splitlines()[0]) from exc
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        return QueryOut(
+            hits=[Hit.model_validate(hit) for hit in hits],
+            embedder=searcher.embedder_id or "",
+            took_ms=took_ms,
+        )
+
+
+async def _warm(searcher: Searcher) -> None:
+    """Open the index (load the model) at start-up, in the background: the first query does not
+    pay for it. A failure is left for that query to report."""
+    with contextlib.suppress(Exception):
+        await searcher.open()
 
 
 # --- helpers ---------------------------------------------------------------------------------------

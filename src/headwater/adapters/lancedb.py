@@ -171,17 +171,26 @@ class LanceVectorStore:
             self.table.delete(predicate)
             self._writes += 1
 
-    async def search(self, vector: Vectors, k: int) -> list[tuple[Chunk, float]]:
+    async def search(
+        self, vector: Vectors, k: int, *, uri_prefix: str | None = None
+    ) -> list[tuple[Chunk, float]]:
+        """The ``k`` nearest chunks by cosine, read from the table's latest version: a reader
+        kept open (the server's) would otherwise keep reading the version it opened, whose files
+        a later run's cleanup removes (~0.3 ms). ``uri_prefix`` is a prefilter: k hits whenever
+        k chunks match it."""
         import numpy as np
 
         def _search() -> list[tuple[Chunk, float]]:
-            rows = (
+            self.table.checkout_latest()
+            search = (
                 self.table.search(np.asarray(vector, dtype=np.float32).reshape(-1))
                 .metric("cosine")
                 .select([*_KEY_COLUMNS, "_distance"])
                 .limit(k)
-                .to_list()
             )
+            if uri_prefix:
+                search = search.where(f"starts_with(uri, {_quote([uri_prefix])})", prefilter=True)
+            rows = search.to_list()
             return [
                 (Chunk(**{c: row[c] for c in _KEY_COLUMNS}), 1.0 - float(row["_distance"])) for row in rows
             ]

@@ -5,22 +5,28 @@ because bookkeeping is exactly what a crash or an external delete makes wrong.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import msgspec
 
+from headwater.adapters.lancedb import TABLE as LANCE_TABLE
 from headwater.bootstrap import build_document_pipeline, make_embedder, make_metadata_store, make_vector_store
 from headwater.config import Settings
 from headwater.events import RunCompleted
 from headwater.homelock import home_lock
 from headwater.models import Chunk
-from headwater.ports import DocState
+from headwater.ports import DocState, Embedder, Vectors, VectorStore
 
 _NO_DIMENSIONS = 0
+_OVERFETCH = 8  # a store that cannot filter by uri prefix is asked for k x this, then more
 
 
 async def _open_index(settings: Settings) -> tuple[Any, Any, Any]:
@@ -174,14 +180,98 @@ async def _incomplete_docs(metadata: Any) -> AsyncIterator[Any]:
         yield state
 
 
-async def query(settings: Settings, text: str, k: int) -> list[dict[str, Any]]:
-    metadata, vectors, embedder = await _open_index(settings)
+async def query(
+    settings: Settings, text: str, k: int, *, uri_prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """One query, opening and closing the index around it (the CLI); a server keeps a ``Searcher``."""
+    searcher = Searcher(settings)
     try:
-        vector = (await embedder.embed([text]))[0]
-        hits = await vectors.search(vector, k)
-        return [{**_chunk_dict(chunk), "score": round(score, 6)} for chunk, score in hits]
+        return await searcher.search(text, k, uri_prefix=uri_prefix)
     finally:
-        await _close_index(metadata, vectors, embedder)
+        await searcher.close()
+
+
+class Searcher:
+    """An index opened once for many queries (``POST /v1/query``): the embedder (its model
+    loaded) and the vector store stay open until ``close()``, so a query is one embed call and
+    one vector search. Concurrent queries are safe: each adapter runs its calls one at a time in
+    its own thread, off the event loop. Opening is lazy (the first ``search`` or ``open``) and
+    happens once, however many queries race for it; ``close()`` lets a later query reopen."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._embedder: Embedder | None = None
+        self._vectors: VectorStore | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def embedder_id(self) -> str | None:
+        return self._embedder.id if self._embedder is not None else None
+
+    async def open(self) -> tuple[Embedder, VectorStore]:
+        async with self._lock:
+            if self._embedder is None or self._vectors is None:
+                embedder = make_embedder(self.settings)
+                await embedder.open()
+                try:
+                    warm = getattr(embedder, "warm", None)  # a local model loads now, not mid-query
+                    if warm is not None:
+                        await warm()
+                    vectors = make_vector_store(self.settings)
+                    await vectors.open(embedder.dimensions)
+                except BaseException:
+                    await embedder.close()
+                    raise
+                self._embedder, self._vectors = embedder, vectors
+            return self._embedder, self._vectors
+
+    async def search(self, text: str, k: int, *, uri_prefix: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` chunks nearest to ``text`` (cosine, best first), only those whose ``uri``
+        starts with ``uri_prefix`` when one is given."""
+        embedder, vectors = await self.open()
+        vector = (await embedder.embed([text]))[0]
+        hits = await _search(vectors, vector, k, uri_prefix)
+        return [{**_chunk_dict(chunk), "score": round(score, 6)} for chunk, score in hits]
+
+    async def close(self) -> None:
+        async with self._lock:
+            embedder, vectors, self._embedder, self._vectors = self._embedder, self._vectors, None, None
+            try:
+                if vectors is not None:
+                    await vectors.close()
+            finally:
+                if embedder is not None:
+                    await embedder.close()
+
+
+async def _search(
+    vectors: VectorStore, vector: Vectors, k: int, uri_prefix: str | None
+) -> list[tuple[Chunk, float]]:
+    """A store whose ``search`` takes ``uri_prefix`` filters before ranking (LanceDB: a
+    prefilter, so k hits whenever k chunks match). Any other store is over-fetched and filtered
+    here, doubling the fetch until k hits match or the store has no more: exact, but a rare
+    prefix costs up to a search of the whole store."""
+    if not uri_prefix:
+        return await vectors.search(vector, k)
+    search: Any = vectors.search
+    if "uri_prefix" in inspect.signature(search).parameters:
+        return cast(list[tuple[Chunk, float]], await search(vector, k, uri_prefix=uri_prefix))
+    total, fetch = await vectors.count(), max(k * _OVERFETCH, k)
+    while True:
+        hits = await vectors.search(vector, min(fetch, total))
+        kept = [(chunk, score) for chunk, score in hits if chunk.uri.startswith(uri_prefix)]
+        if len(kept) >= k or fetch >= total:
+            return kept[:k]
+        fetch *= 2
+
+
+def has_index(settings: Settings) -> bool:
+    """Whether the home's vector store has been created (by a first ingest), checked without
+    creating it. A store that is not a local LanceDB folder is taken to exist."""
+    parts = urlsplit(settings.vector_store_url)
+    if parts.scheme != "lancedb":
+        return True
+    return (Path(parts.netloc + parts.path) / f"{LANCE_TABLE}.lance").is_dir()
 
 
 async def export(settings: Settings) -> AsyncIterator[dict[str, Any]]:
