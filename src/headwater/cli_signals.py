@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from headwater.cli_guard import existing_home, run_async, run_guarded
+from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError
 from headwater.events import SignalEvent, SignalProgress, SignalRejected, SignalRunCompleted, to_json
 
@@ -202,7 +204,7 @@ def features_get(
     from headwater.signals_bootstrap import open_online_store
 
     def work() -> list[dict[str, Any]]:
-        settings = existing_home(load_settings(home=home, feature_set=feature_set))
+        settings = feature_set_of(existing_home(load_settings(home=home, feature_set=feature_set)))
 
         async def go() -> list[dict[str, Any]]:
             async with open_online_store(settings) as store:
@@ -221,6 +223,27 @@ def features_get(
         out.print("  ".join(f"{k}={v}" for k, v in row.items()))
 
 
+def feature_set_of(settings: Settings) -> Settings:
+    """The feature set a read command means: the one asked for if the home has it, else the
+    home's only one. An unknown name used to answer "wrote 0 rows", and no name meant a set
+    called "default" even in a home that has another."""
+    root = urlsplit(settings.offline_store_url)
+    if root.scheme != "file":
+        return settings  # a remote offline store: no cheap listing, the name is taken as given
+    known = sorted({p.name.partition("=")[2] for p in Path(root.path).glob("*/feature_set=*") if p.is_dir()})
+    asked = "feature_set" in settings.model_fields_set
+    if asked and (settings.feature_set in known or not known):
+        return settings
+    if not asked and len(known) <= 1:
+        return settings.model_copy(update={"feature_set": known[0]}) if known else settings
+    names = ", ".join(known)
+    if asked:
+        msg = f"the home {settings.home} has no feature set {settings.feature_set!r} (it has: {names})"
+    else:
+        msg = f"the home {settings.home} has several feature sets ({names}): pick one with --feature-set"
+    raise ConfigError(msg)
+
+
 @features_app.command("export")
 def features_export(
     out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
@@ -233,7 +256,7 @@ def features_export(
     from headwater.signals_bootstrap import make_offline_store
 
     def work() -> int:
-        settings = existing_home(load_settings(home=home, feature_set=feature_set))
+        settings = feature_set_of(existing_home(load_settings(home=home, feature_set=feature_set)))
         frame = run_async(
             export_rows(make_offline_store(settings), settings.feature_set, dataset=dataset.value)
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import SAMPLES, Cli
 
 READERS = [
     ["query", "retries"],
@@ -96,3 +96,16 @@ def test_bus_commands_without_a_bus_refuse(command: list[str], cli: Cli, tmp_pat
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert "no bus given: set --bus" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_features_commands_know_the_homes_feature_sets(cli: Cli, tmp_path: Path) -> None:
+    home, out = str(tmp_path / "home"), str(tmp_path / "rows.parquet")
+    cli("ingest", "signals", str(SAMPLES / "signals"), "--home", home, "--feature-set", "pumps")
+    only = cli("features", "export", "--home", home, "--out", out)  # the home's only set
+    assert "wrote 0 rows" not in only.stderr and "wrote" in only.stderr
+    assert json.loads(cli("features", "get", "pump-1", "--home", home, "--json").stdout)
+    unknown = cli("features", "export", "--home", home, "--out", out, "--feature-set", "pumsp", check=False)
+    assert unknown.returncode == 3 and "no feature set 'pumsp' (it has: pumps)" in unknown.stderr
+    cli("ingest", "signals", str(SAMPLES / "signals"), "--home", home, "--feature-set", "valves")
+    several = cli("features", "get", "pump-1", "--home", home, check=False)
+    assert several.returncode == 3 and "several feature sets (pumps, valves)" in several.stderr
