@@ -27,7 +27,8 @@ def readme_block(heading: str) -> list[str]:
 
 def run_curl(line: str, port: int, job_id: str) -> tuple[int, str]:
     """One README curl line as written (but the port and the job id), with each HTTP status."""
-    command = line.split("  #", maxsplit=1)[0].replace("localhost:8080", f"127.0.0.1:{port}").replace("/ID", f"/{job_id}")
+    command = line.split("  #", maxsplit=1)[0].replace("localhost:8080", f"127.0.0.1:{port}")
+    command = command.replace("/ID", f"/{job_id}")
     command = command.replace("curl ", "curl -sS --max-time 60 -w '\\n%{http_code}\\n' ")
     result = subprocess.run(
         ["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False,
