@@ -7,7 +7,7 @@ warms it up, then sends ``--queries`` distinct questions with k=``--k``: one at 
 client, as a RAG application's worker), then with ``--concurrency`` clients at once, and
 sequentially with a ``uri_prefix`` filter. Latency is the client's: request sent to answer read.
 
-    python bench/query.py                                   # MiniLM and hash, ~20k chunks (MiniLM ingest: minutes)
+    python bench/query.py                                  # MiniLM and hash, ~20k chunks (ingest ~15 min)
     python bench/query.py --embedders hash --chunks 2000   # quick look
     python bench/query.py --embedders minilm --work /tmp/hwq --queries 500 --concurrency 4
 
@@ -52,6 +52,9 @@ def build_home(embedder: str, chunks: int, args: argparse.Namespace, say: Any) -
     corpus = corpus_mod.generate(corpus_mod.CorpusSpec(docs, args.seed), args.work)
     home = args.work / f"home-{embedder}-{docs}"
     env = child_env(EMBEDDERS[embedder])
+    if args.no_ingest and home.is_dir():
+        say(f"[{embedder}] {home} as it is (--no-ingest)")
+        return home, home_chunks(home, env, args.timeout)
     say(f"[{embedder}] ingest {corpus.root} ({docs} docs) into {home} ...")
     start = time.perf_counter()
     out = args.work / f"ingest-{embedder}-{docs}.out"
@@ -64,11 +67,15 @@ def build_home(embedder: str, chunks: int, args: argparse.Namespace, say: Any) -
         raise SystemExit(f"ingest failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
     final = last_json_line(out)
     say(f"[{embedder}] ingest {time.perf_counter() - start:.1f} s, embedded {final.get('chunks_embedded')}")
+    return home, home_chunks(home, env, args.timeout)
+
+
+def home_chunks(home: Path, env: dict[str, str], timeout: float) -> int:
     status = subprocess.run(
         headwater_cmd("status", "--home", str(home), "--json"),
-        env=env, capture_output=True, text=True, timeout=args.timeout, check=True,
+        env=env, capture_output=True, text=True, timeout=timeout, check=True,
     )  # fmt: skip
-    return home, int(json.loads(status.stdout)["chunks"])
+    return int(json.loads(status.stdout)["chunks"])
 
 
 def free_port() -> int:
@@ -241,6 +248,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("/tmp/hwbench-query"), help="corpora, homes, logs")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "query.json")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per ingest")
+    parser.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="query an existing home as it is (e.g. an ingest stopped early)",
+    )
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     return args

@@ -225,3 +225,32 @@ def test_a_store_without_a_prefix_filter_is_over_fetched_until_k_match() -> None
     assert [c.uri for c, _ in hits] == ["a/x", "a/y"]
     assert store.asked == [16, 32, 62]
     assert asyncio.run(index._search(store, None, 3, "b/1"))[0][0].uri == "b/1"  # type: ignore[arg-type]
+
+
+def test_an_embedder_that_is_down_is_503_and_the_next_query_works(
+    indexed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headwater.errors import EmbedderUnavailable
+
+    make_embedder = index.make_embedder
+    down = {"now": True}
+
+    def flaky(settings: Any) -> Any:
+        embedder = make_embedder(settings)
+        embed = embedder.embed
+
+        async def maybe_down(texts: Any) -> Any:
+            if down["now"]:
+                raise EmbedderUnavailable("embedder unavailable: http://127.0.0.1:9/ refused the connection")
+            return await embed(texts)
+
+        embedder.embed = maybe_down  # type: ignore[method-assign]
+        return embedder
+
+    monkeypatch.setattr(index, "make_embedder", flaky)
+    with TestClient(create_app(make_settings(indexed))) as client:
+        response = client.post("/v1/query", json={"text": "retries"}, headers=AUTH)
+        assert response.status_code == 503
+        assert "embedder unavailable" in response.json()["detail"]
+        down["now"] = False
+        assert ask(client, text="retries")["hits"]
