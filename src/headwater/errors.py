@@ -65,17 +65,24 @@ class EmbedderUnavailable(RetryableError):
 
 
 def disk_full(exc: BaseException) -> str | None:
-    """The message of a "disk full" anywhere in the error's chain, or None. A full disk stops a
-    run (the documents are not at fault, so none is dead-lettered). Stores say it their own way:
-    OSError ENOSPC, SQLite's "database or disk is full", Lance's RuntimeError text."""
+    """Where a "disk full" anywhere in the error's chain happened (the file or store it names,
+    else its message), or None. A full disk stops a run (the documents are not at fault, so none
+    is dead-lettered). Stores say it their own way: OSError ENOSPC or EDQUOT, SQLite's "database
+    or disk is full", Lance's RuntimeError text ("No space left on device (os error 28)"); the
+    adapters turn theirs into an OSError ENOSPC naming the file or folder, found first here."""
     for cause in _chain(exc):
         if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f"{cause.filename}: " if cause.filename else ""
-            return f"{where}{cause.strerror or cause}"
+            reason = cause.strerror or str(cause)
+            if not cause.filename:
+                return reason
+            return str(cause.filename) if cause.errno == errno.ENOSPC else f"{cause.filename} ({reason})"
         text = str(cause)
-        if any(marker in text for marker in ("No space left on device", "database or disk is full")):
+        if any(marker in text for marker in _DISK_FULL_TEXTS):
             return text.splitlines()[0][:300]
     return None
+
+
+_DISK_FULL_TEXTS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -8,16 +8,17 @@ by ``optimize()`` (``headwater optimize``), because lancedb's compaction reads t
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from headwater.adapters._thread import OwnThread
-from headwater.errors import ConfigError, PermanentError
+from headwater.errors import ConfigError, PermanentError, disk_full
 from headwater.models import Chunk
 from headwater.ports import Vectors
 
@@ -30,6 +31,8 @@ _ROW_COLUMNS = [*_KEY_COLUMNS, "vector"]
 _IN_BATCH = 2000
 COMPACT_MAX_ROWS = 100_000  # see LanceVectorStore._maintain
 CACHE_BYTES = 32 * 1024 * 1024  # lancedb's index and metadata caches, each (see _session)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _schema(dimensions: int) -> pa.Schema:
@@ -53,6 +56,25 @@ def _quote(values: Sequence[str]) -> str:
     return ",".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
+class _StoreThread(OwnThread):
+    """The store's own thread. A full disk comes out of it as an OSError ENOSPC naming the
+    table's folder, whatever lance wrapped it in (a RuntimeError "LanceError(IO): No space left
+    on device (os error 28), <a path in lance's sources>", an OSError, an error of the index
+    builder): the run stops on it with one line; no document is dead-lettered for it."""
+
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(name)
+        self.path = path
+
+    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await super().call(fn, *args, **kwargs)
+        except Exception as exc:
+            if disk_full(exc) is None:
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path) from exc
+
+
 class LanceVectorStore:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -61,7 +83,7 @@ class LanceVectorStore:
             raise ConfigError(msg)
         self.url = url
         self.path = parts.netloc + parts.path
-        self._thread = OwnThread("lancedb")
+        self._thread = _StoreThread("lancedb", self.path)
         self._table: Any = None
         self._writes = 0
 
@@ -128,6 +150,8 @@ class LanceVectorStore:
                     .execute(data)
                 )
         except OSError as exc:
+            if disk_full(exc) is not None:
+                raise  # not the documents' fault: the run stops (see _StoreThread)
             msg = f"writing {len(chunks)} vectors to {self.url} failed: {exc}"
             raise PermanentError(msg) from exc
         self._writes += 1
@@ -212,9 +236,18 @@ class LanceVectorStore:
         return int(await self._thread.call(self.table.count_rows))
 
     async def close(self) -> None:
-        if self._table is not None and self._writes:
-            await self._thread.call(self._maintain)
-        self._thread.shutdown()
+        """Maintain the table if this run wrote, then stop the thread. On a full disk the
+        maintenance is left to the next run (the rows written are whole: each write is a table
+        version of its own), so a run that filled the disk still closes without a second error."""
+        try:
+            if self._table is not None and self._writes:
+                try:
+                    await self._thread.call(self._maintain)
+                except OSError as exc:
+                    if disk_full(exc) is None:
+                        raise
+        finally:
+            self._thread.shutdown()
 
     async def optimize(self) -> None:
         """Compact the table, fold new rows into its indexes and drop old versions, whatever its

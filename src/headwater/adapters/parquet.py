@@ -8,6 +8,7 @@ Part names are deterministic (scope + batch number), so replaying a batch replac
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from datetime import date, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 import polars as pl
 
-from headwater.errors import ConfigError, RetryableError
+from headwater.errors import ConfigError, RetryableError, disk_full
 
 EPOCH = date(1970, 1, 1)
 
@@ -63,10 +64,16 @@ class ParquetOfflineStore:
     def _write(self, dataset: str, feature_set: str, part: str, rows: pl.DataFrame) -> None:
         if rows.height == 0:
             return
+        folder = self._folder(dataset, feature_set)
         try:
             for day, group in _by_day(rows):
-                self._write_part(self._folder(dataset, feature_set) / f"date={_day(day)}", part, group)
-        except OSError as exc:
+                folder = self._folder(dataset, feature_set) / f"date={_day(day)}"
+                self._write_part(folder, part, group)
+        except Exception as exc:
+            if disk_full(exc) is not None:  # polars says it in its own words: the folder, as the OS would
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from exc
+            if not isinstance(exc, OSError):
+                raise
             msg = f"offline store {self.root}: {exc}"
             raise RetryableError(msg) from exc
 
@@ -75,10 +82,14 @@ class ParquetOfflineStore:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{part}.parquet"
         tmp = folder / f".{part}.parquet.tmp"
-        rows.write_parquet(tmp, statistics=False, compression="lz4")
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(target)
+        try:
+            rows.write_parquet(tmp, statistics=False, compression="lz4")
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # half a part (a full disk): its space goes back now
+            raise
         directory = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(directory)

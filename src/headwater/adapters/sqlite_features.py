@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from headwater.adapters.sqlite import enable_wal
+from headwater.adapters.sqlite import enable_wal, full_disk
 from headwater.errors import ConfigError, PermanentError, RetryableError
 from headwater.ports import SignalCheckpoint
 
@@ -115,9 +115,15 @@ class SQLiteFeatureStore:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        enable_wal(conn)
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
+        try:
+            enable_wal(conn)
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            conn.close()
+            if (full := full_disk(exc, self.path)) is not None:
+                raise full from exc
+            raise
         self._conn = conn
 
     async def close(self) -> None:
@@ -132,11 +138,12 @@ class SQLiteFeatureStore:
         with self._lock:
             try:
                 return fn(self._conn, *args)
-            except sqlite3.OperationalError as exc:
-                msg = f"online store {self.path}: {exc}"
-                raise RetryableError(msg) from exc
             except sqlite3.DatabaseError as exc:
+                if (full := full_disk(exc, self.path)) is not None:
+                    raise full from exc  # neither retried nor a bad batch: the run stops (exit 6)
                 msg = f"online store {self.path}: {exc}"
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise RetryableError(msg) from exc
                 raise PermanentError(msg) from exc
 
     async def commit(self, batch: Any) -> None:
@@ -192,7 +199,8 @@ def _commit(conn: sqlite3.Connection, batch: Any) -> None:
             )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls back on its own after some errors (a full disk)
+            conn.execute("ROLLBACK")
         raise
 
 
