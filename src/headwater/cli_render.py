@@ -23,7 +23,7 @@ from rich.progress import (
 
 from headwater.events import Event, to_json
 
-PLAIN_INTERVAL_SECONDS = 5.0
+PLAIN_INTERVAL_SECONDS = 10.0
 JSON_FLUSH_SECONDS = 0.05
 JSON_FLUSH_LINES = 4096
 
@@ -137,16 +137,17 @@ async def _render_bar(events: AsyncIterator[Any], console: Console, label: str) 
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
+        TextColumn("[dim]{task.fields[rates]}"),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(label, total=None)
+        task = bar.add_task(label, total=None, rates="")
         async for event in events:
             last = event
             if (line := _line_for(event)) is not None:
                 console.print(line)
             done = _done_count(event)
             if done is not None:
-                bar.update(task, completed=done[0], total=done[1])
+                bar.update(task, completed=done[0], total=done[1], rates=_rates(event))
             elif type(event).__name__ in {"DocumentCompleted", "DocumentSkipped", "DocumentFailed"}:
                 bar.advance(task)
     return last
@@ -165,7 +166,9 @@ async def _render_plain(events: AsyncIterator[Any], console: Console, label: str
             eta = getattr(event, "eta_seconds", None)
             total = "?" if done[1] is None else str(done[1])
             console.print(
-                f"{label}: {done[0]}/{total} done" + (f", eta {eta:.0f}s" if eta is not None else "")
+                f"{label}: {done[0]}/{total} done"
+                + (f", eta {eta:.0f}s" if eta is not None else "")
+                + f" ({_rates(event)})"
             )
     return last
 
@@ -173,7 +176,17 @@ async def _render_plain(events: AsyncIterator[Any], console: Console, label: str
 def _done_count(event: Any) -> tuple[int, int | None] | None:
     if type(event).__name__ != "BatchProgress":
         return None
-    return event.completed + event.failed + event.skipped, event.estimated_total
+    # While the listing runs ahead, the files listed so far are the total (it only grows).
+    total = event.estimated_total if event.estimated_total is not None else (event.listed or None)
+    return event.completed + event.failed + event.skipped, total
+
+
+def _rates(event: Any) -> str:
+    elapsed = max(event.elapsed_seconds, 1e-3)
+    return (
+        f"{event.completed / elapsed:.0f} docs/s, {event.chunks_embedded / elapsed:.0f} chunks/s, "
+        f"{event.chunks_embedded} embedded, {event.failed} failed"
+    )
 
 
 def summary_lines(final: Any) -> list[str]:

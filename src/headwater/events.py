@@ -66,6 +66,8 @@ class BatchProgress(Event, frozen=True, kw_only=True):
     elapsed_seconds: float
     embed_rate_per_second: float | None = None  # the embedder's rate limit now, if it has one
     queue_depths: dict[str, int] | None = None  # items waiting in each bounded queue (backpressure)
+    listed: int = 0  # files listed so far: a running total while the listing runs ahead
+    chunks_embedded: int = 0
 
 
 class RunCompleted(Event, frozen=True, kw_only=True):

@@ -682,9 +682,12 @@ class _DocumentRun:
 
     # -- progress ----------------------------------------------------------------------------------------
     async def _tick(self) -> None:
+        """The first report comes early (a terminal shows a total and a rate within a second,
+        the listing runs far ahead of the work), then one per interval."""
+        await asyncio.sleep(min(0.5, self.s.progress_interval_seconds))
         while True:
-            await asyncio.sleep(self.s.progress_interval_seconds)
             await self.emit(self._progress_event())
+            await asyncio.sleep(self.s.progress_interval_seconds)
 
     def _progress_event(self) -> BatchProgress:
         pr = self.progress
@@ -703,6 +706,8 @@ class _DocumentRun:
                 "prepared": self.ready.qsize(),
                 "embedded": self.embedded.qsize(),
             },
+            listed=pr.listed,
+            chunks_embedded=self.committer.stats.embedded,
         )
 
     def _final(self) -> RunCompleted:
