@@ -386,12 +386,10 @@ def _query_routes(app: FastAPI, settings: Settings, searcher: Searcher, auth: Ca
             hits = await searcher.search(request.text, request.k, uri_prefix=request.uri_prefix)
         except (ConfigError, AdapterError) as exc:
             raise HTTPException(503, redact(f"the index cannot be searched: {exc}").splitlines()[0]) from exc
+        # a secret in a document (an API key in a note) stays in the index, out of the answer
+        out = [Hit.model_validate({**h, "text": redact(h["text"]), "uri": redact(h["uri"])}) for h in hits]
         took_ms = round((time.perf_counter() - started) * 1000, 3)
-        return QueryOut(
-            hits=[Hit.model_validate(hit) for hit in hits],
-            embedder=searcher.embedder_id or "",
-            took_ms=took_ms,
-        )
+        return QueryOut(hits=out, embedder=searcher.embedder_id or "", took_ms=took_ms)
 
 
 async def _warm(searcher: Searcher) -> None:

@@ -254,3 +254,18 @@ def test_an_embedder_that_is_down_is_503_and_the_next_query_works(
         assert "embedder unavailable" in response.json()["detail"]
         down["now"] = False
         assert ask(client, text="retries")["hits"]
+
+
+def test_a_secret_in_a_document_is_not_in_the_answer(corpus: Path, tmp_path: Path) -> None:
+    key = "sk-" + "Q7x" * 12
+    (corpus / "keys.md").write_text(f"# Deploy notes\n\nThe deploy key is {key} and {TOKEN}.\n")
+    home = tmp_path / "home"
+    asyncio.run(build_document_pipeline(make_settings(home), str(corpus)).run_async())
+    with TestClient(create_app(make_settings(home))) as client:
+        response = client.post(
+            "/v1/query", json={"text": "deploy key", "k": 50, "uri_prefix": "keys"}, headers=AUTH
+        )
+        assert response.status_code == 200
+        assert "Deploy notes" in response.text
+        assert key not in response.text
+        assert TOKEN not in response.text
