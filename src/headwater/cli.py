@@ -268,7 +268,7 @@ def dlq_list(
     all_: Annotated[bool, typer.Option("--all", help="Include replayed entries")] = False,
 ) -> None:
     """List dead-lettered inputs."""
-    letters = run_guarded(lambda: asyncio.run(_letters(home_settings(home=home), all_)))
+    letters = run_guarded(lambda: asyncio.run(_letters(home_settings(home=home, index=False), all_)))
     if json_out:
         sys.stdout.write(json.dumps([_letter_dict(lt, full=False) for lt in letters]) + "\n")
         return
@@ -279,7 +279,7 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(letter_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1)], home: HomeOpt = None) -> None:
     """Show one entry with its full context (traceback included)."""
-    letter = run_guarded(lambda: asyncio.run(_letter(home_settings(home=home), letter_id)))
+    letter = run_guarded(lambda: asyncio.run(_letter(home_settings(home=home, index=False), letter_id)))
     if letter is None:
         err.print(f"no DLQ entry {letter_id}")
         raise typer.Exit(1)

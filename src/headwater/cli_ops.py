@@ -131,7 +131,7 @@ def _with_service(
     from headwater.jobs import build_job_service
 
     async def run() -> T:
-        service = build_job_service(settings or load_settings(home=home))
+        service = build_job_service(settings or load_settings(home=home, index=False))
         await service.open()
         try:
             return await work(service)

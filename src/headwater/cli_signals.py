@@ -124,6 +124,7 @@ def ingest_signals(
             feature_set=feature_set,
             micro_batch_events=batch_events,
             feature_set_version=feature_version,
+            index=False,  # signals never touch the document index
         )
         spec = resolve_feature_set(
             settings,
@@ -204,7 +205,8 @@ def features_get(
     from headwater.signals_bootstrap import open_online_store
 
     def work() -> list[dict[str, Any]]:
-        settings = feature_set_of(existing_home(load_settings(home=home, feature_set=feature_set)))
+        loaded = load_settings(home=home, feature_set=feature_set, index=False)
+        settings = feature_set_of(existing_home(loaded))
 
         async def go() -> list[dict[str, Any]]:
             async with open_online_store(settings) as store:
@@ -256,7 +258,8 @@ def features_export(
     from headwater.signals_bootstrap import make_offline_store
 
     def work() -> int:
-        settings = feature_set_of(existing_home(load_settings(home=home, feature_set=feature_set)))
+        loaded = load_settings(home=home, feature_set=feature_set, index=False)
+        settings = feature_set_of(existing_home(loaded))
         frame = run_async(
             export_rows(make_offline_store(settings), settings.feature_set, dataset=dataset.value)
         )

@@ -234,14 +234,14 @@ class Settings(BaseSettings):
         return self.offline_store or f"file://{self.home.resolve()}/offline"
 
 
-def load_settings(*, rebuild: bool = False, **overrides: Any) -> Settings:
+def load_settings(*, rebuild: bool = False, index: bool = True, **overrides: Any) -> Settings:
     """Build settings; whatever is wrong becomes a one-line ConfigError that names the setting (the
     option, ``HEADWATER_X`` or the headwater.toml key), its value (never a secret's), why, and what
     to do. The home's recorded index settings apply last (``home_settings``: what was not asked
     for comes from the home; a conflicting request is refused unless ``rebuild``)."""
     from headwater.home_settings import reconcile  # it imports this module
 
-    return reconcile(_build(overrides), rebuild=rebuild)
+    return reconcile(_build(overrides), rebuild=rebuild, index=index)
 
 
 def _build(overrides: dict[str, Any]) -> Settings:

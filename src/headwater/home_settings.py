@@ -63,10 +63,12 @@ def record(settings: Settings, embedder_id: str, dimensions: int) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def reconcile(settings: Settings, *, rebuild: bool = False) -> Settings:
+def reconcile(settings: Settings, *, rebuild: bool = False, index: bool = True) -> Settings:
     """The settings a command on this home must use: the recorded ones where nothing else was
     asked for explicitly; a conflicting explicit value is a ConfigError (or, with ``rebuild``,
-    the new value for the fields a re-index in place can change)."""
+    the new value for the fields a re-index in place can change). A command that does not touch
+    the index (``index=False``: the DLQ, jobs, features) takes the home's values and ignores a
+    conflicting one it would never use (a HEADWATER_EMBEDDER exported for another home)."""
     memory = recorded(settings.home)
     if memory is None:
         return settings
@@ -78,6 +80,9 @@ def reconcile(settings: Settings, *, rebuild: bool = False) -> Settings:
         if field not in settings.model_fields_set or asked == memory[field]:
             if asked != memory[field]:
                 update[field] = memory[field]
+            continue
+        if not index:
+            update[field] = memory[field]
             continue
         if rebuild and field in REBUILDABLE:
             continue

@@ -138,11 +138,10 @@ def test_config_show_names_every_source_and_masks_secrets(tmp_path: Path) -> Non
     assert "preset local" in table and "environment (STREAM_BATCH_SIZE)" in table
 
 
-def test_topic_names_from_the_seed_reach_the_bus_and_the_flag_wins(tmp_path: Path) -> None:
+def test_topic_names_from_the_seed_reach_the_bus_and_the_flag_wins(tmp_path: Path, nats_server: Any) -> None:
     def topic(*flags: str) -> str:
-        result = run(
-            tmp_path, "publish", "signals", str(EVENTS), "--json", *flags, env={"TOPIC_SIGNALS": "pumps"}
-        )
+        args = ("publish", "signals", str(EVENTS), "--json", "--bus", nats_server.url, *flags)
+        result = run(tmp_path, *args, env={"TOPIC_SIGNALS": "pumps"})
         assert result.returncode == 0, result.stderr
         name: str = json.loads(result.stdout.splitlines()[-1])["topic"]
         return name

@@ -102,7 +102,7 @@ def test_switching_embedder_on_an_index_is_refused(cli: Cli, corpus: Path, home:
     other = cli(
         "ingest", "docs", str(corpus), "--home", str(home), "--embedder", "hash://?dim=64", check=False
     )
-    assert other.returncode == 3 and "indexed with embedder" in other.stderr
+    assert other.returncode == 3 and "built with embedder" in other.stderr and "new --home" in other.stderr
 
 
 def test_failures_go_to_the_dlq_and_replay(cli: Cli, corpus: Path, home: Path) -> None:

@@ -80,3 +80,14 @@ def test_config_show_names_the_home_as_the_source_of_its_index_settings(
     rows = {r["name"]: r for r in json.loads(plain("config", "show", "--home", str(home), "--json").stdout)}
     assert rows["chunk_size_chars"]["value"] == 300 and rows["chunk_size_chars"]["source"] == "home"
     assert rows["embed_batch_size"]["source"] == "default"
+
+
+def test_commands_that_do_not_touch_the_index_ignore_another_homes_embedder(
+    plain: Cli, corpus: Path, home: Path
+) -> None:
+    """A HEADWATER_EMBEDDER exported for another home must not lock out the DLQ or jobs."""
+    ingest(plain, corpus, home, "--embedder", "hash://?dim=64")
+    env = {"HEADWATER_EMBEDDER": "hash://?dim=32"}
+    for command in (["dlq", "list"], ["jobs", "list"]):
+        assert plain(*command, "--home", str(home), env=env, check=False).returncode == 0, command
+    assert plain("status", "--home", str(home), env=env, check=False).returncode == 3

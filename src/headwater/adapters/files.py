@@ -90,7 +90,11 @@ def identity_of(relpath: str) -> str:
 class FileSource:
     def __init__(self, url: str, include: list[str] | None = None, exclude: list[str] | None = None) -> None:
         raw = unquote(url.removeprefix("file://"))
-        self.root = Path(raw).expanduser().resolve()
+        try:
+            self.root = Path(raw).expanduser().resolve()
+        except RuntimeError as exc:  # "~nobody-by-that-name"
+            msg = f"source folder {raw}: {exc} (give the folder's full path)"
+            raise ConfigError(msg) from exc
         self.uri = self.root.as_uri()
         self.include = _Globs(include or ["**/*"])
         self.exclude = _Globs(exclude or [])
