@@ -169,7 +169,7 @@ def create_app(
     token = settings.api_token.get_secret_value() if settings.api_token is not None else None
     if token:
         register_secret(token)
-    searcher = Searcher(settings)
+    searcher = Searcher(settings, resident=True)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -396,7 +396,7 @@ async def _warm(searcher: Searcher) -> None:
     """Open the index (load the model) at start-up, in the background: the first query does not
     pay for it. A failure is left for that query to report."""
     with contextlib.suppress(Exception):
-        await searcher.open()
+        await searcher.warm()
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -183,8 +183,9 @@ def test_concurrent_queries_are_answered_correctly(client: TestClient, indexed: 
 
 
 def test_a_query_sees_what_a_job_indexed_after_the_server_opened_the_index(
-    indexed: Path, tmp_path: Path
+    indexed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(index, "RESIDENT_REFRESH_SECONDS", 0.0)  # no wait for the in-memory copy
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "new.md").write_text("# Zebras\n\nStriped zebras graze on the savanna at dawn.\n")
@@ -269,3 +270,34 @@ def test_a_secret_in_a_document_is_not_in_the_answer(corpus: Path, tmp_path: Pat
         assert "Deploy notes" in response.text
         assert key not in response.text
         assert TOKEN not in response.text
+
+
+def test_the_in_memory_copy_answers_as_the_vector_store_does(indexed: Path) -> None:
+    stored = chunks(indexed)
+
+    async def both(text: str, k: int, prefix: str | None) -> tuple[Any, Any]:
+        resident, plain = (
+            index.Searcher(make_settings(indexed), resident=True),
+            index.Searcher(make_settings(indexed)),
+        )
+        try:
+            a = await resident.search(text, k, uri_prefix=prefix)
+            b = await plain.search(text, k, uri_prefix=prefix)
+            assert resident._resident is not None
+            assert resident._resident.matrix is not None  # it did answer from memory
+            return a, b
+        finally:
+            await resident.close()
+            await plain.close()
+
+    for text, k, prefix in [
+        ("how do retries work?", 5, None),
+        (stored[3]["text"], 3, None),
+        ("signals and windows", 4, "guides/"),
+        ("configuration", len(stored) + 5, "reference/"),
+        ("anything", 5, "nowhere/"),
+    ]:
+        memory, store = asyncio.run(both(text, k, prefix))
+        assert [h["chunk_id"] for h in memory] == [h["chunk_id"] for h in store], (text, prefix)
+        assert [h["score"] for h in memory] == pytest.approx([h["score"] for h in store], abs=1e-5)
+        assert memory == [{**h, "score": m["score"]} for h, m in zip(store, memory, strict=True)]

@@ -221,6 +221,19 @@ class LanceVectorStore:
 
         return await self._thread.call(_search)
 
+    async def snapshot(self, since: int | None = None) -> tuple[int, pa.Table | None]:
+        """The table's latest version and, unless that is still ``since``, all its rows, vectors
+        included: for a reader that searches in memory (the server's ``Searcher``)."""
+
+        def _snapshot() -> tuple[int, pa.Table | None]:
+            self.table.checkout_latest()
+            version = int(self.table.version)
+            if version == since:
+                return version, None
+            return version, self.table.search().select(_ROW_COLUMNS).limit(None).to_arrow()
+
+        return await self._thread.call(_snapshot)
+
     async def scan(self) -> AsyncIterator[Chunk]:
         reader = await self._thread.call(
             lambda: self.table.search().select(_KEY_COLUMNS).limit(None).to_batches(4096)

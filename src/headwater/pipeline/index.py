@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import math
+import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from headwater.adapters._thread import OwnThread
 from headwater.adapters.lancedb import TABLE as LANCE_TABLE
 from headwater.bootstrap import build_document_pipeline, make_embedder, make_metadata_store, make_vector_store
 from headwater.config import Settings
@@ -27,6 +31,8 @@ from headwater.ports import DocState, Embedder, Vectors, VectorStore
 
 _NO_DIMENSIONS = 0
 _OVERFETCH = 8  # a store that cannot filter by uri prefix is asked for k x this, then more
+RESIDENT_MAX_ROWS = 200_000  # ~300 MB of 384-dimensional vectors: a server keeps no more in memory
+RESIDENT_REFRESH_SECONDS = 1.0  # see _Resident
 
 
 async def _open_index(settings: Settings) -> tuple[Any, Any, Any]:
@@ -198,11 +204,12 @@ class Searcher:
     its own thread, off the event loop. Opening is lazy (the first ``search`` or ``open``) and
     happens once, however many queries race for it; ``close()`` lets a later query reopen."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, resident: bool = False) -> None:
         self.settings = settings
         self._embedder: Embedder | None = None
         self._vectors: VectorStore | None = None
         self._lock = asyncio.Lock()
+        self._resident = _Resident() if resident else None
 
     @property
     def embedder_id(self) -> str | None:
@@ -217,6 +224,7 @@ class Searcher:
                     warm = getattr(embedder, "warm", None)  # a local model loads now, not mid-query
                     if warm is not None:
                         await warm()
+                        await _one_intra_op_thread(embedder)
                     vectors = make_vector_store(self.settings)
                     await vectors.open(embedder.dimensions)
                 except BaseException:
@@ -225,12 +233,21 @@ class Searcher:
                 self._embedder, self._vectors = embedder, vectors
             return self._embedder, self._vectors
 
+    async def warm(self) -> None:
+        """Open the index and load the in-memory copy now (a server's start-up), not on a query."""
+        _, vectors = await self.open()
+        if self._resident is not None:
+            await self._resident.refresh(vectors)
+
     async def search(self, text: str, k: int, *, uri_prefix: str | None = None) -> list[dict[str, Any]]:
         """The ``k`` chunks nearest to ``text`` (cosine, best first), only those whose ``uri``
         starts with ``uri_prefix`` when one is given."""
         embedder, vectors = await self.open()
         vector = (await embedder.embed([text]))[0]
-        hits = await _search(vectors, vector, k, uri_prefix)
+        found = (
+            None if self._resident is None else await self._resident.search(vectors, vector, k, uri_prefix)
+        )
+        hits = found if found is not None else await _search(vectors, vector, k, uri_prefix)
         return [{**_chunk_dict(chunk), "score": round(score, 6)} for chunk, score in hits]
 
     async def close(self) -> None:
@@ -263,6 +280,91 @@ async def _search(
         if len(kept) >= k or fetch >= total:
             return kept[:k]
         fetch *= 2
+
+
+async def _one_intra_op_thread(embedder: Embedder) -> None:
+    """A query is one short text, which one core encodes as fast as two; and on a machine whose
+    cores are busy (ingest jobs, other processes) torch's intra-op threads wait for each other at
+    every op: MiniLM's ~16 ms encode took ~400 ms (median) with 2 threads on 2 busy cores, 19 ms
+    with 1. torch's thread count (OpenMP, MKL) is per OS thread: this sets it in the embedder's
+    own thread only, so the server's ingest jobs keep theirs."""
+    thread = getattr(embedder, "_thread", None)  # a local model's dedicated thread (OwnThread)
+    torch = sys.modules.get("torch")
+    if isinstance(thread, OwnThread) and torch is not None:
+        await thread.call(torch.set_num_threads, 1)
+
+
+class _Resident:
+    """The index held in memory by a long-lived ``Searcher`` (with ``resident=True``): LanceDB's
+    flat search re-reads every vector of the table for each query (~25 ms at 20k chunks on 2
+    cores); a matrix product over vectors already in memory takes ~2 ms. The copy follows the
+    store's versions, reloaded at most once per ``RESIDENT_REFRESH_SECONDS`` (a query may miss a
+    write for that long; an ingest writes every few seconds). Over ``RESIDENT_MAX_ROWS`` rows, or
+    with a store that cannot give a snapshot, queries go to the store's own search."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.matrix: Any = None  # float32, rows normalised: a dot product is the cosine
+        self.rows: Any = None  # pyarrow table of the key columns, in matrix order
+        self.uris: Any = None
+        self.checked = -math.inf
+        self.lock = asyncio.Lock()
+
+    async def search(
+        self, vectors: VectorStore, vector: Vectors, k: int, uri_prefix: str | None
+    ) -> list[tuple[Chunk, float]] | None:
+        await self.refresh(vectors)
+        if self.matrix is None:
+            return None
+        matrix, rows, uris = self.matrix, self.rows, self.uris
+        return await asyncio.to_thread(_rank, matrix, rows, uris, vector, k, uri_prefix)
+
+    async def refresh(self, vectors: VectorStore) -> None:
+        snapshot = getattr(vectors, "snapshot", None)
+        if snapshot is None or time.monotonic() - self.checked < RESIDENT_REFRESH_SECONDS:
+            return
+        async with self.lock:
+            if time.monotonic() - self.checked < RESIDENT_REFRESH_SECONDS:
+                return
+            self.checked = time.monotonic()
+            if await vectors.count() > RESIDENT_MAX_ROWS:
+                self.version = self.matrix = self.rows = self.uris = None
+                return
+            version, table = await snapshot(self.version)
+            if table is not None:
+                self.matrix, self.rows, self.uris = await asyncio.to_thread(_load_resident, table)
+                self.version = version
+
+
+def _load_resident(table: Any) -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    column = table.column("vector").combine_chunks()
+    dims = column.type.list_size
+    raw = np.asarray(column.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dims)
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    matrix = (raw / np.where(norms == 0, 1, norms)).astype(np.float32)
+    rows = table.drop_columns(["vector"])
+    uris = np.asarray(rows.column("uri").to_pylist(), dtype=str)
+    return matrix, rows, uris
+
+
+def _rank(
+    matrix: Any, rows: Any, uris: Any, vector: Any, k: int, uri_prefix: str | None
+) -> list[tuple[Chunk, float]]:
+    import numpy as np
+
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(query))
+    scores = matrix @ (query / (norm or 1.0))
+    candidates = np.arange(len(scores))
+    if uri_prefix:
+        candidates = np.flatnonzero(np.char.startswith(uris, uri_prefix))
+        scores = scores[candidates]
+    top = np.argpartition(-scores, k)[:k] if k < len(scores) else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    picked = rows.take(candidates[top]).to_pylist()
+    return [(Chunk(**row), float(score)) for row, score in zip(picked, scores[top], strict=True)]
 
 
 def has_index(settings: Settings) -> bool:
