@@ -12,6 +12,7 @@ import errno
 import importlib.util
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -301,12 +302,20 @@ def _import_lancedb() -> Any:
     """lancedb in ~0.5 s instead of ~2.2 s: its import is the fixed cost of every run that
     writes (it holds the GIL while the first documents are prepared) and of every query. Three
     parts of it serve nothing a local table uses, and each is put off, not changed."""
-    if "lancedb" in sys.modules:
-        return sys.modules["lancedb"]
-    _defer_namespace_client()
-    with _overrides_as_on_python_312(), _pydantic_builds_deferred():
-        import lancedb
-    return lancedb
+    # One import at a time: a second thread (a server warming its query index while a job opens
+    # its vector store) found the module half-initialized in sys.modules and took it as loaded
+    # ("partially initialized module 'lancedb' has no attribute 'connect'"); the patches below
+    # are process-wide too.
+    with _IMPORTING:
+        if "lancedb" in sys.modules:
+            return sys.modules["lancedb"]
+        _defer_namespace_client()
+        with _overrides_as_on_python_312(), _pydantic_builds_deferred():
+            import lancedb
+        return lancedb
+
+
+_IMPORTING = threading.Lock()
 
 
 @contextlib.contextmanager
