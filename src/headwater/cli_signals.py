@@ -83,7 +83,10 @@ WindowsOpt = Annotated[
 ]
 LatenessOpt = Annotated[str | None, typer.Option(parser=duration, help="Allowed lateness, e.g. 2s")]
 LatePolicyOpt = Annotated[LatePolicy | None, typer.Option(help="What to do with late events")]
-VersionOpt = Annotated[int | None, typer.Option("--feature-version", min=0, help="Feature set version")]
+MAX_VERSION = 2**31 - 1  # a key column of every store (SQLite's integers end at 2**63 - 1)
+VersionOpt = Annotated[
+    int | None, typer.Option("--feature-version", min=0, max=MAX_VERSION, help="Feature set version")
+]
 
 features_app = typer.Typer(no_args_is_help=True, help="Read the feature stores.")
 

@@ -189,7 +189,7 @@ class Settings(BaseSettings):
 
     # --- signals (issue #3): defaults for feature sets not declared in headwater.toml ---------
     feature_set: str = "default"
-    feature_set_version: int | None = Field(None, ge=0)  # None: the declared version, else 1
+    feature_set_version: int | None = Field(None, ge=0, le=2**31 - 1)  # None: the declared version, else 1
     windows: StrList = Field(default_factory=lambda: ["1s", "5s", "1m"])
     lateness_ms: int = Field(2000, ge=0)
     late_policy: str = Field("drop", pattern="^(drop|hold|correct)$")

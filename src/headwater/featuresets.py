@@ -159,8 +159,8 @@ def _check(spec: FeatureSetSpec) -> None:
         problems.append("lateness and correct_horizon must be >= 0")
     if not 0.0 < spec.ewma_alpha <= 1.0:
         problems.append("ewma_alpha must be in (0, 1]")
-    if spec.version < 0 or spec.zscore_window_ms <= 0:
-        problems.append("version must be >= 0 and zscore_window > 0")
+    if not 0 <= spec.version <= 2**31 - 1 or spec.zscore_window_ms <= 0:
+        problems.append("version must be between 0 and 2**31 - 1 and zscore_window > 0")
     if problems:
         msg = f"invalid feature set {spec.name!r}: {'; '.join(problems)}"
         raise ConfigError(msg)
