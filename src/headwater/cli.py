@@ -184,9 +184,17 @@ def query(
         return
     for i, hit in enumerate(hits, 1):
         snippet = " ".join(hit["text"].split())[:200]
-        out.print(
-            f"[bold]{i}.[/] {hit['uri']} [dim]@{hit['offset']} score {hit['score']:.3f}[/]\n   {snippet}"
-        )
+        out.print(f"[bold]{i}.[/] {hit['uri']} [dim]{_where(hit)} score {hit['score']:.3f}[/]\n   {snippet}")
+
+
+def _where(hit: dict[str, Any]) -> str:
+    """A citation: the page of a PDF, else the characters of the file the chunk came from."""
+    if hit.get("page"):
+        pages = hit["page"] if hit["page"] == hit["page_end"] else f"{hit['page']}-{hit['page_end']}"
+        return f"p. {pages}"
+    if hit.get("source_start") is not None:
+        return f"chars {hit['source_start']}-{hit['source_end']}"
+    return f"@{hit['offset']}"
 
 
 @app.command()

@@ -58,6 +58,10 @@ class Document(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Chunk(msgspec.Struct, frozen=True, kw_only=True):
+    """``offset``/``length`` index the normalized text the chunk was cut from; ``source_start``/
+    ``source_end`` are the span in the decoded file (for a PDF, in page ``page``'s extracted text
+    to page ``page_end``'s): what a citation highlights. None for chunks written before spans."""
+
     doc_id: str
     chunk_id: str
     uri: str
@@ -65,6 +69,10 @@ class Chunk(msgspec.Struct, frozen=True, kw_only=True):
     length: int
     chunk_hash: str
     text: str
+    source_start: int | None = None
+    source_end: int | None = None
+    page: int | None = None
+    page_end: int | None = None
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):

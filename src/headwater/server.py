@@ -125,8 +125,16 @@ class Hit(BaseModel):
     score: float = Field(description="Cosine similarity, higher is closer")
     doc_id: str
     uri: str = Field(description="The document's path relative to the folder it was ingested from")
-    offset: int = Field(description="Where the chunk starts in the document's text, in characters")
+    offset: int = Field(description="Where the chunk starts in the document's normalized text, in characters")
     length: int
+    source_start: int | None = Field(
+        description="Where the chunk starts in the decoded file (for a PDF, in page `page`'s extracted text)"
+    )
+    source_end: int | None = Field(
+        description="Where it ends (exclusive; for a PDF, in page `page_end`'s text); null: older index",
+    )
+    page: int | None = Field(description="PDFs: the page the chunk starts on, from 1; null otherwise")
+    page_end: int | None = Field(description="PDFs: the page it ends on")
     chunk_id: str
 
 

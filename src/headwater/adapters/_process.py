@@ -56,6 +56,7 @@ async def batches_from_child(
             try:
                 frame = await asyncio.to_thread(receiving.recv_bytes)
             except EOFError:
+                await asyncio.to_thread(child.join, 5)  # its pipe closes a moment before it is reaped
                 msg = f"the listing process ended without finishing (exit code {child.exitcode})"
                 raise AdapterError(msg) from None
             kind, payload = frame[:1], frame[1:]

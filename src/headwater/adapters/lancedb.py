@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 TABLE = "chunks"
-_KEY_COLUMNS = ["doc_id", "chunk_id", "uri", "offset", "length", "chunk_hash", "text"]
+_SPAN_COLUMNS = ["source_start", "source_end", "page", "page_end"]
+_POSITION_COLUMNS = ["uri", "offset", "length", *_SPAN_COLUMNS]
+_KEY_COLUMNS = ["doc_id", "chunk_id", "uri", "offset", "length", "chunk_hash", "text", *_SPAN_COLUMNS]
 _ROW_COLUMNS = [*_KEY_COLUMNS, "vector"]
 _IN_BATCH = 2000
 COMPACT_MAX_ROWS = 100_000  # see LanceVectorStore._maintain
@@ -49,6 +51,7 @@ def _schema(dimensions: int) -> pa.Schema:
             ("chunk_hash", pa.string()),
             ("text", pa.string()),
             ("vector", pa.list_(pa.float32(), dimensions)),
+            *((name, pa.int64()) for name in _SPAN_COLUMNS),
         ]
     )
 
@@ -87,6 +90,7 @@ class LanceVectorStore:
         self._thread = _StoreThread("lancedb", self.path)
         self._table: Any = None
         self._writes = 0
+        self._spans = False  # the table has the source span columns (see _add_span_columns)
 
     async def open(self, dimensions: int) -> None:
         os.environ.setdefault("LANCE_LOG", "error")
@@ -115,6 +119,17 @@ class LanceVectorStore:
             raise ConfigError(msg)
         self._table = table
 
+    def _keys(self) -> list[str]:
+        """The key columns this table has: one from before source spans lacks theirs until its
+        first write adds them (a reader never writes), and its rows read as spans of None."""
+        names = set(self.table.schema.names)
+        return [c for c in _KEY_COLUMNS if c in names]
+
+    def _add_span_columns(self) -> None:
+        if not self._spans and "source_start" not in self.table.schema.names:
+            self.table.add_columns({name: "CAST(NULL AS BIGINT)" for name in _SPAN_COLUMNS})
+        self._spans = True
+
     async def upsert(self, chunks: Sequence[Chunk], vectors: Vectors, *, fresh: bool = False) -> None:
         if not chunks:
             return
@@ -124,6 +139,7 @@ class LanceVectorStore:
         import numpy as np
         import pyarrow as pa
 
+        self._add_span_columns()
         dims = vectors.shape[1]
         data = pa.table(
             {
@@ -137,6 +153,7 @@ class LanceVectorStore:
                 "vector": pa.FixedSizeListArray.from_arrays(
                     pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)), dims
                 ),
+                **{name: [getattr(c, name) for c in chunks] for name in _SPAN_COLUMNS},
             },
             schema=_schema(dims),
         )
@@ -166,6 +183,7 @@ class LanceVectorStore:
         merge them back whole. A merge of only uri/offset/length looks cheaper but is not: once a
         fragment carries deletions, lancedb answers it with a full-table join (~1.3 GB at 240k
         rows); a merge of whole rows stays a lookup and writes only the moved rows."""
+        self._add_span_columns()
         wanted = {c.chunk_id: c for c in chunks}
         ids = sorted(wanted)
         for start in range(0, len(ids), _IN_BATCH):
@@ -207,17 +225,18 @@ class LanceVectorStore:
 
         def _search() -> list[tuple[Chunk, float]]:
             self.table.checkout_latest()
+            keys = self._keys()
             search = (
                 self.table.search(np.asarray(vector, dtype=np.float32).reshape(-1))
                 .metric("cosine")
-                .select([*_KEY_COLUMNS, "_distance"])
+                .select([*keys, "_distance"])
                 .limit(k)
             )
             if uri_prefix:
                 search = search.where(f"starts_with(uri, {_quote([uri_prefix])})", prefilter=True)
             rows = search.to_list()
             return [
-                (Chunk(**{c: row[c] for c in _KEY_COLUMNS}), 1.0 - float(row["_distance"])) for row in rows
+                (Chunk(**{c: row[c] for c in keys}), 1.0 - float(row["_distance"])) for row in rows
             ]
 
         return await self._thread.call(_search)
@@ -231,13 +250,13 @@ class LanceVectorStore:
             version = int(self.table.version)
             if version == since:
                 return version, None
-            return version, self.table.search().select(_ROW_COLUMNS).limit(None).to_arrow()
+            return version, self.table.search().select([*self._keys(), "vector"]).limit(None).to_arrow()
 
         return await self._thread.call(_snapshot)
 
     async def scan(self) -> AsyncIterator[Chunk]:
         reader = await self._thread.call(
-            lambda: self.table.search().select(_KEY_COLUMNS).limit(None).to_batches(4096)
+            lambda: self.table.search().select(self._keys()).limit(None).to_batches(4096)
         )
         while True:
             batch = await self._thread.call(_next_batch, reader)
@@ -396,24 +415,24 @@ def _btree() -> Any:
 
 
 def _moved_rows(stored: pa.Table, wanted: dict[str, Chunk]) -> pa.Table | None:
-    """The stored rows whose uri/offset/length differ from ``wanted``, with the new values."""
+    """The stored rows whose position (uri, offsets, source span) differs from ``wanted``, with
+    the new values."""
     import pyarrow as pa
 
-    keys = zip(*(stored[c].to_pylist() for c in ("chunk_id", "uri", "offset", "length")), strict=True)
+    ids = stored["chunk_id"].to_pylist()
+    keys = zip(*(stored[c].to_pylist() for c in _POSITION_COLUMNS), strict=True)
     picks, positions = [], []
-    for i, (chunk_id, uri, offset, length) in enumerate(keys):
+    for i, (chunk_id, key) in enumerate(zip(ids, keys, strict=True)):
         new = wanted[chunk_id]
-        if (new.uri, new.offset, new.length) != (uri, offset, length):
+        if tuple(getattr(new, c) for c in _POSITION_COLUMNS) != key:
             picks.append(i)
             positions.append(new)
     if not picks:
         return None
     rows = stored.take(picks)
-    for name, values in (
-        ("uri", pa.array([c.uri for c in positions], pa.string())),
-        ("offset", pa.array([c.offset for c in positions], pa.int64())),
-        ("length", pa.array([c.length for c in positions], pa.int64())),
-    ):
+    for name in _POSITION_COLUMNS:
+        kind = pa.string() if name == "uri" else pa.int64()
+        values = pa.array([getattr(c, name) for c in positions], kind)
         rows = rows.set_column(rows.schema.get_field_index(name), name, values)
     return rows
 

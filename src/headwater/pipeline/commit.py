@@ -227,6 +227,10 @@ def _row(r: ReadyDocument, c: TextChunk) -> Chunk:
         length=c.length,
         chunk_hash=c.chunk_hash,
         text=c.text,
+        source_start=c.source_start,
+        source_end=c.source_end,
+        page=c.page,
+        page_end=c.page_end,
     )
 
 

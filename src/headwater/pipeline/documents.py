@@ -66,6 +66,7 @@ SKIP_REASONS = {"done": "unchanged", "failed": "previously_failed"}  # by record
 SCAN_BATCH = 1024
 PREPARE_BATCH_DOCS = 32  # documents per round trip to a worker process
 PREPARE_BATCH_BYTES = 4 * 1024 * 1024
+SOURCE_SPANS = "1"  # chunks carry their span in the source (stages.spans); older homes are re-prepared once
 WRITE_BACKLOG_GROUPS = 2  # embedded groups waiting for their write: 1 is jitter, 2 is congestion
 
 
@@ -192,6 +193,7 @@ class _DocumentRun:
         self._starting = asyncio.Lock()
         self._pool_started = False
         self.force = False
+        self.spans_pending = False
         self.found: set[str] = set()
         self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
         self.options = PrepareOptions(
@@ -253,6 +255,8 @@ class _DocumentRun:
                 await self._prepare_suspects()
                 await self.committer.flush()
                 await self._delete_vanished()
+                if self.spans_pending and self.p.only is None:
+                    await self.p.metadata.set_setting(self._spans_key, SOURCE_SPANS)
             except BaseException:
                 await self._release_claims()
                 raise
@@ -298,8 +302,20 @@ class _DocumentRun:
         home_settings.record(self.s, self.p.embedder.id, self.p.embedder.dimensions)
         key = self.options.chunker_key
         # A new chunker configuration re-keys every chunk: the unchanged-file fast path must not apply.
-        self.force = (await self.p.metadata.get_setting("chunker_key")) not in (None, key)
+        was = await self.p.metadata.get_setting("chunker_key")
+        self.force = was not in (None, key)
         await self.p.metadata.set_setting("chunker_key", key)
+        # A home indexed before chunks carried their source span: every document is prepared
+        # again once (same chunk ids, so nothing is embedded; only the positions are rewritten).
+        if await self.p.metadata.get_setting(self._spans_key) != SOURCE_SPANS:
+            if was is None:
+                await self.p.metadata.set_setting(self._spans_key, SOURCE_SPANS)
+            else:
+                self.force = self.spans_pending = True
+
+    @property
+    def _spans_key(self) -> str:
+        return f"source_spans:{self.p.source.uri}"
 
     # -- scan ---------------------------------------------------------------------------------
     async def _scan(self) -> None:

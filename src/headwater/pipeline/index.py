@@ -392,6 +392,10 @@ def _chunk_dict(chunk: Chunk) -> dict[str, Any]:
         "chunk_id": chunk.chunk_id,
         "offset": chunk.offset,
         "length": chunk.length,
+        "source_start": chunk.source_start,
+        "source_end": chunk.source_end,
+        "page": chunk.page,
+        "page_end": chunk.page_end,
         "chunk_hash": chunk.chunk_hash,
         "text": chunk.text,
     }

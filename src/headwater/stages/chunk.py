@@ -9,6 +9,7 @@ text elsewhere in a document leaves the other chunks' ids unchanged.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import msgspec
 
@@ -24,6 +25,10 @@ class TextChunk(msgspec.Struct, frozen=True):
     offset: int
     length: int
     text: str
+    source_start: int | None = None
+    source_end: int | None = None
+    page: int | None = None
+    page_end: int | None = None
 
 
 def chunker_key(size: int, overlap: int, pii_scrub: bool) -> str:
@@ -57,7 +62,13 @@ def split_text(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
     return result
 
 
-def chunk_text(doc_id: str, text: str, *, size: int, overlap: int, config_key: str) -> list[TextChunk]:
+Locate = Callable[[int, int], tuple[int, int, int | None, int | None]]
+"""[start, end) of the chunked text → (source_start, source_end, page, page_end): stages.spans."""
+
+
+def chunk_text(
+    doc_id: str, text: str, *, size: int, overlap: int, config_key: str, locate: Locate | None = None
+) -> list[TextChunk]:
     seen: Counter[str] = Counter()
     chunks = []
     for start, end in split_text(text, size, overlap):
@@ -65,6 +76,7 @@ def chunk_text(doc_id: str, text: str, *, size: int, overlap: int, config_key: s
         chunk_hash = sha256_hex(piece)
         n = seen[chunk_hash]
         seen[chunk_hash] += 1
+        source_start, source_end, page, page_end = locate(start, end) if locate else (None, None, None, None)
         chunks.append(
             TextChunk(
                 chunk_id=make_chunk_id(doc_id, chunk_hash, n, config_key),
@@ -72,6 +84,10 @@ def chunk_text(doc_id: str, text: str, *, size: int, overlap: int, config_key: s
                 offset=start,
                 length=end - start,
                 text=piece,
+                source_start=source_start,
+                source_end=source_end,
+                page=page,
+                page_end=page_end,
             )
         )
     return chunks

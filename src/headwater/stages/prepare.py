@@ -12,8 +12,9 @@ import msgspec
 from headwater.errors import InputError
 from headwater.stages.chunk import TextChunk, chunk_text
 from headwater.stages.extract import extract
-from headwater.stages.normalize import normalize_text, strip_repeated_edges
+from headwater.stages.normalize import normalize_text, strip_repeated_edges_mapped
 from headwater.stages.scrub import scrub_pii
+from headwater.stages.spans import PageMap, SourceMap, span_of
 
 
 class PrepareOptions(msgspec.Struct, frozen=True):
@@ -34,12 +35,16 @@ class PreparedDocument(msgspec.Struct, frozen=True):
 def prepare_document(doc_id: str, relpath: str, data: bytes, options: PrepareOptions) -> PreparedDocument:
     extracted = extract(relpath, data, pdf_max_pages=options.pdf_max_pages)
     text = extracted.text
+    pages = None
     if extracted.pages:
-        text = "\n\n".join(strip_repeated_edges(extracted.pages))
-    text = normalize_text(text)
+        cleaned, edges = strip_repeated_edges_mapped(extracted.pages)
+        pages = PageMap(cleaned, edges)
+        text = "\n\n".join(cleaned)
+    steps = SourceMap()
+    text = normalize_text(text, steps)
     redactions: dict[str, int] = {}
     if options.pii_scrub:
-        text, counts = scrub_pii(text)
+        text, counts = scrub_pii(text, steps)
         redactions = dict(counts)
     chunks = chunk_text(
         doc_id,
@@ -47,6 +52,7 @@ def prepare_document(doc_id: str, relpath: str, data: bytes, options: PrepareOpt
         size=options.chunk_size_chars,
         overlap=options.chunk_overlap_chars,
         config_key=options.chunker_key,
+        locate=lambda start, end: span_of(start, end, steps, pages),
     )
     return PreparedDocument(doc_id=doc_id, chunks=chunks, text_chars=len(text), redactions=redactions)
 

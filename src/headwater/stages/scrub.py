@@ -11,6 +11,8 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
+from headwater.stages.spans import SourceMap, rewrite
+
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
@@ -69,15 +71,17 @@ _RULES: list[tuple[str, re.Pattern[str], Callable[[str], bool]]] = [
 ]
 
 
-def scrub_pii(text: str) -> tuple[str, Counter[str]]:
+def scrub_pii(text: str, steps: SourceMap | None = None) -> tuple[str, Counter[str]]:
+    """With ``steps``, each rule's rewrite records its map (stages.spans)."""
     counts: Counter[str] = Counter()
     for label, pattern, check in _RULES:
-
-        def replace(match: re.Match[str], label: str = label, check: Callable[[str], bool] = check) -> str:
-            if not check(match.group(0)):
-                return match.group(0)
-            counts[label] += 1
-            return f"[{label}]"
-
-        text = pattern.sub(replace, text)
+        edits = []
+        for match in pattern.finditer(text):
+            if check(match.group(0)):
+                counts[label] += 1
+                edits.append((match.start(), match.end(), f"[{label}]"))
+        if edits:
+            text, positions = rewrite(text, edits)
+            if steps is not None:
+                steps.add(positions)
     return text, counts
