@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from headwater.events import Event, to_json
+from headwater.events import AdapterStateChange, Event, to_json
 
 PLAIN_INTERVAL_SECONDS = 10.0
 JSON_FLUSH_SECONDS = 0.05
@@ -117,6 +117,8 @@ async def _render_json(events: AsyncIterator[Any]) -> Any:
 
 def _line_for(event: Event) -> str | None:
     kind = type(event).__name__
+    if isinstance(event, AdapterStateChange):
+        return adapter_state_line(event)
     if kind == "WaitingForHome":
         return (
             f"[yellow]waiting:[/] the home {escape(event.home)} is being written by "  # type: ignore[attr-defined]
@@ -126,6 +128,13 @@ def _line_for(event: Event) -> str | None:
     if kind.endswith("Failed"):
         return f"[red]failed[/] {getattr(event, 'uri', '')}: {getattr(event, 'message', '')}"
     return None
+
+
+def adapter_state_line(event: AdapterStateChange) -> str:
+    healthy = event.state in ("closed", "regained")
+    colour = "green" if healthy else "yellow"
+    detail = f": {escape(event.detail)}" if event.detail else ""
+    return f"[{colour}]{event.adapter} {escape(event.name)} {event.state}[/]{detail}"
 
 
 async def _render_bar(events: AsyncIterator[Any], console: Console, label: str) -> Any:

@@ -20,10 +20,12 @@ import typer
 from rich.console import Console
 
 from headwater.cli_guard import EXIT_SIGNAL_BASE, run_async, run_guarded
+from headwater.cli_render import adapter_state_line
 from headwater.cli_signals import LatenessOpt, LatePolicyOpt, VersionOpt, WindowsOpt, duration
 from headwater.config import Settings
 from headwater.errors import ConfigError
 from headwater.events import (
+    AdapterStateChange,
     ChangesPublished,
     DocumentFailed,
     Event,
@@ -150,6 +152,8 @@ async def _show(
             )
         elif isinstance(event, DocumentFailed):
             err.print(f"[red]failed[/] {event.uri} ({event.stage}): {event.message}")
+        elif isinstance(event, AdapterStateChange):
+            err.print(adapter_state_line(event))
         elif isinstance(event, ChangesPublished) and (event.added or event.updated or event.deleted):
             err.print(f"published: {event.added} added, {event.updated} updated, {event.deleted} deleted")
         if isinstance(event, WorkerBatch):

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     pdf_max_pages: int = Field(0, ge=0)  # 0: no page limit (extraction is bounded by time and memory)
     extract_timeout_seconds: float = Field(60.0, gt=0)
     progress_interval_seconds: float = Field(2.0, gt=0)
+    document_started_events: bool = False  # opt-in: a DocumentStarted event for each document read
     wait_for_home: bool = True  # another writer holds the home: wait (False: exit 4 at once)
 
     @model_validator(mode="before")

@@ -92,9 +92,30 @@ class WaitingForHome(Event, frozen=True, kw_only=True):
     holder: str
 
 
+class DocumentStarted(Event, frozen=True, kw_only=True):
+    """A document is being read and prepared; its outcome event (completed, skipped as unchanged
+    content, failed) follows. Opt-in (``document_started_events``): one more event per changed
+    document. A file skipped on its size and mtime alone is never started."""
+
+    doc_id: str
+    uri: str
+
+
+class AdapterStateChange(Event, frozen=True, kw_only=True):
+    """An adapter's link to its server changed: a bus connection ``lost`` / ``regained``, an
+    embedder's circuit breaker ``open`` / ``half_open`` / ``closed``."""
+
+    adapter: str  # "embedder" | "bus"
+    name: str  # the server, without credentials
+    state: str
+    detail: str = ""
+
+
 DocumentEvent = (
     RunStarted
     | WaitingForHome
+    | DocumentStarted
+    | AdapterStateChange
     | DocumentCompleted
     | DocumentSkipped
     | DocumentFailed

@@ -7,7 +7,7 @@ is idempotent, because the engine replays work after a crash rather than trustin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
@@ -72,6 +72,19 @@ class Source(Protocol):
         A cold run reads thousands of small files: one hand-off to a thread per batch instead
         of one per file, each waiting for the GIL, was most of the time its scan spent reading."""
         ...
+
+
+StateListener: TypeAlias = "Callable[[str, str, str], None]"
+"""(name, state, detail): an adapter's link to its server changed; ``name`` has no credentials."""
+
+
+@runtime_checkable
+class WatchesState(Protocol):
+    """Optional, for adapters with a server behind them (embedders, buses): the one listener
+    registered is told of each change of their link (events.AdapterStateChange), synchronously
+    and from the adapter's event loop; it must not block. None unregisters it."""
+
+    def watch_state(self, listener: StateListener | None) -> None: ...
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +19,7 @@ import pytest
 
 from headwater import registry
 from headwater.errors import RetryableError
-from headwater.ports import BusMessage, StreamBus
+from headwater.ports import BusMessage, StreamBus, WatchesState
 from tests.servers import ServerProcess
 
 MakeBus = Callable[..., Awaitable[StreamBus]]
@@ -188,6 +189,9 @@ async def test_bus_survives_a_server_restart(
     if bus_server is None:
         pytest.skip("the in-memory bus has no server to restart")
     bus = await make_bus(ack_wait=30)
+    changes: list[tuple[str, str]] = []
+    assert isinstance(bus, WatchesState), "a bus with a server reports its link (AdapterStateChange)"
+    bus.watch_state(lambda name, state, _detail: changes.append((name, state)))
     await bus.publish(topic, [b"before-1", b"before-2"])
     held = await bus.consume(topic, "g", max_messages=1, timeout_seconds=5)
     assert [m.body for m in held] == [b"before-1"]
@@ -210,6 +214,11 @@ async def test_bus_survives_a_server_restart(
     assert {m.body for m in got} <= {b"before-2", b"after", b"down"}
     await retrying(lambda: bus.ack(got))
     assert await retrying(lambda: bus.pending(topic, "g")) == 0
+    # The link was reported lost, then regained, naming the server without credentials.
+    states = [state for _, state in changes]
+    assert states[:1] == ["lost"] and states[-1] == "regained", changes
+    assert all(a != b for a, b in itertools.pairwise(states)), changes  # changes only
+    assert all("127.0.0.1" in name and "@" not in name for name, _ in changes), changes
 
 
 async def test_dead_letters_keep_body_and_reason_exactly(make_bus: MakeBus, topic: str) -> None:

@@ -21,7 +21,8 @@ import pytest
 from headwater import load_settings
 from headwater.bootstrap import build_document_pipeline
 from headwater.config import Settings
-from headwater.events import BatchProgress, DocumentFailed, RunCompleted
+from headwater.errors import EmbedderUnavailable
+from headwater.events import AdapterStateChange, BatchProgress, DocumentFailed, RunCompleted
 from headwater.jobs import build_job_service
 from headwater.pipeline.index import status
 from headwater.ports import JobEvent, JobStatus
@@ -156,6 +157,23 @@ async def test_a_dead_server_pauses_the_job_and_resume_converges(
     assert job.status is S.SUCCEEDED and job.runs == 2, (job.status, job.reason)
     assert job.progress["skipped"] >= done_before  # finished documents were not redone
     assert str((await status(s))["fingerprint"]) == clean_fingerprint
+
+
+async def test_the_breaker_opening_is_an_event_before_the_error(corpus: Path, tmp_path: Path) -> None:
+    """Python API: the run reports the embedder's breaker opening (AdapterStateChange) among its
+    events, then stops with EmbedderUnavailable."""
+    server = FakeEmbeddingServer(dimensions=16, plan=["503"] * 10_000).start()
+    url = f"{server.url}?{options(attempts=1, breaker_failures=2, breaker_cooldown=30)}"
+    seen: list[object] = []
+    try:
+        pipeline = build_document_pipeline(settings_for(tmp_path / "home", url), str(corpus))
+        with pytest.raises(EmbedderUnavailable):
+            seen.extend([event async for event in pipeline.stream_events()])
+    finally:
+        server.stop()
+    changes = [e for e in seen if isinstance(e, AdapterStateChange)]
+    assert [(c.adapter, c.state) for c in changes] == [("embedder", "open")], changes
+    assert changes[0].name == "http:fake:16" and "503" in changes[0].detail
 
 
 def test_a_cli_run_against_a_dead_embedder_stops_with_exit_5_and_dead_letters_nothing(

@@ -227,6 +227,9 @@ def test_worker_rides_out_a_bus_restart(cli: Cli, tmp_path: Path, server: Any) -
     assert worker.returncode == 0, err
     assert json.loads(out.splitlines()[-1])["messages_acked"] == pl.read_ndjson(EVENTS).height
     assert_same_features(cli, clean, home, tmp_path)
+    # The outage is in the event stream: the bus's link lost, then regained.
+    links = [e for e in map(json.loads, out.splitlines()) if e["type"] == "AdapterStateChange"]
+    assert [(e["adapter"], e["state"]) for e in links] == [("bus", "lost"), ("bus", "regained")], links
 
 
 def test_sigterm_drains_the_batch_in_flight_and_leaves_the_rest(

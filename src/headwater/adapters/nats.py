@@ -45,7 +45,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from headwater.errors import ConfigError, HeadwaterError, PermanentError, RetryableError
-from headwater.ports import BusMessage
+from headwater.ports import BusMessage, StateListener
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class NatsBus:
         self.ack_wait = ack_wait_seconds or float(parse_qs(parts.query).get("ack_wait", ["30"])[0])
         self._server = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         self._where = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "", "", ""))
+        self._listener: StateListener | None = None
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._streams: set[str] = set()
@@ -158,9 +159,17 @@ class NatsBus:
     async def _on_disconnected(self) -> None:
         if self._nc is not None:  # not our own close()
             log.warning("NATS %s: disconnected, reconnecting", self._where)
+            if self._listener is not None:
+                self._listener(self._where, "lost", "disconnected, reconnecting")
 
     async def _on_reconnected(self) -> None:
         log.warning("NATS %s: reconnected", self._where)
+        if self._listener is not None:
+            self._listener(self._where, "regained", "reconnected")
+
+    def watch_state(self, listener: StateListener | None) -> None:
+        """The client's own disconnect and reconnect callbacks: ``lost``, ``regained``."""
+        self._listener = listener
 
     async def close(self) -> None:
         # close(), not drain(): drain with a live pull subscription raises DrainTimeoutError.

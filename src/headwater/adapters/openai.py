@@ -42,7 +42,7 @@ from headwater.pipeline.ratelimit import (
     LimiterConfig,
     Sleep,
 )
-from headwater.ports import Vectors
+from headwater.ports import StateListener, Vectors
 from headwater.presets import DEFAULT_PRESET
 
 OPENAI_ENDPOINT = "https://api.openai.com/v1/embeddings"
@@ -116,6 +116,14 @@ class OpenAIEmbedder:
             clock=clock,
         )
         self._client: httpx.AsyncClient | None = None
+
+    def watch_state(self, listener: StateListener | None) -> None:
+        """The breaker's moves: ``open`` (the server is taken as down), ``half_open`` (one trial
+        call after the cool-down), ``closed`` (it answered again)."""
+        if listener is None:
+            self.breaker.on_change = None
+            return
+        self.breaker.on_change = lambda state, detail: listener(self.id, str(state), detail)
 
     @property
     def rate_limit(self) -> float:

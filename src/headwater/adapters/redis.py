@@ -52,7 +52,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from headwater.errors import ConfigError, HeadwaterError, PermanentError, RetryableError
-from headwater.ports import BusMessage
+from headwater.ports import BusMessage, StateListener
 
 _TOPIC = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _GROUP = re.compile(r"[A-Za-z0-9_-]+")
@@ -97,6 +97,8 @@ class RedisBus:
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "ack_wait"])
         self._server = urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
         self._where = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+        self._listener: StateListener | None = None
+        self._lost = False
         self._redis: aioredis.Redis | None = None
         self._consumer = ""
         self._groups: set[tuple[str, str]] = set()
@@ -110,7 +112,8 @@ class RedisBus:
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        """Vendor exceptions → RetryableError / PermanentError, naming the URL without credentials."""
+        """Vendor exceptions → RetryableError / PermanentError, naming the URL without credentials.
+        A connection error marks the link ``lost``, the next call that gets through ``regained``."""
         try:
             yield
         except HeadwaterError:
@@ -118,6 +121,7 @@ class RedisBus:
         except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
             raise PermanentError(self._say(f"{action} refused: {exc}")) from exc
         except (rexc.ConnectionError, rexc.TimeoutError, OSError, TimeoutError) as exc:
+            self._link("lost", f"{action} failed: {exc!r}")
             raise RetryableError(self._say(f"{action} failed: {exc!r}")) from exc
         except rexc.ResponseError as exc:
             if str(exc).startswith("NOGROUP"):  # the server lost the group (restart without data)
@@ -127,6 +131,17 @@ class RedisBus:
             raise cls(self._say(f"{action} failed: {exc}")) from exc
         except rexc.RedisError as exc:
             raise PermanentError(self._say(f"{action} failed: {exc!r}")) from exc
+        else:
+            self._link("regained", action)
+
+    def watch_state(self, listener: StateListener | None) -> None:
+        self._listener = listener
+
+    def _link(self, state: str, detail: str) -> None:
+        if self._lost != (state == "lost"):
+            self._lost = state == "lost"
+            if self._listener is not None:
+                self._listener(self._where, state, detail)
 
     def _say(self, what: str) -> str:
         return f"Redis {self._where}: {what}"

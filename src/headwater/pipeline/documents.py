@@ -36,6 +36,7 @@ from headwater.events import (
     DocumentEvent,
     DocumentFailed,
     DocumentSkipped,
+    DocumentStarted,
     Event,
     RunCompleted,
     RunStarted,
@@ -43,6 +44,7 @@ from headwater.events import (
 )
 from headwater.homelock import home_lock
 from headwater.models import make_doc_id, normalize_relpath, sha256_hex
+from headwater.pipeline.adapter_states import AdapterStates
 from headwater.pipeline.commit import EmbeddedGroup, GroupCommitter, ReadyDocument
 from headwater.pipeline.engine import CpuPool, Progress, RetryPolicy
 from headwater.pipeline.faults import crash_point
@@ -194,6 +196,8 @@ class _DocumentRun:
         self._pool_started = False
         self.force = False
         self.spans_pending = False
+        self.states = AdapterStates(pipeline.run_id, wake=self._wake_states)
+        self._state_flush: asyncio.Future[None] | None = None
         self.found: set[str] = set()
         self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
         self.options = PrepareOptions(
@@ -217,7 +221,7 @@ class _DocumentRun:
     async def emit(self, event: Event) -> None:
         await self._emit(event)
 
-    async def emit_all(self, events: list[DocumentSkipped]) -> None:
+    async def emit_all(self, events: Sequence[Event]) -> None:
         """Many events as one queue item: a no-change re-run emits one per file, and a queue
         round trip each was a third of its time."""
         if events:
@@ -227,36 +231,35 @@ class _DocumentRun:
         async with home_lock(self.s.home, wait=self.s.wait_for_home, on_wait=self._waiting):
             await self._execute()
 
+    def _wake_states(self) -> None:
+        """An adapter reported a change (from the committer's embed call, say): emit it now,
+        from a task of its own, not from the adapter's call stack."""
+        if self._state_flush is None or self._state_flush.done():
+            self._state_flush = asyncio.ensure_future(self._flush_states())
+
+    async def _flush_states(self) -> None:
+        while changes := self.states.take():
+            for change in changes:
+                await self.emit(change)
+
     async def _waiting(self, holder: str) -> None:
         await self.emit(WaitingForHome(run_id=self.p.run_id, home=str(self.s.home), holder=holder))
 
     async def _execute(self) -> None:
         p = self.p
         await p.metadata.open()
+        self.states.watch(p.embedder, "embedder")
         try:
             await p.embedder.open()
             await self._check_settings()
             await self.emit(RunStarted(run_id=p.run_id, kind="documents", source=p.source.uri))
             ticker = asyncio.create_task(self._tick())
             try:
-                try:
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._scan())
-                        readers = [tg.create_task(self._prepare_loop()) for _ in range(self.s.concurrency)]
-                        committer = tg.create_task(self._commit_loop())
-                        writer = tg.create_task(self._write_loop())
-                        await asyncio.gather(*readers)
-                        await self.ready.put(_END)
-                        await committer
-                        await writer
-                        await self.committer.flush()
-                except ExceptionGroup as group:
-                    raise _first_error(group) from None
-                await self._prepare_suspects()
-                await self.committer.flush()
-                await self._delete_vanished()
-                if self.spans_pending and self.p.only is None:
-                    await self.p.metadata.set_setting(self._spans_key, SOURCE_SPANS)
+                await self._stages()
+            except Exception:
+                await self._release_claims()
+                await self._flush_states()  # the breaker that opened: reported before the error
+                raise
             except BaseException:
                 await self._release_claims()
                 raise
@@ -264,9 +267,11 @@ class _DocumentRun:
                 ticker.cancel()
             # The last progress, however short the run: one faster than the interval (a
             # no-change re-run, a small folder) still reports where it ended.
+            await self._flush_states()
             await self.emit(self._progress_event())
             await self.emit(self._final())
         finally:
+            self.states.close()
             self.pool.close()
             for started in (self._vectors_open, self._embedder_warm):
                 if started is not None:
@@ -280,6 +285,28 @@ class _DocumentRun:
                 await p.vectors.close()
             await p.embedder.close()
             await p.metadata.close()
+
+    async def _stages(self) -> None:
+        """scan → prepare (concurrently) → embed → write, then the suspects one at a time, then
+        what vanished from the source."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._scan())
+                readers = [tg.create_task(self._prepare_loop()) for _ in range(self.s.concurrency)]
+                committer = tg.create_task(self._commit_loop())
+                writer = tg.create_task(self._write_loop())
+                await asyncio.gather(*readers)
+                await self.ready.put(_END)
+                await committer
+                await writer
+                await self.committer.flush()
+        except ExceptionGroup as group:
+            raise _first_error(group) from None
+        await self._prepare_suspects()
+        await self.committer.flush()
+        await self._delete_vanished()
+        if self.spans_pending and self.p.only is None:
+            await self.p.metadata.set_setting(self._spans_key, SOURCE_SPANS)
 
     async def _release_claims(self) -> None:
         """A run that stops (a stop request, an embedder outage, a full disk) was not killed by
@@ -446,6 +473,10 @@ class _DocumentRun:
     async def _prepare_batch(self, batch: list[_Work]) -> list[ReadyDocument]:
         await self._start_pool()
         self.in_flight += len(batch)
+        if self.s.document_started_events:
+            run_id = self.p.run_id
+            started = [DocumentStarted(run_id=run_id, doc_id=w.doc_id, uri=w.entry.relpath) for w in batch]
+            await self.emit_all(started)
         loaded = await self._read_changed(batch)
         if not loaded:
             return []  # only touched (same bytes): no vector store, no model needed

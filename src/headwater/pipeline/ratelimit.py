@@ -179,12 +179,20 @@ class CircuitBreaker:
         self.last_failure = ""
         self._opened_at = 0.0
         self._trial_in_flight = False
+        self.on_change: Callable[[BreakerState, str], None] | None = None  # (new state, last failure)
+
+    def _move(self, state: BreakerState) -> None:
+        if state is not self.state:
+            self.state = state
+            if self.on_change is not None:
+                self.on_change(state, self.last_failure)
 
     def check(self) -> None:
         """Call before each request: raises CircuitOpenError while the circuit is open."""
         now = self._clock()
         if self.state is BreakerState.OPEN and now - self._opened_at >= self.cooldown_seconds:
-            self.state, self._trial_in_flight = BreakerState.HALF_OPEN, False
+            self._trial_in_flight = False
+            self._move(BreakerState.HALF_OPEN)
         if self.state is BreakerState.CLOSED:
             return
         if self.state is BreakerState.HALF_OPEN and not self._trial_in_flight:
@@ -201,10 +209,12 @@ class CircuitBreaker:
         return CircuitOpenError(msg, name=self.name, reason=reason, retry_in_seconds=retry_in)
 
     def record_success(self) -> None:
-        self.state, self.failures, self._trial_in_flight = BreakerState.CLOSED, 0, False
+        self.failures, self._trial_in_flight = 0, False
+        self._move(BreakerState.CLOSED)
 
     def record_failure(self, reason: str) -> None:
         self.failures += 1
         self.last_failure = reason
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.failure_threshold:
-            self.state, self._opened_at, self._trial_in_flight = BreakerState.OPEN, self._clock(), False
+            self._opened_at, self._trial_in_flight = self._clock(), False
+            self._move(BreakerState.OPEN)

@@ -26,6 +26,7 @@ import msgspec
 from headwater.errors import InputError, RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
 from headwater.observability import redact, span
+from headwater.pipeline.adapter_states import AdapterStates
 from headwater.pipeline.engine import RetryPolicy, with_retries
 from headwater.ports import BusMessage, DeadLetter, DeadLetters, StreamBus
 from headwater.stages import cloudevents
@@ -134,17 +135,25 @@ class StreamWorker:
         self._lag: int | None = None  # messages the group has not acked yet, sampled
         self._lag_at = -LAG_SAMPLE_SECONDS
         self.held: list[BusMessage] = []  # deferred by the sink: offered again with the next batch
+        self._backoff = options.retry.initial_seconds  # the next wait for a bus that is down
 
-    async def stream_events(self) -> AsyncIterator[Event]:
+    async def stream_events(self) -> AsyncIterator[Event]:  # noqa: PLR0912 - one loop, read top to bottom
         o = self.options
         started = time.monotonic()
         reason = "signal"
+        states = AdapterStates()
+        states.watch(self.bus, "bus")
         await self.bus.open()
         await self.sink.open()
         try:
             idle_since, idle_done = time.monotonic(), False
             while not self.stop.is_set():
+                for change in states.take():
+                    yield change
                 messages = await self._consume()
+                if messages is None:  # the bus is down (waited for with backoff): not idle time
+                    idle_since = time.monotonic()
+                    continue
                 if not messages:
                     idle = time.monotonic() - idle_since
                     if o.exit_when_idle_seconds is not None and idle >= o.exit_when_idle_seconds:
@@ -168,8 +177,11 @@ class StreamWorker:
             reason = "error"
             raise
         finally:
+            states.close()
             await self.sink.close()
             await self.bus.close()
+        for change in states.take():
+            yield change
         c = self.counts
         yield WorkerStopped(
             topic=o.topic,
@@ -180,25 +192,27 @@ class StreamWorker:
             elapsed_seconds=round(time.monotonic() - started, 3),
         )
 
-    async def _consume(self) -> list[BusMessage]:
-        """One poll; a bus that is down (restarting) is waited for with backoff, not fatal."""
-        delay = self.options.retry.initial_seconds
-        while not self.stop.is_set():
-            try:
-                got = await self.bus.consume(
-                    self.options.topic,
-                    self.options.group,
-                    # Full batches even while holding: redeliveries (what the sink waits for) come
-                    # first on both buses, and a claim of one at a time would be slower than the
-                    # ack wait. Held messages are bounded by what arrives within one ack wait.
-                    max_messages=self.options.batch_size,
-                    timeout_seconds=self.options.poll_seconds if not self.held else 0.05,
-                )
-                return self._with_held(got)
-            except RetryableError:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.options.retry.max_seconds)
-        return []
+    async def _consume(self) -> list[BusMessage] | None:
+        """One poll; None when the bus is down (restarting), after a backoff that a stop request
+        cuts short: the caller reports the bus's state changes between polls."""
+        try:
+            got = await self.bus.consume(
+                self.options.topic,
+                self.options.group,
+                # Full batches even while holding: redeliveries (what the sink waits for) come
+                # first on both buses, and a claim of one at a time would be slower than the
+                # ack wait. Held messages are bounded by what arrives within one ack wait.
+                max_messages=self.options.batch_size,
+                timeout_seconds=self.options.poll_seconds if not self.held else 0.05,
+            )
+        except RetryableError:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._backoff):
+                    await self.stop.wait()
+            self._backoff = min(self._backoff * 2, self.options.retry.max_seconds)
+            return None
+        self._backoff = self.options.retry.initial_seconds
+        return self._with_held(got)
 
     def _with_held(self, got: list[BusMessage]) -> list[BusMessage]:
         """Held messages first; a held one that the bus redelivered meanwhile keeps its newest

@@ -258,6 +258,8 @@ async def test_breaker_opens_on_an_outage_and_closes_after_recovery(
 ) -> None:
     server.plan = ["503", "503"]
     e = embedder(server, clock, attempts=1, breaker_failures=2, breaker_cooldown=30)
+    moves: list[tuple[str, str, str]] = []
+    e.watch_state(lambda name, state, detail: moves.append((name, state, detail)))
     with pytest.raises(RetryableError) as first:
         await e.embed(["a"])
     assert not isinstance(first.value, CircuitOpenError)
@@ -271,6 +273,9 @@ async def test_breaker_opens_on_an_outage_and_closes_after_recovery(
     await e.embed(["a"])  # the half-open trial succeeds
     await e.close()
     assert e.breaker.state is BreakerState.CLOSED and len(server.requests) == 3
+    # Each move reported once (AdapterStateChange), the embedder named as its id:
+    assert [(name, state) for name, state, _ in moves] == [(e.id, s) for s in ("open", "half_open", "closed")]
+    assert "HTTP 503" in moves[0][2]
 
 
 # -- a whole pipeline run ------------------------------------------------------------------------------

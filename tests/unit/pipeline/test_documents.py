@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from headwater import build_document_pipeline, load_settings
-from headwater.events import BatchProgress, DocumentCompleted, DocumentFailed, RunCompleted, RunStarted
+from headwater.events import (
+    BatchProgress,
+    DocumentCompleted,
+    DocumentFailed,
+    DocumentSkipped,
+    DocumentStarted,
+    RunCompleted,
+    RunStarted,
+)
 from headwater.models import make_doc_id
 from headwater.pipeline.index import replay_documents
 from headwater.testing import FailingEmbedder, PermanentError, collect_events
@@ -34,6 +42,25 @@ async def test_stream_events_starts_and_ends_with_run_events(corpus: Path, tmp_p
     assert sum(isinstance(e, DocumentCompleted) for e in events) == 6
     assert any(isinstance(e, BatchProgress) for e in events)
     assert len({e.run_id for e in events}) == 1
+
+
+async def test_document_started_events_are_opt_in_and_precede_each_outcome(
+    corpus: Path, tmp_path: Path
+) -> None:
+    quiet = await collect_events(build_document_pipeline(settings(tmp_path), str(corpus)).stream_events())
+    assert not any(isinstance(e, DocumentStarted) for e in quiet)
+
+    (corpus / "guides" / "retries.md").write_bytes(b"\xff\xfe broken")  # fails at extraction
+    (corpus / "guides" / "signals.md").touch()  # new mtime, same bytes: read, then skipped
+    s = settings(tmp_path, document_started_events=True)
+    events = await collect_events(build_document_pipeline(s, str(corpus)).stream_events())
+    started = {e.doc_id: i for i, e in enumerate(events) if isinstance(e, DocumentStarted)}
+    ends = DocumentCompleted | DocumentFailed | DocumentSkipped
+    outcomes = {e.doc_id: i for i, e in enumerate(events) if isinstance(e, ends)}
+    read = {make_doc_id("guides/retries.md"), make_doc_id("guides/signals.md")}
+    assert set(started) == read, [e for e in events if isinstance(e, DocumentStarted)]
+    assert all(started[d] < outcomes[d] for d in read)  # each started document then ends
+    assert len(outcomes) == 6  # the four unchanged by size and mtime: skipped, never started
 
 
 async def test_retryable_embedder_errors_are_retried(corpus: Path, tmp_path: Path) -> None:
