@@ -18,7 +18,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from headwater.events import AdapterStateChange, Event, to_json
@@ -144,19 +143,19 @@ async def _render_bar(events: AsyncIterator[Any], console: Console, label: str) 
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        TextColumn("eta {task.fields[eta]}"),
         TextColumn("[dim]{task.fields[rates]}"),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(label, total=None, rates="")
+        task = bar.add_task(label, total=None, rates="", eta=_clock(None))
         async for event in events:
             last = event
             if (line := _line_for(event)) is not None:
                 console.print(line)
             done = _done_count(event)
             if done is not None:
-                bar.update(task, completed=done[0], total=done[1], rates=_rates(event))
+                eta = _clock(event.eta_seconds)
+                bar.update(task, completed=done[0], total=done[1], rates=_rates(event), eta=eta)
             elif type(event).__name__ in {"DocumentCompleted", "DocumentSkipped", "DocumentFailed"}:
                 bar.advance(task)
     return last
@@ -188,6 +187,14 @@ def _done_count(event: Any) -> tuple[int, int | None] | None:
     # While the listing runs ahead, the files listed so far are the total (it only grows).
     total = event.estimated_total if event.estimated_total is not None else (event.listed or None)
     return event.completed + event.failed + event.skipped, total
+
+
+def _clock(seconds: float | None) -> str:
+    """The run's own ETA (remaining documents at the rate so far), as rich draws times."""
+    if seconds is None:
+        return "-:--:--"
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def _rates(event: Any) -> str:

@@ -74,6 +74,14 @@ class Source(Protocol):
         ...
 
 
+@runtime_checkable
+class Countable(Protocol):
+    """Optional for sources: how many entries ``scan`` will list, known well before the listing
+    ends (it is paced by the work it feeds): a run's progress total and ETA."""
+
+    async def count(self) -> int: ...
+
+
 StateListener: TypeAlias = "Callable[[str, str, str], None]"
 """(name, state, detail): an adapter's link to its server changed; ``name`` has no credentials."""
 

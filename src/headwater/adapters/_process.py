@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import pickle
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn, TypeVar
 
@@ -36,7 +36,7 @@ def fork_is_safe() -> bool:
 
 async def batches_from_child(
     produce: Callable[[], Iterable[T]], item_type: type[T], batch_size: int
-) -> AsyncIterator[list[T]]:
+) -> AsyncGenerator[list[T], None]:
     """``produce()`` runs in a forked child; its items come back in batches over a pipe.
 
     The pipe's buffer is the only read-ahead (the child blocks when it is full), so memory stays

@@ -15,6 +15,7 @@ name that another file on disk already has is skipped, naming that file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import stat
@@ -117,6 +118,22 @@ class FileSource:
         async for batch in batches:
             yield cast("list[SourceEntry]", batch)  # read only by the caller
 
+    async def count(self) -> int:
+        """How many entries ``scan`` lists, by the same walk run ahead of it without pauses (the
+        listing itself waits for the work it feeds): a progress bar's total within a second or
+        two on 100,000 files. In a child process like the listing, so it costs the run no GIL."""
+        self._check_root()
+
+        def counted() -> Iterator[int]:
+            yield sum(1 for _ in self._walk(self.root, "", {self._key(self.root)}, stat_files=False))
+
+        if _walk_in_child():
+            async with contextlib.aclosing(batches_from_child(counted, int, 1)) as batches:
+                async for batch in batches:
+                    return batch[0]
+            return 0
+        return await asyncio.to_thread(lambda: next(counted()))
+
     async def lookup(self, relpaths: list[str]) -> list[SourceEntry]:
         """The entries for these paths as ``scan`` would list them; a path that is gone, excluded
         or not a regular file is left out (for the caller, a deletion)."""
@@ -177,8 +194,11 @@ class FileSource:
         st = path.stat()
         return (st.st_dev, st.st_ino)
 
-    def _walk(self, folder: Path, prefix: str, visiting: set[tuple[int, int]]) -> Iterator[LocalEntry]:
-        """``prefix`` is the folder's path under the root as the file system spells it."""
+    def _walk(
+        self, folder: Path, prefix: str, visiting: set[tuple[int, int]], *, stat_files: bool = True
+    ) -> Iterator[LocalEntry]:
+        """``prefix`` is the folder's path under the root as the file system spells it. Without
+        ``stat_files`` (a count), a plain regular file comes back as ``_UNSTATED``, unstated."""
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=_name)
@@ -207,6 +227,9 @@ class FileSource:
                 )
                 continue
             if regular and self.include.match(relpath) and not self.exclude.match(relpath):
+                if not stat_files:
+                    yield _UNSTATED
+                    continue
                 try:
                     st = item.stat(follow_symlinks=False)
                 except OSError as exc:
@@ -219,7 +242,7 @@ class FileSource:
                     disk=None if relpath is disk else os.fsencode(disk),
                 )
             else:
-                yield from self._visit(item, relpath, disk, visiting)
+                yield from self._visit(item, relpath, disk, visiting, stat_files)
 
     def _clash(self, relpath: str, disk: str) -> str | None:
         """A name that normalizes to a path another file on disk has: that file keeps the
@@ -229,7 +252,12 @@ class FileSource:
         return None
 
     def _visit(
-        self, item: os.DirEntry[str], relpath: str, disk: str, visiting: set[tuple[int, int]]
+        self,
+        item: os.DirEntry[str],
+        relpath: str,
+        disk: str,
+        visiting: set[tuple[int, int]],
+        stat_files: bool = True,
     ) -> Iterator[LocalEntry]:
         """Everything but a plain regular file: links, folders, FIFOs, sockets, devices. Nothing
         here is opened; every error about one entry is a skip of that entry."""
@@ -251,7 +279,7 @@ class FileSource:
             if key in visiting:
                 yield self._entry(relpath, path, disk, problem="symlink loop: directory already being walked")
                 return
-            yield from self._walk(path, disk + "/", visiting | {key})
+            yield from self._walk(path, disk + "/", visiting | {key}, stat_files=stat_files)
         elif self.include.match(relpath):
             if not stat.S_ISREG(mode):
                 yield self._entry(relpath, path, disk, problem="not a regular file")
@@ -356,6 +384,9 @@ async def _in_thread(walk: Callable[[], Iterator[LocalEntry]]) -> AsyncIterator[
     finally:
         if not ahead.done():  # the caller stopped early: let the walk thread finish alone
             ahead.cancel()
+
+
+_UNSTATED = LocalEntry(relpath="", size=0, mtime_ns=0)
 
 
 def _walk_in_child() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from headwater.pipeline.commit import EmbeddedGroup, GroupCommitter, ReadyDocume
 from headwater.pipeline.engine import CpuPool, Progress, RetryPolicy
 from headwater.pipeline.faults import crash_point
 from headwater.ports import (
+    Countable,
     DeadLetter,
     DeadLetters,
     DocState,
@@ -68,6 +70,7 @@ SKIP_REASONS = {"done": "unchanged", "failed": "previously_failed"}  # by record
 SCAN_BATCH = 1024
 PREPARE_BATCH_DOCS = 32  # documents per round trip to a worker process
 PREPARE_BATCH_BYTES = 4 * 1024 * 1024
+log = logging.getLogger(__name__)
 SOURCE_SPANS = "1"  # chunks carry their span in the source (stages.spans); older homes are re-prepared once
 WRITE_BACKLOG_GROUPS = 2  # embedded groups waiting for their write: 1 is jitter, 2 is congestion
 
@@ -197,6 +200,7 @@ class _DocumentRun:
         self.force = False
         self.spans_pending = False
         self.states = AdapterStates(pipeline.run_id, wake=self._wake_states)
+        self._counted = asyncio.Event()  # the source's count arrived: report it now
         self._state_flush: asyncio.Future[None] | None = None
         self.found: set[str] = set()
         self.pool = CpuPool(self.s.workers, self.s.extract_timeout_seconds)
@@ -246,6 +250,14 @@ class _DocumentRun:
         await self.emit(WaitingForHome(run_id=self.p.run_id, home=str(self.s.home), holder=holder))
 
     async def _execute(self) -> None:
+        counting = self._count_ahead()  # first: the total is the first thing a progress bar shows
+        try:
+            await self._execute_counted()
+        finally:
+            if counting is not None and not counting.done():
+                counting.cancel()
+
+    async def _execute_counted(self) -> None:
         p = self.p
         await p.metadata.open()
         self.states.watch(p.embedder, "embedder")
@@ -358,6 +370,21 @@ class _DocumentRun:
         # it, and an end marker put into their full queue then would wait for ever.
         for _ in range(self.s.concurrency):
             await self.work.put(_END)
+
+    def _count_ahead(self) -> asyncio.Task[None] | None:
+        """The source's count, for the progress total while the listing is paced by the work."""
+        source = self.p.source
+        if self.p.only is not None or not isinstance(source, Countable):
+            return None
+
+        async def count() -> None:
+            try:
+                self.progress.counted = await source.count()
+                self._counted.set()
+            except Exception as exc:  # noqa: BLE001 - an estimate: the listing's own total comes later
+                log.debug("counting %s failed: %r", source.uri, exc)
+
+        return asyncio.create_task(count())
 
     async def _classify_all(self, listing: AsyncIterator[list[SourceEntry]]) -> None:
         """A batch's lookups run on the store's thread while the batch before it is classified
@@ -729,12 +756,19 @@ class _DocumentRun:
 
     # -- progress ----------------------------------------------------------------------------------------
     async def _tick(self) -> None:
-        """The first report comes early (a terminal shows a total and a rate within a second,
-        the listing runs far ahead of the work), then one per interval."""
-        await asyncio.sleep(min(0.5, self.s.progress_interval_seconds))
+        """Reports come early and often until there is an ETA (a terminal shows a total and a
+        rate within a second or two, the listing runs far behind), then one per interval, and
+        one at once when the source's count arrives."""
+        early = min(0.5, self.s.progress_interval_seconds)
+        await asyncio.sleep(early)
         while True:
-            await self.emit(self._progress_event())
-            await asyncio.sleep(self.s.progress_interval_seconds)
+            event = self._progress_event()
+            await self.emit(event)
+            self._counted.clear()
+            interval = early if event.eta_seconds is None else self.s.progress_interval_seconds
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._counted.wait()
 
     def _progress_event(self) -> BatchProgress:
         pr = self.progress
@@ -744,7 +778,7 @@ class _DocumentRun:
             failed=pr.failed,
             skipped=pr.skipped,
             in_flight=max(self.in_flight, 0),
-            estimated_total=pr.listed if pr.listing_done else None,
+            estimated_total=pr.total,
             eta_seconds=pr.eta_seconds(),
             elapsed_seconds=round(pr.clock() - pr.started, 3),
             embed_rate_per_second=getattr(self.p.embedder, "rate_limit", None),

@@ -144,6 +144,7 @@ class Progress:
         self.started = clock()
         self.listed = 0
         self.listing_done = False
+        self.counted: int | None = None  # the source's count, ahead of the listing (ports.Countable)
         self.completed = 0
         self.failed = 0
         self.skipped = 0
@@ -152,9 +153,18 @@ class Progress:
     def finished(self) -> int:
         return self.completed + self.failed + self.skipped
 
+    @property
+    def total(self) -> int | None:
+        """Exact once the listing is done; until then the count, if the source could give one
+        (files added or removed meanwhile make it an estimate)."""
+        if self.listing_done:
+            return self.listed
+        return max(self.counted, self.listed) if self.counted is not None else None
+
     def eta_seconds(self) -> float | None:
         elapsed = self.clock() - self.started
-        if not self.listing_done or self.finished == 0 or elapsed <= 0:
+        total = self.total
+        if total is None or self.finished == 0 or elapsed <= 0:
             return None
         rate = self.finished / elapsed
-        return max(0.0, (self.listed - self.finished) / rate)
+        return max(0.0, (total - self.finished) / rate)
