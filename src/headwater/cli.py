@@ -117,8 +117,8 @@ def ingest_docs(
         bool,
         typer.Option(
             "--rebuild",
-            help="Re-index this home with new chunking, PII or include/exclude settings (it refuses "
-            "them otherwise); every document stays searchable meanwhile",
+            help="Re-index this home with new chunking, PII, include/exclude settings or another "
+            "embedder (it refuses them otherwise); queries keep working meanwhile",
         ),
     ] = False,
 ) -> None:

@@ -179,7 +179,7 @@ def exit_for_uncaught(exc: BaseException) -> int:
     return code
 
 
-HOME_FILES = ("state.db", "features.db", "jobs.db")
+HOME_FILES = ("index.json", "state.db", "features.db", "jobs.db")
 
 
 def existing_home(settings: Settings) -> Settings:

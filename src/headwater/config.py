@@ -180,13 +180,21 @@ class Settings(BaseSettings):
         # the seed's names come after HEADWATER_*: when both are set, the HEADWATER_ name wins
         return (init_settings, env_settings, AliasSettingsSource(settings_cls), toml_settings)
 
+    # Which of the home's indexes is current (HOME/index.json says): an embedder --rebuild builds
+    # the next one beside it and switches to it when complete. Not a user setting.
+    index_generation: int = Field(0, ge=0)
+
     @property
     def vector_store_url(self) -> str:
-        return self.vector_store or f"lancedb://{self.home.resolve()}/vectors"
+        if self.vector_store:
+            return self.vector_store
+        return f"lancedb://{self.home.resolve()}/{generation_name('vectors', self.index_generation)}"
 
     @property
     def metadata_store_url(self) -> str:
-        return self.metadata_store or f"sqlite:///{self.home.resolve()}/state.db"
+        if self.metadata_store:
+            return self.metadata_store
+        return f"sqlite:///{self.home.resolve()}/{generation_name('state', self.index_generation)}.db"
 
     # --- signals (issue #3): defaults for feature sets not declared in headwater.toml ---------
     feature_set: str = "default"
@@ -233,6 +241,12 @@ class Settings(BaseSettings):
     @property
     def offline_store_url(self) -> str:
         return self.offline_store or f"file://{self.home.resolve()}/offline"
+
+
+def generation_name(stem: str, generation: int) -> str:
+    """``vectors``, ``state`` for a home's first index; ``vectors-g2``, ``state-g2`` for the
+    second (an embedder --rebuild) and so on."""
+    return stem if generation == 0 else f"{stem}-g{generation}"
 
 
 def load_settings(*, rebuild: bool = False, index: bool = True, **overrides: Any) -> Settings:

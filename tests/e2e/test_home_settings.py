@@ -57,9 +57,60 @@ def test_rebuild_rechunks_in_place_and_becomes_the_homes_setting(
     fingerprint = json.loads(plain("status", "--home", str(home), "--json").stdout)["fingerprint"]
     assert fingerprint == json.loads(plain("status", "--home", str(fresh), "--json").stdout)["fingerprint"]
     assert ingest(plain, corpus, home)["chunks_embedded"] == 0  # 500 is the home's now
-    args = ("ingest", "docs", str(corpus), "--home", str(home), "--embedder", "hash://?dim=32", "--rebuild")
+
+
+def status_of(cli: Cli, home: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads(cli("status", "--home", str(home), "--json").stdout)
+    return data
+
+
+def test_rebuild_with_another_embedder_switches_only_when_complete(
+    plain: Cli, corpus: Path, home: Path, tmp_path: Path
+) -> None:
+    """The new index is built beside the current one: while it is built (and after a kill -9
+    of the rebuild) every command answers from the old index, whole; a complete rebuild switches
+    every later command at once; a fresh home built with the new embedder has the same index."""
+    import subprocess
+    import sys
+    import time
+
+    ingest(plain, corpus, home)
+    before = status_of(plain, home)
+    args = ["ingest", "docs", str(corpus), "--home", str(home), "--embedder", "hash://?dim=32"]
     refused = plain(*args, check=False)
-    assert refused.returncode == 3 and "cannot change the embedder" in refused.stderr
+    assert refused.returncode == 3 and "--rebuild" in refused.stderr
+
+    slow = "hash://?dim=32&delay_ms=1500"  # one embed call per chunk: a rebuild of ~10 s
+    args = [*args[:-1], slow, "--rebuild"]
+    env = {**plain.env, "HEADWATER_COMMIT_BATCH_CHUNKS": "1", "HEADWATER_EMBED_BATCH_SIZE": "1"}
+    doomed = subprocess.Popen([sys.executable, "-m", "headwater.cli", *args], env=env)
+    try:
+        time.sleep(2.5)  # part-way through
+        assert doomed.poll() is None, "the rebuild was expected to take longer"
+        assert status_of(plain, home) == before  # the old index, whole, with its embedder
+        assert plain("query", "retries", "--home", str(home), "--json").stdout.strip() != "[]"
+        doomed.kill()  # kill -9 mid-rebuild
+        doomed.wait()
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+    assert status_of(plain, home) == before
+
+    done = plain.last_event(*args[:-2], "hash://?dim=32", "--rebuild")
+    assert done["documents_failed"] == 0
+    after = status_of(plain, home)
+    assert after["embedder"] == "hash:shake256:32" and after["documents"] == before["documents"]
+    fresh = tmp_path / "fresh"
+    ingest(plain, corpus, fresh, "--embedder", "hash://?dim=32")
+    assert after["fingerprint"] == status_of(plain, fresh)["fingerprint"]
+    assert json.loads(plain("query", "retries", "--home", str(home), "--json").stdout)  # no --embedder
+    assert ingest(plain, corpus, home)["chunks_embedded"] == 0  # the new index is the home's now
+
+    # Back to the first embedder: the index two switches old is deleted, the previous one kept.
+    ingest(plain, corpus, home, "--embedder", "hash://", "--rebuild")
+    assert status_of(plain, home)["fingerprint"] == before["fingerprint"]
+    assert not (home / "vectors").exists() and not (home / "state.db").exists()
+    assert (home / "vectors-g1").is_dir() and (home / "vectors-g2").is_dir()
 
 
 def test_an_unchanged_bad_file_is_dead_lettered_once_across_settings_changes(

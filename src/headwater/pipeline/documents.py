@@ -199,6 +199,7 @@ class _DocumentRun:
         self._pool_started = False
         self.force = False
         self.spans_pending = False
+        self.switching = False  # building the home's next index generation (home_settings.switches)
         self.states = AdapterStates(pipeline.run_id, wake=self._wake_states)
         self._counted = asyncio.Event()  # the source's count arrived: report it now
         self._state_flush: asyncio.Future[None] | None = None
@@ -319,6 +320,9 @@ class _DocumentRun:
         await self._delete_vanished()
         if self.spans_pending and self.p.only is None:
             await self.p.metadata.set_setting(self._spans_key, SOURCE_SPANS)
+        if self.switching and self.p.only is None:  # the new index is complete: switch to it
+            home_settings.record(self.s, self.p.embedder.id, self.p.embedder.dimensions)
+            home_settings.retire(self.s.home, self.s.index_generation - 2)
 
     async def _release_claims(self) -> None:
         """A run that stops (a stop request, an embedder outage, a full disk) was not killed by
@@ -338,7 +342,9 @@ class _DocumentRun:
             )
             raise ConfigError(msg)
         await self.p.metadata.set_setting("embedder_id", self.p.embedder.id)
-        home_settings.record(self.s, self.p.embedder.id, self.p.embedder.dimensions)
+        self.switching = home_settings.switches(self.s)
+        if not self.switching:
+            home_settings.record(self.s, self.p.embedder.id, self.p.embedder.dimensions)
         key = self.options.chunker_key
         # A new chunker configuration re-keys every chunk: the unchanged-file fast path must not apply.
         was = await self.p.metadata.get_setting("chunker_key")
