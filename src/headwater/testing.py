@@ -1,6 +1,8 @@
-"""Public test helpers: run a pipeline and collect its events, and embedders that fail on cue.
+"""Public test helpers: run a pipeline and collect its events, embedders that fail on cue, and a
+clock that moves only when told.
 
-Users test their own configurations with these, and so do we.
+Users test their own configurations with these, and so do we: the test doubles live here, not
+as copies in test files, so every test exercises the same ones.
 """
 
 from __future__ import annotations
@@ -36,6 +38,27 @@ async def wait_for_status(
     raise AssertionError(msg)
 
 
+class FakeClock:
+    """Time that moves only when told, for anything that takes ``clock=`` and ``sleep=`` (the rate
+    limiter, the circuit breaker, the HTTP embedder's back-off): pass the clock itself as
+    ``clock`` and ``clock.sleep`` as ``sleep``, and minutes of back-off and cool-down run in no time.
+
+    ``now`` starts at ``start`` and is the test's to move (``clock.now += 30``); ``sleep`` moves it
+    by the seconds asked for, at once, and records them in ``slept``.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 class FailingEmbedder(HashEmbedder):
     """The hash embedder, failing its first ``fail_times`` calls with ``error`` (retryable by
     default), or every call whose texts contain ``poison``."""
@@ -57,4 +80,11 @@ class FailingEmbedder(HashEmbedder):
         return await super().embed(texts)
 
 
-__all__ = ["FailingEmbedder", "PermanentError", "RetryableError", "collect_events", "wait_for_status"]
+__all__ = [
+    "FailingEmbedder",
+    "FakeClock",
+    "PermanentError",
+    "RetryableError",
+    "collect_events",
+    "wait_for_status",
+]

@@ -1,4 +1,5 @@
-"""Contract of the FeatureStore and OfflineFeatureStore ports, run against every adapter URL."""
+"""Contract of the FeatureStore and OfflineFeatureStore ports, run against every adapter URL: add
+its template to ``ONLINE_URLS`` or ``OFFLINE_URLS`` (see tests/contract/urls.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from headwater import registry
 from headwater.pipeline.signal_commit import BatchCommit
 from headwater.ports import FeatureStore, OfflineFeatureStore, SignalCheckpoint
+from tests.contract.urls import adapter_url, url_id
 
 ONLINE_URLS = ["sqlite:///{tmp}/features.db"]
 OFFLINE_URLS = ["{tmp}/offline", "file://{tmp}/offline"]
@@ -46,17 +48,18 @@ def commit(
     )
 
 
-@pytest.fixture(params=ONLINE_URLS)
+@pytest.fixture(params=ONLINE_URLS, ids=url_id)
 def online(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FeatureStore]:
-    store: FeatureStore = registry.create("online_store", request.param.format(tmp=tmp_path))
+    store: FeatureStore = registry.create("online_store", adapter_url(request.param, request, tmp_path))
     asyncio.run(store.open())
     yield store
     asyncio.run(store.close())
 
 
-@pytest.fixture(params=OFFLINE_URLS)
+@pytest.fixture(params=OFFLINE_URLS, ids=url_id)
 def offline(request: pytest.FixtureRequest, tmp_path: Path) -> OfflineFeatureStore:
-    store: OfflineFeatureStore = registry.create("offline_store", request.param.format(tmp=tmp_path))
+    url = adapter_url(request.param, request, tmp_path)
+    store: OfflineFeatureStore = registry.create("offline_store", url)
     return store
 
 

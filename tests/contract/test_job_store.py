@@ -1,12 +1,13 @@
 """The JobStore contract (headwater.ports.JobStore), run per adapter: the transition table on
-every write, compare-and-set, queue order, and the per-job event journal."""
+every write, compare-and-set, queue order, and the per-job event journal. Add an adapter's URL
+template to ``STORES`` (see tests/contract/urls.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,15 @@ import pytest
 from headwater import registry
 from headwater.jobs import TERMINAL, TRANSITIONS, IllegalTransition, JobNotFound, StaleJobStatus
 from headwater.ports import JobStatus, JobStore
+from tests.contract.urls import adapter_url, url_id
 
 S = JobStatus
-STORES: list[Callable[[Path], str]] = [lambda tmp: f"sqlite:///{tmp}/jobs.db"]
+STORES = ["sqlite:///{tmp}/jobs.db"]
 
 
-@pytest.fixture(params=STORES, ids=lambda f: f(Path("/x")).split(":")[0])
+@pytest.fixture(params=STORES, ids=url_id)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    url: str = request.param(tmp_path)
-    return url
+    return adapter_url(request.param, request, tmp_path)
 
 
 @pytest.fixture

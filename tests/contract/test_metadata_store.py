@@ -1,8 +1,9 @@
-"""The metadata ports' contract (DocumentState, DeadLetters, EmbeddingCache), run per adapter."""
+"""The metadata ports' contract (DocumentState, DeadLetters, EmbeddingCache), run per adapter: add
+its URL template to ``STORES`` (see tests/contract/urls.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,19 @@ import pytest
 from headwater import registry
 from headwater.pipeline.documents import MetadataStore
 from headwater.ports import ChunkKey, DeadLetter, DocState
+from tests.contract.urls import adapter_url, url_id
 
-STORES: list[Callable[[Path], str]] = [lambda tmp: f"sqlite:///{tmp}/state.db"]
+STORES = ["sqlite:///{tmp}/state.db"]
 
 
-@pytest.fixture(params=STORES, ids=lambda f: f(Path("/x")).split(":")[0])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    instance = registry.create("metadata_store", request.param(tmp_path))
+@pytest.fixture(params=STORES, ids=url_id)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return adapter_url(request.param, request, tmp_path)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[MetadataStore]:
+    instance = registry.create("metadata_store", store_url)
     await instance.open()
     yield instance
     await instance.close()

@@ -1,8 +1,9 @@
-"""The VectorStore contract. Every adapter runs this same suite (add its URL to ``STORES``)."""
+"""The VectorStore contract. Every adapter runs this same suite: add its URL template to ``STORES``
+(``{tmp}``: the test's folder; ``{name}``: a fixture, e.g. a server; see tests/contract/urls.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from headwater.adapters.hashembed import embed_hash
 from headwater.errors import ConfigError
 from headwater.models import Chunk
 from headwater.ports import VectorStore
+from tests.contract.urls import adapter_url, url_id
 
-STORES: list[Callable[[Path], str]] = [lambda tmp: f"lancedb://{tmp}/vectors"]
+STORES = ["lancedb://{tmp}/vectors"]
 DIMS = 16
 
 
@@ -37,9 +39,14 @@ def vectors_for(items: list[Chunk]) -> np.ndarray:
     return embed_hash([c.text for c in items], DIMS)
 
 
-@pytest.fixture(params=STORES, ids=lambda f: f(Path("/x")).split(":")[0])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
-    instance: VectorStore = registry.create("vector_store", request.param(tmp_path))
+@pytest.fixture(params=STORES, ids=url_id)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return adapter_url(request.param, request, tmp_path)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[VectorStore]:
+    instance: VectorStore = registry.create("vector_store", store_url)
     await instance.open(DIMS)
     yield instance
     await instance.close()
@@ -91,18 +98,17 @@ async def test_search_ranks_the_identical_text_first(store: VectorStore) -> None
     assert hits[0][1] >= hits[1][1] >= hits[2][1]
 
 
-async def test_reopen_sees_the_data_and_rejects_other_dimensions(tmp_path: Path) -> None:
-    url = STORES[0](tmp_path)
-    first: VectorStore = registry.create("vector_store", url)
+async def test_reopen_sees_the_data_and_rejects_other_dimensions(store_url: str) -> None:
+    first: VectorStore = registry.create("vector_store", store_url)
     await first.open(DIMS)
     items = chunks("a", 2)
     await first.upsert(items, vectors_for(items), fresh=True)
     await first.close()
-    again: VectorStore = registry.create("vector_store", url)
+    again: VectorStore = registry.create("vector_store", store_url)
     await again.open(DIMS)
     assert await again.count() == 2
     await again.close()
-    other: VectorStore = registry.create("vector_store", url)
+    other: VectorStore = registry.create("vector_store", store_url)
     with pytest.raises(ConfigError, match="16-dimensional"):
         await other.open(DIMS * 2)
     await other.close()

@@ -18,22 +18,10 @@ from headwater.adapters.openai import OpenAIEmbedder, parse_embeddings
 from headwater.bootstrap import build_document_pipeline, make_metadata_store, make_vector_store
 from headwater.errors import ConfigError, PermanentError, RetryableError
 from headwater.pipeline.ratelimit import BreakerState, CircuitOpenError
+from headwater.testing import FakeClock
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "docs"
 SECRET = "sk-canary-7f3a9c1d2e"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture

@@ -13,19 +13,9 @@ from headwater.pipeline.ratelimit import (
     CircuitOpenError,
     LimiterConfig,
 )
+from headwater.testing import FakeClock
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+START = 1000.0  # where these tests' clock has always started (a monotonic clock is never at 0)
 
 
 def limiter(clock: FakeClock, **config: float) -> AdaptiveRateLimiter:
@@ -41,7 +31,7 @@ def limiter(clock: FakeClock, **config: float) -> AdaptiveRateLimiter:
 
 # -- token bucket ----------------------------------------------------------------------------------
 def test_burst_is_available_at_once_then_tokens_refill_at_the_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock)
     assert rl.try_acquire() == 0 and rl.try_acquire() == 0
     assert rl.try_acquire() == pytest.approx(0.1)  # 1 token at 10/s
@@ -52,7 +42,7 @@ def test_burst_is_available_at_once_then_tokens_refill_at_the_rate() -> None:
 
 
 def test_tokens_never_exceed_the_burst() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock)
     clock.now += 3600
     assert [rl.try_acquire() for _ in range(2)] == [0, 0]
@@ -60,7 +50,7 @@ def test_tokens_never_exceed_the_burst() -> None:
 
 
 async def test_acquire_waits_exactly_as_long_as_the_rate_requires() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock)
     for _ in range(12):
         await rl.acquire()
@@ -69,7 +59,7 @@ async def test_acquire_waits_exactly_as_long_as_the_rate_requires() -> None:
 
 def test_taking_more_than_the_burst_at_once_is_refused() -> None:
     with pytest.raises(ValueError, match="burst of 2"):
-        limiter(FakeClock()).try_acquire(3)
+        limiter(FakeClock(START)).try_acquire(3)
 
 
 @pytest.mark.parametrize(
@@ -82,32 +72,32 @@ def test_taking_more_than_the_burst_at_once_is_refused() -> None:
 )
 def test_invalid_bounds_are_refused(change: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        limiter(FakeClock(), **change)
+        limiter(FakeClock(START), **change)
 
 
 def test_initial_rate_is_clamped_into_the_bounds() -> None:
-    assert limiter(FakeClock(), rate_per_second=100).rate == 40
-    assert limiter(FakeClock(), rate_per_second=0.1).rate == 1
+    assert limiter(FakeClock(START), rate_per_second=100).rate == 40
+    assert limiter(FakeClock(START), rate_per_second=0.1).rate == 1
 
 
 # -- queue depth feedback -------------------------------------------------------------------------
 def test_above_80_percent_full_halves_the_rate() -> None:
-    rl = limiter(FakeClock())
+    rl = limiter(FakeClock(START))
     assert rl.observe_queue(81, 100) == 5
 
 
 def test_below_30_percent_full_raises_the_rate_by_a_fifth() -> None:
-    rl = limiter(FakeClock())
+    rl = limiter(FakeClock(START))
     assert rl.observe_queue(29, 100) == pytest.approx(12)
 
 
 @pytest.mark.parametrize("depth", [30, 55, 80])
 def test_between_the_thresholds_the_rate_holds(depth: int) -> None:
-    assert limiter(FakeClock()).observe_queue(depth, 100) == 10
+    assert limiter(FakeClock(START)).observe_queue(depth, 100) == 10
 
 
 def test_adjustments_happen_at_most_once_per_interval() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock)
     assert rl.observe_queue(100, 100) == 5
     assert rl.observe_queue(100, 100) == 5  # same instant: ignored
@@ -118,7 +108,7 @@ def test_adjustments_happen_at_most_once_per_interval() -> None:
 
 
 def test_the_rate_never_leaves_its_bounds() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock)
     for _ in range(20):
         clock.now += 1
@@ -131,11 +121,11 @@ def test_the_rate_never_leaves_its_bounds() -> None:
 
 
 def test_an_unknown_capacity_changes_nothing() -> None:
-    assert limiter(FakeClock()).observe_queue(5, 0) == 10
+    assert limiter(FakeClock(START)).observe_queue(5, 0) == 10
 
 
 def test_tokens_earned_before_a_rate_change_are_kept() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock, burst=10)
     for _ in range(10):
         rl.try_acquire()
@@ -146,7 +136,7 @@ def test_tokens_earned_before_a_rate_change_are_kept() -> None:
 
 # -- 429 / Retry-After ----------------------------------------------------------------------------
 async def test_429_halves_the_rate_and_pauses_until_retry_after() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock)
     rl.throttled(retry_after_seconds=3)
     assert rl.rate == 5
@@ -157,7 +147,7 @@ async def test_429_halves_the_rate_and_pauses_until_retry_after() -> None:
 
 
 def test_no_tokens_accrue_during_a_pause() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock, burst=5)
     rl.throttled(retry_after_seconds=10)
     clock.now += 10
@@ -166,14 +156,14 @@ def test_no_tokens_accrue_during_a_pause() -> None:
 
 
 def test_429_without_retry_after_only_halves_the_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock)
     rl.throttled()
     assert (rl.rate, rl.try_acquire()) == (5, 0)
 
 
 def test_429_respects_the_minimum_rate_and_the_longest_pause() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock, max_pause_seconds=60)
     for _ in range(10):
         rl.throttled()
@@ -183,7 +173,7 @@ def test_429_respects_the_minimum_rate_and_the_longest_pause() -> None:
 
 
 def test_a_shorter_retry_after_never_cuts_a_longer_pause() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     rl = limiter(clock)
     rl.throttled(retry_after_seconds=10)
     rl.throttled(retry_after_seconds=1)
@@ -203,7 +193,7 @@ def breaker(clock: FakeClock) -> CircuitBreaker:
 
 
 def test_breaker_opens_after_k_consecutive_failures() -> None:
-    b = breaker(FakeClock())
+    b = breaker(FakeClock(START))
     for _ in range(2):
         b.record_failure("HTTP 503")
         b.check()
@@ -218,7 +208,7 @@ def test_breaker_opens_after_k_consecutive_failures() -> None:
 
 
 def test_a_success_resets_the_count_of_consecutive_failures() -> None:
-    b = breaker(FakeClock())
+    b = breaker(FakeClock(START))
     b.record_failure("timeout")
     b.record_failure("timeout")
     b.record_success()
@@ -228,7 +218,7 @@ def test_a_success_resets_the_count_of_consecutive_failures() -> None:
 
 
 def test_after_the_cooldown_one_trial_call_passes_and_its_success_closes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     b = breaker(clock)
     for _ in range(3):
         b.record_failure("HTTP 500")
@@ -246,7 +236,7 @@ def test_after_the_cooldown_one_trial_call_passes_and_its_success_closes() -> No
 
 
 def test_a_failed_trial_opens_the_circuit_for_another_cooldown() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     b = breaker(clock)
     for _ in range(3):
         b.record_failure("HTTP 500")
