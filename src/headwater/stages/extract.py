@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -144,12 +145,24 @@ def _pdf_pages(relpath: str, data: bytes, max_pages: int, max_text_bytes: int) -
             if total > max_text_bytes:
                 msg = f"{relpath}: over {max_text_bytes // _MIB} MiB of text (at page {index + 1} of {count})"
                 raise InputError(msg, field="content")
-            yield text
+            yield well_formed(text)
     except pdfium.PdfiumError as exc:
         msg = f"{relpath}: cannot read PDF text: {exc}"
         raise InputError(msg, field="content") from exc
     finally:
         pdf.close()
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(text: str) -> str:
+    """PDFium's UTF-16 may hold unpaired surrogates (a broken font map): no codec encodes them,
+    so hashing the chunk, an embedder's request, a JSON line would each fail. Pairs become their
+    character, a lone half U+FFFD; text without any is returned as is (one regex scan)."""
+    if _SURROGATES.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _isolation_is_safe() -> bool:

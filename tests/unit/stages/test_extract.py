@@ -64,3 +64,15 @@ def test_page_limit(sample_pdf: bytes) -> None:
 def test_suffix_of() -> None:
     assert suffix_of("a/b/C.MD") == ".md"
     assert suffix_of("README") == ""
+
+
+def test_unpaired_surrogates_from_pdfium_become_replacement_characters() -> None:
+    """A broken font map can make PDFium's UTF-16 hold half a surrogate pair: no codec encodes
+    that, so chunk hashing (and an embedder's request) failed on such a page."""
+    from headwater.stages.extract import well_formed
+
+    assert well_formed("plain text") == "plain text"
+    assert well_formed("a\ud83d\ude00b") == "a\U0001f600b"  # a pair: its character
+    fixed = well_formed("lone \ud800 half \udfff end")
+    assert fixed == "lone \ufffd half \ufffd end"
+    fixed.encode("utf-8")  # encodable now
