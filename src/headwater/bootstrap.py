@@ -10,8 +10,8 @@ from typing import Any, cast
 
 from headwater import registry
 from headwater.config import Settings
-from headwater.pipeline.documents import DocumentPipeline, MetadataStore
-from headwater.ports import Embedder, Source, VectorStore
+from headwater.pipeline.documents import DocumentPipeline
+from headwater.ports import Embedder, MetadataStore, Source, VectorStore
 
 
 def make_source(url: str, settings: Settings) -> Source:

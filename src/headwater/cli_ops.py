@@ -177,7 +177,7 @@ def jobs_run(
 ) -> None:
     """Run queued jobs without a server, until none is queued or running (cron, CI)."""
     from headwater.jobs import build_job_service
-    from headwater.ports import JobStatus
+    from headwater.models import JobStatus
 
     async def run() -> list[Any]:
         service = build_job_service(load_settings(home=home, max_concurrent_jobs=max_jobs))

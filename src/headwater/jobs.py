@@ -36,9 +36,10 @@ from headwater.adapters.sqlite import enable_wal
 from headwater.config import Settings
 from headwater.errors import ConfigError, EmbedderUnavailable, HeadwaterError, InputError
 from headwater.events import Event, to_dict
+from headwater.models import Job, JobEvent, JobStatus
 from headwater.observability import get_logger, span
 from headwater.pipeline.ratelimit import CircuitOpenError
-from headwater.ports import Job, JobEvent, JobStatus, JobStore
+from headwater.ports import JobStore
 
 S = JobStatus
 log = get_logger("headwater.jobs")

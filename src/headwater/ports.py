@@ -8,37 +8,23 @@ is idempotent, because the engine replays work after a crash rather than trustin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
-
-import msgspec
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from headwater.errors import InputError
-from headwater.models import Chunk
-
-if TYPE_CHECKING:  # numpy costs ~0.17 s to import: a no-change re-run never needs it
-    import numpy as np
-    import numpy.typing as npt
-
-Vectors: TypeAlias = "npt.NDArray[np.float32]"
-
-
-class SourceEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One object a source lists. ``problem`` set means: skip it, with this reason, unread."""
-
-    relpath: str
-    size: int
-    mtime_ns: int
-    problem: str | None = None
-
-
-class Version(NamedTuple):
-    """A document's recorded listing: equal size and mtime mean unchanged, unread."""
-
-    size: int
-    mtime_ns: int
-    status: str
-    doc_id: str
+from headwater.models import (
+    BusMessage,
+    Chunk,
+    ChunkKey,
+    DeadLetter,
+    DocState,
+    Job,
+    JobEvent,
+    JobStatus,
+    SignalCheckpoint,
+    SourceEntry,
+    Vectors,
+    Version,
+)
 
 
 @runtime_checkable
@@ -113,23 +99,28 @@ class Embedder(Protocol):
     async def close(self) -> None: ...
 
 
-class DocState(msgspec.Struct, frozen=True, kw_only=True):
-    doc_id: str
-    source: str
-    uri: str
-    content_hash: str | None
-    size: int
-    mtime_ns: int
-    status: str  # pending | cleanup | done | failed | deleting
-    attempts: int
-    error_count: int
-    version: int
+@runtime_checkable
+class LoadsModel(Protocol):
+    """Optional for embedders that run a local model. ``warm`` loads it (seconds) so a run can
+    overlap that with its first reads; ``single_threaded`` makes its encodes use one intra-op
+    thread: a query is one short text, which one core encodes as fast as two, and on busy cores
+    torch's threads wait for each other at every op (MiniLM: ~16 ms became ~400 ms)."""
+
+    async def warm(self) -> None: ...
+
+    async def single_threaded(self) -> None: ...
 
 
-class ChunkKey(msgspec.Struct, frozen=True, kw_only=True):
-    doc_id: str
-    chunk_id: str
-    chunk_hash: str
+@runtime_checkable
+class RateLimited(Protocol):
+    """Optional for embedders behind a rate limit (seed 004). ``rate_limit`` is the requests per
+    second allowed now (progress, metrics); ``observe_queue`` hears how full the queue after the
+    embedder is (depth, capacity) and adapts the rate, returning it."""
+
+    @property
+    def rate_limit(self) -> float: ...
+
+    def observe_queue(self, depth: int, capacity: int) -> float: ...
 
 
 @runtime_checkable
@@ -163,6 +154,22 @@ class VectorStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Compactable(Protocol):
+    """Optional for vector stores whose maintenance reads the whole index (``headwater
+    optimize``): compaction, index folding, old versions dropped. Idempotent."""
+
+    async def optimize(self) -> None: ...
+
+
+@runtime_checkable
+class Snapshots(Protocol):
+    """Optional for vector stores a server can mirror in memory: the latest version number and,
+    unless it is still ``since``, every row with its vector (an Arrow table)."""
+
+    async def snapshot(self, since: int | None = None) -> tuple[int, Any]: ...
 
 
 @runtime_checkable
@@ -224,21 +231,9 @@ class DocumentState(Protocol):
         """documents, chunks, dlq (unreplayed) and documents per status."""
         ...
 
-
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    kind: str  # "document" | "signal" | ...
-    input_ref: str
-    source: str
-    stage: str
-    error_type: str
-    message: str
-    traceback: str
-    attempts: int
-    created_at: str
-    replayed_at: str | None = None
-    payload: bytes | None = None
-    """The message itself, for dead-lettered bus messages (what ``dlq replay`` republishes)."""
+    async def documents_with_status(self, statuses: Sequence[str]) -> list[DocState]:
+        """The documents in any of ``statuses`` (``verify`` looks for ones left mid-update)."""
+        ...
 
 
 @runtime_checkable
@@ -263,24 +258,20 @@ class EmbeddingCache(Protocol):
     async def put_vectors(self, embedder_id: str, vectors: dict[str, Vectors]) -> None: ...
 
 
+class MetadataStore(DocumentState, DeadLetters, EmbeddingCache, Protocol):
+    """A home's metadata as one store (the embedded SQLite one): the three ports above, opened
+    and closed together, plus the home's own settings (the chunker key a run compares with)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def get_setting(self, key: str) -> str | None: ...
+
+    async def set_setting(self, key: str, value: str) -> None: ...
+
+
 # --- signals (issue #3) ------------------------------------------------------------------------
-
-
-class SignalCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
-    """How far a run consumed its input, and the engine state at that point.
-
-    ``scope`` names the run (feature set, version, input root); ``fingerprint`` the exact input
-    and declaration, so a changed input or feature set starts over instead of resuming.
-    """
-
-    scope: str
-    fingerprint: str
-    next_batch: int
-    file_index: int
-    row_offset: int
-    counters: dict[str, int]
-    state: bytes
-    status: str  # "running" | "completed"
 
 
 @runtime_checkable
@@ -339,22 +330,6 @@ class OfflineFeatureStore(Protocol):
 # --- streaming (issue #4) -----------------------------------------------------------------------
 
 
-class BusMessage(msgspec.Struct, kw_only=True):
-    """One delivery of a message. ``body`` is the raw CloudEvent (structured-mode JSON), left
-    undecoded so a malformed message becomes a DLQ entry in the worker instead of an adapter error.
-
-    ``position`` orders the topic's messages (NATS stream sequence; Redis entry id as (ms, seq));
-    ``deliveries`` is 1 on the first delivery and counts redeliveries, across consumers and
-    restarts. ``handle`` is the adapter's own receipt for ack/nak; callers never look inside it.
-    """
-
-    topic: str
-    body: bytes
-    position: tuple[int, int]
-    deliveries: int
-    handle: Any = None
-
-
 @runtime_checkable
 class StreamBus(Protocol):
     """A durable log of CloudEvents with consumer groups: at-least-once, acked explicitly.
@@ -407,44 +382,6 @@ class StreamBus(Protocol):
 
 
 # --- jobs (issue #5) ----------------------------------------------------------------------------
-
-
-class JobStatus(StrEnum):
-    """Where a job is; the allowed moves are ``headwater.jobs.TRANSITIONS``."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSING = "pausing"
-    PAUSED = "paused"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-class Job(msgspec.Struct, frozen=True, kw_only=True):
-    """One ingestion job. ``reason`` explains the last status change (a pause, a failure);
-    ``progress`` holds the counts of its current run; ``runs`` counts its starts."""
-
-    id: str
-    kind: str  # "docs"
-    spec: dict[str, Any]
-    priority: int
-    status: JobStatus
-    reason: str | None
-    progress: dict[str, int]
-    runs: int
-    created_at: str
-    updated_at: str
-
-
-class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One journal entry: ``seq`` is 1, 2, 3 … per job (the SSE event id, ``Last-Event-ID``)."""
-
-    job_id: str
-    seq: int
-    at: str
-    data: dict[str, Any]
 
 
 @runtime_checkable

@@ -41,9 +41,9 @@ from headwater import registry
 from headwater.config import Settings
 from headwater.errors import AdapterError, ConfigError, InputError
 from headwater.jobs import IllegalTransition, JobNotFound, JobService, build_job_service
+from headwater.models import Job, JobStatus
 from headwater.observability import Metrics, redact, register_secret
 from headwater.pipeline.index import Searcher, has_index
-from headwater.ports import Job, JobStatus
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

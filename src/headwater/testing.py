@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from headwater.adapters.hashembed import HashEmbedder
 from headwater.errors import PermanentError, RetryableError
-from headwater.ports import Job, JobStatus, Vectors
+from headwater.models import Job, JobStatus, Vectors
 
 if TYPE_CHECKING:
     from headwater.jobs import JobService

@@ -14,7 +14,8 @@ import pytest
 
 from headwater import registry
 from headwater.jobs import TERMINAL, TRANSITIONS, IllegalTransition, JobNotFound, StaleJobStatus
-from headwater.ports import JobStatus, JobStore
+from headwater.models import JobStatus
+from headwater.ports import JobStore
 from tests.contract.urls import adapter_url, url_id
 
 S = JobStatus

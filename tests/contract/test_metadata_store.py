@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from headwater import registry
-from headwater.pipeline.documents import MetadataStore
-from headwater.ports import ChunkKey, DeadLetter, DocState
+from headwater.models import ChunkKey, DeadLetter, DocState
+from headwater.ports import MetadataStore
 from tests.contract.urls import adapter_url, url_id
 
 STORES = ["sqlite:///{tmp}/state.db"]

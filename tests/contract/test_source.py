@@ -19,7 +19,8 @@ import pytest
 
 from headwater import registry
 from headwater.errors import HeadwaterError, InputError
-from headwater.ports import Countable, Source, SourceEntry
+from headwater.models import SourceEntry
+from headwater.ports import Countable, Source
 from tests.contract.urls import url_id
 
 SOURCES = ["file://{root}", "{root}"]

@@ -19,7 +19,8 @@ import pytest
 
 from headwater import registry
 from headwater.errors import RetryableError
-from headwater.ports import BusMessage, StreamBus, WatchesState
+from headwater.models import BusMessage
+from headwater.ports import StreamBus, WatchesState
 from tests.servers import ServerProcess
 
 MakeBus = Callable[..., Awaitable[StreamBus]]

@@ -25,7 +25,7 @@ from headwater.adapters.files import FileSource
 from headwater.bootstrap import build_document_pipeline
 from headwater.errors import InputError
 from headwater.events import DocumentCompleted, DocumentFailed
-from headwater.ports import SourceEntry
+from headwater.models import SourceEntry
 from tests import hostile_pdfs
 from tests.conftest import Cli
 

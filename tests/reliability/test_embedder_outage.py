@@ -24,8 +24,8 @@ from headwater.config import Settings
 from headwater.errors import EmbedderUnavailable
 from headwater.events import AdapterStateChange, BatchProgress, DocumentFailed, RunCompleted
 from headwater.jobs import build_job_service
+from headwater.models import JobEvent, JobStatus
 from headwater.pipeline.index import status
-from headwater.ports import JobEvent, JobStatus
 from headwater.testing import wait_for_status
 from tests.conftest import Cli
 from tests.servers.fake_embedder import FakeEmbeddingServer

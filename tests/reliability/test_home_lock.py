@@ -24,8 +24,8 @@ from headwater import load_settings
 from headwater.bootstrap import build_document_pipeline
 from headwater.homelock import home_lock
 from headwater.jobs import build_job_service
+from headwater.models import JobStatus
 from headwater.pipeline.index import status
-from headwater.ports import JobStatus
 from headwater.testing import wait_for_status
 from tests.conftest import Cli
 from tests.reliability.test_docs_crash import make_corpus

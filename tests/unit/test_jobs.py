@@ -21,7 +21,7 @@ from headwater.jobs import (
     JobService,
     SQLiteJobStore,
 )
-from headwater.ports import Job, JobStatus
+from headwater.models import Job, JobStatus
 
 S = JobStatus
 

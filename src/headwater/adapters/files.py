@@ -28,8 +28,7 @@ from urllib.parse import unquote
 
 from headwater.adapters._process import batches_from_child, fork_is_safe
 from headwater.errors import AdapterError, ConfigError, InputError
-from headwater.models import normalize_relpath
-from headwater.ports import SourceEntry
+from headwater.models import SourceEntry, normalize_relpath
 
 _WALK_BATCH = 1024  # entries per hand-off from the walking thread: one scan batch of the pipeline
 

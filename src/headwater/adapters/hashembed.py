@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from headwater.errors import ConfigError
-from headwater.ports import Vectors
+from headwater.models import Vectors
 
 
 class HashEmbedder:

@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 
 from headwater.adapters._thread import OwnThread
 from headwater.errors import ConfigError, PermanentError, disk_full
-from headwater.models import Chunk
-from headwater.ports import Vectors
+from headwater.models import Chunk, Vectors
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from headwater.ports import BusMessage
+from headwater.models import BusMessage
 
 
 @dataclass

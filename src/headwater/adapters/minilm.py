@@ -8,6 +8,7 @@ extracting and writing while the model works — the model, not the pipeline, is
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from headwater.adapters._thread import OwnThread
 from headwater.errors import ConfigError
-from headwater.ports import Vectors
+from headwater.models import Vectors
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -35,6 +36,14 @@ class MiniLMEmbedder:
     async def warm(self) -> None:
         """Load the model now, in its thread (the pipeline calls this once it has work)."""
         await self._thread.call(self._loaded)
+
+    async def single_threaded(self) -> None:
+        """One torch intra-op thread for this model's encodes (ports.LoadsModel says why). torch's
+        thread count (OpenMP, MKL) is per OS thread: set in the model's own thread only, so other
+        work in the process (a server's ingest jobs) keeps its threads."""
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            await self._thread.call(torch.set_num_threads, 1)
 
     def _loaded(self) -> Any:
         if self._model is None:

@@ -45,7 +45,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from headwater.errors import ConfigError, HeadwaterError, PermanentError, RetryableError
-from headwater.ports import BusMessage, StateListener
+from headwater.models import BusMessage
+from headwater.ports import StateListener
 
 log = logging.getLogger(__name__)
 

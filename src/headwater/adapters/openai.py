@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 
 from headwater.errors import ConfigError, PermanentError, RetryableError
+from headwater.models import Vectors
 from headwater.pipeline.ratelimit import (
     LIMITER_PRESETS,
     AdaptiveRateLimiter,
@@ -42,7 +43,7 @@ from headwater.pipeline.ratelimit import (
     LimiterConfig,
     Sleep,
 )
-from headwater.ports import StateListener, Vectors
+from headwater.ports import StateListener
 from headwater.presets import DEFAULT_PRESET
 
 OPENAI_ENDPOINT = "https://api.openai.com/v1/embeddings"

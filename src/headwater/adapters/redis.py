@@ -52,7 +52,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from headwater.errors import ConfigError, HeadwaterError, PermanentError, RetryableError
-from headwater.ports import BusMessage, StateListener
+from headwater.models import BusMessage
+from headwater.ports import StateListener
 
 _TOPIC = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _GROUP = re.compile(r"[A-Za-z0-9_-]+")

@@ -21,7 +21,7 @@ import msgspec
 
 from headwater.adapters._thread import OwnThread
 from headwater.errors import ConfigError, disk_full
-from headwater.ports import ChunkKey, DeadLetter, DocState, Vectors, Version
+from headwater.models import ChunkKey, DeadLetter, DocState, Vectors, Version
 
 CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS chunks (
     chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL, chunk_hash TEXT NOT NULL,

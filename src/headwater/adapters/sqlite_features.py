@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from headwater.adapters.sqlite import enable_wal, full_disk
 from headwater.errors import ConfigError, PermanentError, RetryableError
-from headwater.ports import SignalCheckpoint
+from headwater.models import SignalCheckpoint
 
 ROW_FIELDS = (
     "entity_id",

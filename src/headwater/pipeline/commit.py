@@ -18,19 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from headwater.events import DocumentCompleted
-from headwater.models import Chunk
+from headwater.models import Chunk, ChunkKey, DocState, SourceEntry, Vectors
 from headwater.pipeline.engine import RetryPolicy, with_retries
 from headwater.pipeline.faults import crash_point
-from headwater.ports import (
-    ChunkKey,
-    DocState,
-    DocumentState,
-    Embedder,
-    EmbeddingCache,
-    SourceEntry,
-    Vectors,
-    VectorStore,
-)
+from headwater.ports import DocumentState, Embedder, EmbeddingCache, RateLimited, VectorStore
 from headwater.stages.chunk import TextChunk
 from headwater.stages.prepare import PreparedDocument
 
@@ -146,10 +137,9 @@ class GroupCommitter:
         again). The queue stays bounded either way: backpressure bounds it, the limiter keeps
         the external server from being pushed beyond what the rest of the pipeline absorbs.
         """
-        observe = getattr(self.embedder, "observe_queue", None)
-        if observe is not None and self.backlog is not None:
+        if isinstance(self.embedder, RateLimited) and self.backlog is not None:
             depth, capacity = self.backlog()
-            observe(depth, capacity)
+            self.embedder.observe_queue(depth, capacity)
 
     async def commit(self, group: Sequence[ReadyDocument]) -> list[DocumentCompleted]:
         """Embed and write one group (no overlap with other groups)."""

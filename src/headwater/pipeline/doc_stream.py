@@ -17,10 +17,9 @@ from headwater.bootstrap import build_document_pipeline, make_metadata_store, ma
 from headwater.config import Settings
 from headwater.errors import InputError
 from headwater.events import BatchProgress, ChangesPublished, Event
-from headwater.models import make_doc_id, sha256_hex
-from headwater.pipeline.documents import MetadataStore
+from headwater.models import DocState, SourceEntry, make_doc_id, sha256_hex
 from headwater.pipeline.stream import Delivery
-from headwater.ports import DocState, Source, SourceEntry, StreamBus
+from headwater.ports import MetadataStore, Source, StreamBus
 from headwater.stages import cloudevents
 from headwater.stages.cloudevents import DOC_ADDED, DOC_DELETED, DOC_UPDATED, DocChange
 

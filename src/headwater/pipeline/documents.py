@@ -16,7 +16,7 @@ import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
@@ -44,23 +44,27 @@ from headwater.events import (
     WaitingForHome,
 )
 from headwater.homelock import home_lock
-from headwater.models import make_doc_id, normalize_relpath, sha256_hex
+from headwater.models import (
+    DeadLetter,
+    DocState,
+    SourceEntry,
+    Version,
+    make_doc_id,
+    normalize_relpath,
+    sha256_hex,
+)
 from headwater.pipeline.adapter_states import AdapterStates
 from headwater.pipeline.commit import EmbeddedGroup, GroupCommitter, ReadyDocument
 from headwater.pipeline.engine import CpuPool, Progress, RetryPolicy
 from headwater.pipeline.faults import crash_point
 from headwater.ports import (
     Countable,
-    DeadLetter,
-    DeadLetters,
-    DocState,
-    DocumentState,
     Embedder,
-    EmbeddingCache,
+    LoadsModel,
+    MetadataStore,
+    RateLimited,
     Source,
-    SourceEntry,
     VectorStore,
-    Version,
 )
 from headwater.stages.chunk import chunker_key
 from headwater.stages.prepare import PrepareFailure, PrepareOptions, prepare_documents
@@ -73,15 +77,6 @@ PREPARE_BATCH_BYTES = 4 * 1024 * 1024
 log = logging.getLogger(__name__)
 SOURCE_SPANS = "1"  # chunks carry their span in the source (stages.spans); older homes are re-prepared once
 WRITE_BACKLOG_GROUPS = 2  # embedded groups waiting for their write: 1 is jitter, 2 is congestion
-
-
-class MetadataStore(DocumentState, DeadLetters, EmbeddingCache, Protocol):
-    """The three metadata ports together, as the embedded SQLite store provides them."""
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def get_setting(self, key: str) -> str | None: ...
-    async def set_setting(self, key: str, value: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -487,13 +482,13 @@ class _DocumentRun:
     def warm_vectors(self) -> None:
         """Open the vector store in the background once there is work: the first write does not
         wait for it, and a run with nothing to do never pays for it (lancedb imports in ~1 s).
-        An embedder that loads a local model (``warm``, not part of the port) starts loading it
+        An embedder that loads a local model (ports.LoadsModel) starts loading it
         then too: torch and sentence-transformers import in ~5 s, while the first documents
         are read and extracted."""
         if self._vectors_open is None:
             self._vectors_open = asyncio.ensure_future(self.p.vectors.open(self.p.embedder.dimensions))
-            if (warm := getattr(self.p.embedder, "warm", None)) is not None:
-                self._embedder_warm = asyncio.ensure_future(warm())
+            if isinstance(self.p.embedder, LoadsModel):
+                self._embedder_warm = asyncio.ensure_future(self.p.embedder.warm())
 
     async def vectors_ready(self) -> None:
         self.warm_vectors()
@@ -785,6 +780,7 @@ class _DocumentRun:
 
     def _progress_event(self) -> BatchProgress:
         pr = self.progress
+        embedder = self.p.embedder
         return BatchProgress(
             run_id=self.p.run_id,
             completed=pr.completed,
@@ -794,7 +790,7 @@ class _DocumentRun:
             estimated_total=pr.total,
             eta_seconds=pr.eta_seconds(),
             elapsed_seconds=round(pr.clock() - pr.started, 3),
-            embed_rate_per_second=getattr(self.p.embedder, "rate_limit", None),
+            embed_rate_per_second=embedder.rate_limit if isinstance(embedder, RateLimited) else None,
             queue_depths={
                 "scanned": self.work.qsize(),
                 "prepared": self.ready.qsize(),

@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import inspect
 import math
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -20,14 +19,13 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from headwater.adapters._thread import OwnThread
 from headwater.adapters.lancedb import TABLE as LANCE_TABLE
 from headwater.bootstrap import build_document_pipeline, make_embedder, make_metadata_store, make_vector_store
 from headwater.config import Settings
 from headwater.events import RunCompleted
 from headwater.homelock import home_lock
-from headwater.models import Chunk
-from headwater.ports import DocState, Embedder, Vectors, VectorStore
+from headwater.models import Chunk, DocState, Vectors
+from headwater.ports import Compactable, Embedder, LoadsModel, Snapshots, VectorStore
 
 _NO_DIMENSIONS = 0
 _OVERFETCH = 8  # a store that cannot filter by uri prefix is asked for k x this, then more
@@ -78,9 +76,8 @@ async def optimize(settings: Settings) -> None:
     async with home_lock(settings.home, wait=settings.wait_for_home):
         metadata, vectors, embedder = await _open_index(settings)
         try:
-            maintain = getattr(vectors, "optimize", None)
-            if maintain is not None:
-                await maintain()
+            if isinstance(vectors, Compactable):
+                await vectors.optimize()
         finally:
             await _close_index(metadata, vectors, embedder)
 
@@ -221,10 +218,9 @@ class Searcher:
                 embedder = make_embedder(self.settings)
                 await embedder.open()
                 try:
-                    warm = getattr(embedder, "warm", None)  # a local model loads now, not mid-query
-                    if warm is not None:
-                        await warm()
-                        await _one_intra_op_thread(embedder)
+                    if isinstance(embedder, LoadsModel):  # a local model loads now, not mid-query
+                        await embedder.warm()
+                        await embedder.single_threaded()
                     vectors = make_vector_store(self.settings)
                     await vectors.open(embedder.dimensions)
                 except BaseException:
@@ -282,18 +278,6 @@ async def _search(
         fetch *= 2
 
 
-async def _one_intra_op_thread(embedder: Embedder) -> None:
-    """A query is one short text, which one core encodes as fast as two; and on a machine whose
-    cores are busy (ingest jobs, other processes) torch's intra-op threads wait for each other at
-    every op: MiniLM's ~16 ms encode took ~400 ms (median) with 2 threads on 2 busy cores, 19 ms
-    with 1. torch's thread count (OpenMP, MKL) is per OS thread: this sets it in the embedder's
-    own thread only, so the server's ingest jobs keep theirs."""
-    thread = getattr(embedder, "_thread", None)  # a local model's dedicated thread (OwnThread)
-    torch = sys.modules.get("torch")
-    if isinstance(thread, OwnThread) and torch is not None:
-        await thread.call(torch.set_num_threads, 1)
-
-
 class _Resident:
     """The index held in memory by a long-lived ``Searcher`` (with ``resident=True``): LanceDB's
     flat search re-reads every vector of the table for each query (~25 ms at 20k chunks on 2
@@ -320,8 +304,7 @@ class _Resident:
         return await asyncio.to_thread(_rank, matrix, rows, uris, vector, k, uri_prefix)
 
     async def refresh(self, vectors: VectorStore) -> None:
-        snapshot = getattr(vectors, "snapshot", None)
-        if snapshot is None or time.monotonic() - self.checked < RESIDENT_REFRESH_SECONDS:
+        if not isinstance(vectors, Snapshots) or time.monotonic() - self.checked < RESIDENT_REFRESH_SECONDS:
             return
         async with self.lock:
             if time.monotonic() - self.checked < RESIDENT_REFRESH_SECONDS:
@@ -330,7 +313,7 @@ class _Resident:
             if await vectors.count() > RESIDENT_MAX_ROWS:
                 self.version = self.matrix = self.rows = self.uris = None
                 return
-            version, table = await snapshot(self.version)
+            version, table = await vectors.snapshot(self.version)
             if table is not None:
                 self.matrix, self.rows, self.uris = await asyncio.to_thread(_load_resident, table)
                 self.version = version

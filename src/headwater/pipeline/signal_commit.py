@@ -17,9 +17,8 @@ from typing import Any
 import polars as pl
 
 from headwater.featuresets import FeatureSetSpec
-from headwater.models import signal_content_hash
+from headwater.models import SignalCheckpoint, signal_content_hash
 from headwater.pipeline.signal_inputs import Chunk, InputFile
-from headwater.ports import SignalCheckpoint
 from headwater.stages.features import BatchResult
 
 

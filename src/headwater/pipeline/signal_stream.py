@@ -30,7 +30,7 @@ import polars as pl
 from headwater.errors import InputError
 from headwater.events import Event, WindowsClosed
 from headwater.featuresets import FeatureSetSpec, duration_label
-from headwater.models import sha256_hex
+from headwater.models import SignalCheckpoint, sha256_hex
 from headwater.pipeline.faults import crash_point
 from headwater.pipeline.signal_commit import (
     BatchCommit,
@@ -42,7 +42,7 @@ from headwater.pipeline.signal_commit import (
 from headwater.pipeline.signal_inputs import InputFile
 from headwater.pipeline.signals import COUNTERS, DATASETS, Clock, SignalOptions, wall_clock_ms
 from headwater.pipeline.stream import Delivery, RejectedEvent
-from headwater.ports import FeatureStore, OfflineFeatureStore, SignalCheckpoint
+from headwater.ports import FeatureStore, OfflineFeatureStore
 from headwater.stages import cloudevents
 from headwater.stages.decode import (
     DecodeLimits,

@@ -32,7 +32,7 @@ from headwater.events import (
 )
 from headwater.featuresets import FeatureSetSpec
 from headwater.homelock import describe_holder, home_lock, lock_path
-from headwater.models import sha256_hex
+from headwater.models import DeadLetter, SignalCheckpoint, sha256_hex
 from headwater.pipeline.signal_commit import (
     BatchCommit,
     build_commit,
@@ -50,7 +50,7 @@ from headwater.pipeline.signal_inputs import (
     original_records,
     read_chunks,
 )
-from headwater.ports import DeadLetter, DeadLetters, FeatureStore, OfflineFeatureStore, SignalCheckpoint
+from headwater.ports import DeadLetters, FeatureStore, OfflineFeatureStore
 from headwater.stages.decode import DecodeLimits
 from headwater.stages.features import BatchResult, EngineState, flush, process_batch
 

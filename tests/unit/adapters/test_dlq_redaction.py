@@ -14,8 +14,8 @@ from headwater.adapters.sqlite import SQLiteMetadataStore
 from headwater.bootstrap import make_metadata_store
 from headwater.config import load_settings
 from headwater.events import MessageDeadLettered
+from headwater.models import DeadLetter
 from headwater.observability import register_secret
-from headwater.ports import DeadLetter
 from headwater.signals_bootstrap import resolve_feature_set
 from headwater.stream_bootstrap import make_bus, open_signal_worker
 

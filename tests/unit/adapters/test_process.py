@@ -8,7 +8,7 @@ import pytest
 
 from headwater.adapters._process import batches_from_child
 from headwater.errors import AdapterError
-from headwater.ports import SourceEntry
+from headwater.models import SourceEntry
 
 
 def entries(n: int) -> Iterator[SourceEntry]:

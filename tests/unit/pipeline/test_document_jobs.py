@@ -21,8 +21,8 @@ from headwater.bootstrap import build_document_pipeline
 from headwater.config import Settings
 from headwater.events import Event
 from headwater.jobs import JobService, SQLiteJobStore, build_job_service, job_store_url
+from headwater.models import Job, JobStatus, Vectors
 from headwater.pipeline.index import status
-from headwater.ports import Job, JobStatus, Vectors
 from headwater.testing import wait_for_status
 
 ROOT = Path(__file__).resolve().parents[3]

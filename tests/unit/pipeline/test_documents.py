@@ -104,7 +104,8 @@ async def test_only_limits_the_run_and_deletes_nothing(corpus: Path, tmp_path: P
 
 
 class WarmingEmbedder(FailingEmbedder):
-    """Records when the pipeline asks it to load its model, and what it embedded by then."""
+    """A local-model embedder (ports.LoadsModel) that records when the pipeline asks it to load
+    its model, and what it embedded by then."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,6 +113,9 @@ class WarmingEmbedder(FailingEmbedder):
 
     async def warm(self) -> None:
         self.warmed_after_texts.append(self.texts)
+
+    async def single_threaded(self) -> None:
+        return None
 
 
 async def test_an_embedder_is_warmed_once_when_there_is_work_and_never_on_a_no_change_run(

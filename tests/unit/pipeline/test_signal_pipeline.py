@@ -18,8 +18,8 @@ from headwater.adapters.parquet import ParquetOfflineStore
 from headwater.adapters.sqlite_features import SQLiteFeatureStore
 from headwater.cli_signals import export_rows
 from headwater.featuresets import FeatureSetSpec, WindowSpec
+from headwater.models import DeadLetter
 from headwater.pipeline.signals import SignalOptions, SignalPipeline
-from headwater.ports import DeadLetter
 
 NOW = 1_800_000_000_000
 WINDOWS = [(1000, 1000), (5000, 5000), (60_000, 60_000)]
