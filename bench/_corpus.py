@@ -8,10 +8,14 @@ embedding cache keyed by chunk text cannot cheat), and sized 2-8 KB like real no
 The corpus is generated once per (size, seed, pdf share) and then mutated *in place* by W3/W4;
 ``restore`` puts the original bytes back. A manifest beside the folder says whether the corpus is
 pristine, so an interrupted benchmark regenerates instead of measuring a half-edited corpus.
+
+``copy_folders`` makes a corpus of real documents instead (``--corpus DIR``): the text files of one
+or more folders, copied under the work folder so W3/W4 edit the copy and never the originals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -33,6 +37,8 @@ WORDS = (  # noqa: SIM905 -- a word list reads better as prose
 
 SUFFIXES = (".md", ".md", ".md", ".txt")
 DOCS_PER_FOLDER = 50
+# What both sides index (headwater's default include patterns; the LangChain worker's SUFFIXES).
+INDEXED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".rst", ".pdf"})
 
 
 @dataclass(frozen=True)
@@ -44,9 +50,12 @@ class CorpusSpec:
     pdf_share: float = 0.0
     min_bytes: int = 2000
     max_bytes: int = 8000
+    label: str = ""  # set for a copied folder of real documents: its name
 
     @property
     def name(self) -> str:
+        if self.label:
+            return f"corpus-{self.label}"
         pdf = f"-pdf{round(self.pdf_share * 100)}" if self.pdf_share else ""
         return f"corpus-{self.size}-s{self.seed}{pdf}"
 
@@ -153,15 +162,67 @@ def generate(spec: CorpusSpec, base: Path) -> Corpus:
     return corpus
 
 
-def _write_manifest(corpus: Corpus, *, pristine: bool) -> None:
+def _write_manifest(corpus: Corpus, *, pristine: bool, **extra: object) -> None:
     spec = corpus.spec
+    old = json.loads(corpus.manifest.read_text()) if corpus.manifest.exists() else {}
     meta = {
         "spec": spec.__dict__,
         "pristine": pristine,
         "files": corpus.files,
         "bytes": sum((corpus.root / f).stat().st_size for f in corpus.files) if pristine else None,
+        "sources": extra.get("sources", old.get("sources")),
     }
     corpus.manifest.write_text(json.dumps(meta))
+
+
+def _source_listing(folders: list[Path]) -> tuple[list[tuple[Path, str]], list[dict[str, object]]]:
+    """The indexed files of each folder (sorted), their paths in the copy, and a fingerprint of them."""
+    listing: list[tuple[Path, str]] = []
+    sources: list[dict[str, object]] = []
+    for given in folders:
+        folder = given.resolve()
+        if not folder.is_dir():
+            raise SystemExit(f"--corpus {folder}: not a folder (bench/README.md says how to get the docs)")
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in INDEXED_SUFFIXES)
+        digest = hashlib.sha256()
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        prefix = folder.name.lstrip("_.") or "docs"
+        if any(str(src["prefix"]) == prefix for src in sources):
+            raise SystemExit(f"--corpus: two folders would both be copied to {prefix}/")
+        listing += [(p, f"{prefix}/{p.relative_to(folder).as_posix()}") for p in files]
+        sources.append(
+            {"folder": str(folder), "prefix": prefix, "files": len(files), "fingerprint": digest.hexdigest()}
+        )
+    return listing, sources
+
+
+def copy_folders(folders: list[Path], base: Path, seed: int = 42) -> Corpus:
+    """A corpus of real documents: the .md/.markdown/.txt/.rst/.pdf files under ``folders``, copied
+    to ``base/corpus-real-<names>-<hash>/<folder name>/…`` (reused while the sources are unchanged).
+    Each folder becomes one top-level folder of the copy (named after it, leading ``_`` dropped)."""
+    listing, sources = _source_listing(folders)
+    if not listing:
+        raise SystemExit(f"--corpus {' '.join(map(str, folders))}: no .md/.txt/.rst/.pdf files")
+    names = "+".join(sorted({rel.split("/", 1)[0] for _, rel in listing}))
+    tag = hashlib.sha256(json.dumps(sources).encode()).hexdigest()[:8]
+    spec = CorpusSpec(size=len(listing), seed=seed, label=f"real-{names}-{tag}")
+    corpus = Corpus(spec, base / spec.name)
+    if corpus.manifest.exists():
+        meta = json.loads(corpus.manifest.read_text())
+        if meta.get("pristine") and corpus.root.is_dir() and meta.get("sources") == sources:
+            corpus.files = meta["files"]
+            return corpus
+    shutil.rmtree(corpus.root, ignore_errors=True)
+    shutil.rmtree(corpus.backup, ignore_errors=True)
+    for src, rel in listing:
+        (corpus.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, corpus.root / rel)
+        corpus.files.append(rel)
+    corpus.files.sort()
+    _write_manifest(corpus, pristine=True, sources=sources)
+    return corpus
 
 
 def corpus_bytes(corpus: Corpus) -> int:

@@ -1,4 +1,4 @@
-"""Document benchmark: headwater (and optionally LangChain's ``index()``) on a deterministic corpus.
+"""Document benchmark: headwater (and optionally LangChain's ``index()``) on the same corpus.
 
 Workloads (each its own process, so import time counts; state persists between them, as in cron):
   W1 cold ingest · W2 re-run, nothing changed · W3 re-run after inserting one paragraph in the middle
@@ -7,7 +7,9 @@ After each workload headwater's own checks run (untimed): ``verify`` exits 0, W2
 W3 updates exactly the edited files, W4 removes the deleted files from ``export``.
 
     python bench/docs.py --sizes 200 --runs 1                      # quick look
-    python bench/docs.py --sizes 1000,10000 --runs 3 --compare langchain
+    python bench/docs.py --sizes 1000,3000 --runs 3 --compare langchain
+    python bench/docs.py --corpus /usr/share/doc/python3.11/html/_sources /usr/share/doc/nodejs/api \
+        --runs 5 --compare langchain                               # real docs (bench/README.md)
     python bench/docs.py --sizes 100000 --runs 1
     python bench/docs.py --embedder minilm --minilm-docs 500       # raw model.encode vs end to end
 
@@ -68,6 +70,7 @@ class Record:
     load1: float = 0.0
     ok: bool = True
     error: str | None = None
+    corpus: str = ""
 
     def absorb(self, measured: Measured) -> None:
         self.wall_s, self.cpu_s = measured.wall_s, measured.cpu_s
@@ -190,19 +193,25 @@ def expect_checks(rec: Record, n_files: int, edits: dict[str, list[str]]) -> Non
 
 
 class LangChain:
-    """Runs one workload through LangChain ``index()`` in its own process (bench/_langchain_worker.py)."""
+    """Runs one workload through LangChain ``index()`` in its own process (bench/_langchain_worker.py):
+    ``SQLRecordManager`` + a vector store on disk (``store``: LanceDB by default), the same embedding."""
 
     name = "langchain"
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, store: str = "lancedb", embed: str = "hash", batch: int = 100) -> None:
         self.env = child_env("hash://")
         self.timeout = timeout
+        self.store = store
+        self.embed = embed
+        self.batch = batch
+        self.worker = [sys.executable, str(BENCH / "_langchain_worker.py")]
+        self.logs = Path()
 
     def run(self, rec: Record, corpus: corpus_mod.Corpus, home: Path, logs: Path) -> None:
+        self.logs = logs  # check() finds deleted.txt / edited.txt here
         stem = logs / f"{rec.workload}"
-        cmd = [sys.executable, str(BENCH / "_langchain_worker.py"), str(corpus.root), str(home)]
-        if rec.workload == "W4":
-            cmd += ["--deleted", str(logs / "deleted.txt")]
+        cmd = [*self.worker, "index", str(corpus.root), str(home), "--store", self.store]
+        cmd += ["--embedder", self.embed, "--batch-size", str(self.batch)]
         measured = run_measured(
             cmd,
             env=self.env,
@@ -212,6 +221,8 @@ class LangChain:
         )
         rec.absorb(measured)
         result = last_json_line(stem.with_suffix(".out"))
+        if not result:
+            rec.fail("no JSON result line from the LangChain worker")
         rec.counts = {
             "documents_seen": result.get("documents_seen"),
             "chunks_embedded": result.get("chunks_embedded"),
@@ -222,15 +233,24 @@ class LangChain:
             "embed_calls": result.get("embed_calls"),
             "phases": result.get("phases"),
         }
-        rec.chunks = result.get("vectors")
-        if "stale_of_deleted" in result:
-            rec.checks["stale_of_deleted"] = result["stale_of_deleted"]
 
     def check(self, rec: Record, corpus: corpus_mod.Corpus, home: Path, edits: dict[str, list[str]]) -> None:
-        """Informative only: LangChain's known incremental-mode gaps are reported, not failed."""
+        """Untimed ``inspect`` of the store. Informative only: LangChain's known incremental-mode gaps
+        (W2 re-embeds chunks of documents that straddle a batch; deleted files are never cleaned up
+        by ``cleanup="incremental"``) are reported, not failed."""
+        logs = self.logs
+        cmd = [*self.worker, "inspect", str(home), "--store", self.store]
+        if rec.workload == "W4":
+            cmd += ["--deleted", str(logs / "deleted.txt"), "--edited", str(logs / "edited.txt")]
+        rc, text = quiet(cmd, self.env, self.timeout)
+        lines = [ln for ln in text.strip().splitlines() if ln.startswith("{")]
+        found = json.loads(lines[-1]) if rc == 0 and lines else {}
+        if not found:
+            rec.fail(f"inspect exited {rc}: {text.strip()[-300:]}")
+        rec.checks.update(found)
+        rec.chunks = found.get("vectors")
         if rec.workload == "W2":
             rec.checks["w2_reembedded"] = rec.counts.get("chunks_embedded")
-        rec.checks["vectors"] = rec.chunks
 
 
 # ---------------------------------------------------------------- one sequence W1..W4
@@ -254,7 +274,11 @@ def run_sequence(
             if wl == "W4":
                 edits["W4"] = corpus_mod.delete(corpus)
                 (logs / "deleted.txt").write_text("\n".join(edits["W4"]) + "\n")
-            rec = Record(tool.name, corpus.spec.size, run, wl, load1=os.getloadavg()[0])
+                still = sorted(set(edits["W3"]) - set(edits["W4"]))
+                (logs / "edited.txt").write_text("\n".join(still) + "\n")
+            rec = Record(
+                tool.name, corpus.spec.size, run, wl, load1=os.getloadavg()[0], corpus=corpus.spec.name
+            )
             tool.run(rec, corpus, home, logs)
             if rec.ok:
                 tool.check(rec, corpus, home, edits)
@@ -337,6 +361,13 @@ def ratios(med: dict[str, dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
                 get("headwater", size, "W1", "docs_per_s"), get("langchain", size, "W1", "docs_per_s")
             ),
             "lc_over_hw_w2_time": div(get("langchain", size, "W2", "wall_s"), w2),
+            **{
+                f"lc_over_hw_{key}_{wl}": div(
+                    get("langchain", size, wl, attr), get("headwater", size, wl, attr)
+                )
+                for key, attr in (("wall", "wall_s"), ("cpu", "cpu_s"))
+                for wl in WORKLOADS
+            },
         }
     largest = max(sizes)
     peak = [get("headwater", largest, wl, "peak_rss_mb") for wl in WORKLOADS]
@@ -402,12 +433,33 @@ def print_table(med: dict[str, dict[str, Any]], rat: dict[str, Any]) -> None:
         print(" | ".join(headers))
         for row in rows:
             print(" | ".join(row))
+    print_comparison(med)
     print("\nRatios:")
     for key, value in rat.items():
         if isinstance(value, dict):
             print(f"  {key}: " + ", ".join(f"{k}={fmt(v, 2)}" for k, v in value.items()))
         else:
             print(f"  {key}: {fmt(value, 2)}")
+
+
+def print_comparison(med: dict[str, dict[str, Any]]) -> None:
+    """LangChain against headwater per workload: wall and CPU medians and their ratios (if compared)."""
+    sizes = sorted({m["size"] for m in med.values() if m["tool"] == "langchain"})
+    for size in sizes:
+        print(f"\nLangChain / headwater, {size:,} documents (medians; ratio = LangChain / headwater):")
+        print(
+            "  wl | headwater wall s | LangChain wall s | wall ratio | headwater CPU s | LangChain CPU s "
+            "| CPU ratio | chunks hw / lc | embedded hw / lc"
+        )
+        for wl in WORKLOADS:
+            hw, lc = med.get(f"headwater/{size}/{wl}", {}), med.get(f"langchain/{size}/{wl}", {})
+            cells = [wl]
+            for attr in ("wall_s", "cpu_s"):
+                a, b = hw.get(attr), lc.get(attr)
+                cells += [fmt(a, 2), fmt(b, 2), f"{b / a:.1f}x" if a and b else "-"]
+            cells.append(f"{fmt(hw.get('chunks'))} / {fmt(lc.get('chunks'))}")
+            cells.append(f"{fmt(hw.get('chunks_embedded'))} / {fmt(lc.get('chunks_embedded'))}")
+            print("  " + " | ".join(cells))
 
 
 # ---------------------------------------------------------------- main
@@ -418,8 +470,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated corpus sizes (documents)")
+    parser.add_argument(
+        "--corpus",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="real documents instead of --sizes: the .md/.markdown/.txt/.rst/.pdf files of these folders, "
+        "copied under --work (W3/W4 edit the copy)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="repetitions of W1..W4 per size (medians)")
     parser.add_argument("--compare", choices=["langchain"], help="also run LangChain index() side by side")
+    parser.add_argument(
+        "--lc-store",
+        choices=["lancedb", "community-lancedb", "memory"],
+        default="lancedb",
+        help="LangChain's vector store: langchain-lancedb (default), langchain_community's LanceDB, "
+        "or InMemoryVectorStore dumped to JSON (the old comparison)",
+    )
+    parser.add_argument(
+        "--lc-batch", type=int, default=100, help="LangChain index()'s batch_size (default 100, its default)"
+    )
+    parser.add_argument(
+        "--embed",
+        choices=["hash", "minilm"],
+        default="hash",
+        help="the embedding both sides use in W1-W4: hash:// (default) or MiniLM (slow: ~30 chunks/s)",
+    )
     parser.add_argument(
         "--compare-max-size",
         type=int,
@@ -431,7 +507,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", type=Path, default=Path("/tmp/hwbench"), help="corpora, homes and logs")
-    parser.add_argument("--out", type=Path, default=BENCH / "results" / "docs.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="JSON results (default bench/results/docs.json, docs-real.json with --corpus)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=1800, help="seconds per workload before it is killed"
     )
@@ -465,33 +545,51 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.summarize:
         return summarize(args.summarize)
+    if args.out is None:
+        args.out = BENCH / "results" / ("docs-real.json" if args.corpus else "docs.json")
     args.work.mkdir(parents=True, exist_ok=True)
     if args.embedder == "minilm":
         from _minilm import run_minilm
 
         return run_minilm(args)
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     say = lambda line: print(line, flush=True)  # noqa: E731
     records: list[Record] = []
     corpora: dict[int, dict[str, Any]] = {}
     started = time.time()
-    for size in sizes:
+    makers: list[Callable[[], corpus_mod.Corpus]]
+    if args.corpus:
+        makers = [lambda: corpus_mod.copy_folders(args.corpus, args.work, args.seed)]
+    else:
+        makers = [
+            lambda size=int(s): corpus_mod.generate(
+                corpus_mod.CorpusSpec(size, args.seed, args.pdf_share), args.work
+            )
+            for s in args.sizes.split(",")
+            if s.strip()
+        ]
+    sizes: list[int] = []
+    for make in makers:
         start = time.perf_counter()
-        corpus = corpus_mod.generate(corpus_mod.CorpusSpec(size, args.seed, args.pdf_share), args.work)
+        corpus = make()
+        size = corpus.spec.size
+        sizes.append(size)
         corpora[size] = {
+            "name": corpus.spec.name,
             "root": str(corpus.root),
             "files": len(corpus.files),
             "bytes": corpus_mod.corpus_bytes(corpus),
+            "sources": json.loads(corpus.manifest.read_text()).get("sources"),
         }
         say(
             f"corpus {corpus.root}: {len(corpus.files)} files, {corpora[size]['bytes'] / 1e6:.1f} MB "
             f"(ready in {time.perf_counter() - start:.1f} s)"
         )
-        tools: list[Headwater | LangChain] = [Headwater("hash://", args.timeout)]
+        hw_embedder = "minilm://" if args.embed == "minilm" else "hash://"
+        tools: list[Headwater | LangChain] = [Headwater(hw_embedder, args.timeout)]
         if args.compare == "langchain" and size <= args.compare_max_size:
-            tools.append(LangChain(args.timeout))
+            tools.append(LangChain(args.timeout, args.lc_store, args.embed, args.lc_batch))
         for run in range(args.runs):
-            for tool in tools:
+            for tool in tools if run % 2 == 0 else tools[::-1]:  # alternate who goes first
                 records.extend(run_sequence(tool, corpus, run, args.work, say))
             save(args, records, corpora, started)
     med = medians(records)
