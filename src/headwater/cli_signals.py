@@ -278,8 +278,7 @@ def features_export(
     err.print(f"wrote {count} rows to {out_path}")
 
 
-EXPORT_KEYS = {
-    "windows": ["entity_id", "feature_set", "version", "window_ms", "window_start_ms"],
+EXPORT_KEYS = {  # windows: stages.features.FEATURE_ROW_KEY (imported with polars, when exporting)
     "points": ["entity_id", "feature_set", "version", "event_time", "sequence", "value"],
     "late": [
         "entity_id",
@@ -300,7 +299,9 @@ async def export_rows(offline: Any, feature_set: str, *, dataset: str = "windows
     frame = await offline.read(dataset, feature_set)
     if frame.height == 0:
         return frame
-    keys = EXPORT_KEYS[dataset]
+    from headwater.stages.features import FEATURE_ROW_KEY
+
+    keys = list(FEATURE_ROW_KEY) if dataset == "windows" else EXPORT_KEYS[dataset]
     order = [*keys, "revision", "_part"] if dataset == "windows" else [*keys, "_part"]
     latest = frame.sort(order).unique(subset=keys, keep="last", maintain_order=True)
     return latest.drop("_part").sort(keys)

@@ -19,22 +19,8 @@ from urllib.parse import urlsplit
 from headwater.adapters.sqlite import enable_wal, full_disk
 from headwater.errors import ConfigError, PermanentError, RetryableError
 from headwater.models import SignalCheckpoint
+from headwater.stages.features import FEATURE_ROW_KEY, ONLINE_ROW_COLUMNS
 
-ROW_FIELDS = (
-    "entity_id",
-    "feature_set",
-    "version",
-    "window_ms",
-    "window_start_ms",
-    "revision",
-    "count",
-    "sum",
-    "mean",
-    "min",
-    "max",
-    "std",
-    "m2",
-)
 POINT_FIELDS = ("entity_id", "feature_set", "version", "event_time_ms", "sequence", "value", "ewma", "zscore")
 INVALID_FIELDS = ("scope", "batch", "idx", "input_ref", "field", "reason")
 
@@ -63,8 +49,9 @@ def _placeholders(fields: tuple[str, ...]) -> str:
 
 
 _UPSERT_ROW = (
-    f"INSERT INTO feature_rows ({', '.join(ROW_FIELDS)}) VALUES ({_placeholders(ROW_FIELDS)}) "
-    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{f} = excluded.{f}" for f in ROW_FIELDS[5:])
+    f"INSERT INTO feature_rows ({', '.join(ONLINE_ROW_COLUMNS)})"
+    f" VALUES ({_placeholders(ONLINE_ROW_COLUMNS)}) ON CONFLICT DO UPDATE SET "
+    + ", ".join(f"{f} = excluded.{f}" for f in ONLINE_ROW_COLUMNS[len(FEATURE_ROW_KEY) :])
 )
 _UPSERT_POINT = (
     f"INSERT INTO point_features ({', '.join(POINT_FIELDS)}) VALUES ({_placeholders(POINT_FIELDS)}) "

@@ -19,7 +19,7 @@ import polars as pl
 from headwater.featuresets import FeatureSetSpec
 from headwater.models import SignalCheckpoint, signal_content_hash
 from headwater.pipeline.signal_inputs import Chunk, InputFile
-from headwater.stages.features import BatchResult
+from headwater.stages.features import ONLINE_ROW_COLUMNS, BatchResult
 
 
 @dataclass(frozen=True)
@@ -36,23 +36,6 @@ class BatchCommit:
     online_points: list[tuple[Any, ...]]
     invalid_rows: list[tuple[Any, ...]]
     checkpoint: SignalCheckpoint | None  # None: rows only, the last checkpoint stays (replay is idempotent)
-
-
-ONLINE_COLUMNS = [
-    "entity_id",
-    "feature_set",
-    "version",
-    "window_ms",
-    "window_start_ms",
-    "revision",
-    "count",
-    "sum",
-    "mean",
-    "min",
-    "max",
-    "std",
-    "m2",
-]
 
 
 def online_selection(rows: pl.DataFrame) -> pl.DataFrame:
@@ -75,7 +58,7 @@ def build_commit(
     chunk: Chunk | None,
     checkpoint: SignalCheckpoint | None,
 ) -> BatchCommit:
-    rows = online_selection(result.rows).select(ONLINE_COLUMNS)
+    rows = online_selection(result.rows).select(ONLINE_ROW_COLUMNS)
     last_points = result.points.group_by("entity_id", maintain_order=True).last()
     points = last_points.select(
         "entity_id",

@@ -52,21 +52,14 @@ LATE_SCHEMA: dict[str, pl.DataType] = {
     "policy": pl.String(),
     "reason": pl.String(),
 }
-ROW_COLUMNS = [
-    "entity_id",
-    "feature_set",
-    "version",
-    "window_ms",
-    "window_start_ms",
-    "count",
-    "sum",
-    "mean",
-    "min",
-    "max",
-    "std",
-    "m2",
-    "revision",
-]
+FEATURE_ROW_KEY = ("entity_id", "feature_set", "version", "window_ms", "window_start_ms")
+"""A FeatureRow's identity: a correction upserts the same key, so the online store and the
+offline export collapse revisions on it."""
+FEATURE_ROW_AGGREGATES = ("count", "sum", "mean", "min", "max", "std", "m2")
+ROW_COLUMNS = [*FEATURE_ROW_KEY, *FEATURE_ROW_AGGREGATES, "revision"]
+"""The engine's (and the offline ``windows`` dataset's) column order."""
+ONLINE_ROW_COLUMNS = (*FEATURE_ROW_KEY, "revision", *FEATURE_ROW_AGGREGATES)
+"""The online store's column order: everything after the key is what an upsert overwrites."""
 _FRAMES = ("identity", "cloudevents", "open_windows", "closed_windows", "pending", "history", "entities")
 
 
