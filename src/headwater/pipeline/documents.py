@@ -479,7 +479,7 @@ class _DocumentRun:
             for ready in await self._prepare_batch([work]):
                 await self._commit([ready])
 
-    def warm_vectors(self) -> None:
+    def warm_vectors(self, *, model: bool = True) -> None:
         """Open the vector store in the background once there is work: the first write does not
         wait for it, and a run with nothing to do never pays for it (lancedb imports in ~1 s).
         An embedder that loads a local model (ports.LoadsModel) starts loading it
@@ -487,11 +487,13 @@ class _DocumentRun:
         are read and extracted."""
         if self._vectors_open is None:
             self._vectors_open = asyncio.ensure_future(self.p.vectors.open(self.p.embedder.dimensions))
-            if isinstance(self.p.embedder, LoadsModel):
-                self._embedder_warm = asyncio.ensure_future(self.p.embedder.warm())
+        if model and self._embedder_warm is None and isinstance(self.p.embedder, LoadsModel):
+            self._embedder_warm = asyncio.ensure_future(self.p.embedder.warm())
 
     async def vectors_ready(self) -> None:
-        self.warm_vectors()
+        """The store, open; not the model: deleting chunks of vanished or failed documents
+        embeds nothing (a delete-only run with MiniLM spent 8 s loading torch for nothing)."""
+        self.warm_vectors(model=False)
         assert self._vectors_open is not None
         await asyncio.shield(self._vectors_open)  # a cancelled writer must not cancel the opening
 
