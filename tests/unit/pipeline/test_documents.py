@@ -128,6 +128,10 @@ async def test_an_embedder_is_warmed_once_when_there_is_work_and_never_on_a_no_c
     second = WarmingEmbedder()
     final = await build_document_pipeline(s, str(corpus), embedder=second).run_async()
     assert final.documents_unchanged == 6 and second.warmed_after_texts == []
+    (corpus / "guides" / "retries.md").unlink()  # only a deletion: the store opens, not the model
+    third = WarmingEmbedder()
+    final = await build_document_pipeline(s, str(corpus), embedder=third).run_async()
+    assert final.documents_deleted == 1 and third.warmed_after_texts == []
 
 
 async def test_touched_files_are_skipped_and_their_new_mtime_recorded_in_one_go(
