@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from headwater.adapters.sqlite import enable_wal, full_disk
 from headwater.errors import ConfigError, PermanentError, RetryableError
 from headwater.models import SignalCheckpoint
+from headwater.pipeline.signal_commit import signal_checkpoint
 from headwater.stages.features import FEATURE_ROW_KEY, ONLINE_ROW_COLUMNS
 
 POINT_FIELDS = ("entity_id", "feature_set", "version", "event_time_ms", "sequence", "value", "ewma", "zscore")
@@ -199,12 +200,11 @@ def _load_checkpoint(conn: sqlite3.Connection, scope: str) -> SignalCheckpoint |
     ).fetchone()
     if row is None:
         return None
-    return SignalCheckpoint(
-        scope=row[0],
-        fingerprint=row[1],
+    return signal_checkpoint(
+        row[0],
+        row[1],
         next_batch=row[2],
-        file_index=row[3],
-        row_offset=row[4],
+        position=(row[3], row[4]),
         counters=json.loads(row[5]),
         state=bytes(row[6]),
         status=row[7],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import polars as pl
 from headwater.featuresets import FeatureSetSpec
 from headwater.models import SignalCheckpoint, signal_content_hash
 from headwater.pipeline.signal_inputs import Chunk, InputFile
+from headwater.ports import FeatureStore, OfflineFeatureStore
 from headwater.stages.features import ONLINE_ROW_COLUMNS, BatchResult
 
 
@@ -36,6 +37,61 @@ class BatchCommit:
     online_points: list[tuple[Any, ...]]
     invalid_rows: list[tuple[Any, ...]]
     checkpoint: SignalCheckpoint | None  # None: rows only, the last checkpoint stays (replay is idempotent)
+
+
+def signal_checkpoint(
+    scope: str,
+    fingerprint: str,
+    *,
+    next_batch: int,
+    state: bytes = b"",
+    counters: dict[str, int] | None = None,
+    position: tuple[int, int] = (0, 0),
+    status: str = "running",
+) -> SignalCheckpoint:
+    """The one way a checkpoint is made: a fresh start, a backfill or stream batch, a stream
+    intent and a stored row all agree on what an unset field means (a bus has no file position,
+    an intent no counters)."""
+    return SignalCheckpoint(
+        scope=scope,
+        fingerprint=fingerprint,
+        next_batch=next_batch,
+        file_index=position[0],
+        row_offset=position[1],
+        counters=counters if counters is not None else {},
+        state=state,
+        status=status,
+    )
+
+
+async def commit_batch(
+    *,
+    online: FeatureStore,
+    offline: OfflineFeatureStore,
+    spec: FeatureSetSpec,
+    scope: str,
+    files: list[InputFile],
+    batch_no: int,
+    result: BatchResult,
+    chunk: Chunk | None,
+    checkpoint: Callable[[], SignalCheckpoint | None],
+) -> None:
+    """One batch made durable, the same for a backfill and a stream worker: offline parts first
+    (deterministic names, so a replay overwrites them), then the online rows and checkpoint in
+    one transaction, so a crash between the two leaves the checkpoint behind the parts, never
+    ahead. ``checkpoint`` is called in the worker thread with the rest of the serialization:
+    encoding the engine state is CPU work that overlaps the next batch's engine step."""
+
+    def serialize() -> tuple[dict[str, pl.DataFrame], BatchCommit]:
+        commit = build_commit(scope, spec, files, batch_no, result, chunk, checkpoint())
+        file_index = chunk.file_index if chunk is not None else 0
+        return offline_datasets(spec, files, result, file_index), commit
+
+    datasets, commit = await asyncio.to_thread(serialize)
+    part = f"part-{scope}-{batch_no:06d}"
+    # The parts are independent files: written side by side, their fsyncs overlap.
+    await write_all(offline.write(dataset, spec.name, part, rows) for dataset, rows in datasets.items())
+    await online.commit(commit)
 
 
 def online_selection(rows: pl.DataFrame) -> pl.DataFrame:

@@ -32,15 +32,9 @@ from headwater.events import Event, WindowsClosed
 from headwater.featuresets import FeatureSetSpec, duration_label
 from headwater.models import SignalCheckpoint, sha256_hex
 from headwater.pipeline.faults import crash_point
-from headwater.pipeline.signal_commit import (
-    BatchCommit,
-    build_commit,
-    count_batch,
-    offline_datasets,
-    write_all,
-)
+from headwater.pipeline.signal_commit import BatchCommit, commit_batch, count_batch, signal_checkpoint
 from headwater.pipeline.signal_inputs import InputFile
-from headwater.pipeline.signals import COUNTERS, DATASETS, Clock, SignalOptions, wall_clock_ms
+from headwater.pipeline.signals import COUNTERS, Clock, SignalOptions, wall_clock_ms
 from headwater.pipeline.stream import Delivery, RejectedEvent
 from headwater.ports import FeatureStore, OfflineFeatureStore
 from headwater.stages import cloudevents
@@ -164,15 +158,11 @@ class SignalSink:
         return replay
 
     async def _save_intent(self, positions: list[Position]) -> None:
-        intent = SignalCheckpoint(
-            scope=self.intent_scope,
-            fingerprint=self.fingerprint,
+        intent = signal_checkpoint(
+            self.intent_scope,
+            self.fingerprint,
             next_batch=self.next_batch,
-            file_index=0,
-            row_offset=0,
-            counters={},
             state=msgspec.msgpack.encode(positions),
-            status="running",
         )
         await self.online.commit(
             BatchCommit(
@@ -211,24 +201,29 @@ class SignalSink:
         counters = dict(self.counters)
         count_batch(counters, result, invalid=invalid)
         upto = max([*positions, *([self.committed_upto] if self.committed_upto else [])], default=None)
-        saved = _StreamState(engine=state.to_bytes(), committed_upto=upto)
-        checkpoint = SignalCheckpoint(
+
+        def checkpoint() -> SignalCheckpoint:
+            saved = _StreamState(engine=state.to_bytes(), committed_upto=upto)
+            return signal_checkpoint(
+                self.scope,
+                self.fingerprint,
+                next_batch=batch_no + 1,
+                counters=counters,
+                state=msgspec.msgpack.encode(saved),
+                status=status,
+            )
+
+        await commit_batch(
+            online=self.online,
+            offline=self.offline,
+            spec=self.spec,
             scope=self.scope,
-            fingerprint=self.fingerprint,
-            next_batch=batch_no + 1,
-            file_index=0,
-            row_offset=0,
-            counters=counters,
-            state=msgspec.msgpack.encode(saved),
-            status=status,
+            files=self.files,
+            batch_no=batch_no,
+            result=result,
+            chunk=None,
+            checkpoint=checkpoint,
         )
-        datasets, commit = await asyncio.to_thread(self._serialize, batch_no, result, checkpoint)
-        part = f"part-{self.scope}-{batch_no:06d}"
-        # The parts are independent files: written side by side, their fsyncs overlap.
-        await write_all(
-            self.offline.write(dataset, self.spec.name, part, datasets[dataset]) for dataset in DATASETS
-        )
-        await self.online.commit(commit)
         crash_point("stream_after_commit")
         self.state, self.counters, self.next_batch = state, counters, batch_no + 1
         self.committed_upto = upto
@@ -241,12 +236,6 @@ class SignalSink:
             watermark_ms=state.watermark_ms,
             feature_latency_seconds=_freshness(result.rows, self.clock()),
         )
-
-    def _serialize(
-        self, batch_no: int, result: BatchResult, checkpoint: SignalCheckpoint
-    ) -> tuple[dict[str, pl.DataFrame], object]:
-        commit = build_commit(self.scope, self.spec, self.files, batch_no, result, None, checkpoint)
-        return offline_datasets(self.spec, self.files, result, 0), commit
 
 
 def _decode_deliveries(deliveries: list[Delivery], limits: DecodeLimits) -> tuple[pl.DataFrame, int]:

@@ -33,14 +33,7 @@ from headwater.events import (
 from headwater.featuresets import FeatureSetSpec
 from headwater.homelock import describe_holder, home_lock, lock_path
 from headwater.models import DeadLetter, SignalCheckpoint, sha256_hex
-from headwater.pipeline.signal_commit import (
-    BatchCommit,
-    build_commit,
-    count_batch,
-    input_ref,
-    offline_datasets,
-    write_all,
-)
+from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref, signal_checkpoint
 from headwater.pipeline.signal_inputs import (
     Chunk,
     InputFile,
@@ -248,36 +241,33 @@ class SignalPipeline:
             checkpoint=(run.fingerprint, position, dict(run.counters), status) if due else None,
         )
 
-    def _serialize(self, staged: _Staged) -> tuple[dict[str, pl.DataFrame], BatchCommit]:
-        """Writer-side preparation (a worker thread, overlapping the next batch's engine step)."""
-        checkpoint = None
-        if staged.checkpoint is not None:
-            fingerprint_, position, counters, status = staged.checkpoint
-            checkpoint = SignalCheckpoint(
-                scope=self.scope,
-                fingerprint=fingerprint_,
-                next_batch=staged.batch_no + 1,
-                file_index=position[0],
-                row_offset=position[1],
-                counters=counters,
-                state=staged.state.to_bytes(),
-                status=status,
-            )
-        commit = build_commit(
-            self.scope, self.spec, staged.files, staged.batch_no, staged.result, staged.chunk, checkpoint
+    def _checkpoint(self, staged: _Staged) -> SignalCheckpoint | None:
+        if staged.checkpoint is None:
+            return None
+        fingerprint_, position, counters, status = staged.checkpoint
+        return signal_checkpoint(
+            self.scope,
+            fingerprint_,
+            next_batch=staged.batch_no + 1,
+            position=position,
+            counters=counters,
+            state=staged.state.to_bytes(),
+            status=status,
         )
-        file_index = staged.chunk.file_index if staged.chunk is not None else 0
-        return offline_datasets(self.spec, staged.files, staged.result, file_index), commit
 
     async def _write(self, staged: _Staged) -> list[SignalEvent]:
         """I/O half of a batch: offline parts (durable), then the online transaction, then the DLQ."""
-        datasets, commit = await asyncio.to_thread(self._serialize, staged)
-        part = f"part-{self.scope}-{staged.batch_no:06d}"
-        # The parts are independent files: written side by side, their fsyncs overlap.
-        await write_all(
-            self.offline.write(dataset, self.spec.name, part, rows) for dataset, rows in datasets.items()
+        await commit_batch(
+            online=self.online,
+            offline=self.offline,
+            spec=self.spec,
+            scope=self.scope,
+            files=staged.files,
+            batch_no=staged.batch_no,
+            result=staged.result,
+            chunk=staged.chunk,
+            checkpoint=lambda: self._checkpoint(staged),
         )
-        await self.online.commit(commit)
         if staged.chunk is not None and staged.chunk.errors:
             await self._deliver_dead_letters()
         return staged.events
@@ -307,16 +297,7 @@ class SignalPipeline:
         found = await self.online.load_checkpoint(self.scope)
         if found is not None and found.fingerprint == expected and found.status == "running":
             return found
-        return SignalCheckpoint(
-            scope=self.scope,
-            fingerprint=expected,
-            next_batch=0,
-            file_index=0,
-            row_offset=0,
-            counters={},
-            state=b"",
-            status="running",
-        )
+        return signal_checkpoint(self.scope, expected, next_batch=0)
 
     async def _deliver_dead_letters(self) -> None:
         """Outbox: hand undelivered invalid records to the DLQ, then mark them delivered."""
