@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -24,6 +24,9 @@ from headwater.cli_guard import existing_home, run_async, run_guarded
 from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError
 from headwater.events import SignalEvent, SignalProgress, SignalRejected, SignalRunCompleted, to_json
+
+if TYPE_CHECKING:
+    from headwater.featuresets import FeatureSetSpec
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -88,6 +91,35 @@ VersionOpt = Annotated[
     int | None, typer.Option("--feature-version", min=0, max=MAX_VERSION, help="Feature set version")
 ]
 
+PointsOpt = Annotated[bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")]
+
+
+def feature_set_spec(
+    settings: Settings,
+    feature_set: str | None,
+    *,
+    windows: str | None,
+    lateness: str | None,
+    late_policy: LatePolicy | None,
+    points: bool | None,
+) -> FeatureSetSpec:
+    """What a backfill and a stream worker compute from the same flags: the declaration (or the
+    signal defaults) with the flags on top, so ``ingest signals`` and ``worker signals`` given the
+    same options fill the same feature set. The version is the flag, else the environment's,
+    else the declared one (``settings.feature_set_version`` already holds that order)."""
+    from headwater.signals_bootstrap import resolve_feature_set
+
+    return resolve_feature_set(
+        settings,
+        feature_set,
+        windows=windows,
+        lateness=lateness,
+        policy=late_policy.value if late_policy is not None else None,
+        version=settings.feature_set_version,
+        points=points,
+    )
+
+
 features_app = typer.Typer(no_args_is_help=True, help="Read the feature stores.")
 
 
@@ -109,9 +141,7 @@ def ingest_signals(
     lateness: LatenessOpt = None,
     late_policy: LatePolicyOpt = None,
     feature_version: VersionOpt = None,
-    points: Annotated[
-        bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")
-    ] = None,
+    points: PointsOpt = None,
     batch_events: Annotated[
         int | None, typer.Option(min=1, max=100_000_000, help="Micro-batch size (events)")
     ] = None,
@@ -119,7 +149,7 @@ def ingest_signals(
 ) -> None:
     """Backfill signals into a feature set: dedup, windows under a watermark, online + offline stores."""
     from headwater.config import load_settings
-    from headwater.signals_bootstrap import open_signal_pipeline, resolve_feature_set
+    from headwater.signals_bootstrap import open_signal_pipeline
 
     def work() -> SignalRunCompleted:
         settings = load_settings(
@@ -129,14 +159,8 @@ def ingest_signals(
             feature_set_version=feature_version,
             index=False,  # signals never touch the document index
         )
-        spec = resolve_feature_set(
-            settings,
-            feature_set,
-            windows=windows,
-            lateness=lateness,
-            policy=late_policy.value if late_policy is not None else None,
-            version=settings.feature_set_version,
-            points=points,
+        spec = feature_set_spec(
+            settings, feature_set, windows=windows, lateness=lateness, late_policy=late_policy, points=points
         )
 
         async def go() -> SignalRunCompleted:

@@ -21,7 +21,16 @@ from rich.console import Console
 
 from headwater.cli_guard import EXIT_SIGNAL_BASE, run_async, run_guarded
 from headwater.cli_render import adapter_state_line
-from headwater.cli_signals import LatenessOpt, LatePolicyOpt, VersionOpt, WindowsOpt, duration
+from headwater.cli_signals import (
+    FeatureSetOpt,
+    LatenessOpt,
+    LatePolicyOpt,
+    PointsOpt,
+    VersionOpt,
+    WindowsOpt,
+    duration,
+    feature_set_spec,
+)
 from headwater.config import Settings
 from headwater.errors import ConfigError
 from headwater.events import (
@@ -313,14 +322,12 @@ def worker_docs(
 def worker_signals(
     bus: BusOpt = None,
     home: HomeOpt = None,
-    feature_set: Annotated[str | None, typer.Option("--feature-set", help="Feature set name")] = None,
+    feature_set: FeatureSetOpt = None,
     windows: WindowsOpt = None,
     lateness: LatenessOpt = None,
     late_policy: LatePolicyOpt = None,
     feature_version: VersionOpt = None,
-    points: Annotated[
-        bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")
-    ] = None,
+    points: PointsOpt = None,
     topic: SignalsTopicOpt = None,
     group: GroupOpt = None,
     batch_size: BatchOpt = None,
@@ -333,7 +340,6 @@ def worker_signals(
     json_out: JsonOpt = False,
 ) -> None:
     """Keep a feature set up to date from a topic: the backfill's engine, watermark moved by events."""
-    from headwater.signals_bootstrap import resolve_feature_set
     from headwater.stream_bootstrap import open_signal_worker
 
     def work() -> WorkerStopped | None:
@@ -346,14 +352,8 @@ def worker_signals(
             topic_signals=topic,
             feature_set_version=feature_version,
         )
-        spec = resolve_feature_set(
-            settings,
-            feature_set,
-            windows=windows,
-            lateness=lateness,
-            policy=late_policy.value if late_policy is not None else None,
-            version=settings.feature_set_version,  # the flag, else the environment's, else declared
-            points=points,
+        spec = feature_set_spec(
+            settings, feature_set, windows=windows, lateness=lateness, late_policy=late_policy, points=points
         )
 
         async def go() -> WorkerStopped | None:
