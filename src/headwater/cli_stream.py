@@ -192,8 +192,7 @@ def watch(
     json_out: JsonOpt = False,
 ) -> None:
     """Poll a folder; publish doc added/updated/deleted events for what the index does not have yet."""
-    from headwater.pipeline.doc_stream import Watcher
-    from headwater.stream_bootstrap import make_bus
+    from headwater.stream_bootstrap import make_watcher
 
     def work() -> None:
         settings = bus_settings(
@@ -205,7 +204,7 @@ def watch(
 
         async def go() -> None:
             stop = _stop_on_signals()
-            watcher = Watcher(settings, path, make_bus(settings), topic=settings.topic_docs)
+            watcher = make_watcher(settings, path)
             events = watcher.run(settings.poll_interval_seconds, stop, once=once)
             await _render(events, json_lines=json_out)
 

@@ -7,21 +7,22 @@ use: only where work comes from, and how it is acknowledged, differs (DESIGN §1
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import cast
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from typing import Any, cast
 
 from headwater import registry
-from headwater.bootstrap import make_metadata_store
+from headwater.bootstrap import build_document_pipeline, make_embedder, make_metadata_store, make_source
 from headwater.config import Settings
+from headwater.events import Event
 from headwater.featuresets import FeatureSetSpec
-from headwater.pipeline.doc_stream import DOCS_TOPIC, DocumentSink
+from headwater.pipeline.doc_stream import DOCS_TOPIC, DocumentSink, RunPaths, Watcher
 from headwater.pipeline.engine import RetryPolicy
 from headwater.pipeline.signal_publish import SIGNALS_TOPIC
 from headwater.pipeline.signal_stream import SignalSink
 from headwater.pipeline.signals import SignalOptions
 from headwater.pipeline.stream import StreamWorker, WorkerOptions
-from headwater.ports import DeadLetters, StreamBus
+from headwater.ports import DeadLetters, Embedder, StreamBus
 from headwater.signals_bootstrap import make_offline_store, make_online_store
 
 
@@ -48,6 +49,16 @@ def worker_options(settings: Settings, topic: str, group: str, **overrides: obje
     return WorkerOptions(**values)  # type: ignore[arg-type]
 
 
+def make_watcher(settings: Settings, source_url: str, bus: StreamBus | None = None) -> Watcher:
+    return Watcher(
+        make_source(source_url, settings),
+        lambda: make_metadata_store(settings),
+        bus or make_bus(settings),
+        topic=settings.topic_docs,
+        max_file_bytes=settings.max_file_bytes,
+    )
+
+
 @asynccontextmanager
 async def open_doc_worker(
     settings: Settings,
@@ -57,21 +68,56 @@ async def open_doc_worker(
     group: str = "docs",
     sources: list[str] | None = None,
     stop: asyncio.Event | None = None,
+    embedder: Embedder | None = None,
     **options: object,
 ) -> AsyncIterator[StreamWorker]:
+    """A document worker. Its embedder (``embedder``, else the configured one) serves every
+    batch's pipeline run, opened and closed once here: a local model loads once."""
     metadata = make_metadata_store(settings)
+    embedder = embedder or make_embedder(settings)
     await metadata.open()
+    await embedder.open()
     try:
+        allowed = {make_source(s, settings).uri for s in sources} if sources else None
         yield StreamWorker(
             bus or make_bus(settings),
-            DocumentSink(settings, sources=sources),
+            DocumentSink(_run_paths(settings, _Lent(embedder)), allowed=allowed),
             metadata,
             worker_options(settings, topic, group, **options),
             attempts=metadata,
             stop=stop,
         )
     finally:
+        await embedder.close()
         await metadata.close()
+
+
+def _run_paths(settings: Settings, embedder: Embedder) -> RunPaths:
+    async def run(source: str, relpaths: set[str]) -> AsyncGenerator[Event, None]:
+        pipeline = build_document_pipeline(settings, source, only=relpaths, embedder=embedder)
+        async with aclosing(pipeline.stream_events()) as events:  # closed with the sink's view
+            async for event in events:
+                yield event
+
+    return run
+
+
+class _Lent:
+    """The worker's embedder as each batch's pipeline sees it: everything passes through but
+    ``open`` and ``close``, which the worker does once. A pipeline run opens and closes its
+    embedder; with a local model that was a model load per batch (seconds each)."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._embedder, name)
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
 @asynccontextmanager

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
-from headwater.bootstrap import build_document_pipeline, make_metadata_store, make_source
-from headwater.config import Settings
 from headwater.errors import InputError
 from headwater.events import BatchProgress, ChangesPublished, Event
 from headwater.models import DocState, SourceEntry, make_doc_id, sha256_hex
@@ -27,12 +25,18 @@ DOCS_TOPIC = "docs"
 _encoder_source = "headwater.watch"
 
 
-class DocumentSink:
-    """Indexes the paths a batch of change events names, one pipeline run per source."""
+RunPaths = Callable[[str, set[str]], AsyncGenerator[Event, None]]
+"""(source URL, relpaths) → the events of a document run over just those paths (``only=``)."""
 
-    def __init__(self, settings: Settings, *, sources: list[str] | None = None) -> None:
-        self.settings = settings
-        self.allowed = {make_source(s, settings).uri for s in sources} if sources else None
+
+class DocumentSink:
+    """Indexes the paths a batch of change events names, one run per source. It is handed the
+    way to run a pipeline (the composition root's, with the worker's long-lived embedder) and
+    which source URIs it serves (None: any)."""
+
+    def __init__(self, run_paths: RunPaths, *, allowed: set[str] | None = None) -> None:
+        self.run_paths = run_paths
+        self.allowed = allowed
 
     async def open(self) -> None:
         return None
@@ -59,8 +63,7 @@ class DocumentSink:
             by_source.setdefault(change.source, set()).add(change.relpath)
         events: list[Event] = []
         for source, relpaths in sorted(by_source.items()):
-            pipeline = build_document_pipeline(self.settings, source, only=relpaths)
-            async with contextlib.aclosing(pipeline.stream_events()) as stream:  # see iter_results
+            async with contextlib.aclosing(self.run_paths(source, relpaths)) as stream:
                 events += [e async for e in stream if not isinstance(e, BatchProgress)]
         return events
 
@@ -80,16 +83,23 @@ class Watcher:
     the worker has not processed yet is not published again on every poll."""
 
     def __init__(
-        self, settings: Settings, source_url: str, bus: StreamBus, *, topic: str = DOCS_TOPIC
+        self,
+        source: Source,
+        metadata: Callable[[], MetadataStore],
+        bus: StreamBus,
+        *,
+        topic: str = DOCS_TOPIC,
+        max_file_bytes: int,
     ) -> None:
-        self.settings = settings
-        self.source: Source = make_source(source_url, settings)
+        self.source = source
+        self.metadata = metadata  # a fresh store per poll: opened, compared against, closed
         self.bus = bus
         self.topic = topic
+        self.max_file_bytes = max_file_bytes
         self.published: dict[str, tuple[str, int, int]] = {}
 
     async def poll(self) -> ChangesPublished:
-        metadata = make_metadata_store(self.settings)
+        metadata = self.metadata()
         await metadata.open()
         counts = dict.fromkeys(("added", "updated", "deleted", "unchanged"), 0)
         try:
@@ -127,7 +137,7 @@ class Watcher:
         if (state.size, state.mtime_ns) == (entry.size, entry.mtime_ns):
             return True
         try:
-            data = await self.source.read(entry, self.settings.max_file_bytes)
+            data = await self.source.read(entry, self.max_file_bytes)
         except InputError:
             return False  # let the worker dead-letter it with the reason
         return sha256_hex(data) == state.content_hash

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from tests.conftest import assert_same_rows, entity_of, many_entities
 
+from headwater.adapters.hashembed import HashEmbedder
 from headwater.bootstrap import build_document_pipeline, make_metadata_store
 from headwater.cli_signals import export_rows
 from headwater.config import Settings, load_settings
 from headwater.errors import RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
-from headwater.pipeline.doc_stream import DOCS_TOPIC, Watcher
+from headwater.pipeline.doc_stream import DOCS_TOPIC
 from headwater.pipeline.index import status
 from headwater.pipeline.signal_publish import (
     partition_of,
@@ -29,7 +30,7 @@ from headwater.pipeline.stream import Delivery, StreamWorker, WorkerOptions
 from headwater.ports import StreamBus
 from headwater.signals_bootstrap import make_offline_store, open_signal_pipeline, resolve_feature_set
 from headwater.stages import cloudevents
-from headwater.stream_bootstrap import make_bus, open_doc_worker, open_signal_worker
+from headwater.stream_bootstrap import make_bus, make_watcher, open_doc_worker, open_signal_worker
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = ROOT / "samples" / "signals" / "events.jsonl"
@@ -163,7 +164,7 @@ async def test_docs_watch_and_worker_converge_to_the_batch_index(tmp_path: Path)
     corpus = tmp_path / "corpus"
     shutil.copytree(ROOT / "samples" / "docs", corpus)
     batch, stream = settings(tmp_path, "batch"), settings(tmp_path, "stream")
-    watcher = Watcher(stream, str(corpus), make_bus(stream))
+    watcher = make_watcher(stream, str(corpus))
 
     async def step() -> None:
         await build_document_pipeline(batch, str(corpus)).run_async()
@@ -234,6 +235,43 @@ async def test_doc_event_for_a_foreign_source_is_refused(tmp_path: Path, topic: 
     dead = [e for e in events if isinstance(e, MessageDeadLettered)]
     assert len(dead) == 1 and "not one this worker serves" in dead[0].message
     assert (await status(s))["documents"] == 0
+
+
+class _CountingEmbedder(HashEmbedder):
+    """Counts opens and closes: a document worker's batches share one embedder (a local model
+    used to load once per batch)."""
+
+    def __init__(self) -> None:
+        super().__init__("hash://")
+        self.opened = self.closed = self.calls = 0
+
+    async def open(self) -> None:
+        self.opened += 1
+
+    async def close(self) -> None:
+        self.closed += 1
+
+    async def embed(self, texts: Any) -> Any:
+        self.calls += 1
+        return await super().embed(texts)
+
+
+async def test_a_document_worker_opens_its_embedder_once_for_all_its_batches(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(ROOT / "samples" / "docs", corpus)
+    s = settings(tmp_path, "stream")
+    bus = make_bus(s)
+    await bus.open()
+    watcher = make_watcher(s, str(corpus), bus)
+    polls = [e async for e in watcher.run(1, asyncio.Event(), once=True)]
+    assert polls[0].added == 6
+    embedder = _CountingEmbedder()
+    async with open_doc_worker(s, bus=bus, embedder=embedder, batch_size=1, exit_when_idle_seconds=0.5) as w:
+        events = await collect(w)
+    batches = [e for e in events if isinstance(e, WorkerBatch)]
+    assert len(batches) >= 6 and embedder.calls >= 6  # one message a batch, each embedded
+    assert (embedder.opened, embedder.closed) == (1, 1)
+    assert (await status(s))["documents"] == 6
 
 
 class _Crash(BaseException):
