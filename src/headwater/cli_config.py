@@ -4,7 +4,7 @@ A source is one of ``headwater.config.SourceKind``: a flag of this command, an e
 variable (``HEADWATER_X`` or seed 001's name, e.g. ``WATERMARK_SECONDS``), ``headwater.toml``,
 the preset, the home (the index settings it recorded: ``home_settings``), or the default.
 Secrets never show: the API token is masked whole, and credentials
-inside URLs or secret-named parameters are masked by ``headwater.stages.redact``.
+inside URLs or secret-named parameters are masked by ``headwater.redaction``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.text import Text
 from headwater import home_settings
 from headwater.cli_guard import run_guarded
 from headwater.config import Settings, load_settings, setting_source
-from headwater.stages.redact import MASK, redact_value
+from headwater.redaction import MASK, redact_value
 
 out = Console(soft_wrap=True)
 

@@ -36,7 +36,7 @@ from pydantic_settings import (
 
 from headwater.errors import ConfigError
 from headwater.presets import DEFAULTS, PRESETS, get_preset
-from headwater.stages.redact import redact_text
+from headwater.redaction import redact_text
 
 TOML_FILE = "headwater.toml"
 ENV_PREFIX = "HEADWATER_"

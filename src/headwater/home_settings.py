@@ -19,7 +19,7 @@ from typing import Any
 
 from headwater.config import Settings, generation_name
 from headwater.errors import ConfigError
-from headwater.stages.redact import redact_url
+from headwater.redaction import redact_url
 
 FILE = "index.json"
 # The settings that shape the index: changing one changes chunks or vectors.

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from headwater.errors import ConfigError, HomeBusy
-from headwater.stages.redact import redact_text
+from headwater.redaction import redact_text
 
 POLL_SECONDS = 0.1
 

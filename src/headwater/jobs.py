@@ -567,7 +567,7 @@ class JobService:
             if final:
                 return
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_seconds):  # not wait_for: see engine.CpuPool.run
+                async with asyncio.timeout(self.poll_seconds):  # not wait_for: see cpu_pool.CpuPool.run
                     await written.wait()
 
     def _notify(self) -> None:

@@ -32,7 +32,7 @@ from prometheus_client import (
 
 from headwater import errors
 from headwater.events import Event, to_dict
-from headwater.stages.redact import redact_value
+from headwater.redaction import redact_value
 
 T = TypeVar("T")
 OTHER = "other"
@@ -276,7 +276,7 @@ def register_secret(value: str) -> None:
 
 def redact(value: T) -> T:
     """``value`` (str, bytes, dict, list, nested) with secrets removed, and nothing else changed
-    (timestamps, numbers, hosts and addresses stay readable); see ``headwater.stages.redact``.
+    (timestamps, numbers, hosts and addresses stay readable); see ``headwater.redaction``.
     Containers are copied and keep their type."""
     return redact_value(value, _secrets)
 

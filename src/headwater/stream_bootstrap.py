@@ -17,7 +17,7 @@ from headwater.config import Settings
 from headwater.events import Event
 from headwater.featuresets import FeatureSetSpec
 from headwater.pipeline.doc_stream import DOCS_TOPIC, DocumentSink, RunPaths, Watcher
-from headwater.pipeline.engine import RetryPolicy
+from headwater.pipeline.retry import RetryPolicy
 from headwater.pipeline.signal_publish import SIGNALS_TOPIC
 from headwater.pipeline.signal_stream import SignalSink
 from headwater.pipeline.signals import SignalOptions

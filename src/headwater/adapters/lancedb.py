@@ -234,9 +234,7 @@ class LanceVectorStore:
             if uri_prefix:
                 search = search.where(f"starts_with(uri, {_quote([uri_prefix])})", prefilter=True)
             rows = search.to_list()
-            return [
-                (Chunk(**{c: row[c] for c in keys}), 1.0 - float(row["_distance"])) for row in rows
-            ]
+            return [(Chunk(**{c: row[c] for c in keys}), 1.0 - float(row["_distance"])) for row in rows]
 
         return await self._thread.call(_search)
 

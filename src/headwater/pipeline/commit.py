@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from headwater.events import DocumentCompleted
 from headwater.models import Chunk, ChunkKey, DocState, SourceEntry, Vectors
-from headwater.pipeline.engine import RetryPolicy, with_retries
 from headwater.pipeline.faults import crash_point
+from headwater.pipeline.retry import RetryPolicy, with_retries
 from headwater.ports import DocumentState, Embedder, EmbeddingCache, RateLimited, VectorStore
 from headwater.stages.chunk import TextChunk
 from headwater.stages.prepare import PreparedDocument

@@ -13,13 +13,13 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
+from headwater import cloudevents
+from headwater.cloudevents import DOC_ADDED, DOC_DELETED, DOC_UPDATED, DocChange
 from headwater.errors import InputError
 from headwater.events import BatchProgress, ChangesPublished, Event
 from headwater.models import DocState, SourceEntry, make_doc_id, sha256_hex
 from headwater.pipeline.stream import Delivery
 from headwater.ports import MetadataStore, Source, StreamBus
-from headwater.stages import cloudevents
-from headwater.stages.cloudevents import DOC_ADDED, DOC_DELETED, DOC_UPDATED, DocChange
 
 DOCS_TOPIC = "docs"
 _encoder_source = "headwater.watch"

@@ -55,8 +55,10 @@ from headwater.models import (
 )
 from headwater.pipeline.adapter_states import AdapterStates
 from headwater.pipeline.commit import EmbeddedGroup, GroupCommitter, ReadyDocument
-from headwater.pipeline.engine import CpuPool, Progress, RetryPolicy
+from headwater.pipeline.cpu_pool import CpuPool
 from headwater.pipeline.faults import crash_point
+from headwater.pipeline.progress import Progress
+from headwater.pipeline.retry import RetryPolicy
 from headwater.ports import (
     Countable,
     Embedder,

@@ -26,10 +26,10 @@ from typing import Any
 
 import msgspec
 
+from headwater import cloudevents
 from headwater.models import sha256_hex
 from headwater.pipeline.signal_inputs import InputFile, list_inputs
 from headwater.ports import StreamBus
-from headwater.stages import cloudevents
 
 SIGNALS_TOPIC = "signals"
 MAX_MESSAGE_BYTES = 256 * 1024  # a batch message closes early at this size (NATS refuses > 1 MiB)

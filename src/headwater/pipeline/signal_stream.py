@@ -27,6 +27,7 @@ from pathlib import Path
 import msgspec
 import polars as pl
 
+from headwater import cloudevents
 from headwater.errors import InputError
 from headwater.events import Event, WindowsClosed
 from headwater.featuresets import FeatureSetSpec, duration_label
@@ -37,7 +38,6 @@ from headwater.pipeline.signal_inputs import InputFile
 from headwater.pipeline.signals import COUNTERS, Clock, SignalOptions, wall_clock_ms
 from headwater.pipeline.stream import Delivery, RejectedEvent
 from headwater.ports import FeatureStore, OfflineFeatureStore
-from headwater.stages import cloudevents
 from headwater.stages.decode import (
     DecodeLimits,
     Record,

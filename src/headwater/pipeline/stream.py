@@ -23,16 +23,16 @@ from typing import Protocol
 
 import msgspec
 
+from headwater import cloudevents
+from headwater.cloudevents import CloudEvent
 from headwater.errors import InputError, RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
 from headwater.models import BusMessage, DeadLetter
 from headwater.observability import redact, span
 from headwater.pipeline.adapter_states import AdapterStates
-from headwater.pipeline.engine import RetryPolicy, with_retries
+from headwater.pipeline.retry import RetryPolicy, with_retries
 from headwater.ports import DeadLetters, StreamBus
-from headwater.stages import cloudevents
-from headwater.stages.cloudevents import CloudEvent
-from headwater.stages.redact import redact_url as redact_url  # noqa: PLC0414 (cli.py imports it from here)
+from headwater.redaction import redact_url as redact_url  # noqa: PLC0414 (cli.py imports it from here)
 
 
 @dataclass(frozen=True)

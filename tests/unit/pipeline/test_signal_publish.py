@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tests.conftest import SAMPLES, many_entities
 
+from headwater import cloudevents
 from headwater.pipeline.signal_publish import MAX_MESSAGE_BYTES, partition_of, partitioned_messages
-from headwater.stages import cloudevents
 
 EVENTS = SAMPLES / "signals" / "events.jsonl"
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from tests.conftest import assert_same_rows, entity_of, many_entities
 
+from headwater import cloudevents
 from headwater.adapters.hashembed import HashEmbedder
 from headwater.bootstrap import build_document_pipeline, make_metadata_store
 from headwater.cli_signals import export_rows
@@ -29,7 +30,6 @@ from headwater.pipeline.signal_publish import (
 from headwater.pipeline.stream import Delivery, StreamWorker, WorkerOptions
 from headwater.ports import StreamBus
 from headwater.signals_bootstrap import make_offline_store, open_signal_pipeline, resolve_feature_set
-from headwater.stages import cloudevents
 from headwater.stream_bootstrap import make_bus, make_watcher, open_doc_worker, open_signal_worker
 
 ROOT = Path(__file__).resolve().parents[3]

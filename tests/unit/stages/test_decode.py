@@ -7,8 +7,8 @@ import json
 import pyarrow as pa
 import pytest
 
+from headwater.cloudevents import encode_batch, split_batch
 from headwater.models import canonical_json
-from headwater.stages.cloudevents import encode_batch, split_batch
 from headwater.stages.decode import (
     DecodeLimits,
     decode_arrow,

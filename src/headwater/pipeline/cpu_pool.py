@@ -1,20 +1,17 @@
-"""Shared engine pieces: a CPU pool that survives crashing or hanging inputs, retry with
-backoff and jitter for RetryableError, and the progress/ETA arithmetic.
-"""
+"""A CPU pool that survives crashing or hanging inputs: extraction of hostile PDFs runs here."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from headwater.adapters._process import die_with_parent, fork_is_safe
-from headwater.errors import InputError, RetryableError
+from headwater.errors import InputError
 
 T = TypeVar("T")
 
@@ -102,69 +99,3 @@ class CpuPool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with jitter for RetryableError; anything else is not retried."""
-
-    attempts: int = 5
-    initial_seconds: float = 0.2
-    max_seconds: float = 30.0
-
-
-async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy = RetryPolicy()) -> T:
-    from tenacity import (  # lazily: ~0.05 s of import a no-change re-run never needs
-        AsyncRetrying,
-        retry_if_exception_type,
-        stop_after_attempt,
-        wait_exponential_jitter,
-    )
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(RetryableError),
-        stop=stop_after_attempt(policy.attempts),
-        wait=wait_exponential_jitter(
-            multiplier=policy.initial_seconds, max=policy.max_seconds, jitter=policy.initial_seconds
-        ),
-        reraise=True,
-    )
-    async for attempt in retrying:
-        with attempt:
-            return await call()
-    msg = "unreachable"
-    raise AssertionError(msg)
-
-
-class Progress:
-    """Counts for BatchProgress; the ETA assumes the rate of the run so far."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.started = clock()
-        self.listed = 0
-        self.listing_done = False
-        self.counted: int | None = None  # the source's count, ahead of the listing (ports.Countable)
-        self.completed = 0
-        self.failed = 0
-        self.skipped = 0
-
-    @property
-    def finished(self) -> int:
-        return self.completed + self.failed + self.skipped
-
-    @property
-    def total(self) -> int | None:
-        """Exact once the listing is done; until then the count, if the source could give one
-        (files added or removed meanwhile make it an estimate)."""
-        if self.listing_done:
-            return self.listed
-        return max(self.counted, self.listed) if self.counted is not None else None
-
-    def eta_seconds(self) -> float | None:
-        elapsed = self.clock() - self.started
-        total = self.total
-        if total is None or self.finished == 0 or elapsed <= 0:
-            return None
-        rate = self.finished / elapsed
-        return max(0.0, (total - self.finished) / rate)

@@ -1,6 +1,6 @@
 import pytest
 
-from headwater.stages.redact import is_secret_key, redact_bytes, redact_text, redact_url, redact_value
+from headwater.redaction import is_secret_key, redact_bytes, redact_text, redact_url, redact_value
 
 
 @pytest.mark.parametrize(
