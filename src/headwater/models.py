@@ -148,6 +148,31 @@ class SignalCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     status: str  # "running" | "completed"
 
 
+class BatchCommit(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the online store applies in one transaction for a signal batch (tuples in its
+    column order: ``stages.features.ONLINE_ROW_COLUMNS``, ``POINT_COLUMNS``, ``INVALID_COLUMNS``).
+
+    Late events are not here: they go to the offline store's ``late`` dataset (written before
+    the commit under the batch's deterministic part name, like the window rows).
+    """
+
+    scope: str
+    batch_no: int
+    online_rows: list[tuple[Any, ...]]
+    online_points: list[tuple[Any, ...]]
+    invalid_rows: list[tuple[Any, ...]]
+    checkpoint: SignalCheckpoint | None
+    """None: rows only, the last checkpoint stays (replay is idempotent)."""
+
+
+class Dataset(StrEnum):
+    """The offline store's tables of a feature set (``OfflineFeatureStore`` partitions by them)."""
+
+    windows = "windows"
+    points = "points"
+    late = "late"
+
+
 class BusMessage(msgspec.Struct, kw_only=True):
     """One delivery of a message. ``body`` is the raw CloudEvent (structured-mode JSON), left
     undecoded so a malformed message becomes a DLQ entry in the worker instead of an adapter error.
@@ -165,7 +190,7 @@ class BusMessage(msgspec.Struct, kw_only=True):
 
 
 class JobStatus(StrEnum):
-    """Where a job is; the allowed moves are ``headwater.jobs.TRANSITIONS``."""
+    """Where a job is; the allowed moves are ``headwater.jobs.states.TRANSITIONS``."""
 
     QUEUED = "queued"
     RUNNING = "running"

@@ -2,7 +2,16 @@
 
 Adapters live in ``headwater.adapters`` and are chosen by URL scheme (``registry.py``). A
 constructor only records its URL (cheap, picklable); ``open()`` connects. Every method that writes
-is idempotent, because the engine replays work after a crash rather than trusting bookkeeping.
+is idempotent unless its port says otherwise, because the engine replays work after a crash
+rather than trusting bookkeeping.
+
+Each port is small and says when its methods are called, what is idempotent and what is durable
+when a call returns. One adapter often implements several (the SQLite metadata store holds
+documents, dead letters, the embedding cache and settings): the composite Protocols
+(``MetadataStore``, ``FeatureStore``, ``StreamBus``, ``VectorStore``) name those bundles, while
+code that uses only part of a store is annotated with the small port it uses. Optional ports
+(``Countable``, ``LoadsModel``, ``RateLimited``, ``Compactable``, ``Snapshots``, ``WatchesState``)
+are tested with ``isinstance``, never probed with ``getattr``.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from headwater.errors import InputError
 from headwater.models import (
+    BatchCommit,
     BusMessage,
     Chunk,
     ChunkKey,
@@ -25,6 +35,17 @@ from headwater.models import (
     Vectors,
     Version,
 )
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """Open and close, shared by the ports whose adapters hold a connection. ``open`` connects
+    (constructors do no I/O) and is called once before any other method; ``close`` is called
+    once after the last one returned, and releases what ``open`` took."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable
@@ -82,21 +103,18 @@ class WatchesState(Protocol):
 
 
 @runtime_checkable
-class Embedder(Protocol):
-    """Batch text → vectors. ``id`` names model and settings: it keys the embedding cache."""
+class Embedder(Lifecycle, Protocol):
+    """Batch text → vectors. ``id`` names model and settings: it keys the embedding cache.
+    ``embed`` has no side effects: it is retried freely, and batches may run concurrently."""
 
     id: str
     dimensions: int
     cacheable: bool
     """Worth caching: False when embedding costs less than a cache lookup (the hash embedder)."""
 
-    async def open(self) -> None: ...
-
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """Float32 array of shape (len(texts), dimensions); a text's vector never depends on its batch."""
         ...
-
-    async def close(self) -> None: ...
 
 
 @runtime_checkable
@@ -124,14 +142,15 @@ class RateLimited(Protocol):
 
 
 @runtime_checkable
-class VectorStore(Protocol):
-    """Chunk vectors keyed by ``chunk_id``.
+class VectorWriter(Protocol):
+    """Writes to the chunk vectors, keyed by ``chunk_id``.
 
-    ``upsert`` is idempotent per chunk id; ``delete_stale`` removes a document's rows whose ids
-    are not in ``keep`` (so a crash between upsert and cleanup is repaired by re-running it).
+    Idempotent: ``upsert`` per chunk id, ``update_positions`` per row and ``delete_stale`` per
+    document, so the engine replays a group after a crash instead of trusting bookkeeping.
+    Ordering: a group's vectors are upserted before its state is committed, and its stale rows
+    are deleted after (a crash between the two is repaired by re-running the group). Durable
+    when the call returns.
     """
-
-    async def open(self, dimensions: int) -> None: ...
 
     async def upsert(self, chunks: Sequence[Chunk], vectors: Vectors, *, fresh: bool = False) -> None:
         """``fresh`` promises none of these ids exist yet (a pure append is cheaper than a merge)."""
@@ -145,13 +164,30 @@ class VectorStore(Protocol):
         """For each doc_id, delete its rows whose chunk_id is not in the set (empty set: all)."""
         ...
 
+
+@runtime_checkable
+class VectorReader(Protocol):
+    """Reads of the chunk vectors: no side effects, any order, safe to repeat. They see every
+    write that returned before them (a query after a run sees the whole run)."""
+
     async def count(self) -> int: ...
 
-    async def search(self, vector: Vectors, k: int) -> list[tuple[Chunk, float]]: ...
+    async def search(self, vector: Vectors, k: int) -> list[tuple[Chunk, float]]:
+        """The ``k`` nearest chunks with their distances, nearest first."""
+        ...
 
     def scan(self) -> AsyncIterator[Chunk]:
         """Every stored chunk (no vectors), for fingerprints, verify and export."""
         ...
+
+
+@runtime_checkable
+class VectorStore(VectorWriter, VectorReader, Protocol):
+    """Chunk vectors keyed by ``chunk_id``: the write and read sides of one index, opened once
+    the embedder's ``dimensions`` are known (``open`` is idempotent; a second process may open
+    the same index for reading) and closed after the last write returned."""
+
+    async def open(self, dimensions: int) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -172,55 +208,17 @@ class Snapshots(Protocol):
     async def snapshot(self, since: int | None = None) -> tuple[int, Any]: ...
 
 
+# --- the metadata store: document state, scan log, dead letters, cache, settings --------------
+
+
 @runtime_checkable
-class DocumentState(Protocol):
-    """What the metadata store knows about documents and their chunks.
+class DocumentReader(Protocol):
+    """What the metadata store knows about documents, read whole: status, verify and replay.
 
-    Life of a document in one run: ``claim`` (pending, attempts + 1) → vectors upserted →
-    ``commit`` (cleanup, with its chunk keys) → stale vectors deleted → ``finish`` (done). Only
-    ``done`` lets a later run skip the document, so a crash anywhere is repaired by re-running.
-    """
+    Reads only: no side effects, safe to repeat, and they see every write that returned."""
 
-    async def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocState]: ...
-
-    async def versions(self, source: str, uris: Sequence[str]) -> dict[str, Version]:
-        """What is recorded per uri of ``source``: all a no-change re-run asks of each file."""
-        ...
-
-    async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:
-        """Committed chunk keys per document (what the vector store holds for it)."""
-        ...
-
-    async def claim(self, docs: Sequence[tuple[str, str, str]]) -> dict[str, int]:
-        """Mark (doc_id, source, uri) pending and count an attempt; returns attempts per doc."""
-        ...
-
-    async def release(self, doc_ids: Sequence[str]) -> None:
-        """Take back the attempt ``claim`` counted for documents a run stopped before finishing
-        (a stop request, an embedder outage, a full disk): the process survived, so they did
-        not crash it, and must not come closer to the DLQ. Documents no longer pending are
-        left alone."""
-        ...
-
-    async def commit(self, docs: Sequence[DocState], chunks: dict[str, Sequence[ChunkKey]]) -> None: ...
-
-    async def finish(self, doc_ids: Sequence[str], status: str = "done") -> None: ...
-
-    async def touch(self, docs: Sequence[DocState]) -> None:
-        """Record a new size and mtime for documents whose bytes did not change (a checkout, a
-        restore). Need not be durable: if it is lost, the next run reads and hashes them again."""
-        ...
-
-    async def forget(self, doc_ids: Sequence[str]) -> None:
-        """Remove documents and their chunk keys (after their vectors were deleted)."""
-        ...
-
-    async def note_seen(self, uris: Sequence[str]) -> None:
-        """Remember the uris (relative paths) this run's scan listed (in the store, not in RAM)."""
-        ...
-
-    async def unseen(self, source: str, limit: int) -> list[DocState]:
-        """Documents of ``source`` the scan did not list: deleted from the source."""
+    async def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocState]:
+        """The recorded state of each of ``doc_ids`` that is known (unknown ones are left out)."""
         ...
 
     def chunk_keys(self) -> AsyncIterator[ChunkKey]:
@@ -237,10 +235,90 @@ class DocumentState(Protocol):
 
 
 @runtime_checkable
-class DeadLetters(Protocol):
-    """The dead-letter queue: every input that failed, with full context, until replayed."""
+class DocumentLedger(Protocol):
+    """A document's life through a run, and its committed chunk keys.
+
+    Ordering: ``claim`` (pending, attempts + 1) → vectors upserted → ``commit`` (cleanup, with its
+    chunk keys) → stale vectors deleted → ``finish`` (done). Only ``done`` lets a later run skip
+    the document, so a crash anywhere is repaired by re-running. Each call is one transaction,
+    durable when it returns (except where a method says otherwise) and idempotent but for the
+    attempt ``claim`` counts (which is what brings a crashing document to the DLQ).
+    """
+
+    async def get_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkKey]]:
+        """Committed chunk keys per document (what the vector store holds for it)."""
+        ...
+
+    async def claim(self, docs: Sequence[tuple[str, str, str]]) -> dict[str, int]:
+        """Mark (doc_id, source, uri) pending and count an attempt; returns attempts per doc.
+        Need only survive the process dying, not a power cut."""
+        ...
+
+    async def release(self, doc_ids: Sequence[str]) -> None:
+        """Take back the attempt ``claim`` counted for documents a run stopped before finishing
+        (a stop request, an embedder outage, a full disk): the process survived, so they did
+        not crash it, and must not come closer to the DLQ. Documents no longer pending are
+        left alone."""
+        ...
+
+    async def commit(self, docs: Sequence[DocState], chunks: dict[str, Sequence[ChunkKey]]) -> None:
+        """Replace the documents' rows and, for each document in ``chunks``, its chunk keys."""
+        ...
+
+    async def finish(self, doc_ids: Sequence[str], status: str = "done") -> None: ...
+
+    async def forget(self, doc_ids: Sequence[str]) -> None:
+        """Remove documents and their chunk keys (after their vectors were deleted)."""
+        ...
+
+
+@runtime_checkable
+class ScanLog(Protocol):
+    """A source listing compared with what is recorded: the whole cost of a no-change re-run.
+
+    ``note_seen`` then ``unseen``: the uris one scan listed, then the documents it did not list
+    (deleted from the source). The seen set belongs to one open store (one run) and need not be
+    durable; ``touch`` need not be either: a lost one only costs a re-read. All are idempotent.
+    """
+
+    async def versions(self, source: str, uris: Sequence[str]) -> dict[str, Version]:
+        """What is recorded per uri of ``source``: all a no-change re-run asks of each file."""
+        ...
+
+    async def touch(self, docs: Sequence[DocState]) -> None:
+        """Record a new size and mtime for documents whose bytes did not change (a checkout, a
+        restore). Need not be durable: if it is lost, the next run reads and hashes them again."""
+        ...
+
+    async def note_seen(self, uris: Sequence[str]) -> None:
+        """Remember the uris (relative paths) this run's scan listed (in the store, not in RAM)."""
+        ...
+
+    async def unseen(self, source: str, limit: int) -> list[DocState]:
+        """Documents of ``source`` the scan did not list, in uri order: deleted from the source."""
+        ...
+
+
+@runtime_checkable
+class DocumentState(DocumentReader, DocumentLedger, ScanLog, Protocol):
+    """The documents' side of the metadata store: reads, the ledger of a run and the scan log."""
+
+
+@runtime_checkable
+class DeadLetterSink(Protocol):
+    """Where failed inputs go (documents, signals, bus messages), with full context.
+
+    ``add`` is durable when it returns and returns the letter's id; it is not idempotent (each
+    call is a new letter), so callers that may replay keep an outbox (see ``InvalidRecordOutbox``)
+    or add only once the input is known to be dead."""
 
     async def add(self, letter: DeadLetter) -> int: ...
+
+
+@runtime_checkable
+class DeadLetters(DeadLetterSink, Protocol):
+    """The dead-letter queue: every input that failed, until replayed. ``list`` is in id order
+    (oldest first); ``mark_replayed`` is idempotent and durable when it returns."""
 
     async def list(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]: ...
 
@@ -251,71 +329,94 @@ class DeadLetters(Protocol):
 
 @runtime_checkable
 class EmbeddingCache(Protocol):
-    """Vectors by (embedder id, chunk_hash): the same text is never embedded twice."""
+    """Vectors by (embedder id, chunk_hash): the same text is never embedded twice.
+
+    ``put_vectors`` is an idempotent upsert that need not be durable (a lost entry costs only a
+    re-embedding); ``get_vectors`` leaves out the hashes it does not hold."""
 
     async def get_vectors(self, embedder_id: str, chunk_hashes: Sequence[str]) -> dict[str, Vectors]: ...
 
     async def put_vectors(self, embedder_id: str, vectors: dict[str, Vectors]) -> None: ...
 
 
-class MetadataStore(DocumentState, DeadLetters, EmbeddingCache, Protocol):
-    """A home's metadata as one store (the embedded SQLite one): the three ports above, opened
-    and closed together, plus the home's own settings (the chunker key a run compares with)."""
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
+@runtime_checkable
+class SettingsStore(Protocol):
+    """Small durable key/values of a home (the chunker key a run compares with, the attempts of
+    suspect bus messages). ``set_setting`` overwrites, is durable when it returns, idempotent."""
 
     async def get_setting(self, key: str) -> str | None: ...
 
     async def set_setting(self, key: str, value: str) -> None: ...
 
 
+@runtime_checkable
+class MetadataStore(DocumentState, DeadLetters, EmbeddingCache, SettingsStore, Lifecycle, Protocol):
+    """A home's metadata as one store (the embedded SQLite one): the ports above, opened and
+    closed together. Code that needs only part of it is annotated with that part's port."""
+
+
 # --- signals (issue #3) ------------------------------------------------------------------------
 
 
 @runtime_checkable
-class FeatureStore(Protocol):
-    """Online features plus the run's bookkeeping, committed together.
+class FeatureRows(Protocol):
+    """Online feature rows: a signal batch applied, and the serving view read back.
 
     ``commit`` is one transaction: feature rows upserted by (entity_id, feature_set, version,
     window_ms, window_start_ms), point features upserted per entity, invalid records replaced
-    by (scope, batch, index), and the checkpoint saved. It is called only after
-    the batch's offline files are durable, so a crash anywhere replays the batch idempotently.
+    by (scope, batch, index) (the ``InvalidRecordOutbox``), and the checkpoint saved when the
+    batch carries one. It is called only after the batch's offline files are durable, so a crash
+    anywhere replays the batch idempotently; it is durable when it returns.
     """
 
-    async def open(self) -> None: ...
-
-    async def commit(self, batch: Any) -> None:
-        """Apply a ``headwater.pipeline.signals.BatchCommit`` atomically."""
-        ...
-
-    async def load_checkpoint(self, scope: str) -> SignalCheckpoint | None: ...
+    async def commit(self, batch: BatchCommit) -> None: ...
 
     async def get_latest(
         self, entity_id: str, feature_set: str, version: int | None = None
     ) -> list[dict[str, Any]]:
-        """For each window size, the row with the latest window start (highest version if none given)."""
+        """For each window size, the row with the latest window start (highest version if none
+        given), then the entity's point features (``kind`` = ``point``)."""
         ...
 
+
+@runtime_checkable
+class SignalCheckpoints(Protocol):
+    """Where a signal run resumes: the checkpoint ``FeatureRows.commit`` saved last for ``scope``
+    (None when none was), never ahead of the rows it covers."""
+
+    async def load_checkpoint(self, scope: str) -> SignalCheckpoint | None: ...
+
+
+@runtime_checkable
+class InvalidRecordOutbox(Protocol):
+    """Invalid records committed with their batch, waiting to be handed to the DLQ.
+
+    Ordering: ``FeatureRows.commit`` stores them, the caller adds each to the dead letters and
+    then ``mark_delivered``; a crash in between hands them again (at-least-once). A replayed
+    commit of the same record keeps its delivery mark. Both calls are idempotent and durable."""
+
     async def undelivered_invalid(self) -> list[dict[str, Any]]:
-        """Invalid records committed but not yet handed to the DLQ (the outbox)."""
+        """Invalid records committed but not yet delivered, by (scope, batch, idx)."""
         ...
 
     async def mark_delivered(self, keys: list[tuple[str, int, int, int]]) -> None:
         """(scope, batch, idx, dlq_id) for records the DLQ accepted."""
         ...
 
-    async def close(self) -> None: ...
+
+@runtime_checkable
+class FeatureStore(FeatureRows, SignalCheckpoints, InvalidRecordOutbox, Lifecycle, Protocol):
+    """The online store: feature rows, checkpoints and the invalid-record outbox, committed
+    together in one transaction per batch (one adapter holds all three)."""
 
 
 @runtime_checkable
 class OfflineFeatureStore(Protocol):
     """Append-only history of feature rows, partitioned by dataset, feature set and date.
 
-    ``write`` replaces the part with the same name atomically (deterministic names make a replay
-    or a re-run a replacement, never a duplicate); ``prune`` drops a scope's parts beyond the
-    last batch of a completed run (left from an earlier, longer run).
+    ``write`` replaces the part with the same name atomically and durably (deterministic names
+    make a replay or a re-run a replacement, never a duplicate); ``prune`` drops a scope's parts
+    beyond the last batch of a completed run (left from an earlier, longer run): idempotent.
     """
 
     async def write(self, dataset: str, feature_set: str, part: str, rows: Any) -> None: ...
@@ -331,29 +432,28 @@ class OfflineFeatureStore(Protocol):
 
 
 @runtime_checkable
-class StreamBus(Protocol):
-    """A durable log of CloudEvents with consumer groups: at-least-once, acked explicitly.
+class BusPublisher(Lifecycle, Protocol):
+    """Writes CloudEvents to a topic of the bus.
 
-    Contract (tests/contract/test_stream_bus.py):
-    - ``publish`` returns once the bus has stored the messages durably, in the given order.
-    - ``consume`` gives each message to one consumer of a group; messages of a topic arrive in
-      ``position`` order on first delivery. A message not acked within ``ack_wait_seconds``
-      (worker killed, hung) is delivered again, to this or another consumer of the group,
-      with ``deliveries`` + 1; the adapter never drops it by itself (no MaxDeliver discard:
-      the worker decides when to dead-letter, because only it knows whether a sink committed).
-    - ``ack`` after the sink committed; ``nak`` asks for redelivery after ``delay_seconds``;
-      ``extend`` keeps messages a consumer is still working on from being redelivered.
-    - ``dead_letter`` copies the message to ``<topic>.dlq`` with the reason, then acks it.
-    - ``pending`` counts messages published but not yet acked by ``group`` (consumer lag).
-    Topic names are dot-separated words (``docs``, ``signals.sensors``); adapters map them to
-    subjects/streams/keys under a ``headwater`` prefix.
-    """
-
-    url: str
-
-    async def open(self) -> None: ...
+    ``publish`` returns once the bus has stored the messages durably, in the given order; it is
+    not idempotent (a retried publish may store a message twice: consumers are at-least-once and
+    sinks are idempotent). Topic names are dot-separated words (``docs``, ``signals.sensors``);
+    adapters map them to subjects/streams/keys under a ``headwater`` prefix."""
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None: ...
+
+
+@runtime_checkable
+class BusConsumer(Lifecycle, Protocol):
+    """Reads a topic in a consumer group: at-least-once, acked explicitly.
+
+    ``consume`` gives each message to one consumer of a group; messages of a topic arrive in
+    ``position`` order on first delivery. A message not acked within ``ack_wait_seconds``
+    (worker killed, hung) is delivered again, to this or another consumer of the group, with
+    ``deliveries`` + 1; the adapter never drops it by itself (no MaxDeliver discard: the worker
+    decides when to dead-letter, because only it knows whether a sink committed). ``ack`` only
+    after the sink committed; ack, nak and extend are idempotent.
+    """
 
     async def consume(
         self, topic: str, group: str, *, max_messages: int, timeout_seconds: float
@@ -368,7 +468,17 @@ class StreamBus(Protocol):
         ack wait is not handed to a second consumer while the first still processes it."""
         ...
 
-    async def nak(self, messages: Sequence[BusMessage], *, delay_seconds: float) -> None: ...
+    async def nak(self, messages: Sequence[BusMessage], *, delay_seconds: float) -> None:
+        """Deliver these again after ``delay_seconds`` (with ``deliveries`` + 1)."""
+        ...
+
+
+@runtime_checkable
+class BusDeadLetters(Protocol):
+    """The bus's own dead letters, per topic (``<topic>.dlq``).
+
+    ``dead_letter`` stores the message with the reason durably, then acks it (so a crash between
+    the two leaves a redelivery, never a lost message); ``dead_letters`` reads them oldest first."""
 
     async def dead_letter(self, message: BusMessage, reason: str) -> None: ...
 
@@ -376,9 +486,23 @@ class StreamBus(Protocol):
         """What ``dead_letter`` stored for ``topic``: (body, reason), oldest first."""
         ...
 
-    async def pending(self, topic: str, group: str) -> int: ...
 
-    async def close(self) -> None: ...
+@runtime_checkable
+class ConsumerLag(Protocol):
+    """How far a consumer group is behind: a read, no side effects, an estimate while others
+    publish and ack."""
+
+    async def pending(self, topic: str, group: str) -> int:
+        """Messages published but not yet acked by ``group`` (consumer lag)."""
+        ...
+
+
+@runtime_checkable
+class StreamBus(BusPublisher, BusConsumer, BusDeadLetters, ConsumerLag, Protocol):
+    """A durable log of CloudEvents with consumer groups (tests/contract/test_stream_bus.py):
+    the four ports above on one connection, ``url`` naming it (without credentials)."""
+
+    url: str
 
 
 # --- jobs (issue #5) ----------------------------------------------------------------------------

@@ -12,8 +12,7 @@ import polars as pl
 import pytest
 
 from headwater import registry
-from headwater.models import SignalCheckpoint
-from headwater.pipeline.signal_commit import BatchCommit
+from headwater.models import BatchCommit, SignalCheckpoint
 from headwater.ports import FeatureStore, OfflineFeatureStore
 from tests.contract.urls import adapter_url, url_id
 

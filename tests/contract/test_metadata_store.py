@@ -45,6 +45,10 @@ def state(doc_id: str, status: str = "done", content_hash: str = "h1") -> DocSta
     )
 
 
+async def test_the_store_implements_every_metadata_port(store: MetadataStore) -> None:
+    assert isinstance(store, MetadataStore)
+
+
 async def test_claim_counts_attempts_until_finished(store: MetadataStore) -> None:
     s = store
     assert await s.claim([("d1", "file:///src", "d1.md")]) == {"d1": 1}

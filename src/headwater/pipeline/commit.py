@@ -21,7 +21,7 @@ from headwater.events import DocumentCompleted
 from headwater.models import Chunk, ChunkKey, DocState, SourceEntry, Vectors
 from headwater.pipeline.faults import crash_point
 from headwater.pipeline.retry import RetryPolicy, with_retries
-from headwater.ports import DocumentState, Embedder, EmbeddingCache, RateLimited, VectorStore
+from headwater.ports import DocumentLedger, Embedder, EmbeddingCache, RateLimited, VectorWriter
 from headwater.stages.chunk import TextChunk
 from headwater.stages.prepare import PreparedDocument
 
@@ -63,16 +63,16 @@ class GroupCommitter:
 
     Args:
         backlog: ``(depth, capacity)`` of the queue of embedded groups waiting for their write,
-            reported before each embed call to an embedder that adapts its rate (one with an
-            ``observe_queue`` method; the Embedder port does not require it).
+            reported before each embed call to an embedder that adapts its rate (the optional
+            ``RateLimited`` port; the Embedder port does not require it).
     """
 
     def __init__(
         self,
         embedder: Embedder,
         cache: EmbeddingCache,
-        vectors: VectorStore,
-        state: DocumentState,
+        vectors: VectorWriter,
+        state: DocumentLedger,
         *,
         batch_size: int,
         concurrency: int,

@@ -19,7 +19,7 @@ from headwater.errors import InputError
 from headwater.events import BatchProgress, ChangesPublished, Event
 from headwater.models import DocState, SourceEntry, make_doc_id, sha256_hex
 from headwater.pipeline.stream import Delivery
-from headwater.ports import MetadataStore, Source, StreamBus
+from headwater.ports import BusPublisher, MetadataStore, Source
 
 DOCS_TOPIC = "docs"
 _encoder_source = "headwater.watch"
@@ -86,7 +86,7 @@ class Watcher:
         self,
         source: Source,
         metadata: Callable[[], MetadataStore],
-        bus: StreamBus,
+        bus: BusPublisher,
         *,
         topic: str = DOCS_TOPIC,
         max_file_bytes: int,

@@ -11,32 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 
 from headwater.featuresets import FeatureSetSpec
-from headwater.models import SignalCheckpoint, signal_content_hash
+from headwater.models import BatchCommit, Dataset, SignalCheckpoint, signal_content_hash
 from headwater.pipeline.signal_inputs import Chunk, InputFile
-from headwater.ports import FeatureStore, OfflineFeatureStore
+from headwater.ports import FeatureRows, OfflineFeatureStore
 from headwater.stages.features import ONLINE_ROW_COLUMNS, BatchResult
-
-
-@dataclass(frozen=True)
-class BatchCommit:
-    """Everything the online store applies in one transaction (tuples in its column order).
-
-    Late events are not here: they go to the offline store's ``late`` dataset (written before
-    the commit under the batch's deterministic part name, like the window rows).
-    """
-
-    scope: str
-    batch_no: int
-    online_rows: list[tuple[Any, ...]]
-    online_points: list[tuple[Any, ...]]
-    invalid_rows: list[tuple[Any, ...]]
-    checkpoint: SignalCheckpoint | None  # None: rows only, the last checkpoint stays (replay is idempotent)
 
 
 def signal_checkpoint(
@@ -66,7 +48,7 @@ def signal_checkpoint(
 
 async def commit_batch(
     *,
-    online: FeatureStore,
+    online: FeatureRows,
     offline: OfflineFeatureStore,
     spec: FeatureSetSpec,
     scope: str,
@@ -82,7 +64,7 @@ async def commit_batch(
     ahead. ``checkpoint`` is called in the worker thread with the rest of the serialization:
     encoding the engine state is CPU work that overlaps the next batch's engine step."""
 
-    def serialize() -> tuple[dict[str, pl.DataFrame], BatchCommit]:
+    def serialize() -> tuple[dict[Dataset, pl.DataFrame], BatchCommit]:
         commit = build_commit(scope, spec, files, batch_no, result, chunk, checkpoint())
         file_index = chunk.file_index if chunk is not None else 0
         return offline_datasets(spec, files, result, file_index), commit
@@ -143,16 +125,16 @@ def build_commit(
 
 def offline_datasets(
     spec: FeatureSetSpec, files: list[InputFile], result: BatchResult, file_index: int
-) -> dict[str, pl.DataFrame]:
+) -> dict[Dataset, pl.DataFrame]:
     """What a batch appends to the offline store (backfill and stream worker alike)."""
     points = result.points.with_columns(
         pl.lit(spec.name).alias("feature_set"), pl.lit(spec.version).alias("version")
     )
     late = late_frame(spec, files, result.late, file_index)
     return {
-        "windows": with_date(result.rows, "window_start_ms"),
-        "points": with_date(points, "event_time"),
-        "late": with_date(late, "event_time"),
+        Dataset.windows: with_date(result.rows, "window_start_ms"),
+        Dataset.points: with_date(points, "event_time"),
+        Dataset.late: with_date(late, "event_time"),
     }
 
 

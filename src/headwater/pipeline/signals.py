@@ -32,7 +32,7 @@ from headwater.events import (
 )
 from headwater.featuresets import FeatureSetSpec
 from headwater.homelock import describe_holder, home_lock, lock_path
-from headwater.models import DeadLetter, SignalCheckpoint, sha256_hex
+from headwater.models import Dataset, DeadLetter, SignalCheckpoint, sha256_hex
 from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref, signal_checkpoint
 from headwater.pipeline.signal_inputs import (
     Chunk,
@@ -43,12 +43,11 @@ from headwater.pipeline.signal_inputs import (
     original_records,
     read_chunks,
 )
-from headwater.ports import DeadLetters, FeatureStore, OfflineFeatureStore
+from headwater.ports import DeadLetterSink, FeatureStore, OfflineFeatureStore
 from headwater.stages.decode import DecodeLimits
 from headwater.stages.features import BatchResult, EngineState, flush, process_batch
 
 Clock = Callable[[], int]
-DATASETS = ("windows", "points", "late")
 COUNTERS = (
     "events_seen",
     "events_invalid",
@@ -117,7 +116,7 @@ class SignalPipeline:
         spec: FeatureSetSpec,
         online: FeatureStore,
         offline: OfflineFeatureStore,
-        dead_letters: DeadLetters | None = None,
+        dead_letters: DeadLetterSink | None = None,
         options: SignalOptions | None = None,
         clock: Clock = wall_clock_ms,
     ) -> None:
@@ -178,7 +177,7 @@ class SignalPipeline:
                 yield event
         finally:
             await asyncio.gather(reader, *([writer] if writer is not None else []), return_exceptions=True)
-        for dataset in DATASETS:
+        for dataset in Dataset:
             await self.offline.prune(dataset, self.spec.name, self.scope, run.batch_no - 1)
         await self._deliver_dead_letters()
         yield SignalRunCompleted(

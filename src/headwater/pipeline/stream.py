@@ -31,7 +31,7 @@ from headwater.models import BusMessage, DeadLetter
 from headwater.observability import redact, span
 from headwater.pipeline.adapter_states import AdapterStates
 from headwater.pipeline.retry import RetryPolicy, with_retries
-from headwater.ports import DeadLetters, StreamBus
+from headwater.ports import DeadLetterSink, SettingsStore, StreamBus
 from headwater.redaction import redact_url as redact_url  # noqa: PLC0414 (cli.py imports it from here)
 
 
@@ -59,14 +59,6 @@ class Delivery:
     done: bool = False
     deferred: bool = False
     rejected: list[RejectedEvent] = field(default_factory=list)
-
-
-class AttemptLog(Protocol):
-    """Durable small key/values (the metadata store's settings): attempts of suspect messages."""
-
-    async def get_setting(self, key: str) -> str | None: ...
-
-    async def set_setting(self, key: str, value: str) -> None: ...
 
 
 class Sink(Protocol):
@@ -120,10 +112,10 @@ class StreamWorker:
         self,
         bus: StreamBus,
         sink: Sink,
-        dead_letters: DeadLetters,
+        dead_letters: DeadLetterSink,
         options: WorkerOptions,
         *,
-        attempts: AttemptLog | None = None,
+        attempts: SettingsStore | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
         self.bus = bus
