@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from headwater.cloudevents import encode_batch  # noqa: E402
+from headwater.compose import make_bus  # noqa: E402
 from headwater.config import load_settings  # noqa: E402
 from headwater.pipeline.signal_publish import partition_of  # noqa: E402
-from headwater.stream_bootstrap import make_bus  # noqa: E402
 
 ENTITIES = 1000
 LATENESS_MS = 2000

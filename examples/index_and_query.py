@@ -11,7 +11,7 @@ import tempfile
 
 from headwater import build_document_pipeline, load_settings
 from headwater.events import DocumentCompleted, DocumentFailed, RunCompleted
-from headwater.pipeline.index import query
+from headwater.ops.search import query
 
 
 async def main(folder: str, home: str) -> None:

@@ -17,14 +17,14 @@ from headwater.errors import (
 )
 
 if TYPE_CHECKING:
-    from headwater.bootstrap import build_document_pipeline
+    from headwater.compose import build_document_pipeline
     from headwater.pipeline.documents import DocumentPipeline
     from headwater.pipeline.signals import SignalPipeline
 
 _LAZY = {
     "DocumentPipeline": "headwater.pipeline.documents",
     "SignalPipeline": "headwater.pipeline.signals",
-    "build_document_pipeline": "headwater.bootstrap",
+    "build_document_pipeline": "headwater.compose",
 }
 
 

@@ -123,8 +123,8 @@ def ingest_docs(
     ] = False,
 ) -> None:
     """Index a folder incrementally: unchanged files are skipped, deleted ones removed."""
-    from headwater.bootstrap import build_document_pipeline
     from headwater.cli_render import Tally, render_events, summary_lines
+    from headwater.compose import build_document_pipeline
 
     tally = Tally()
 
@@ -176,7 +176,7 @@ def query(
     json_out: JsonOpt = False,
 ) -> None:
     """Search the index."""
-    from headwater.pipeline.index import query as run_query
+    from headwater.ops.search import query as run_query
 
     hits = run_guarded(lambda: asyncio.run(run_query(home_settings(home=home, embedder=embedder), text, k)))
     if json_out:
@@ -200,7 +200,7 @@ def _where(hit: dict[str, Any]) -> str:
 @app.command()
 def status(home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False) -> None:
     """Counts of documents, chunks, vectors and DLQ entries, and the index fingerprint."""
-    from headwater.pipeline.index import status as run_status
+    from headwater.ops.index import status as run_status
 
     result = run_guarded(lambda: asyncio.run(run_status(home_settings(home=home, embedder=embedder))))
     if json_out:
@@ -218,7 +218,7 @@ def verify(
     repair: Annotated[bool, typer.Option("--repair", help="Fix what disagrees, then verify again")] = False,
 ) -> None:
     """Check that metadata and the vector store agree (no lost, duplicate or orphan vectors)."""
-    from headwater.pipeline.index import verify as run_verify
+    from headwater.ops.index import verify as run_verify
 
     before, after = run_guarded(
         lambda: run_async(run_verify(home_settings(home=home, embedder=embedder), repair=repair))
@@ -243,7 +243,7 @@ def verify(
 @app.command()
 def optimize(home: HomeOpt = None, embedder: EmbedderOpt = None) -> None:
     """Compact the vector store and drop its old versions (ingest does it only for small tables)."""
-    from headwater.pipeline.index import optimize as run_optimize
+    from headwater.ops.index import optimize as run_optimize
 
     run_guarded(lambda: run_async(run_optimize(home_settings(home=home, embedder=embedder))))
     out.print("optimized")
@@ -256,7 +256,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="Output format (jsonl)")] = "jsonl",
 ) -> None:
     """Print every chunk in the vector store, one JSON object a line."""
-    from headwater.pipeline.index import export as run_export
+    from headwater.ops.index import export as run_export
 
     if fmt != "jsonl":
         err.print(f"[red]unsupported --format {fmt!r}[/]: only jsonl")
@@ -276,7 +276,10 @@ def dlq_list(
     all_: Annotated[bool, typer.Option("--all", help="Include replayed entries")] = False,
 ) -> None:
     """List dead-lettered inputs."""
-    letters = run_guarded(lambda: asyncio.run(_letters(home_settings(home=home, index=False), all_)))
+    from headwater.ops.dead_letters import list_letters
+
+    settings = run_guarded(lambda: home_settings(home=home, index=False))
+    letters = run_guarded(lambda: asyncio.run(list_letters(settings, include_replayed=all_, limit=100_000)))
     if json_out:
         sys.stdout.write(json.dumps([_letter_dict(lt, full=False) for lt in letters]) + "\n")
         return
@@ -287,7 +290,9 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(letter_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1)], home: HomeOpt = None) -> None:
     """Show one entry with its full context (traceback included)."""
-    letter = run_guarded(lambda: asyncio.run(_letter(home_settings(home=home, index=False), letter_id)))
+    from headwater.ops.dead_letters import get_letter
+
+    letter = run_guarded(lambda: asyncio.run(get_letter(home_settings(home=home, index=False), letter_id)))
     if letter is None:
         err.print(f"no DLQ entry {letter_id}")
         raise typer.Exit(1)
@@ -307,8 +312,7 @@ def dlq_replay(
 ) -> None:
     """Re-run dead-lettered documents and republish dead-lettered bus messages to their topic;
     those that fail again get a new entry."""
-    from headwater.pipeline.index import replay_documents
-    from headwater.stream_bootstrap import replay_messages
+    from headwater.ops.dead_letters import replay_documents, replay_messages
 
     if (letter_id is None) == (not all_):
         err.print("give an entry ID or --all")
@@ -331,28 +335,6 @@ def dlq_replay(
                 f"replayed: {final.documents_added + final.documents_updated} indexed, "
                 f"{final.documents_failed} failed again"
             )
-
-
-async def _letters(settings: Settings, include_replayed: bool) -> list[Any]:
-    from headwater.bootstrap import make_metadata_store
-
-    store = make_metadata_store(settings)
-    await store.open()
-    try:
-        return await store.list(include_replayed=include_replayed, limit=100_000)
-    finally:
-        await store.close()
-
-
-async def _letter(settings: Settings, letter_id: int) -> Any:
-    from headwater.bootstrap import make_metadata_store
-
-    store = make_metadata_store(settings)
-    await store.open()
-    try:
-        return await store.get(letter_id)
-    finally:
-        await store.close()
 
 
 def _letter_dict(letter: Any, *, full: bool) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def _is_loopback(host: str) -> bool:
 def _with_service(
     home: Path | None, work: Callable[[Any], Awaitable[T]], settings: Settings | None = None
 ) -> T:
-    from headwater.jobs import build_job_service
+    from headwater.compose import build_job_service
 
     async def run() -> T:
         service = build_job_service(settings or load_settings(home=home, index=False))
@@ -176,7 +176,7 @@ def jobs_run(
     ] = None,
 ) -> None:
     """Run queued jobs without a server, until none is queued or running (cron, CI)."""
-    from headwater.jobs import build_job_service
+    from headwater.compose import build_job_service
     from headwater.models import JobStatus
 
     async def run() -> list[Any]:

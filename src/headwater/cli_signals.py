@@ -107,7 +107,7 @@ def feature_set_spec(
     signal defaults) with the flags on top, so ``ingest signals`` and ``worker signals`` given the
     same options fill the same feature set. The version is the flag, else the environment's,
     else the declared one (``settings.feature_set_version`` already holds that order)."""
-    from headwater.signals_bootstrap import resolve_feature_set
+    from headwater.compose import resolve_feature_set
 
     return resolve_feature_set(
         settings,
@@ -148,8 +148,8 @@ def ingest_signals(
     json_out: JsonOpt = False,
 ) -> None:
     """Backfill signals into a feature set: dedup, windows under a watermark, online + offline stores."""
+    from headwater.compose import open_signal_pipeline
     from headwater.config import load_settings
-    from headwater.signals_bootstrap import open_signal_pipeline
 
     def work() -> SignalRunCompleted:
         settings = load_settings(
@@ -228,8 +228,8 @@ def features_get(
     json_out: JsonOpt = False,
 ) -> None:
     """Latest online rows of an entity: one per window size, plus its latest point features."""
+    from headwater.compose import open_online_store
     from headwater.config import load_settings
-    from headwater.signals_bootstrap import open_online_store
 
     def work() -> list[dict[str, Any]]:
         loaded = load_settings(home=home, feature_set=feature_set, index=False)
@@ -281,8 +281,8 @@ def features_export(
     dataset: Annotated[Dataset, typer.Option(help="Which offline table")] = Dataset.windows,
 ) -> None:
     """Offline rows; windows: one per (entity_id, feature_set, version, window_ms, window_start_ms)."""
+    from headwater.compose import make_offline_store
     from headwater.config import load_settings
-    from headwater.signals_bootstrap import make_offline_store
 
     def work() -> int:
         loaded = load_settings(home=home, feature_set=feature_set, index=False)

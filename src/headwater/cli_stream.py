@@ -192,7 +192,7 @@ def watch(
     json_out: JsonOpt = False,
 ) -> None:
     """Poll a folder; publish doc added/updated/deleted events for what the index does not have yet."""
-    from headwater.stream_bootstrap import make_watcher
+    from headwater.compose import make_watcher
 
     def work() -> None:
         settings = bus_settings(
@@ -239,8 +239,8 @@ def publish_signals(
     json_out: JsonOpt = False,
 ) -> None:
     """Publish each line as a CloudEvent (deterministic ids: publishing twice is a harmless replay)."""
+    from headwater.compose import make_bus
     from headwater.pipeline.signal_publish import publish_signals as publish
-    from headwater.stream_bootstrap import make_bus
 
     def work() -> MessagesPublished:
         settings = bus_settings(bus=bus, topic_signals=topic)
@@ -289,7 +289,7 @@ def worker_docs(
     json_out: JsonOpt = False,
 ) -> None:
     """Index the documents named by change events (from ``headwater watch``) as they arrive."""
-    from headwater.stream_bootstrap import open_doc_worker
+    from headwater.compose import open_doc_worker
 
     def work() -> WorkerStopped | None:
         settings = bus_settings(
@@ -339,7 +339,7 @@ def worker_signals(
     json_out: JsonOpt = False,
 ) -> None:
     """Keep a feature set up to date from a topic: the backfill's engine, watermark moved by events."""
-    from headwater.stream_bootstrap import open_signal_worker
+    from headwater.compose import open_signal_worker
 
     def work() -> WorkerStopped | None:
         settings = bus_settings(

@@ -31,7 +31,7 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
         "sqlite": ("headwater.adapters.sqlite:SQLiteMetadataStore", None),
     },
     "job_store": {
-        "sqlite": ("headwater.jobs:SQLiteJobStore", None),
+        "sqlite": ("headwater.adapters.sqlite_jobs:SQLiteJobStore", None),
     },
     "online_store": {
         "sqlite": ("headwater.adapters.sqlite_features:SQLiteFeatureStore", None),

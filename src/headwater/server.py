@@ -38,12 +38,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from headwater import registry
+from headwater.compose import build_job_service, make_bus, open_metadata
 from headwater.config import Settings
 from headwater.errors import AdapterError, ConfigError, InputError
-from headwater.jobs import IllegalTransition, JobNotFound, JobService, build_job_service
+from headwater.jobs.service import JobService
+from headwater.jobs.states import IllegalTransition, JobNotFound
 from headwater.models import Job, JobStatus
 from headwater.observability import Metrics, redact, register_secret
-from headwater.pipeline.index import Searcher, has_index
+from headwater.ops.dead_letters import list_letters
+from headwater.ops.index import has_index
+from headwater.ops.search import Searcher
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -354,7 +358,7 @@ def _dlq_routes(app: FastAPI, settings: Settings, service: JobService, auth: Cal
         include_replayed: bool = False,
     ) -> DeadLetterList:
         """Dead-lettered inputs, newest context included (tracebacks and payloads are CLI-only)."""
-        letters = await _dead_letters(settings, limit=limit, include_replayed=include_replayed)
+        letters = await list_letters(settings, limit=limit, include_replayed=include_replayed)
         return DeadLetterList(entries=[DeadLetterOut.model_validate(redact(_letter(lt))) for lt in letters])
 
     @app.post("/v1/dlq:replay", status_code=201, response_model=Created, dependencies=guarded, tags=["dlq"],
@@ -456,26 +460,9 @@ def _letter(letter: Any) -> dict[str, Any]:
     return data
 
 
-async def _dead_letters(settings: Settings, *, limit: int, include_replayed: bool = False) -> list[Any]:
-    from headwater.bootstrap import make_metadata_store
-
-    store = make_metadata_store(settings)
-    await store.open()
-    try:
-        return await store.list(include_replayed=include_replayed, limit=limit)
-    finally:
-        await store.close()
-
-
 async def _metadata_counts(settings: Settings) -> dict[str, int]:
-    from headwater.bootstrap import make_metadata_store
-
-    store = make_metadata_store(settings)
-    await store.open()
-    try:
+    async with open_metadata(settings) as store:
         return await store.counts()
-    finally:
-        await store.close()
 
 
 async def _readiness(settings: Settings, service: JobService) -> dict[str, str]:
@@ -486,8 +473,6 @@ async def _readiness(settings: Settings, service: JobService) -> dict[str, str]:
         await _metadata_counts(settings)
 
     async def bus() -> None:
-        from headwater.stream_bootstrap import make_bus
-
         client = make_bus(settings)
         await client.open()
         await client.close()

@@ -16,7 +16,7 @@ from headwater.errors import PermanentError, RetryableError
 from headwater.models import Job, JobStatus, Vectors
 
 if TYPE_CHECKING:
-    from headwater.jobs import JobService
+    from headwater.jobs.service import JobService
 
 
 async def collect_events(events: AsyncIterator[Any]) -> list[Any]:

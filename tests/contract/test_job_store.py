@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from headwater import registry
-from headwater.jobs import TERMINAL, TRANSITIONS, IllegalTransition, JobNotFound, StaleJobStatus
+from headwater.jobs.states import TERMINAL, TRANSITIONS, IllegalTransition, JobNotFound, StaleJobStatus
 from headwater.models import JobStatus
 from headwater.ports import JobStore
 from tests.contract.urls import adapter_url, url_id

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from headwater import load_settings
-from headwater.bootstrap import build_document_pipeline
+from headwater.compose import build_document_pipeline
 from headwater.config import Settings
 from headwater.observability import configure_logging
-from headwater.pipeline.index import status
+from headwater.ops.index import status
 from headwater.server import create_app
 
 TOKEN = "hw-canary-token-5f1e2d"  # a canary: it must never show up in any output

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from headwater.bootstrap import build_document_pipeline
-from headwater.pipeline import index
-from headwater.pipeline.index import export
+from headwater.compose import build_document_pipeline
+from headwater.ops.index import export
+from headwater.ops import search
 from headwater.server import create_app
 from tests.e2e.test_api import AUTH, TOKEN, make_settings
 
@@ -140,7 +140,7 @@ def test_a_home_without_an_index_says_so_and_creates_none(tmp_path: Path) -> Non
 
 def test_the_index_is_opened_once_for_many_queries(indexed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opened = {"embedders": 0, "stores": 0, "embedder_closed": 0}
-    make_embedder, make_vector_store = index.make_embedder, index.make_vector_store
+    make_embedder, make_vector_store = search.make_embedder, search.make_vector_store
 
     def counted_embedder(settings: Any) -> Any:
         opened["embedders"] += 1
@@ -158,8 +158,8 @@ def test_the_index_is_opened_once_for_many_queries(indexed: Path, monkeypatch: p
         opened["stores"] += 1
         return make_vector_store(settings)
 
-    monkeypatch.setattr(index, "make_embedder", counted_embedder)
-    monkeypatch.setattr(index, "make_vector_store", counted_store)
+    monkeypatch.setattr(search, "make_embedder", counted_embedder)
+    monkeypatch.setattr(search, "make_vector_store", counted_store)
     with TestClient(create_app(make_settings(indexed))) as client:
         for i in range(30):
             assert ask(client, text=f"question {i}", k=3)["hits"]
@@ -185,7 +185,7 @@ def test_concurrent_queries_are_answered_correctly(client: TestClient, indexed: 
 def test_a_query_sees_what_a_job_indexed_after_the_server_opened_the_index(
     indexed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index, "RESIDENT_REFRESH_SECONDS", 0.0)  # no wait for the in-memory copy
+    monkeypatch.setattr(search, "RESIDENT_REFRESH_SECONDS", 0.0)  # no wait for the in-memory copy
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "new.md").write_text("# Zebras\n\nStriped zebras graze on the savanna at dawn.\n")
@@ -222,10 +222,10 @@ def test_a_store_without_a_prefix_filter_is_over_fetched_until_k_match() -> None
             return len(self.rows)
 
     store = PlainStore()
-    hits = asyncio.run(index._search(store, None, 2, "a/"))  # type: ignore[arg-type]
+    hits = asyncio.run(search._search(store, None, 2, "a/"))  # type: ignore[arg-type]
     assert [c.uri for c, _ in hits] == ["a/x", "a/y"]
     assert store.asked == [16, 32, 62]
-    assert asyncio.run(index._search(store, None, 3, "b/1"))[0][0].uri == "b/1"  # type: ignore[arg-type]
+    assert asyncio.run(search._search(store, None, 3, "b/1"))[0][0].uri == "b/1"  # type: ignore[arg-type]
 
 
 def test_an_embedder_that_is_down_is_503_and_the_next_query_works(
@@ -233,7 +233,7 @@ def test_an_embedder_that_is_down_is_503_and_the_next_query_works(
 ) -> None:
     from headwater.errors import EmbedderUnavailable
 
-    make_embedder = index.make_embedder
+    make_embedder = search.make_embedder
     down = {"now": True}
 
     def flaky(settings: Any) -> Any:
@@ -248,7 +248,7 @@ def test_an_embedder_that_is_down_is_503_and_the_next_query_works(
         embedder.embed = maybe_down  # type: ignore[method-assign]
         return embedder
 
-    monkeypatch.setattr(index, "make_embedder", flaky)
+    monkeypatch.setattr(search, "make_embedder", flaky)
     with TestClient(create_app(make_settings(indexed))) as client:
         response = client.post("/v1/query", json={"text": "retries"}, headers=AUTH)
         assert response.status_code == 503
@@ -277,8 +277,8 @@ def test_the_in_memory_copy_answers_as_the_vector_store_does(indexed: Path) -> N
 
     async def both(text: str, k: int, prefix: str | None) -> tuple[Any, Any]:
         resident, plain = (
-            index.Searcher(make_settings(indexed), resident=True),
-            index.Searcher(make_settings(indexed)),
+            search.Searcher(make_settings(indexed), resident=True),
+            search.Searcher(make_settings(indexed)),
         )
         try:
             a = await resident.search(text, k, uri_prefix=prefix)

@@ -22,7 +22,7 @@ from reportlab.pdfgen import canvas
 
 from headwater import load_settings
 from headwater.adapters.files import FileSource
-from headwater.bootstrap import build_document_pipeline
+from headwater.compose import build_document_pipeline
 from headwater.errors import InputError
 from headwater.events import DocumentCompleted, DocumentFailed
 from headwater.models import SourceEntry

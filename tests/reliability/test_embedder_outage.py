@@ -19,13 +19,12 @@ from typing import Any
 import pytest
 
 from headwater import load_settings
-from headwater.bootstrap import build_document_pipeline
+from headwater.compose import build_document_pipeline, build_job_service
 from headwater.config import Settings
 from headwater.errors import EmbedderUnavailable
 from headwater.events import AdapterStateChange, BatchProgress, DocumentFailed, RunCompleted
-from headwater.jobs import build_job_service
 from headwater.models import JobEvent, JobStatus
-from headwater.pipeline.index import status
+from headwater.ops.index import status
 from headwater.testing import wait_for_status
 from tests.conftest import Cli
 from tests.servers.fake_embedder import FakeEmbeddingServer

@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 
 from headwater import load_settings
-from headwater.bootstrap import build_document_pipeline
+from headwater.compose import build_document_pipeline, build_job_service
 from headwater.homelock import home_lock
-from headwater.jobs import build_job_service
 from headwater.models import JobStatus
-from headwater.pipeline.index import status
+from headwater.ops.index import status
 from headwater.testing import wait_for_status
 from tests.conftest import Cli
 from tests.reliability.test_docs_crash import make_corpus

@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 from headwater import load_settings
-from headwater.bootstrap import build_document_pipeline
-from headwater.pipeline.index import status
+from headwater.compose import build_document_pipeline
+from headwater.ops.index import status
 from tests.conftest import Cli
 from tests.reliability.test_server_crash import AUTH, Server
 

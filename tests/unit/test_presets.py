@@ -11,7 +11,7 @@ import pytest
 from headwater import load_settings
 from headwater.adapters.hashembed import HashEmbedder
 from headwater.adapters.openai import OpenAIEmbedder
-from headwater.bootstrap import make_embedder
+from headwater.compose import make_embedder
 from headwater.config import Settings
 from headwater.errors import ConfigError
 from headwater.pipeline.ratelimit import LIMITER_PRESETS, LimiterConfig

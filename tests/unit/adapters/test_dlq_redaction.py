@@ -11,13 +11,11 @@ import pytest
 
 from headwater import observability
 from headwater.adapters.sqlite import SQLiteMetadataStore
-from headwater.bootstrap import make_metadata_store
+from headwater.compose import make_bus, make_metadata_store, open_signal_worker, resolve_feature_set
 from headwater.config import load_settings
 from headwater.events import MessageDeadLettered
 from headwater.models import DeadLetter
 from headwater.observability import register_secret
-from headwater.signals_bootstrap import resolve_feature_set
-from headwater.stream_bootstrap import make_bus, open_signal_worker
 
 KEPT = ("2026-01-01 00:00:00", "12:30:45", "5551234567", "db.internal:5432", "10.1.2.3:4222")
 SECRETS = ("hunter2-canary", "bearer-canary-99", "url-pw-canary", "registered-canary-7")

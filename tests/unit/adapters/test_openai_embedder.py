@@ -15,7 +15,7 @@ from tests.servers.fake_embedder import FakeEmbeddingServer
 from headwater import load_settings, registry
 from headwater.adapters.hashembed import embed_hash
 from headwater.adapters.openai import OpenAIEmbedder, parse_embeddings
-from headwater.bootstrap import build_document_pipeline, make_metadata_store, make_vector_store
+from headwater.compose import build_document_pipeline, make_metadata_store, make_vector_store
 from headwater.errors import ConfigError, PermanentError, RetryableError
 from headwater.pipeline.ratelimit import BreakerState, CircuitOpenError
 from headwater.testing import FakeClock

@@ -10,17 +10,11 @@ from typing import Any
 
 import pytest
 
+from headwater.adapters.sqlite_jobs import SQLiteJobStore
 from headwater.errors import InputError, PermanentError
 from headwater.events import DocumentCompleted, DocumentFailed, Event, RunCompleted, RunStarted
-from headwater.jobs import (
-    RECOVERY,
-    TERMINAL,
-    TRANSITIONS,
-    IllegalTransition,
-    JobNotFound,
-    JobService,
-    SQLiteJobStore,
-)
+from headwater.jobs.service import JobService
+from headwater.jobs.states import RECOVERY, TERMINAL, TRANSITIONS, IllegalTransition, JobNotFound
 from headwater.models import Job, JobStatus
 
 S = JobStatus
@@ -315,7 +309,7 @@ async def test_follow_replays_the_journal_then_streams_until_the_job_ends(
 
 
 async def test_the_journal_batches_writes_and_loses_nothing_on_close(tmp_path: Path) -> None:
-    from headwater.jobs import _Journal
+    from headwater.jobs.service import _Journal
 
     class SlowStore(SQLiteJobStore):
         writes = 0

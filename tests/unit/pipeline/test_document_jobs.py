@@ -17,12 +17,13 @@ import pytest
 
 from headwater import load_settings
 from headwater.adapters.hashembed import HashEmbedder
-from headwater.bootstrap import build_document_pipeline
+from headwater.adapters.sqlite_jobs import SQLiteJobStore
+from headwater.compose import build_document_pipeline, build_job_service, job_store_url
 from headwater.config import Settings
 from headwater.events import Event
-from headwater.jobs import JobService, SQLiteJobStore, build_job_service, job_store_url
+from headwater.jobs.service import JobService
 from headwater.models import Job, JobStatus, Vectors
-from headwater.pipeline.index import status
+from headwater.ops.index import status
 from headwater.testing import wait_for_status
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -94,8 +95,10 @@ SERVER = textwrap.dedent(
     """
     import asyncio, sys
     from tests.unit.pipeline.test_document_jobs import SlowEmbedder, settings
-    from headwater.bootstrap import build_document_pipeline
-    from headwater.jobs import JobService, SQLiteJobStore, job_store_url
+    from headwater.compose import build_document_pipeline
+    from headwater.adapters.sqlite_jobs import SQLiteJobStore
+    from headwater.compose import job_store_url
+    from headwater.jobs.service import JobService
 
     async def main() -> None:
         s = settings(sys.argv[1])

@@ -19,7 +19,7 @@ from headwater.events import (
     RunStarted,
 )
 from headwater.models import make_doc_id
-from headwater.pipeline.index import replay_documents
+from headwater.ops.dead_letters import replay_documents
 from headwater.testing import FailingEmbedder, PermanentError, collect_events
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "docs"

@@ -14,13 +14,23 @@ from tests.conftest import assert_same_rows, entity_of, many_entities
 
 from headwater import cloudevents
 from headwater.adapters.hashembed import HashEmbedder
-from headwater.bootstrap import build_document_pipeline, make_metadata_store
 from headwater.cli_signals import export_rows
+from headwater.compose import (
+    build_document_pipeline,
+    make_bus,
+    make_metadata_store,
+    make_offline_store,
+    make_watcher,
+    open_doc_worker,
+    open_signal_pipeline,
+    open_signal_worker,
+    resolve_feature_set,
+)
 from headwater.config import Settings, load_settings
 from headwater.errors import RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
+from headwater.ops.index import status
 from headwater.pipeline.doc_stream import DOCS_TOPIC
-from headwater.pipeline.index import status
 from headwater.pipeline.signal_publish import (
     partition_of,
     partition_topic,
@@ -29,8 +39,6 @@ from headwater.pipeline.signal_publish import (
 )
 from headwater.pipeline.stream import Delivery, StreamWorker, WorkerOptions
 from headwater.ports import StreamBus
-from headwater.signals_bootstrap import make_offline_store, open_signal_pipeline, resolve_feature_set
-from headwater.stream_bootstrap import make_bus, make_watcher, open_doc_worker, open_signal_worker
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = ROOT / "samples" / "signals" / "events.jsonl"
