@@ -12,25 +12,35 @@ import asyncio
 import json
 import sqlite3
 import threading
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from headwater.adapters.sqlite import enable_wal, full_disk
-from headwater.errors import ConfigError, PermanentError, RetryableError
-from headwater.models import SignalCheckpoint
-from headwater.pipeline.signal_commit import signal_checkpoint
-from headwater.stages.features import FEATURE_ROW_KEY, ONLINE_ROW_COLUMNS
+from headwater.adapters.sqlite.connection import connect, full_disk, path_from_url
+from headwater.errors import PermanentError, RetryableError
+from headwater.models import BatchCommit, SignalCheckpoint, signal_checkpoint
+from headwater.stages.features import FEATURE_ROW_AGGREGATES, FEATURE_ROW_KEY, ONLINE_ROW_COLUMNS
 
 POINT_FIELDS = ("entity_id", "feature_set", "version", "event_time_ms", "sequence", "value", "ewma", "zscore")
 INVALID_FIELDS = ("scope", "batch", "idx", "input_ref", "field", "reason")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS feature_rows (
-  entity_id TEXT NOT NULL, feature_set TEXT NOT NULL, version INTEGER NOT NULL, window_ms INTEGER NOT NULL,
-  window_start_ms INTEGER NOT NULL, revision INTEGER NOT NULL, count INTEGER NOT NULL, sum REAL, mean REAL,
-  min REAL, max REAL, std REAL, m2 REAL,
-  PRIMARY KEY (entity_id, feature_set, version, window_ms, window_start_ms)) WITHOUT ROWID;
+
+def _feature_row_column(name: str) -> str:
+    """The SQL type of a feature-row column: text names, integer key parts, revision and count;
+    the other aggregates are nullable reals (an empty window has no mean)."""
+    if name in ("entity_id", "feature_set"):
+        return f"{name} TEXT NOT NULL"
+    if name in FEATURE_ROW_AGGREGATES and name != "count":
+        return f"{name} REAL"
+    return f"{name} INTEGER NOT NULL"
+
+
+# The feature-row columns and key have one home (stages/features.py); this is their SQL form.
+_FEATURE_ROWS_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS feature_rows (\n  {', '.join(map(_feature_row_column, ONLINE_ROW_COLUMNS))},"
+    f"\n  PRIMARY KEY ({', '.join(FEATURE_ROW_KEY)})) WITHOUT ROWID;"
+)
+_SCHEMA = (
+    _FEATURE_ROWS_TABLE
+    + """
 CREATE TABLE IF NOT EXISTS point_features (
   entity_id TEXT NOT NULL, feature_set TEXT NOT NULL, version INTEGER NOT NULL,
   event_time_ms INTEGER NOT NULL,
@@ -43,6 +53,7 @@ CREATE TABLE IF NOT EXISTS signal_checkpoints (
   scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, next_batch INTEGER NOT NULL, file_index INTEGER NOT NULL,
   row_offset INTEGER NOT NULL, counters TEXT NOT NULL, state BLOB NOT NULL, status TEXT NOT NULL);
 """
+)
 
 
 def _placeholders(fields: tuple[str, ...]) -> str:
@@ -80,20 +91,13 @@ ORDER BY window_ms
 """
 
 
-def path_from_url(url: str) -> Path:
-    parts = urlsplit(url)
-    if parts.scheme != "sqlite" or not parts.path:
-        msg = f"online store URL must look like sqlite:///path/features.db, got {url!r}"
-        raise ConfigError(msg)
-    return Path(parts.path)
-
-
 class SQLiteFeatureStore:
-    """Implements ``ports.FeatureStore``; one connection, used from a worker thread under a lock."""
+    """Implements ``ports.FeatureStore`` (FeatureRows, SignalCheckpoints, InvalidRecordOutbox);
+    one connection, used from a worker thread under a lock."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = path_from_url(url)
+        self.path = path_from_url(url, "online store", "sqlite:///path/features.db")
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -101,14 +105,13 @@ class SQLiteFeatureStore:
         await asyncio.to_thread(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn: sqlite3.Connection | None = None
         try:
-            enable_wal(conn)
-            conn.execute("PRAGMA synchronous=FULL")
+            conn = connect(self.path, "FULL")
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            conn.close()
+            if conn is not None:
+                conn.close()
             if (full := full_disk(exc, self.path)) is not None:
                 raise full from exc
             raise
@@ -134,7 +137,7 @@ class SQLiteFeatureStore:
                     raise RetryableError(msg) from exc
                 raise PermanentError(msg) from exc
 
-    async def commit(self, batch: Any) -> None:
+    async def commit(self, batch: BatchCommit) -> None:
         await asyncio.to_thread(self._run, _commit, batch)
 
     async def load_checkpoint(self, scope: str) -> SignalCheckpoint | None:
@@ -164,7 +167,7 @@ class SQLiteFeatureStore:
         return rows
 
 
-def _commit(conn: sqlite3.Connection, batch: Any) -> None:
+def _commit(conn: sqlite3.Connection, batch: BatchCommit) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany(_UPSERT_ROW, batch.online_rows)

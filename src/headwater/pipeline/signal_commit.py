@@ -21,31 +21,6 @@ from headwater.ports import FeatureRows, OfflineFeatureStore
 from headwater.stages.features import ONLINE_ROW_COLUMNS, BatchResult
 
 
-def signal_checkpoint(
-    scope: str,
-    fingerprint: str,
-    *,
-    next_batch: int,
-    state: bytes = b"",
-    counters: dict[str, int] | None = None,
-    position: tuple[int, int] = (0, 0),
-    status: str = "running",
-) -> SignalCheckpoint:
-    """The one way a checkpoint is made: a fresh start, a backfill or stream batch, a stream
-    intent and a stored row all agree on what an unset field means (a bus has no file position,
-    an intent no counters)."""
-    return SignalCheckpoint(
-        scope=scope,
-        fingerprint=fingerprint,
-        next_batch=next_batch,
-        file_index=position[0],
-        row_offset=position[1],
-        counters=counters if counters is not None else {},
-        state=state,
-        status=status,
-    )
-
-
 async def commit_batch(
     *,
     online: FeatureRows,

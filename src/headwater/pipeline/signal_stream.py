@@ -31,9 +31,9 @@ from headwater import cloudevents
 from headwater.errors import InputError
 from headwater.events import Event, WindowsClosed
 from headwater.featuresets import FeatureSetSpec, duration_label
-from headwater.models import BatchCommit, SignalCheckpoint, sha256_hex
+from headwater.models import BatchCommit, SignalCheckpoint, sha256_hex, signal_checkpoint
 from headwater.pipeline.faults import crash_point
-from headwater.pipeline.signal_commit import commit_batch, count_batch, signal_checkpoint
+from headwater.pipeline.signal_commit import commit_batch, count_batch
 from headwater.pipeline.signal_inputs import InputFile
 from headwater.pipeline.signals import COUNTERS, Clock, SignalOptions, wall_clock_ms
 from headwater.pipeline.stream import Delivery, RejectedEvent

@@ -32,8 +32,8 @@ from headwater.events import (
 )
 from headwater.featuresets import FeatureSetSpec
 from headwater.homelock import describe_holder, home_lock, lock_path
-from headwater.models import Dataset, DeadLetter, SignalCheckpoint, sha256_hex
-from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref, signal_checkpoint
+from headwater.models import Dataset, DeadLetter, SignalCheckpoint, sha256_hex, signal_checkpoint
+from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref
 from headwater.pipeline.signal_inputs import (
     Chunk,
     InputFile,

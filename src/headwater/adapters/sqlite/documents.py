@@ -1,33 +1,29 @@
-"""SQLite metadata store: document state, chunk keys, the DLQ and the embedding cache.
+"""Document state in ``state.db``: documents, their chunk keys and the scan's seen set
+(ports.DocumentReader, DocumentLedger and ScanLog).
 
-State lives in ``state.db`` in WAL mode with ``synchronous=FULL`` (a committed "done" survives a
-power cut); the embedding cache lives in ``cache.db`` with ``synchronous=NORMAL``, because losing a
-cache entry only costs a re-embedding. Writes are batched: one transaction per commit group.
+``synchronous=FULL`` (a committed "done" survives a power cut) except for claims and touches,
+which only have to survive the process. Writes are batched: one transaction per commit group.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 import msgspec
 
-from headwater.adapters._thread import OwnThread
-from headwater.errors import ConfigError, disk_full
-from headwater.models import ChunkKey, DeadLetter, DocState, Vectors, Version
+from headwater.adapters.sqlite.base import IN_BATCH, MetadataFiles, utc_now
+from headwater.adapters.sqlite.connection import full_disk
+from headwater.models import ChunkKey, DocState, Version
 
 CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS chunks (
     chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL, chunk_hash TEXT NOT NULL,
     PRIMARY KEY (doc_id, chunk_id)
 ) WITHOUT ROWID"""
-SCHEMA = f"""
+DOCUMENTS_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS documents (
     doc_id TEXT PRIMARY KEY, source TEXT NOT NULL, uri TEXT NOT NULL, content_hash TEXT,
     size INTEGER NOT NULL DEFAULT 0, mtime_ns INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL,
@@ -37,23 +33,8 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_listing ON documents (source, uri, size, mtime_ns, status);
 DROP INDEX IF EXISTS documents_source;
 {CHUNKS_TABLE};
-CREATE TABLE IF NOT EXISTS dlq (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, input_ref TEXT NOT NULL,
-    source TEXT NOT NULL, stage TEXT NOT NULL, error_type TEXT NOT NULL, message TEXT NOT NULL,
-    traceback TEXT NOT NULL, attempts INTEGER NOT NULL, created_at TEXT NOT NULL, replayed_at TEXT,
-    payload BLOB
-);
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-CACHE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS embeddings (
-    embedder_id TEXT NOT NULL, chunk_hash TEXT NOT NULL, vector BLOB NOT NULL,
-    PRIMARY KEY (embedder_id, chunk_hash)
-) WITHOUT ROWID;
 """
 _DOC_COLUMNS = "doc_id, source, uri, content_hash, size, mtime_ns, status, attempts, error_count, version"
-_IN_BATCH = 500  # stays under SQLite's host-parameter limit
-_WAL_CHECKPOINT_PAGES = 4000  # 16 MB of WAL at most between checkpoints
 # A batch of the listing in, its rows out, as one JSON value each way: one SQLite step per
 # batch. Row by row, the thread gave up and took back the GIL at every row, and while the
 # event loop and the walking thread were busy each take waited its turn: a no-change re-run
@@ -64,47 +45,13 @@ _VERSIONS_SQL = (
 )
 _THREE_FIELDS = "json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')"
 _decode_versions = msgspec.json.Decoder(list[tuple[str, Version]]).decode
-P = ParamSpec("P")
-R = TypeVar("R")
-# Result codes SQLite gives a write that found no space: SQLITE_FULL ("database or disk is
-# full"), and the I/O errors of a write, an fsync, a truncate or the growth of the WAL index,
-# which are only a full disk when the disk is indeed (nearly) full.
-_SQLITE_FULL = 13
-_SQLITE_IOERR = 10
-_NEARLY_FULL_BYTES = 1 << 20
 # Room kept next to state.db for one write on a full disk: a run that stops there releases its
 # claims (see ``release``). Without it they stayed claimed and the next run did each of them
 # alone, as a suspect: ~0.4 s a document, 15 minutes for the 2,000 in flight of a 3,000-file run.
 RESERVE_BYTES = 4 << 20
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _path_from_url(url: str) -> Path:
-    parts = urlsplit(url)
-    if parts.scheme != "sqlite" or not parts.path:
-        msg = f"metadata store URL {url!r} must look like sqlite:///path/to/state.db"
-        raise ConfigError(msg)
-    return Path(parts.path)
-
-
-def enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
-    """Switching a new database to WAL takes an exclusive lock and answers "locked" at once
-    (no busy wait) when two processes open the same fresh home together: retry briefly."""
-    for attempt in range(attempts):
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.05)
-        else:
-            return
-
-
-def _cluster_chunks_by_document(db: sqlite3.Connection) -> None:
+def cluster_chunks_by_document(db: sqlite3.Connection) -> None:
     """Homes made before chunks were keyed by (doc_id, chunk_id) move their rows over, once.
 
     Keyed by the random chunk id, with a second index on doc_id, a document's chunk rows landed
@@ -123,135 +70,17 @@ def _cluster_chunks_by_document(db: sqlite3.Connection) -> None:
         db.execute("DROP TABLE chunks_by_chunk_id")
 
 
-def full_disk(exc: BaseException, path: Path) -> OSError | None:
-    """A SQLite error that means "no space left on device", as the OSError a write of ``path``
-    would have raised (ENOSPC, naming the file), or None. SQLite says it without a file name
-    ("database or disk is full", or a "disk I/O error" when the WAL or its index cannot grow):
-    the one line that ends the run names the store instead (``errors.disk_full``)."""
-    if not isinstance(exc, sqlite3.Error):
-        return None
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    said_full = disk_full(exc) is not None or code == _SQLITE_FULL
-    if not said_full and (code != _SQLITE_IOERR or _free_bytes(path) > _NEARLY_FULL_BYTES):
-        return None
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.realpath(path))
+class DocumentTables(MetadataFiles):
+    """Implements ports.DocumentReader, DocumentLedger and ScanLog on ``documents``, ``chunks``
+    and the connection's temporary ``seen`` table."""
 
-
-def _free_bytes(path: Path) -> int:
-    try:
-        found = os.statvfs(path.parent)
-    except OSError:
-        return _NEARLY_FULL_BYTES + 1
-    return found.f_bavail * found.f_frsize
-
-
-class _StoreThread(OwnThread):
-    """The store's own thread; a full disk comes out of it as an OSError naming the file."""
-
-    def __init__(self, name: str, path: Path) -> None:
-        super().__init__(name)
-        self.path = path
-
-    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await super().call(fn, *args, **kwargs)
-        except sqlite3.Error as exc:
-            if (full := full_disk(exc, self.path)) is None:
-                raise
-            raise full from exc
-
-
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    enable_wal(conn)
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-class SQLiteMetadataStore:
-    """Implements DocumentState, DeadLetters and EmbeddingCache on one SQLite file (+ cache file)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.path = _path_from_url(url)
-        self._thread = _StoreThread("sqlite", self.path)
-        self._cache_thread = _StoreThread("sqlite-cache", self.path.with_name("cache.db"))
-        self._db: sqlite3.Connection | None = None
-        self._cache: sqlite3.Connection | None = None
-        self._reserved = False
-
-    # -- lifecycle -------------------------------------------------------------------------
-    async def open(self) -> None:
-        await self._thread.call(self._open)
-
-    def _open(self) -> None:
-        self._db = _connect(self.path, "FULL")
-        # Commits dirty pages all over the random-keyed tables: checkpointing the WAL every 1000
-        # pages (the default) rewrote most of the database file on nearly every group commit.
-        self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
-        _cluster_chunks_by_document(self._db)
-        self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(dlq)")}
-        if "payload" not in columns:  # homes created before dead-lettered messages kept their body
-            self._db.execute("ALTER TABLE dlq ADD COLUMN payload BLOB")
-        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (uri TEXT PRIMARY KEY) WITHOUT ROWID")
-        cache = self.path.with_name("cache.db")
-        try:
-            self._cache = _connect(cache, "NORMAL")
-            self._cache.executescript(CACHE_SCHEMA)
-        except sqlite3.Error as exc:
-            if (full := full_disk(exc, cache)) is None:
-                raise
-            raise full from exc
-
-    async def close(self) -> None:
-        def _close() -> None:
-            for conn in (self._db, self._cache):
-                if conn is not None:
-                    conn.close()
-            self._db = self._cache = None
-
-        await self._thread.call(_close)
-        self._thread.shutdown()
-        self._cache_thread.shutdown()
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            msg = f"metadata store {self.url} used before open()"
-            raise RuntimeError(msg)
-        return self._db
-
-    def _tx(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(sql, rows)
-
-    # -- settings ----------------------------------------------------------------------------
-    async def get_setting(self, key: str) -> str | None:
-        def _get() -> str | None:
-            row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-            return None if row is None else str(row[0])
-
-        return await self._thread.call(_get)
-
-    async def set_setting(self, key: str, value: str) -> None:
-        await self._thread.call(
-            self._tx,
-            "INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(key, value)],
-        )
-
-    # -- DocumentState -------------------------------------------------------------------------
     async def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocState]:
         return await self._thread.call(self._get_documents, list(doc_ids))
 
     def _get_documents(self, doc_ids: list[str]) -> dict[str, DocState]:
         found: dict[str, DocState] = {}
-        for start in range(0, len(doc_ids), _IN_BATCH):
-            part = doc_ids[start : start + _IN_BATCH]
+        for start in range(0, len(doc_ids), IN_BATCH):
+            part = doc_ids[start : start + IN_BATCH]
             marks = ",".join("?" * len(part))
             for row in self.db.execute(
                 f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_id IN ({marks})", part
@@ -272,8 +101,8 @@ class SQLiteMetadataStore:
         def _get() -> dict[str, list[ChunkKey]]:
             found: dict[str, list[ChunkKey]] = {}
             ids = list(doc_ids)
-            for start in range(0, len(ids), _IN_BATCH):
-                part = ids[start : start + _IN_BATCH]
+            for start in range(0, len(ids), IN_BATCH):
+                part = ids[start : start + IN_BATCH]
                 marks = ",".join("?" * len(part))
                 sql = f"SELECT doc_id, chunk_id, chunk_hash FROM chunks WHERE doc_id IN ({marks})"
                 for doc_id, chunk_id, chunk_hash in self.db.execute(sql, part):
@@ -314,7 +143,7 @@ class SQLiteMetadataStore:
     async def claim(self, docs: Sequence[tuple[str, str, str]]) -> dict[str, int]:
         def _claim() -> dict[str, int]:
             self._keep_reserve()
-            now = _now()
+            now = utc_now()
             # An attempt only has to survive the process dying (OOM, segfault, kill -9), not a
             # power cut: NORMAL skips the fsync and makes the per-document claim cheap.
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -352,7 +181,7 @@ class SQLiteMetadataStore:
 
     async def commit(self, docs: Sequence[DocState], chunks: dict[str, Sequence[ChunkKey]]) -> None:
         def _commit() -> None:
-            now = _now()
+            now = utc_now()
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.executemany(
@@ -380,7 +209,7 @@ class SQLiteMetadataStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._tx(
                 "UPDATE documents SET size = ?, mtime_ns = ?, updated_at = ? WHERE doc_id = ?",
-                [(d.size, d.mtime_ns, _now(), d.doc_id) for d in docs],
+                [(d.size, d.mtime_ns, utc_now(), d.doc_id) for d in docs],
             )
             self.db.execute("PRAGMA synchronous=FULL")
 
@@ -391,7 +220,7 @@ class SQLiteMetadataStore:
             self._tx,
             "UPDATE documents SET status = ?, updated_at = ?, "
             "attempts = CASE WHEN ? = 'done' THEN 0 ELSE attempts END WHERE doc_id = ?",
-            [(status, _now(), status, doc_id) for doc_id in doc_ids],
+            [(status, utc_now(), status, doc_id) for doc_id in doc_ids],
         )
 
     async def forget(self, doc_ids: Sequence[str]) -> None:
@@ -467,95 +296,6 @@ class SQLiteMetadataStore:
 
         return await self._thread.call(_counts)
 
-    # -- DeadLetters ---------------------------------------------------------------------------
-    async def add(self, letter: DeadLetter) -> int:
-        """Stored without secrets (a dead letter is read by people and shipped to dashboards)
-        and otherwise as it came: message, traceback and source keep their timestamps, numbers
-        and hosts; the reference is what replay looks up (a path or a bus position); and the
-        payload (the original record or message, what replay sends) stays byte for byte unless
-        it holds a secret."""
-        from headwater.observability import redact  # lazily: structlog and prometheus cost ~0.1 s
-
-        message, traceback = redact(letter.message), redact(letter.traceback)
-        source = redact(letter.source)
-        payload = None if letter.payload is None else redact(letter.payload)
-
-        def _add() -> int:
-            with self.db:
-                cur = self.db.execute(
-                    "INSERT INTO dlq (kind, input_ref, source, stage, error_type, message, traceback, "
-                    "attempts, created_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        letter.kind,
-                        letter.input_ref,
-                        source,
-                        letter.stage,
-                        letter.error_type,
-                        message,
-                        traceback,
-                        letter.attempts,
-                        letter.created_at or _now(),
-                        payload,
-                    ),
-                )
-                return int(cur.lastrowid or 0)
-
-        return await self._thread.call(_add)
-
-    async def list(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
-        where = "" if include_replayed else "WHERE replayed_at IS NULL"
-        rows = await self._thread.call(
-            lambda: self.db.execute(f"SELECT * FROM dlq {where} ORDER BY id LIMIT ?", (limit,)).fetchall()
-        )
-        return [_letter_from_row(r) for r in rows]
-
-    async def get(self, letter_id: int) -> DeadLetter | None:
-        row = await self._thread.call(
-            lambda: self.db.execute("SELECT * FROM dlq WHERE id = ?", (letter_id,)).fetchone()
-        )
-        return None if row is None else _letter_from_row(row)
-
-    async def mark_replayed(self, letter_ids: Sequence[int]) -> None:
-        await self._thread.call(
-            self._tx, "UPDATE dlq SET replayed_at = ? WHERE id = ?", [(_now(), i) for i in letter_ids]
-        )
-
-    # -- EmbeddingCache ------------------------------------------------------------------------
-    async def get_vectors(self, embedder_id: str, chunk_hashes: Sequence[str]) -> dict[str, Vectors]:
-        import numpy as np
-
-        def _get() -> dict[str, Vectors]:
-            assert self._cache is not None
-            found: dict[str, Vectors] = {}
-            hashes = list(chunk_hashes)
-            for start in range(0, len(hashes), _IN_BATCH):
-                part = hashes[start : start + _IN_BATCH]
-                marks = ",".join("?" * len(part))
-                rows = self._cache.execute(
-                    "SELECT chunk_hash, vector FROM embeddings WHERE embedder_id = ? "
-                    f"AND chunk_hash IN ({marks})",
-                    [embedder_id, *part],
-                )
-                for chunk_hash, blob in rows:
-                    found[chunk_hash] = np.frombuffer(blob, dtype=np.float32)
-            return found
-
-        return await self._cache_thread.call(_get)
-
-    async def put_vectors(self, embedder_id: str, vectors: dict[str, Vectors]) -> None:
-        import numpy as np
-
-        def _put() -> None:
-            assert self._cache is not None
-            with self._cache:
-                self._cache.execute("BEGIN")
-                self._cache.executemany(
-                    "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
-                    [(embedder_id, h, v.astype(np.float32).tobytes()) for h, v in vectors.items()],
-                )
-
-        await self._cache_thread.call(_put)
-
 
 def _doc_from_row(row: Sequence[Any]) -> DocState:
     doc_id, source, uri, content_hash, size, mtime_ns, status, attempts, error_count, version = row
@@ -586,21 +326,3 @@ def _doc_to_row(d: DocState) -> tuple[object, ...]:
         d.error_count,
         d.version,
     )
-
-
-def _letter_from_row(row: Sequence[Any]) -> DeadLetter:
-    names = (
-        "id",
-        "kind",
-        "input_ref",
-        "source",
-        "stage",
-        "error_type",
-        "message",
-        "traceback",
-        "attempts",
-        "created_at",
-        "replayed_at",
-        "payload",
-    )
-    return DeadLetter(**dict(zip(names, row, strict=True)))
