@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from headwater.cli_guard import DOCUMENTED_EXIT_CODES
+from headwater.cli.guard import DOCUMENTED_EXIT_CODES
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"

@@ -22,14 +22,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from headwater import cli
-from headwater.cli_guard import DOCUMENTED_EXIT_CODES, EXIT_INTERNAL
+from headwater.cli.guard import DOCUMENTED_EXIT_CODES, EXIT_INTERNAL
+from headwater.cli.main import app as cli_app
 from headwater.config import ALIASES
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "samples" / "signals" / "events.jsonl"
 
-cli._register_extensions()  # what main() does before app()
 
 # --- values a user might type ------------------------------------------------------------------------
 
@@ -239,7 +238,7 @@ def test_the_cli_never_prints_a_traceback_nor_an_undocumented_code(
 ) -> None:
     clean = {k: None for k in os.environ if k.startswith("HEADWATER_") or k.upper() in ALIASES}
     defaults = {"HEADWATER_WORKERS": "1", "HEADWATER_HOME": str(BASE / "home")}
-    result = CliRunner().invoke(cli.app, args, env={**clean, **defaults, **env}, catch_exceptions=True)
+    result = CliRunner().invoke(cli_app, args, env={**clean, **defaults, **env}, catch_exceptions=True)
     output = result.stdout + result.stderr
     event(f"{' '.join(args[:2] if args[0] in GROUPS else args[:1])} exit {result.exit_code}")
     shown = f"headwater {args!r} with {env!r} exited {result.exit_code}:\n{output}"

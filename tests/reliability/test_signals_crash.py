@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from headwater.adapters.parquet import ParquetOfflineStore
-from headwater.cli_signals import export_rows
+from headwater.ops.features import export_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from rich.console import Console
 
-from headwater import cli_render
+from headwater.cli import render as cli_render
 from headwater.events import DocumentSkipped, RunCompleted, decode_event
 
 

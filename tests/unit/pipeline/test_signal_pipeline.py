@@ -16,9 +16,9 @@ from signal_reference import Ev, generate, run_reference
 
 from headwater.adapters.parquet import ParquetOfflineStore
 from headwater.adapters.sqlite_features import SQLiteFeatureStore
-from headwater.cli_signals import export_rows
 from headwater.featuresets import FeatureSetSpec, WindowSpec
 from headwater.models import DeadLetter
+from headwater.ops.features import export_rows
 from headwater.pipeline.signals import SignalOptions, SignalPipeline
 
 NOW = 1_800_000_000_000

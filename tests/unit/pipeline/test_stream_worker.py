@@ -14,7 +14,6 @@ from tests.conftest import assert_same_rows, entity_of, many_entities
 
 from headwater import cloudevents
 from headwater.adapters.hashembed import HashEmbedder
-from headwater.cli_signals import export_rows
 from headwater.compose import (
     build_document_pipeline,
     make_bus,
@@ -29,6 +28,7 @@ from headwater.compose import (
 from headwater.config import Settings, load_settings
 from headwater.errors import RetryableError
 from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
+from headwater.ops.features import export_rows
 from headwater.ops.index import status
 from headwater.pipeline.doc_stream import DOCS_TOPIC
 from headwater.pipeline.signal_publish import (

@@ -20,11 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from headwater import home_settings
-from headwater.cli_guard import run_guarded
+from headwater.cli.app import app, out
+from headwater.cli.guard import run_guarded
 from headwater.config import Settings, load_settings, setting_source
 from headwater.redaction import MASK, redact_value
-
-out = Console(soft_wrap=True)
 
 config_app = typer.Typer(no_args_is_help=True, help="Show the effective configuration.")
 
@@ -37,8 +36,7 @@ _DERIVED = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(config_app, name="config")
+app.add_typer(config_app, name="config")
 
 
 @config_app.command("show")

@@ -18,28 +18,25 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 import typer
-from rich.console import Console
 
-from headwater.cli_guard import Interrupted, run_async, run_guarded
+from headwater.cli.app import app, out
+from headwater.cli.guard import Interrupted, run_async, run_guarded
+from headwater.cli.options import HomeOpt, JsonOpt
 from headwater.config import Settings, load_settings
 from headwater.errors import ConfigError, HeadwaterError
 
 T = TypeVar("T")
-out = Console(soft_wrap=True)
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME]")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 jobs_app = typer.Typer(
     no_args_is_help=True, help="Ingestion jobs: submit, list, status, pause, resume, cancel."
 )
 
 
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
-    app.add_typer(jobs_app, name="jobs")
+app.add_typer(jobs_app, name="jobs")
 
 
+@app.command("serve")
 def serve(
     home: HomeOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind (non-loopback needs HEADWATER_API_TOKEN)")] = (

@@ -1,7 +1,5 @@
-"""The ``headwater`` command: parse options → Settings → the Python API → render events.
-
-How a command ends (one line and a documented exit code, never a traceback unless ``--debug``)
-is ``cli_guard``'s job; its docstring has the table of exit codes.
+"""The documents commands: ``ingest docs``, ``query``, ``status``, ``verify``, ``optimize`` and
+``export``. Each parses its options → Settings → the Python API (``compose``, ``ops``) → renders.
 """
 
 from __future__ import annotations
@@ -13,80 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from headwater.cli_guard import (
-    Interrupted,
-    existing_home,
-    exit_for_uncaught,
-    run_async,
-    run_guarded,
-    set_debug,
-)
-from headwater.config import Settings, load_settings
-
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-    add_completion=False,
-    help="Ingest documents and signals for AI systems: incremental, crash-safe, observable.",
-)
-ingest_app = typer.Typer(no_args_is_help=True, help="Run an ingestion once (batch).")
-dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay the dead-letter queue.")
-app.add_typer(ingest_app, name="ingest")
-app.add_typer(dlq_app, name="dlq")
-
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-
-HomeOpt = Annotated[
-    Path | None, typer.Option("--home", help="State folder \\[env HEADWATER_HOME; default ./.headwater]")
-]
-EmbedderOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--embedder",
-        help="hash:// | minilm:// | openai://MODEL | http://HOST/v1/embeddings?model=M&dimensions=N "
-        "\\[env HEADWATER_EMBEDDER]",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-NoWaitOpt = Annotated[
-    bool,
-    typer.Option(
-        "--no-wait", help="If another process is writing the home, exit 4 at once instead of waiting"
-    ),
-]
-
-
-def settings_from(*, rebuild: bool = False, **options: Any) -> Settings:
-    return load_settings(rebuild=rebuild, **options)
-
-
-def home_settings(**options: Any) -> Settings:
-    """Settings of a command that reads an existing home (a missing one is a usage error)."""
-    return existing_home(load_settings(**options))
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from importlib.metadata import version
-
-        out.print(f"headwater {version('headwater')}")
-        raise typer.Exit
-
-
-@app.callback()
-def _options(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks of errors \\[env HEADWATER_DEBUG=1]")
-    ] = False,
-    _version: Annotated[
-        bool,
-        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit"),
-    ] = False,
-) -> None:
-    set_debug(debug)
+from headwater.cli.app import app, err, ingest_app, out
+from headwater.cli.guard import Interrupted, run_async, run_guarded
+from headwater.cli.options import EmbedderOpt, HomeOpt, JsonOpt, NoWaitOpt, home_settings, settings_from
+from headwater.config import Settings
 
 
 @ingest_app.command("docs")
@@ -123,7 +52,7 @@ def ingest_docs(
     ] = False,
 ) -> None:
     """Index a folder incrementally: unchanged files are skipped, deleted ones removed."""
-    from headwater.cli_render import Tally, render_events, summary_lines
+    from headwater.cli.render import Tally, render_events, summary_lines
     from headwater.compose import build_document_pipeline
 
     tally = Tally()
@@ -267,103 +196,3 @@ def export(
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     run_guarded(lambda: asyncio.run(dump(home_settings(home=home, embedder=embedder))))
-
-
-@dlq_app.command("list")
-def dlq_list(
-    home: HomeOpt = None,
-    json_out: JsonOpt = False,
-    all_: Annotated[bool, typer.Option("--all", help="Include replayed entries")] = False,
-) -> None:
-    """List dead-lettered inputs."""
-    from headwater.ops.dead_letters import list_letters
-
-    settings = run_guarded(lambda: home_settings(home=home, index=False))
-    letters = run_guarded(lambda: asyncio.run(list_letters(settings, include_replayed=all_, limit=100_000)))
-    if json_out:
-        sys.stdout.write(json.dumps([_letter_dict(lt, full=False) for lt in letters]) + "\n")
-        return
-    for lt in letters:
-        out.print(f"{lt.id}\t{lt.kind}\t{lt.stage}\t{lt.error_type}\t{lt.input_ref}\t{lt.message[:120]}")
-
-
-@dlq_app.command("show")
-def dlq_show(letter_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1)], home: HomeOpt = None) -> None:
-    """Show one entry with its full context (traceback included)."""
-    from headwater.ops.dead_letters import get_letter
-
-    letter = run_guarded(lambda: asyncio.run(get_letter(home_settings(home=home, index=False), letter_id)))
-    if letter is None:
-        err.print(f"no DLQ entry {letter_id}")
-        raise typer.Exit(1)
-    sys.stdout.write(json.dumps(_letter_dict(letter, full=True), indent=2) + "\n")
-
-
-@dlq_app.command("replay")
-def dlq_replay(
-    letter_id: Annotated[int | None, typer.Argument(min=1, max=2**63 - 1, help="Entry to replay")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Replay every open entry")] = False,
-    home: HomeOpt = None,
-    embedder: EmbedderOpt = None,
-    bus: Annotated[
-        str | None, typer.Option("--bus", help="Where dead-lettered messages go back \\[env HEADWATER_BUS]")
-    ] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Re-run dead-lettered documents and republish dead-lettered bus messages to their topic;
-    those that fail again get a new entry."""
-    from headwater.ops.dead_letters import replay_documents, replay_messages
-
-    if (letter_id is None) == (not all_):
-        err.print("give an entry ID or --all")
-        raise typer.Exit(2)
-    ids = None if all_ else [letter_id] if letter_id is not None else None
-    settings = run_guarded(lambda: home_settings(home=home, embedder=embedder, bus=bus))
-    finals = run_guarded(lambda: asyncio.run(replay_documents(settings, ids)))
-    messages = run_guarded(lambda: asyncio.run(replay_messages(settings, ids)))
-    if messages and not json_out:
-        from headwater.pipeline.stream import redact_url
-
-        out.print(f"republished {messages} dead-lettered message(s) to {redact_url(settings.bus)}")
-    for final in finals:
-        if json_out:
-            from headwater.events import to_json
-
-            sys.stdout.write(to_json(final).decode() + "\n")
-        else:
-            out.print(
-                f"replayed: {final.documents_added + final.documents_updated} indexed, "
-                f"{final.documents_failed} failed again"
-            )
-
-
-def _letter_dict(letter: Any, *, full: bool) -> dict[str, Any]:
-    import msgspec
-
-    data: dict[str, Any] = msgspec.to_builtins(letter)
-    data["payload"] = letter.payload.decode("utf-8", "replace") if letter.payload is not None else None
-    if not full:
-        data.pop("traceback", None)
-        data.pop("payload", None)
-    return data
-
-
-def _register_extensions() -> None:
-    from headwater import cli_config, cli_ops, cli_signals, cli_stream
-
-    cli_signals.register(app)
-    cli_stream.register(app)
-    cli_ops.register(app)
-    cli_config.register(app)
-
-
-def main() -> None:
-    _register_extensions()
-    try:
-        app()
-    except Exception as exc:  # noqa: BLE001 (what escaped a command's guard still gets one line)
-        sys.exit(exit_for_uncaught(exc))
-
-
-if __name__ == "__main__":
-    main()

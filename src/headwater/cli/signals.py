@@ -1,6 +1,5 @@
 """CLI for signals: ``ingest signals``, ``features get``, ``features export``.
 
-``register(app)`` attaches the commands to the main ``headwater`` app (``cli.py`` calls it).
 Rendering: a progress bar on a terminal, a plain line every few seconds elsewhere, ``--json``
 one event per line (the ``headwater.events`` encoding, last one ``"type": "RunCompleted"``).
 """
@@ -11,128 +10,45 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from headwater.cli_guard import existing_home, run_async, run_guarded
+from headwater.cli.app import app, err, ingest_app, out
+from headwater.cli.guard import existing_home, run_async, run_guarded
+from headwater.cli.options import (
+    FeatureSetOpt,
+    HomeOpt,
+    JsonOpt,
+    LatenessOpt,
+    LatePolicyOpt,
+    PointsOpt,
+    VersionOpt,
+    WindowsOpt,
+    feature_set_spec,
+)
 from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError
 from headwater.events import SignalEvent, SignalProgress, SignalRejected, SignalRunCompleted, to_json
+from headwater.models import Dataset
 
 if TYPE_CHECKING:
-    from headwater.featuresets import FeatureSetSpec
+    pass
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME]")]
-FeatureSetOpt = Annotated[
-    str | None, typer.Option("--feature-set", help="Feature set name [env HEADWATER_FEATURE_SET]")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 PLAIN_INTERVAL_SECONDS = 5.0
-
-
-class LatePolicy(StrEnum):
-    drop = "drop"
-    hold = "hold"
-    correct = "correct"
-
-
-class Dataset(StrEnum):
-    windows = "windows"
-    points = "points"
-    late = "late"
-
-
-def duration(text: str) -> str:
-    """An option's duration (``2s``, ``500ms``), checked while parsing: a bad one is a usage error."""
-    from headwater.featuresets import parse_duration_ms
-
-    try:
-        parse_duration_ms(text)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return text
-
-
-def windows_list(text: str) -> str:
-    """``--windows 1s,5s,1m/10s``, each checked while parsing."""
-    from headwater.featuresets import parse_window
-
-    parts = [part for part in text.split(",") if part.strip()]
-    if not parts:
-        msg = "no windows given: e.g. 1s,5s,1m or 1m/10s"
-        raise typer.BadParameter(msg)
-    try:
-        for part in parts:
-            parse_window(part.strip())
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return text
-
-
-WindowsOpt = Annotated[
-    str | None,
-    typer.Option(
-        parser=windows_list, help="Comma-separated: 1s,5s,1m or 1m/10s (sliding) [HEADWATER_WINDOWS]"
-    ),
-]
-LatenessOpt = Annotated[str | None, typer.Option(parser=duration, help="Allowed lateness, e.g. 2s")]
-LatePolicyOpt = Annotated[LatePolicy | None, typer.Option(help="What to do with late events")]
-MAX_VERSION = 2**31 - 1  # a key column of every store (SQLite's integers end at 2**63 - 1)
-VersionOpt = Annotated[
-    int | None, typer.Option("--feature-version", min=0, max=MAX_VERSION, help="Feature set version")
-]
-
-PointsOpt = Annotated[bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")]
-
-
-def feature_set_spec(
-    settings: Settings,
-    feature_set: str | None,
-    *,
-    windows: str | None,
-    lateness: str | None,
-    late_policy: LatePolicy | None,
-    points: bool | None,
-) -> FeatureSetSpec:
-    """What a backfill and a stream worker compute from the same flags: the declaration (or the
-    signal defaults) with the flags on top, so ``ingest signals`` and ``worker signals`` given the
-    same options fill the same feature set. The version is the flag, else the environment's,
-    else the declared one (``settings.feature_set_version`` already holds that order)."""
-    from headwater.compose import resolve_feature_set
-
-    return resolve_feature_set(
-        settings,
-        feature_set,
-        windows=windows,
-        lateness=lateness,
-        policy=late_policy.value if late_policy is not None else None,
-        version=settings.feature_set_version,
-        points=points,
-    )
 
 
 features_app = typer.Typer(no_args_is_help=True, help="Read the feature stores.")
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``ingest signals`` to the ``ingest`` group and the ``features`` group to ``app``."""
-    ingest = next((g.typer_instance for g in app.registered_groups if g.name == "ingest"), None)
-    if ingest is None:
-        ingest = typer.Typer(no_args_is_help=True, help="Run an ingestion once (batch).")
-        app.add_typer(ingest, name="ingest")
-    ingest.command("signals")(ingest_signals)
-    app.add_typer(features_app, name="features")
+app.add_typer(features_app, name="features")
 
 
+@ingest_app.command("signals")
 def ingest_signals(
     path: Annotated[Path, typer.Argument(help="A file or folder of .jsonl/.json/.csv/.parquet signals")],
     home: HomeOpt = None,
@@ -283,6 +199,7 @@ def features_export(
     """Offline rows; windows: one per (entity_id, feature_set, version, window_ms, window_start_ms)."""
     from headwater.compose import make_offline_store
     from headwater.config import load_settings
+    from headwater.ops.features import export_rows
 
     def work() -> int:
         loaded = load_settings(home=home, feature_set=feature_set, index=False)
@@ -300,32 +217,3 @@ def features_export(
 
     count = run_guarded(work)
     err.print(f"wrote {count} rows to {out_path}")
-
-
-EXPORT_KEYS = {  # windows: stages.features.FEATURE_ROW_KEY (imported with polars, when exporting)
-    "points": ["entity_id", "feature_set", "version", "event_time", "sequence", "value"],
-    "late": [
-        "entity_id",
-        "feature_set",
-        "version",
-        "event_time",
-        "sequence",
-        "value",
-        "extra",
-        "window_ms",
-        "window_start_ms",
-    ],
-}
-
-
-async def export_rows(offline: Any, feature_set: str, *, dataset: str = "windows") -> Any:
-    """Offline history collapsed to one row per key: the highest revision, then the latest part."""
-    frame = await offline.read(dataset, feature_set)
-    if frame.height == 0:
-        return frame
-    from headwater.stages.features import FEATURE_ROW_KEY
-
-    keys = list(FEATURE_ROW_KEY) if dataset == "windows" else EXPORT_KEYS[dataset]
-    order = [*keys, "revision", "_part"] if dataset == "windows" else [*keys, "_part"]
-    latest = frame.sort(order).unique(subset=keys, keep="last", maintain_order=True)
-    return latest.drop("_part").sort(keys)

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from headwater.cli_guard import EXIT_SIGNAL_BASE, run_async, run_guarded
-from headwater.cli_render import adapter_state_line
-from headwater.cli_signals import (
+from headwater.cli.app import app, err
+from headwater.cli.guard import EXIT_SIGNAL_BASE, run_async, run_guarded
+from headwater.cli.options import (
     FeatureSetOpt,
+    HomeOpt,
+    JsonOpt,
     LatenessOpt,
     LatePolicyOpt,
     PointsOpt,
@@ -31,6 +32,7 @@ from headwater.cli_signals import (
     duration,
     feature_set_spec,
 )
+from headwater.cli.render import adapter_state_line
 from headwater.config import Settings
 from headwater.errors import ConfigError
 from headwater.events import (
@@ -45,13 +47,9 @@ from headwater.events import (
     to_json,
 )
 
-err = Console(stderr=True, soft_wrap=True)
-
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="State folder [env HEADWATER_HOME]")]
 BusOpt = Annotated[
     str | None, typer.Option("--bus", help="nats://… | redis://… | memory:// [env HEADWATER_BUS]")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 IdleOpt = Annotated[
     float | None,
     typer.Option("--exit-when-idle", min=0, help="Stop after this many seconds without messages"),
@@ -99,10 +97,8 @@ def bus_settings(**options: Any) -> Settings:
     return settings
 
 
-def register(app: typer.Typer) -> None:
-    app.command("watch")(watch)
-    app.add_typer(worker_app, name="worker")
-    app.add_typer(publish_app, name="publish")
+app.add_typer(worker_app, name="worker")
+app.add_typer(publish_app, name="publish")
 
 
 def _seconds(text: str) -> float:
@@ -175,6 +171,7 @@ async def _show(
     return final
 
 
+@app.command("watch")
 def watch(
     path: Annotated[str, typer.Argument(help="Folder to watch")],
     bus: BusOpt = None,
