@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from headwater.compose import build_document_pipeline
-from headwater.ops.index import export
 from headwater.ops import search
+from headwater.ops.index import export
 from headwater.server import create_app
 from tests.e2e.test_api import AUTH, TOKEN, make_settings
 
