@@ -16,13 +16,26 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+Translate = Callable[[Exception], BaseException | None]
+"""A vendor error as the error the engine acts on (a full disk as ENOSPC naming the store), or
+None to let it through unchanged."""
+
+
 class OwnThread:
-    def __init__(self, name: str) -> None:
+    """One thread for one client; ``translate`` maps what comes out of it at the boundary."""
+
+    def __init__(self, name: str, translate: Translate | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._translate = translate
 
     async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        except Exception as exc:
+            if self._translate is None or (translated := self._translate(exc)) is None:
+                raise
+            raise translated from exc
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)

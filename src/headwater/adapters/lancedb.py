@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from headwater.adapters._thread import OwnThread
@@ -33,8 +33,6 @@ _ROW_COLUMNS = [*_KEY_COLUMNS, "vector"]
 _IN_BATCH = 2000
 COMPACT_MAX_ROWS = 100_000  # see LanceVectorStore._maintain
 CACHE_BYTES = 32 * 1024 * 1024  # lancedb's index and metadata caches, each (see _session)
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def _schema(dimensions: int) -> pa.Schema:
@@ -59,23 +57,18 @@ def _quote(values: Sequence[str]) -> str:
     return ",".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
-class _StoreThread(OwnThread):
-    """The store's own thread. A full disk comes out of it as an OSError ENOSPC naming the
-    table's folder, whatever lance wrapped it in (a RuntimeError "LanceError(IO): No space left
-    on device (os error 28), <a path in lance's sources>", an OSError, an error of the index
+def _full_disk(path: str) -> Callable[[Exception], OSError | None]:
+    """A full disk comes out of the store's thread as an OSError ENOSPC naming the table's
+    folder, whatever lance wrapped it in (a RuntimeError "LanceError(IO): No space left on
+    device (os error 28), <a path in lance's sources>", an OSError, an error of the index
     builder): the run stops on it with one line; no document is dead-lettered for it."""
 
-    def __init__(self, name: str, path: str) -> None:
-        super().__init__(name)
-        self.path = path
+    def translate(exc: Exception) -> OSError | None:
+        if disk_full(exc) is None:
+            return None
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await super().call(fn, *args, **kwargs)
-        except Exception as exc:
-            if disk_full(exc) is None:
-                raise
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path) from exc
+    return translate
 
 
 class LanceVectorStore:
@@ -86,7 +79,7 @@ class LanceVectorStore:
             raise ConfigError(msg)
         self.url = url
         self.path = parts.netloc + parts.path
-        self._thread = _StoreThread("lancedb", self.path)
+        self._thread = OwnThread("lancedb", _full_disk(self.path))
         self._table: Any = None
         self._writes = 0
         self._spans = False  # the table has the source span columns (see _add_span_columns)
@@ -168,7 +161,7 @@ class LanceVectorStore:
                 )
         except OSError as exc:
             if disk_full(exc) is not None:
-                raise  # not the documents' fault: the run stops (see _StoreThread)
+                raise  # not the documents' fault: the run stops (see _full_disk)
             msg = f"writing {len(chunks)} vectors to {self.url} failed: {exc}"
             raise PermanentError(msg) from exc
         self._writes += 1

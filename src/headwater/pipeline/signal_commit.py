@@ -73,16 +73,7 @@ def build_commit(
 ) -> BatchCommit:
     rows = online_selection(result.rows).select(ONLINE_ROW_COLUMNS)
     last_points = result.points.group_by("entity_id", maintain_order=True).last()
-    points = last_points.select(
-        "entity_id",
-        pl.lit(spec.name).alias("feature_set"),
-        pl.lit(spec.version).alias("version"),
-        "event_time",
-        "sequence",
-        "value",
-        "ewma",
-        "zscore",
-    )
+    points = last_points.select(*_event_columns(spec), "ewma", "zscore")
     file_index = chunk.file_index if chunk is not None else 0
     invalid = [
         (scope, batch_no, i, input_ref(files, file_index, e.row), e.field, e.reason)
@@ -148,12 +139,7 @@ def late_frame(
         maintain_order="left",
         nulls_equal=True,
     ).select(
-        "entity_id",
-        pl.lit(spec.name).alias("feature_set"),
-        pl.lit(spec.version).alias("version"),
-        "event_time",
-        "sequence",
-        "value",
+        *_event_columns(spec),
         "extra",
         "window_ms",
         "window_start_ms",
@@ -163,6 +149,18 @@ def late_frame(
         (pl.lit(prefix) + pl.col("row").cast(pl.String)).alias("input_ref"),
         "content_hash",
     )
+
+
+def _event_columns(spec: FeatureSetSpec) -> list[str | pl.Expr]:
+    """The leading columns of the point and late tables: the event, named by its feature set."""
+    return [
+        "entity_id",
+        pl.lit(spec.name).alias("feature_set"),
+        pl.lit(spec.version).alias("version"),
+        "event_time",
+        "sequence",
+        "value",
+    ]
 
 
 def input_ref(files: list[InputFile], file_index: int, row: int) -> str:

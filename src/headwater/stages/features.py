@@ -60,6 +60,8 @@ ROW_COLUMNS = [*FEATURE_ROW_KEY, *FEATURE_ROW_AGGREGATES, "revision"]
 """The engine's (and the offline ``windows`` dataset's) column order."""
 ONLINE_ROW_COLUMNS = (*FEATURE_ROW_KEY, "revision", *FEATURE_ROW_AGGREGATES)
 """The online store's column order: everything after the key is what an upsert overwrites."""
+_LATE_EVENT_COLUMNS = ("entity_id", "event_time", "sequence", "value", "extra", "row")
+"""What a late event keeps of itself (LATE_SCHEMA's first columns), before why it was late."""
 _FRAMES = ("identity", "cloudevents", "open_windows", "closed_windows", "pending", "history", "entities")
 
 
@@ -139,12 +141,7 @@ def _prepare(state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec) -> p
 
 def _late_rows(assigned: pl.DataFrame, policy: str, reason: str) -> pl.DataFrame:
     return assigned.select(
-        "entity_id",
-        "event_time",
-        "sequence",
-        "value",
-        "extra",
-        "row",
+        *_LATE_EVENT_COLUMNS,
         "window_ms",
         pl.col("window_start").alias("window_start_ms"),
         pl.col("wm_before").alias("watermark_ms"),
@@ -244,12 +241,7 @@ def _point_step(
         return _empty(points.POINT_SCHEMA), _empty(LATE_SCHEMA), state
     late_mask = pl.col("event_time") < pl.col("wm_before")
     late = accepted.filter(late_mask).select(
-        "entity_id",
-        "event_time",
-        "sequence",
-        "value",
-        "extra",
-        "row",
+        *_LATE_EVENT_COLUMNS,
         pl.lit(0, dtype=pl.Int64).alias("window_ms"),
         pl.col("event_time").alias("window_start_ms"),
         pl.col("wm_before").alias("watermark_ms"),

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from headwater.adapters.sqlite.connection import StoreThread, path_from_url
+from headwater.adapters.sqlite.connection import path_from_url, store_thread
 
 IN_BATCH = 500  # stays under SQLite's host-parameter limit
 
@@ -23,8 +23,8 @@ class MetadataFiles:
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = path_from_url(url, "metadata store", "sqlite:///path/to/state.db")
-        self._thread = StoreThread("sqlite", self.path)
-        self._cache_thread = StoreThread("sqlite-cache", self.path.with_name("cache.db"))
+        self._thread = store_thread("sqlite", self.path)
+        self._cache_thread = store_thread("sqlite-cache", self.path.with_name("cache.db"))
         self._db: sqlite3.Connection | None = None
         self._cache: sqlite3.Connection | None = None
         self._reserved = False

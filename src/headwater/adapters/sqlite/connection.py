@@ -7,16 +7,12 @@ import errno
 import os
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from headwater.adapters._thread import OwnThread
 from headwater.errors import ConfigError, disk_full
 
-P = ParamSpec("P")
-R = TypeVar("R")
 # Result codes SQLite gives a write that found no space: SQLITE_FULL ("database or disk is
 # full"), and the I/O errors of a write, an fsync, a truncate or the growth of the WAL index,
 # which are only a full disk when the disk is indeed (nearly) full.
@@ -70,20 +66,9 @@ def _free_bytes(path: Path) -> int:
     return found.f_bavail * found.f_frsize
 
 
-class StoreThread(OwnThread):
+def store_thread(name: str, path: Path) -> OwnThread:
     """The store's own thread; a full disk comes out of it as an OSError naming the file."""
-
-    def __init__(self, name: str, path: Path) -> None:
-        super().__init__(name)
-        self.path = path
-
-    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await super().call(fn, *args, **kwargs)
-        except sqlite3.Error as exc:
-            if (full := full_disk(exc, self.path)) is None:
-                raise
-            raise full from exc
+    return OwnThread(name, lambda exc: full_disk(exc, path))
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
