@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from headwater.errors import ConfigError, EmbedderUnavailable, HeadwaterError
-from headwater.events import Event, to_dict
+from headwater.events import DocumentFailed, Event, to_dict
 from headwater.jobs.states import (
     RECOVERY,
     TERMINAL,
@@ -341,9 +341,8 @@ class JobService:
                 await self.store.transition(job.id, S.PAUSING, reason, expected=S.RUNNING)
                 return False
         finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()  # stops the pipeline and closes its adapters
+            if isinstance(events, AsyncGenerator):
+                await events.aclose()  # stops the pipeline and closes its adapters
         return True
 
     async def _settle(self, job_id: str, result: bool | BaseException) -> None:
@@ -365,8 +364,8 @@ class JobService:
 
 def _stop_if_embedder_unavailable(event: Event) -> None:
     """A failure event of an open circuit (a pipeline that reports it rather than raising it)."""
-    if getattr(event, "error_type", None) == CircuitOpenError.__name__:
-        raise EmbedderUnavailable(getattr(event, "message", ""))
+    if isinstance(event, DocumentFailed) and event.error_type == CircuitOpenError.__name__:
+        raise EmbedderUnavailable(event.message)
 
 
 def _outcome(job: Job, result: bool | BaseException) -> tuple[JobStatus, str | None]:
