@@ -1,5 +1,5 @@
 """The data model and the canonical hashing every key is built from: every record that crosses
-a port (ports.py holds only the Protocols).
+a port (the ports package holds only the Protocols).
 
 Records are msgspec Structs: they encode at millions per second on the hot path and are
 immutable, so a record that went into a store is the record that was hashed.

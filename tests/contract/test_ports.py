@@ -1,4 +1,4 @@
-"""The ports module itself: Protocols only, each small and documented (issue #15)."""
+"""The ports package itself: Protocols only, each small and documented (issue #15)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _protocols() -> dict[str, type]:
     return {
         name: value
         for name, value in vars(ports).items()
-        if inspect.isclass(value) and value.__module__ == ports.__name__
+        if inspect.isclass(value) and value.__module__.startswith(f"{ports.__name__}.")
     }
 
 
@@ -27,7 +27,7 @@ def _own_methods(cls: type) -> set[str]:
 
 def test_ports_holds_protocols_only() -> None:
     found = _protocols()
-    assert found, "ports.py defines no classes"
+    assert found, "headwater.ports defines no classes"
     for name, cls in found.items():
         assert Protocol in cls.__mro__ and getattr(cls, "_is_protocol", False), f"{name} is not a Protocol"
 
