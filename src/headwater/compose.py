@@ -118,7 +118,12 @@ async def open_online_store(settings: Settings) -> AsyncIterator[FeatureStore]:
 
 
 def build_document_pipeline(
-    settings: Settings, source_url: str, *, only: Collection[str] | None = None, **overrides: Any
+    settings: Settings,
+    source_url: str,
+    *,
+    only: Collection[str] | None = None,
+    embedder_lent: bool = False,
+    **overrides: Any,
 ) -> DocumentPipeline:
     """Wire a document pipeline; ``overrides`` replace adapters (tests inject failing embedders)."""
     return DocumentPipeline(
@@ -128,6 +133,7 @@ def build_document_pipeline(
         metadata=overrides.get("metadata") or make_metadata_store(settings),
         settings=settings,
         only=only,
+        embedder_lent=embedder_lent,
     )
 
 
@@ -245,7 +251,7 @@ async def open_doc_worker(
             allowed = {make_source(s, settings).uri for s in sources} if sources else None
             yield StreamWorker(
                 bus or make_bus(settings),
-                DocumentSink(_run_paths(settings, _Lent(embedder)), allowed=allowed),
+                DocumentSink(_run_paths(settings, embedder), allowed=allowed),
                 metadata,
                 worker_options(settings, topic or DOCS_TOPIC, group, **options),
                 attempts=metadata,
@@ -259,30 +265,14 @@ def _run_paths(settings: Settings, embedder: Embedder) -> RunPaths:
     """How a document worker runs a batch: a pipeline over just the batch's paths."""
 
     async def run(source: str, relpaths: set[str]) -> AsyncGenerator[Event, None]:
-        pipeline = build_document_pipeline(settings, source, only=relpaths, embedder=embedder)
+        pipeline = build_document_pipeline(
+            settings, source, only=relpaths, embedder=embedder, embedder_lent=True
+        )
         async with aclosing(pipeline.stream_events()) as events:  # closed with the sink's view
             async for event in events:
                 yield event
 
     return run
-
-
-class _Lent:
-    """The worker's embedder as each batch's pipeline sees it: everything passes through but
-    ``open`` and ``close``, which the worker does once. A pipeline run opens and closes its
-    embedder; with a local model that was a model load per batch (seconds each)."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self._embedder = embedder
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._embedder, name)
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[JobStore]:
     instance: JobStore = registry.create("job_store", store_url)
+    assert isinstance(instance, JobStore)  # every port it owes, the journal's and the queue's
     await instance.open()
     yield instance
     await instance.close()

@@ -13,7 +13,7 @@ from headwater import registry
 from headwater.adapters.hashembed import embed_hash
 from headwater.errors import ConfigError
 from headwater.models import Chunk
-from headwater.ports import VectorStore
+from headwater.ports import SearchesByPrefix, VectorStore
 from tests.contract.urls import adapter_url, url_id
 
 STORES = ["lancedb://{tmp}/vectors"]
@@ -79,6 +79,18 @@ async def test_delete_stale_keeps_only_the_given_ids_of_each_document(store: Vec
     assert [k[1] for k in await keys(store)] == ["a-c0", "a-c3", "b-c0", "b-c1"]
     await store.delete_stale({"b": set()})
     assert [k[1] for k in await keys(store)] == ["a-c0", "a-c3"]
+
+
+async def test_a_prefix_search_filters_before_ranking(store: VectorStore) -> None:
+    """Optional port: a store that ``SearchesByPrefix`` gives k hits whenever k chunks match,
+    however far the nearest chunks are outside the prefix."""
+    if not isinstance(store, SearchesByPrefix):
+        pytest.skip("this store filters after ranking (ops.search over-fetches for it)")
+    near, far = chunks("near", 6), chunks("far/x", 3, prefix="unrelated")
+    await store.upsert(near + far, vectors_for(near + far), fresh=True)
+    hits = await store.search_prefix(vectors_for([near[0]])[0], 3, "far/")
+    assert sorted(c.chunk_id for c, _ in hits) == sorted(c.chunk_id for c in far)
+    assert await store.search_prefix(vectors_for([near[0]])[0], 3, "nowhere/") == []
 
 
 async def test_quotes_in_ids_are_safe(store: VectorStore) -> None:

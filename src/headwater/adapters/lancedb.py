@@ -206,6 +206,9 @@ class LanceVectorStore:
             self.table.delete(predicate)
             self._writes += 1
 
+    async def search_prefix(self, vector: Vectors, k: int, uri_prefix: str) -> list[tuple[Chunk, float]]:
+        return await self.search(vector, k, uri_prefix=uri_prefix)
+
     async def search(
         self, vector: Vectors, k: int, *, uri_prefix: str | None = None
     ) -> list[tuple[Chunk, float]]:

@@ -7,13 +7,9 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from headwater.adapters._thread import OwnThread
-from headwater.adapters.sqlite import enable_wal
-from headwater.errors import ConfigError
+from headwater.adapters.sqlite.connection import connect, path_from_url, store_thread
 from headwater.jobs.states import TERMINAL, IllegalTransition, JobNotFound, StaleJobStatus, check_transition
 from headwater.models import Job, JobEvent, JobStatus
 
@@ -44,27 +40,19 @@ class SQLiteJobStore:
     """JobStore on one SQLite file in WAL mode with ``synchronous=FULL`` (a status survives a power cut)."""
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "sqlite" or not parts.path:
-            msg = f"job store URL {url!r} must look like sqlite:///path/to/jobs.db"
-            raise ConfigError(msg)
         self.url = url
-        self.path = Path(parts.path)
-        self._thread = OwnThread("sqlite-jobs")
+        self.path = path_from_url(url, "job store", "sqlite:///path/to/jobs.db")
+        self._thread = store_thread("sqlite-jobs", self.path)
         self._db: sqlite3.Connection | None = None
 
     async def open(self) -> None:
         def _open() -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            enable_wal(db)
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=30000")
+            db = connect(self.path, "FULL")
             db.executescript(SCHEMA)
             self._db = db
 
         if self._db is None:
-            self._thread = OwnThread("sqlite-jobs")  # a closed store can be opened again
+            self._thread = store_thread("sqlite-jobs", self.path)  # a closed store can be opened again
             await self._thread.call(_open)
 
     async def close(self) -> None:

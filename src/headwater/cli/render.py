@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from rich.console import Console
@@ -58,9 +58,8 @@ async def _tallied(events: AsyncIterator[Any], tally: Tally) -> AsyncIterator[An
             tally.observe(event)
             yield event
     finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()
 
 
 async def render_events(

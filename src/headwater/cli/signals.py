@@ -204,9 +204,7 @@ def features_export(
     def work() -> int:
         loaded = load_settings(home=home, feature_set=feature_set, index=False)
         settings = feature_set_of(existing_home(loaded))
-        frame = run_async(
-            export_rows(make_offline_store(settings), settings.feature_set, dataset=dataset.value)
-        )
+        frame = run_async(export_rows(make_offline_store(settings), settings.feature_set, dataset=dataset))
         try:
             frame.write_parquet(out_path)
         except OSError as exc:

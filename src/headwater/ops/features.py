@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from headwater.models import Dataset
 from headwater.ports import OfflineFeatureStore
 
 EXPORT_KEYS = {  # windows: stages.features.FEATURE_ROW_KEY (imported with polars, when exporting)
-    "points": ["entity_id", "feature_set", "version", "event_time", "sequence", "value"],
-    "late": [
+    Dataset.points: ["entity_id", "feature_set", "version", "event_time", "sequence", "value"],
+    Dataset.late: [
         "entity_id",
         "feature_set",
         "version",
@@ -22,14 +23,17 @@ EXPORT_KEYS = {  # windows: stages.features.FEATURE_ROW_KEY (imported with polar
 }
 
 
-async def export_rows(offline: OfflineFeatureStore, feature_set: str, *, dataset: str = "windows") -> Any:
+async def export_rows(
+    offline: OfflineFeatureStore, feature_set: str, *, dataset: Dataset | str = Dataset.windows
+) -> Any:
     """Offline history collapsed to one row per key: the highest revision, then the latest part."""
+    dataset = Dataset(dataset)
     frame = await offline.read(dataset, feature_set)
     if frame.height == 0:
         return frame
     from headwater.stages.features import FEATURE_ROW_KEY
 
-    keys = list(FEATURE_ROW_KEY) if dataset == "windows" else EXPORT_KEYS[dataset]
-    order = [*keys, "revision", "_part"] if dataset == "windows" else [*keys, "_part"]
+    keys = list(FEATURE_ROW_KEY) if dataset is Dataset.windows else EXPORT_KEYS[dataset]
+    order = [*keys, "revision", "_part"] if dataset is Dataset.windows else [*keys, "_part"]
     latest = frame.sort(order).unique(subset=keys, keep="last", maintain_order=True)
     return latest.drop("_part").sort(keys)

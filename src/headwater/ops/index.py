@@ -22,7 +22,7 @@ from headwater.config import Settings
 from headwater.homelock import home_lock
 from headwater.models import DocState
 from headwater.ops.search import chunk_dict
-from headwater.ports import Compactable
+from headwater.ports import Compactable, DocumentReader, MetadataStore, VectorReader, VectorWriter
 
 
 async def status(settings: Settings) -> dict[str, Any]:
@@ -91,7 +91,7 @@ async def verify(settings: Settings, *, repair: bool = False) -> tuple[VerifyRep
         return report, await _compare(index[0], index[1])
 
 
-async def _compare(metadata: Any, vectors: Any) -> VerifyReport:
+async def _compare(metadata: DocumentReader, vectors: VectorReader) -> VerifyReport:
     expected = {k.chunk_id: (k.doc_id, k.chunk_hash) async for k in metadata.chunk_keys()}
     stored: Counter[str] = Counter()
     report = VerifyReport()
@@ -120,7 +120,9 @@ async def _compare(metadata: Any, vectors: Any) -> VerifyReport:
     return report
 
 
-async def _repair_marks(metadata: Any, vectors: Any, report: VerifyReport) -> dict[str, set[str]]:
+async def _repair_marks(
+    metadata: MetadataStore, vectors: VectorWriter, report: VerifyReport
+) -> dict[str, set[str]]:
     """Drop the affected documents' vectors and mark them pending; returns what to re-ingest."""
     states = await metadata.get_documents(sorted(report.affected_docs))
     unknown = report.affected_docs - set(states)
@@ -139,7 +141,7 @@ async def _repair_marks(metadata: Any, vectors: Any, report: VerifyReport) -> di
     return sources
 
 
-async def _incomplete_docs(metadata: Any) -> AsyncIterator[Any]:
+async def _incomplete_docs(metadata: DocumentReader) -> AsyncIterator[DocState]:
     for state in await metadata.documents_with_status(["pending", "cleanup", "deleting"]):
         yield state
 

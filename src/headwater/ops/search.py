@@ -5,15 +5,14 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 import time
-from typing import Any, cast
+from typing import Any
 
 from headwater.compose import make_embedder, make_vector_store
 from headwater.config import Settings
 from headwater.models import Chunk, Vectors
-from headwater.ports import Embedder, LoadsModel, Snapshots, VectorStore
+from headwater.ports import Embedder, LoadsModel, SearchesByPrefix, Snapshots, VectorStore
 
 _OVERFETCH = 8  # a store that cannot filter by uri prefix is asked for k x this, then more
 RESIDENT_MAX_ROWS = 200_000  # ~300 MB of 384-dimensional vectors: a server keeps no more in memory
@@ -97,15 +96,14 @@ class Searcher:
 async def _search(
     vectors: VectorStore, vector: Vectors, k: int, uri_prefix: str | None
 ) -> list[tuple[Chunk, float]]:
-    """A store whose ``search`` takes ``uri_prefix`` filters before ranking (LanceDB: a
-    prefilter, so k hits whenever k chunks match). Any other store is over-fetched and filtered
+    """A store that ``SearchesByPrefix`` filters before ranking (LanceDB: a prefilter, so k
+    hits whenever k chunks match). Any other store is over-fetched and filtered
     here, doubling the fetch until k hits match or the store has no more: exact, but a rare
     prefix costs up to a search of the whole store."""
     if not uri_prefix:
         return await vectors.search(vector, k)
-    search: Any = vectors.search
-    if "uri_prefix" in inspect.signature(search).parameters:
-        return cast(list[tuple[Chunk, float]], await search(vector, k, uri_prefix=uri_prefix))
+    if isinstance(vectors, SearchesByPrefix):
+        return await vectors.search_prefix(vector, k, uri_prefix)
     total, fetch = await vectors.count(), max(k * _OVERFETCH, k)
     while True:
         hits = await vectors.search(vector, min(fetch, total))

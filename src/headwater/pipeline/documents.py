@@ -47,6 +47,8 @@ class DocumentPipeline:
         only: relative paths to (re)process without listing the source: each is indexed if it
             exists and deleted from the index if it does not; everything else is left alone
             (the stream worker, DLQ replay and ``verify --repair`` use this).
+        embedder_lent: the embedder is open already and stays open after the run: its owner (a
+            stream worker, one batch a run) opens and closes it once, so a local model loads once.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class DocumentPipeline:
         *,
         only: Collection[str] | None = None,
         run_id: str = "",
+        embedder_lent: bool = False,
     ) -> None:
         self.source = source
         self.embedder = embedder
@@ -67,6 +70,7 @@ class DocumentPipeline:
         self.settings = settings
         self.only = {normalize_relpath(r) for r in only} if only is not None else None
         self.run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.embedder_lent = embedder_lent
 
     async def stream_events(self) -> AsyncGenerator[DocumentEvent, None]:
         events: asyncio.Queue[Any] = asyncio.Queue(maxsize=1024)
@@ -146,7 +150,8 @@ class _DocumentRun(ReadingSteps, ProgressReports):
         await p.metadata.open()
         self.states.watch(p.embedder, "embedder")
         try:
-            await p.embedder.open()
+            if not p.embedder_lent:
+                await p.embedder.open()
             await self._check_settings()
             await self.emit(RunStarted(run_id=p.run_id, kind="documents", source=p.source.uri))
             ticker = asyncio.create_task(self._tick())
@@ -179,7 +184,8 @@ class _DocumentRun(ReadingSteps, ProgressReports):
                         started.exception()
             if self._vectors_open is not None:
                 await p.vectors.close()
-            await p.embedder.close()
+            if not p.embedder_lent:
+                await p.embedder.close()
             await p.metadata.close()
 
     async def _stages(self) -> None:

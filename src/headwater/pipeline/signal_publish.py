@@ -29,7 +29,7 @@ import msgspec
 from headwater import cloudevents
 from headwater.models import sha256_hex
 from headwater.pipeline.signal_inputs import InputFile, list_inputs
-from headwater.ports import StreamBus
+from headwater.ports import BusPublisher
 
 SIGNALS_TOPIC = "signals"
 MAX_MESSAGE_BYTES = 256 * 1024  # a batch message closes early at this size (NATS refuses > 1 MiB)
@@ -80,7 +80,7 @@ def signal_messages(path: Path, batch: int = 1000, per_message: int = 1) -> Iter
 
 
 async def publish_signals(
-    bus: StreamBus, path: Path, topic: str = SIGNALS_TOPIC, *, per_message: int = 1, partitions: int = 1
+    bus: BusPublisher, path: Path, topic: str = SIGNALS_TOPIC, *, per_message: int = 1, partitions: int = 1
 ) -> tuple[int, int]:
     """Returns (messages, events) published over all partitions."""
     await bus.open()

@@ -10,8 +10,9 @@ when a call returns. One adapter often implements several (the SQLite metadata s
 documents, dead letters, the embedding cache and settings): the composite Protocols
 (``MetadataStore``, ``FeatureStore``, ``StreamBus``, ``VectorStore``) name those bundles, while
 code that uses only part of a store is annotated with the small port it uses. Optional ports
-(``Countable``, ``LoadsModel``, ``RateLimited``, ``Compactable``, ``Snapshots``, ``WatchesState``)
-are tested with ``isinstance``, never probed with ``getattr``.
+(``Countable``, ``LoadsModel``, ``RateLimited``, ``Compactable``, ``Snapshots``,
+``SearchesByPrefix``, ``WatchesState``) are tested with ``isinstance``, never probed with
+``getattr``.
 
 One module per concern (``lifecycle``, ``sources``, ``embedders``, ``vectors``, ``metadata``,
 ``features``, ``streaming``, ``jobs``); import the ports from here.
@@ -27,7 +28,7 @@ from headwater.ports.features import (
     OfflineFeatureStore,
     SignalCheckpoints,
 )
-from headwater.ports.jobs import JobStore
+from headwater.ports.jobs import JobJournal, JobQueue, JobStore
 from headwater.ports.lifecycle import Lifecycle, StateListener, WatchesState
 from headwater.ports.metadata import (
     DeadLetters,
@@ -42,7 +43,14 @@ from headwater.ports.metadata import (
 )
 from headwater.ports.sources import Countable, Source
 from headwater.ports.streaming import BusConsumer, BusDeadLetters, BusPublisher, ConsumerLag, StreamBus
-from headwater.ports.vectors import Compactable, Snapshots, VectorReader, VectorStore, VectorWriter
+from headwater.ports.vectors import (
+    Compactable,
+    SearchesByPrefix,
+    Snapshots,
+    VectorReader,
+    VectorStore,
+    VectorWriter,
+)
 
 __all__ = [
     "BusConsumer",
@@ -61,6 +69,8 @@ __all__ = [
     "FeatureRows",
     "FeatureStore",
     "InvalidRecordOutbox",
+    "JobJournal",
+    "JobQueue",
     "JobStore",
     "Lifecycle",
     "LoadsModel",
@@ -68,6 +78,7 @@ __all__ = [
     "OfflineFeatureStore",
     "RateLimited",
     "ScanLog",
+    "SearchesByPrefix",
     "SettingsStore",
     "SignalCheckpoints",
     "Snapshots",

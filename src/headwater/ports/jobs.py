@@ -1,37 +1,55 @@
-"""Jobs, their status and their event journal."""
+"""Jobs, their status and their event journal (``headwater.jobs``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from headwater.models import (
-    Job,
-    JobEvent,
-    JobStatus,
-)
+from headwater.models import Job, JobEvent, JobStatus
+from headwater.ports.lifecycle import Lifecycle
 
 
 @runtime_checkable
-class JobStore(Protocol):
-    """Jobs, their status and their event journal, durable across server crashes.
+class JobQueue(Protocol):
+    """The jobs themselves, durable across server crashes.
 
-    Contract (tests/contract/test_job_store.py):
-    - ``transition`` checks the move against ``headwater.jobs.TRANSITIONS`` and writes it in one
-      transaction with a ``JobStatusChanged`` journal event; it raises ``IllegalTransition`` for a
-      move the table forbids and ``StaleJobStatus`` (a subclass) when ``expected`` is given and
-      the stored status differs: a compare-and-set, so two writers never both win.
-    - ``append_events`` numbers events after the job's last ``seq`` (status changes included) and
-      saves ``progress`` in the same transaction; ``events_after`` returns them in ``seq`` order.
+    - ``create`` stores a QUEUED job with its spec and its first journal event
+      (``JobStatusChanged``) in one transaction, and returns a new id: it is not idempotent,
+      each call is a new job.
     - ``list`` returns jobs in queue order: higher ``priority`` first, then oldest first.
-    - Unknown job ids raise ``JobNotFound``, except in ``get`` (None).
+    - ``delete`` removes a final job and its journal; a job that can still move is refused
+      (``IllegalTransition``). Unknown ids raise ``JobNotFound``, except in ``get`` (None).
     """
-
-    async def open(self) -> None: ...
 
     async def create(self, kind: str, spec: dict[str, Any], priority: int = 0) -> str: ...
 
     async def get(self, job_id: str) -> Job | None: ...
+
+    async def list(self, statuses: Sequence[JobStatus] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs with one of ``statuses`` (all when None), in queue order."""
+        ...
+
+    async def counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status (every status present, 0 when none)."""
+        ...
+
+    async def delete(self, job_id: str) -> None: ...
+
+
+@runtime_checkable
+class JobJournal(Protocol):
+    """A job's status moves and its event journal, numbered by ``seq``.
+
+    - ``transition`` checks the move against ``headwater.jobs.states.TRANSITIONS`` and writes it
+      in one transaction with a ``JobStatusChanged`` journal event; it raises
+      ``IllegalTransition`` for a move the table forbids and ``StaleJobStatus`` (a subclass)
+      when ``expected`` is given and the stored status differs: a compare-and-set, so two
+      writers never both win (and a retried call whose first attempt landed is refused, not
+      applied twice).
+    - ``append_events`` numbers events after the job's last ``seq`` (status changes included)
+      and saves ``progress`` in the same transaction; durable when it returns.
+    - ``events_after`` returns them in ``seq`` order. Unknown ids raise ``JobNotFound``.
+    """
 
     async def transition(
         self, job_id: str, to: JobStatus, reason: str | None = None, *, expected: JobStatus | None = None
@@ -45,16 +63,7 @@ class JobStore(Protocol):
 
     async def events_after(self, job_id: str, after: int, limit: int = 1000) -> list[JobEvent]: ...
 
-    async def list(self, statuses: Sequence[JobStatus] | None = None, limit: int = 100) -> list[Job]:
-        """Jobs with one of ``statuses`` (all when None), in queue order."""
-        ...
 
-    async def counts(self) -> dict[JobStatus, int]:
-        """How many jobs are in each status (every status present, 0 when none)."""
-        ...
-
-    async def delete(self, job_id: str) -> None:
-        """Remove a final job and its journal; a job that can still move is refused
-        (``IllegalTransition``), an unknown one raises ``JobNotFound``."""
-
-    async def close(self) -> None: ...
+@runtime_checkable
+class JobStore(JobQueue, JobJournal, Lifecycle, Protocol):
+    """Both, on one store (the job service's): contract in tests/contract/test_job_store.py."""

@@ -76,3 +76,12 @@ class Snapshots(Protocol):
     unless it is still ``since``, every row with its vector (an Arrow table)."""
 
     async def snapshot(self, since: int | None = None) -> tuple[int, Any]: ...
+
+
+@runtime_checkable
+class SearchesByPrefix(Protocol):
+    """Optional for vector stores that filter by ``uri`` prefix before ranking (a prefilter):
+    the ``k`` nearest chunks whose uri starts with ``uri_prefix``, k whenever k match. A store
+    without it is over-fetched and filtered after ranking (``ops.search``)."""
+
+    async def search_prefix(self, vector: Vectors, k: int, uri_prefix: str) -> list[tuple[Chunk, float]]: ...
