@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
-from headwater.adapters._process import batches_from_child, fork_is_safe
+from headwater.child_processes import batches_from_child, fork_is_safe
 from headwater.errors import AdapterError, ConfigError, InputError
 from headwater.models import SourceEntry, normalize_relpath
 

@@ -10,7 +10,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from headwater.adapters._process import die_with_parent, fork_is_safe
+from headwater.child_processes import die_with_parent, fork_is_safe
 from headwater.errors import InputError
 
 T = TypeVar("T")

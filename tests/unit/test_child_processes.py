@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
-from headwater.adapters._process import batches_from_child
+from headwater.child_processes import batches_from_child
 from headwater.errors import AdapterError
 from headwater.models import SourceEntry
 
