@@ -262,13 +262,18 @@ async def open_doc_worker(
 
 
 def _run_paths(settings: Settings, embedder: Embedder) -> RunPaths:
-    """How a document worker runs a batch: a pipeline over just the batch's paths."""
+    """How a document worker runs a batch: one pipeline per source, built at its first batch
+    and run over each batch's paths (its stores are opened and closed by each run; the embedder
+    is the worker's, open for all of them)."""
+    pipelines: dict[str, DocumentPipeline] = {}
 
     async def run(source: str, relpaths: set[str]) -> AsyncGenerator[Event, None]:
-        pipeline = build_document_pipeline(
-            settings, source, only=relpaths, embedder=embedder, embedder_lent=True
-        )
-        async with aclosing(pipeline.stream_events()) as events:  # closed with the sink's view
+        if source not in pipelines:
+            pipelines[source] = build_document_pipeline(
+                settings, source, embedder=embedder, embedder_lent=True
+            )
+        events = pipelines[source].stream_events(only=relpaths)
+        async with aclosing(events):  # closed with the sink's view
             async for event in events:
                 yield event
 

@@ -49,6 +49,15 @@ async def test_the_store_implements_every_metadata_port(store: MetadataStore) ->
     assert isinstance(store, MetadataStore)
 
 
+async def test_a_closed_store_opens_again_with_its_data(store_url: str) -> None:
+    """Lifecycle: one instance, opened and closed once per run of the pipeline that holds it."""
+    instance: MetadataStore = registry.create("metadata_store", store_url)
+    for attempt in (1, 2, 3):
+        await instance.open()
+        assert (await instance.claim([("d1", "file:///src", "d1.md")]))["d1"] == attempt
+        await instance.close()
+
+
 async def test_claim_counts_attempts_until_finished(store: MetadataStore) -> None:
     s = store
     assert await s.claim([("d1", "file:///src", "d1.md")]) == {"d1": 1}

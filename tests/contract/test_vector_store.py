@@ -126,6 +126,17 @@ async def test_reopen_sees_the_data_and_rejects_other_dimensions(store_url: str)
     await other.close()
 
 
+async def test_a_closed_store_opens_again_with_its_rows(store_url: str) -> None:
+    """Lifecycle: one instance, opened and closed once per run of the pipeline that holds it."""
+    instance: VectorStore = registry.create("vector_store", store_url)
+    for n in (1, 2, 3):
+        await instance.open(DIMS)
+        items = chunks(f"d{n}", 2)
+        await instance.upsert(items, vectors_for(items), fresh=True)
+        assert await instance.count() == 2 * n
+        await instance.close()
+
+
 async def test_update_positions_keeps_vectors_and_inserts_nothing(store: VectorStore) -> None:
     items = chunks("a", 3)
     await store.upsert(items, vectors_for(items), fresh=True)

@@ -22,14 +22,19 @@ None to let it through unchanged."""
 
 
 class OwnThread:
-    """One thread for one client; ``translate`` maps what comes out of it at the boundary."""
+    """One thread for one client; ``translate`` maps what comes out of it at the boundary.
+    A call after ``shutdown`` starts a new thread: a closed store can be opened again (a stream
+    worker's pipeline opens and closes its stores once per batch)."""
 
     def __init__(self, name: str, translate: Translate | None = None) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
         self._translate = translate
 
     async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
         except Exception as exc:
@@ -38,4 +43,6 @@ class OwnThread:
             raise translated from exc
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)

@@ -87,6 +87,7 @@ class LanceVectorStore:
     async def open(self, dimensions: int) -> None:
         os.environ.setdefault("LANCE_LOG", "error")
         self._dimensions = dimensions
+        self._writes = 0  # this opening's writes: what close maintains
         await self._thread.call(self._open, dimensions)
 
     @property

@@ -52,7 +52,6 @@ class SQLiteJobStore:
             self._db = db
 
         if self._db is None:
-            self._thread = store_thread("sqlite-jobs", self.path)  # a closed store can be opened again
             await self._thread.call(_open)
 
     async def close(self) -> None:

@@ -73,7 +73,7 @@ class FailureSteps(RunState):
         self.progress.failed += 1
         await self.emit(
             DocumentFailed(
-                run_id=p.run_id,
+                run_id=self.run_id,
                 doc_id=work.doc_id,
                 uri=work.entry.relpath,
                 stage=stage,

@@ -34,8 +34,8 @@ class ListingSteps(RunState):
     """The scan stage of a run, and the deletions that follow it."""
 
     async def _scan(self) -> None:
-        if self.p.only is not None:
-            found = await self.p.source.lookup(sorted(self.p.only))
+        if self.only is not None:
+            found = await self.p.source.lookup(sorted(self.only))
             self.found = {e.relpath for e in found}
             listing: AsyncIterator[list[SourceEntry]] = _pages(found)
         else:
@@ -50,7 +50,7 @@ class ListingSteps(RunState):
     def _count_ahead(self) -> asyncio.Task[None] | None:
         """The source's count, for the progress total while the listing is paced by the work."""
         source = self.p.source
-        if self.p.only is not None or not isinstance(source, Countable):
+        if self.only is not None or not isinstance(source, Countable):
             return None
 
         async def count() -> None:
@@ -132,12 +132,12 @@ class ListingSteps(RunState):
         else:
             self.counts["skipped"] += 1
         self.progress.skipped += 1
-        return DocumentSkipped(run_id=self.p.run_id, doc_id=doc_id, uri=uri, reason=reason)
+        return DocumentSkipped(run_id=self.run_id, doc_id=doc_id, uri=uri, reason=reason)
 
     async def _delete_vanished(self) -> None:
         p = self.p
-        if p.only is not None:
-            gone = [make_doc_id(r) for r in sorted(p.only - self.found)]
+        if self.only is not None:
+            gone = [make_doc_id(r) for r in sorted(self.only - self.found)]
             known = await p.metadata.get_documents(gone)
             await self._delete([d for d in known.values() if d.source == p.source.uri])
             return
@@ -159,5 +159,7 @@ class ListingSteps(RunState):
                 self.counts["deleted"] += 1
                 self.counts["chunks_deleted"] += removed
                 await self.emit(
-                    DocumentDeleted(run_id=p.run_id, doc_id=doc.doc_id, uri=doc.uri, chunks_deleted=removed)
+                    DocumentDeleted(
+                        run_id=self.run_id, doc_id=doc.doc_id, uri=doc.uri, chunks_deleted=removed
+                    )
                 )

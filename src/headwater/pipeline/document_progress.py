@@ -33,7 +33,7 @@ class ProgressReports(RunState):
         pr = self.progress
         embedder = self.p.embedder
         return BatchProgress(
-            run_id=self.p.run_id,
+            run_id=self.run_id,
             completed=pr.completed,
             failed=pr.failed,
             skipped=pr.skipped,
@@ -54,7 +54,7 @@ class ProgressReports(RunState):
     def _final(self) -> RunCompleted:
         c, st = self.counts, self.committer.stats
         return RunCompleted(
-            run_id=self.p.run_id,
+            run_id=self.run_id,
             documents_seen=c["seen"],
             documents_added=c["added"],
             documents_updated=c["updated"],

@@ -38,7 +38,7 @@ class ReadingSteps(ListingSteps, FailureSteps):
         await self._start_pool()
         self.in_flight += len(batch)
         if self.s.document_started_events:
-            run_id = self.p.run_id
+            run_id = self.run_id
             started = [DocumentStarted(run_id=run_id, doc_id=w.doc_id, uri=w.entry.relpath) for w in batch]
             await self.emit_all(started)
         loaded = await self._read_changed(batch)

@@ -46,8 +46,17 @@ class Work:
 class RunState:
     """One execution: owns the queues, the counters and the open adapters."""
 
-    def __init__(self, pipeline: DocumentPipeline, emit: Callable[[Any], Any]) -> None:
+    def __init__(
+        self,
+        pipeline: DocumentPipeline,
+        emit: Callable[[Any], Any],
+        *,
+        only: set[str] | None = None,
+        run_id: str | None = None,
+    ) -> None:
         self.p = pipeline
+        self.only = only if only is not None else pipeline.only
+        self.run_id = run_id or pipeline.run_id
         self.s = pipeline.settings
         self._emit = emit
         self.progress = Progress()
@@ -67,7 +76,7 @@ class RunState:
         self.force = False
         self.spans_pending = False
         self.switching = False  # building the home's next index generation (home_settings.switches)
-        self.states = AdapterStates(pipeline.run_id, wake=self._wake_states)
+        self.states = AdapterStates(self.run_id, wake=self._wake_states)
         self._counted = asyncio.Event()  # the source's count arrived: report it now
         self._state_flush: asyncio.Future[None] | None = None
         self.found: set[str] = set()

@@ -69,15 +69,22 @@ class DocumentPipeline:
         self.metadata = metadata
         self.settings = settings
         self.only = {normalize_relpath(r) for r in only} if only is not None else None
-        self.run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.run_id = run_id or _new_run_id()
         self.embedder_lent = embedder_lent
 
-    async def stream_events(self) -> AsyncGenerator[DocumentEvent, None]:
+    async def stream_events(
+        self, *, only: Collection[str] | None = None
+    ) -> AsyncGenerator[DocumentEvent, None]:
+        """One run's events. ``only`` runs over just these paths (see the class), as a run of its
+        own (a new run id): a stream worker runs one pipeline per source for each of its batches,
+        one at a time (a pipeline's runs share its adapters, so they must not overlap)."""
         events: asyncio.Queue[Any] = asyncio.Queue(maxsize=1024)
+        paths = {normalize_relpath(r) for r in only} if only is not None else None
+        run_id = _new_run_id() if only is not None else None
 
         async def runner() -> None:
             try:
-                await _DocumentRun(self, events.put).execute()
+                await _DocumentRun(self, events.put, only=paths, run_id=run_id).execute()
             except asyncio.CancelledError:
                 raise  # the consumer stopped listening: nobody waits for the end marker
             except BaseException:
@@ -135,7 +142,7 @@ class _DocumentRun(ReadingSteps, ProgressReports):
             await self._execute()
 
     async def _waiting(self, holder: str) -> None:
-        await self.emit(WaitingForHome(run_id=self.p.run_id, home=str(self.s.home), holder=holder))
+        await self.emit(WaitingForHome(run_id=self.run_id, home=str(self.s.home), holder=holder))
 
     async def _execute(self) -> None:
         counting = self._count_ahead()  # first: the total is the first thing a progress bar shows
@@ -153,7 +160,7 @@ class _DocumentRun(ReadingSteps, ProgressReports):
             if not p.embedder_lent:
                 await p.embedder.open()
             await self._check_settings()
-            await self.emit(RunStarted(run_id=p.run_id, kind="documents", source=p.source.uri))
+            await self.emit(RunStarted(run_id=self.run_id, kind="documents", source=p.source.uri))
             ticker = asyncio.create_task(self._tick())
             try:
                 await self._stages()
@@ -207,9 +214,9 @@ class _DocumentRun(ReadingSteps, ProgressReports):
         await self._prepare_suspects()
         await self.committer.flush()
         await self._delete_vanished()
-        if self.spans_pending and self.p.only is None:
+        if self.spans_pending and self.only is None:
             await self.p.metadata.set_setting(self._spans_key, SOURCE_SPANS)
-        if self.switching and self.p.only is None:  # the new index is complete: switch to it
+        if self.switching and self.only is None:  # the new index is complete: switch to it
             home_settings.record(self.s, self.p.embedder.id, self.p.embedder.dimensions)
             home_settings.retire(self.s.home, self.s.index_generation - 2)
 
@@ -307,8 +314,12 @@ class _DocumentRun(ReadingSteps, ProgressReports):
             self.counts["chunks_deleted"] += event.chunks_deleted
             self.progress.completed += 1
             self.in_flight -= 1
-            await self.emit(event.__class__(**{**_fields(event), "run_id": self.p.run_id}))
+            await self.emit(event.__class__(**{**_fields(event), "run_id": self.run_id}))
 
 
 def _fields(obj: Any) -> dict[str, Any]:
     return {f: getattr(obj, f) for f in obj.__struct_fields__}
+
+
+def _new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")

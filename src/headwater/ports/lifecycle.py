@@ -9,8 +9,9 @@ from typing import Protocol, TypeAlias, runtime_checkable
 @runtime_checkable
 class Lifecycle(Protocol):
     """Open and close, shared by the ports whose adapters hold a connection. ``open`` connects
-    (constructors do no I/O) and is called once before any other method; ``close`` is called
-    once after the last one returned, and releases what ``open`` took."""
+    (constructors do no I/O) and is called before any other method; ``close`` is called after
+    the last one returned, and releases what ``open`` took. A closed adapter can be opened
+    again, with what it stored intact (a stream worker's pipeline opens its stores per batch)."""
 
     async def open(self) -> None: ...
 

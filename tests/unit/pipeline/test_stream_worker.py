@@ -27,7 +27,7 @@ from headwater.compose import (
 )
 from headwater.config import Settings, load_settings
 from headwater.errors import RetryableError
-from headwater.events import Event, MessageDeadLettered, WorkerBatch, WorkerStopped
+from headwater.events import DocumentCompleted, Event, MessageDeadLettered, WorkerBatch, WorkerStopped
 from headwater.ops.features import export_rows
 from headwater.ops.index import status
 from headwater.pipeline.doc_stream import DOCS_TOPIC
@@ -264,7 +264,21 @@ class _CountingEmbedder(HashEmbedder):
         return await super().embed(texts)
 
 
-async def test_a_document_worker_opens_its_embedder_once_for_all_its_batches(tmp_path: Path) -> None:
+async def test_a_document_worker_opens_its_embedder_once_for_all_its_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """... and builds one pipeline for its source, run over each batch's paths with a run id of
+    its own, rather than one pipeline a batch."""
+    from headwater import compose
+
+    built: list[str] = []
+    build = compose.build_document_pipeline
+
+    def counted(settings: Any, source: str, **kwargs: Any) -> Any:
+        built.append(source)
+        return build(settings, source, **kwargs)
+
+    monkeypatch.setattr(compose, "build_document_pipeline", counted)
     corpus = tmp_path / "corpus"
     shutil.copytree(ROOT / "samples" / "docs", corpus)
     s = settings(tmp_path, "stream")
@@ -279,6 +293,8 @@ async def test_a_document_worker_opens_its_embedder_once_for_all_its_batches(tmp
     batches = [e for e in events if isinstance(e, WorkerBatch)]
     assert len(batches) >= 6 and embedder.calls >= 6  # one message a batch, each embedded
     assert (embedder.opened, embedder.closed) == (1, 1)
+    assert built == [watcher.source.uri]
+    assert len({e.run_id for e in events if isinstance(e, DocumentCompleted)}) == 6
     assert (await status(s))["documents"] == 6
 
 
