@@ -1,8 +1,10 @@
 """Decode and validate signals: JSONL, CSV, CloudEvents JSON and Arrow (Parquet) → one batch frame.
 
-Strict by design: a record is accepted only if every field has the right type and range;
-anything else becomes an :class:`InvalidRecord` naming the row, the field path and the reason,
-which the pipeline dead-letters. Nothing is coerced: ``"12.5"`` is not a number, a float is not
+Strict by design: a record is accepted only if every field the feature set uses has the right
+type and range; anything else becomes an :class:`InvalidRecord` naming the row, the field path,
+the reason and the value, which the pipeline dead-letters. Payload fields the feature set does
+not use are carried as they are (strings, booleans, nulls, nested objects), never judged.
+Nothing is coerced: ``"12.5"`` is not a number, a float is not
 an epoch, NaN/±Inf are rejected, a timestamp without a zone or with sub-millisecond digits is
 rejected. Text formats are decoded record by record with msgspec (fast, exact error paths);
 Arrow input is validated column-wise (the benchmark path, no Python per event).
@@ -45,8 +47,8 @@ class _Envelope(msgspec.Struct, kw_only=True):
     entity_id: str | None = None
     event_time: str | int | None = None
     sequence: int | None = None
-    value: float | None = None
-    payload: dict[str, float] | None = None
+    value: Any = None  # checked by _number: its error names the value it got
+    payload: dict[str, Any] | None = None
     source: str | None = None
     trace_id: str | None = None
     specversion: str | None = None
@@ -90,20 +92,31 @@ def _check_number(value: float, path: str) -> float:
     return value
 
 
+def _number(value: object, path: str) -> float:
+    """The feature's value: a JSON number (an integer is widened), finite; a string, a boolean,
+    null or an object is the producer's mistake, reported with what it sent."""
+    if type(value) is float:  # the usual case first
+        return _check_number(value, path)
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = msgspec.json.encode(value).decode()
+        shown = shown if len(shown) <= 64 else shown[:61] + "..."
+        raise _Rejected(field=path, reason=f"expected a finite number, got {shown}")
+    return _check_number(float(value), path)
+
+
 def _payload(env: _Envelope, prefix: str, field: str) -> tuple[float, str]:
-    """(feature value, canonical JSON of the other payload fields)."""
+    """(feature value, canonical JSON of the other payload fields, whatever their types)."""
     if env.payload is not None:
-        for name, number in env.payload.items():
-            _check_number(number, f"{prefix}.payload.{name}")
         if field not in env.payload:
             raise _Rejected(field=f"{prefix}.payload.{field}", reason="missing required field")
+        value = _number(env.payload[field], f"{prefix}.payload.{field}")
         rest = {k: v for k, v in env.payload.items() if k != field}
-        return env.payload[field], canonical_json(rest).decode() if rest else ""
+        return value, canonical_json(rest).decode() if rest else ""
     if env.value is None:
         raise _Rejected(field=f"{prefix}.value", reason="missing required field (value or payload)")
     if field != "value":
         raise _Rejected(field=f"{prefix}.payload.{field}", reason="missing required field")
-    return _check_number(env.value, f"{prefix}.value"), ""
+    return _number(env.value, f"{prefix}.value"), ""
 
 
 def _record(line: bytes, limits: DecodeLimits) -> Record:
