@@ -20,7 +20,6 @@ DOC_UPDATED = "dev.headwater.doc.updated"
 DOC_DELETED = "dev.headwater.doc.deleted"
 SIGNAL = "dev.headwater.signal"
 DOC_TYPES = (DOC_ADDED, DOC_UPDATED, DOC_DELETED)
-BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 
 
 class CloudEvent(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -195,11 +195,6 @@ class SignalRunCompleted(Event, frozen=True, kw_only=True, tag="RunCompleted"):
 SignalEvent = (
     RunStarted | WaitingForHome | SignalRejected | WindowsClosed | SignalProgress | SignalRunCompleted
 )
-_signal_decoder: msgspec.json.Decoder[SignalEvent] = msgspec.json.Decoder(SignalEvent)
-
-
-def decode_signal_event(data: bytes | str) -> SignalEvent:
-    return _signal_decoder.decode(data)
 
 
 # --- stream workers (issue #4) ----------------------------------------------------------------------
@@ -251,5 +246,3 @@ class WorkerStopped(Event, frozen=True, kw_only=True, tag="WorkerStopped"):
     messages_dead_lettered: int
     elapsed_seconds: float
 
-
-StreamEvent = ChangesPublished | MessagesPublished | MessageDeadLettered | WorkerBatch | WorkerStopped

@@ -50,10 +50,6 @@ def set_debug(on: bool) -> None:
     _debug = on or os.environ.get("HEADWATER_DEBUG", "").lower() in {"1", "true", "yes", "on"}
 
 
-def debugging() -> bool:
-    return _debug
-
-
 class Interrupted(Exception):
     """A stop signal ended the run after it settled; ``detail`` says how far it got."""
 

@@ -1,7 +1,8 @@
 """Window and watermark maths (DESIGN §5), as tiny pure functions shared by every engine.
 
-Scalar versions state the contract in plain Python (tests and the reference use them); the
-``*_expr`` versions are the same formulas as Polars expressions for the vectorized engine.
+Scalar versions state the contract in plain Python; the ``*_expr`` versions and
+``assign_windows`` are the same formulas as Polars expressions for the vectorized engine
+(tests/unit/stages/test_windows.py holds them to each other).
 Times are integer milliseconds since the epoch, UTC; windows are half-open ``[start, end)`` and
 aligned to the epoch.
 """
