@@ -58,6 +58,7 @@ _ERROR_NAMES = frozenset(
     | {"CircuitOpenError", "JobNotFound", "IllegalTransition", "PrepareFailure"}
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_FEATURE_SET = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # declared in configuration: a bounded set
 _WINDOW = re.compile(r"^\d{1,6}(ms|s|m|h|d)$")
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -112,6 +113,11 @@ class Metrics:
         self.jobs = Gauge("headwater_jobs", "Jobs by status.", ["status"], registry=r)
         self.job_events = Counter("headwater_job_events_total", "Pipeline events by type.", ["type"],
                                   registry=r)  # fmt: skip
+        self.held_events = Gauge("headwater_signal_held_events", "Late events held (policy hold), not "
+                                 "yet released.", ["feature_set"], registry=r)  # fmt: skip
+        self.held_oldest = Gauge("headwater_signal_held_oldest_event_timestamp_seconds", "Event time "
+                                 "of the oldest held event (0: none held).", ["feature_set"],
+                                 registry=r)  # fmt: skip
         self._job_statuses: set[str] = set()
 
     # -- events ------------------------------------------------------------------------------------
@@ -208,6 +214,12 @@ class Metrics:
         for status, n in labelled.items():
             self.jobs.labels(status).set(n)
         self._job_statuses |= set(labelled)
+
+    def set_held_events(self, feature_set: str, count: int, oldest_event_time_ms: int | None) -> None:
+        """The held set of a feature set (``ops.release.held_set``), set by whoever computed it."""
+        label = feature_set if _FEATURE_SET.match(feature_set) else OTHER
+        self.held_events.labels(label).set(count)
+        self.held_oldest.labels(label).set(0 if oldest_event_time_ms is None else oldest_event_time_ms / 1000)
 
     def set_rate_limit(self, rate: float) -> None:
         self.rate_limit.set(rate)

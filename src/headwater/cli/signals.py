@@ -1,4 +1,5 @@
-"""CLI for signals: ``ingest signals``, ``features get``, ``features export``.
+"""CLI for signals: ``ingest signals``, ``features get``, ``features export``, ``features late``,
+``features release``.
 
 Rendering: a progress bar on a terminal, a plain line every few seconds elsewhere, ``--json``
 one event per line (the ``headwater.events`` encoding, last one ``"type": "RunCompleted"``).
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
+import msgspec
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -25,6 +27,7 @@ from headwater.cli.options import (
     JsonOpt,
     LatenessOpt,
     LatePolicyOpt,
+    NoWaitOpt,
     PointsOpt,
     VersionOpt,
     WindowsOpt,
@@ -215,3 +218,81 @@ def features_export(
 
     count = run_guarded(work)
     err.print(f"wrote {count} rows to {out_path}")
+
+
+@features_app.command("late")
+def features_late(
+    home: HomeOpt = None,
+    feature_set: FeatureSetOpt = None,
+    limit: Annotated[int, typer.Option(min=0, help="Held events to list (oldest first)")] = 20,
+    prometheus: Annotated[
+        bool, typer.Option("--prometheus", help="Print the held-events gauges (Prometheus text format)")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Late events held under policy ``hold``, not yet released: how many, the oldest, the first few."""
+    from headwater.config import load_settings
+    from headwater.observability import Metrics
+    from headwater.ops.release import HeldSet, held_set
+
+    def work() -> HeldSet:
+        loaded = load_settings(home=home, feature_set=feature_set, index=False)
+        settings = feature_set_of(existing_home(loaded))
+        return run_async(held_set(settings, limit=limit))
+
+    held = run_guarded(work)
+    if prometheus:
+        metrics = Metrics()
+        metrics.set_held_events(held.feature_set, held.held_events, (held.oldest or {}).get("event_time"))
+        sys.stdout.write(metrics.render()[0].decode())
+        return
+    if json_out:
+        sys.stdout.write(json.dumps(msgspec.to_builtins(held)) + "\n")
+        return
+    out.print(
+        f"{held.feature_set}: {held.held_events} held events in {held.held_windows} windows"
+        f" ({held.released_events} released in {held.releases} releases)"
+    )
+    if held.oldest is not None:
+        out.print(
+            f"oldest: {held.oldest_event_time} {held.oldest.get('entity_id')} {held.oldest.get('input_ref')}"
+        )
+    for event in held.events:
+        out.print("  ".join(f"{k}={event.get(k)}" for k in _HELD_SHOWN if k in event))
+
+
+_HELD_SHOWN = ("entity_id", "event_time", "sequence", "value", "window_ms", "window_start_ms", "input_ref")
+
+
+@features_app.command("release")
+def features_release(
+    home: HomeOpt = None,
+    feature_set: FeatureSetOpt = None,
+    no_wait: NoWaitOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Apply the held late events: their windows re-emitted with a higher revision, as ``correct`` would.
+
+    Idempotent: a second release finds nothing held; a crashed one, run again, completes it.
+    """
+    from headwater.config import load_settings
+    from headwater.ops.release import Released, release
+
+    def work() -> Released:
+        loaded = load_settings(
+            home=home, feature_set=feature_set, index=False, wait_for_home=False if no_wait else None
+        )
+        settings = feature_set_of(existing_home(loaded))
+        return run_async(release(settings))
+
+    done = run_guarded(work)
+    if json_out:
+        sys.stdout.write(json.dumps(msgspec.to_builtins(done)) + "\n")
+        return
+    if done.events_released == 0:
+        out.print(f"{done.feature_set}: nothing held, nothing released")
+        return
+    out.print(
+        f"{done.feature_set}: release {done.release} applied {done.events_released} held events,"
+        f" {done.windows_revised} windows revised"
+    )
