@@ -93,8 +93,10 @@ class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def dedup_horizon_ms(self) -> int:
-        """Extra time, past the close of the largest window, that dedup state is kept."""
-        return self.correct_horizon_ms if self.late_policy == "correct" else 0
+        """Extra time, past the close of the largest window, that dedup state is kept: under
+        ``correct`` and ``hold`` a late copy of a counted event must still be recognised (else a
+        correction or a release would count it twice)."""
+        return self.correct_horizon_ms if self.late_policy in ("correct", "hold") else 0
 
 
 _SHORT_KEYS = ("windows", "lateness", "correct_horizon", "zscore_window", "policy", "aggregations")

@@ -76,6 +76,16 @@ def test_online_upserts_by_key_and_reads_latest(online: FeatureStore) -> None:
     assert asyncio.run(online.get_latest("a", "fs", version=2)) == []
 
 
+def test_online_rows_never_go_back_to_an_older_revision(online: FeatureStore) -> None:
+    """A re-run of a backfill recomputes revision 0 of a window a correction or a release had
+    revised: the online store keeps the revised row; the same revision replayed still applies."""
+    asyncio.run(online.commit(commit(0, [row("a", 1000, 0, revision=2, count=9)])))
+    asyncio.run(online.commit(commit(1, [row("a", 1000, 0, revision=0, count=1)])))
+    assert [(r["revision"], r["count"]) for r in asyncio.run(online.get_latest("a", "fs"))] == [(2, 9)]
+    asyncio.run(online.commit(commit(2, [row("a", 1000, 0, revision=2, count=10)])))
+    assert [(r["revision"], r["count"]) for r in asyncio.run(online.get_latest("a", "fs"))] == [(2, 10)]
+
+
 def test_online_checkpoint_and_bookkeeping_commit_together(online: FeatureStore) -> None:
     assert asyncio.run(online.load_checkpoint("s")) is None
     asyncio.run(online.commit(commit(0, [row("a", 1000, 0)])))

@@ -64,6 +64,10 @@ _UPSERT_ROW = (
     f"INSERT INTO feature_rows ({', '.join(ONLINE_ROW_COLUMNS)})"
     f" VALUES ({_placeholders(ONLINE_ROW_COLUMNS)}) ON CONFLICT DO UPDATE SET "
     + ", ".join(f"{f} = excluded.{f}" for f in ONLINE_ROW_COLUMNS[len(FEATURE_ROW_KEY) :])
+    # A row never goes back to an older revision: a re-run of a backfill recomputes revision 0
+    # of windows a correction or a release already revised (the offline store keeps both and
+    # readers take the highest; the online store keeps only the highest).
+    + " WHERE excluded.revision >= feature_rows.revision"
 )
 _UPSERT_POINT = (
     f"INSERT INTO point_features ({', '.join(POINT_FIELDS)}) VALUES ({_placeholders(POINT_FIELDS)}) "

@@ -204,3 +204,18 @@ def msgspec_replace(spec: FeatureSetSpec, **changes: Any) -> FeatureSetSpec:
     import msgspec
 
     return msgspec.structs.replace(spec, **changes)
+
+
+def test_under_hold_a_late_copy_of_a_counted_event_is_a_duplicate_not_held() -> None:
+    """Dedup state outlives the windows by ``correct_horizon_ms`` under ``hold`` as under
+    ``correct``: a re-delivered copy arriving after its windows closed is not held, so a release
+    cannot count it twice."""
+    base = 1_700_000_000_000
+    first = Ev("a", base + 500, 1, 4.0)
+    later = [Ev("a", base + 30_000 + i, 2 + i, 1.0) for i in range(3)]  # closes every window of `first`
+    events = [first, *later, Ev("a", base + 500, 1, 4.0)]  # the copy, 30 s late
+    state, frame, duplicates, late = EngineState(), to_frame(events), 0, 0
+    for i in range(frame.height):  # one event a batch: the copy meets only the engine's state
+        state, result = process_batch(state, frame.slice(i, 1), make_spec("hold"))
+        duplicates, late = duplicates + result.duplicates, late + result.late.height
+    assert (duplicates, late) == (1, 0)
