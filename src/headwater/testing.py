@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from headwater.adapters.hashembed import HashEmbedder
 from headwater.errors import PermanentError, RetryableError
-from headwater.models import Job, JobStatus, Vectors
+from headwater.models import DeadLetter, Job, JobStatus, Vectors
 
 if TYPE_CHECKING:
     from headwater.jobs.service import JobService
@@ -59,6 +59,31 @@ class FakeClock:
         self.now += seconds
 
 
+class MemoryDeadLetters:
+    """The dead-letter queue in a list (``ports.DeadLetters``): for running a pipeline in a test
+    or a notebook without a metadata store. Ids start at 1, in the order letters were added."""
+
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+        self.replayed: set[int] = set()
+
+    async def add(self, letter: DeadLetter) -> int:
+        self.letters.append(letter)
+        return len(self.letters)
+
+    async def list(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
+        ids = range(1, len(self.letters) + 1)
+        return [
+            lt for i, lt in zip(ids, self.letters, strict=True) if include_replayed or i not in self.replayed
+        ][:limit]
+
+    async def get(self, letter_id: int) -> DeadLetter | None:
+        return self.letters[letter_id - 1] if 1 <= letter_id <= len(self.letters) else None
+
+    async def mark_replayed(self, letter_ids: Sequence[int]) -> None:
+        self.replayed.update(letter_ids)
+
+
 class FailingEmbedder(HashEmbedder):
     """The hash embedder, failing its first ``fail_times`` calls with ``error`` (retryable by
     default), or every call whose texts contain ``poison``."""
@@ -83,6 +108,7 @@ class FailingEmbedder(HashEmbedder):
 __all__ = [
     "FailingEmbedder",
     "FakeClock",
+    "MemoryDeadLetters",
     "PermanentError",
     "RetryableError",
     "collect_events",

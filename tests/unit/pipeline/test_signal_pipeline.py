@@ -17,30 +17,12 @@ from signal_reference import Ev, generate, run_reference
 from headwater.adapters.parquet import ParquetOfflineStore
 from headwater.adapters.sqlite_features import SQLiteFeatureStore
 from headwater.featuresets import FeatureSetSpec, WindowSpec
-from headwater.models import DeadLetter
 from headwater.ops.features import export_rows
 from headwater.pipeline.signals import SignalOptions, SignalPipeline
+from headwater.testing import MemoryDeadLetters
 
 NOW = 1_800_000_000_000
 WINDOWS = [(1000, 1000), (5000, 5000), (60_000, 60_000)]
-
-
-class ListDLQ:
-    def __init__(self) -> None:
-        self.letters: list[DeadLetter] = []
-
-    async def add(self, letter: DeadLetter) -> int:
-        self.letters.append(letter)
-        return len(self.letters)
-
-    async def list(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
-        return self.letters[:limit]
-
-    async def get(self, letter_id: int) -> DeadLetter | None:
-        return self.letters[letter_id - 1]
-
-    async def mark_replayed(self, letter_ids: Any) -> None:
-        return None
 
 
 class FlakyOffline(ParquetOfflineStore):
@@ -89,7 +71,7 @@ async def run(
     *,
     policy: str = "drop",
     offline: Any = None,
-    dlq: ListDLQ | None = None,
+    dlq: MemoryDeadLetters | None = None,
     batch: int = 97,
 ) -> Any:
     online = SQLiteFeatureStore(f"sqlite:///{home}/features.db")
@@ -134,7 +116,7 @@ def events_file(tmp_path: Path) -> tuple[Path, list[Ev]]:
 
 def test_backfill_matches_reference_and_dead_letters_bad_lines(tmp_path: Path, events_file: Any) -> None:
     inputs, events = events_file
-    dlq = ListDLQ()
+    dlq = MemoryDeadLetters()
     final = asyncio.run(run(tmp_path / "home", inputs, dlq=dlq))
     ref = run_reference(events, WINDOWS, 2000)
     exported, _ = asyncio.run(snapshot(tmp_path / "home"))
@@ -155,7 +137,7 @@ def test_backfill_matches_reference_and_dead_letters_bad_lines(tmp_path: Path, e
 
 def test_rerun_replaces_rows_and_never_duplicates(tmp_path: Path, events_file: Any) -> None:
     inputs, _ = events_file
-    dlq = ListDLQ()
+    dlq = MemoryDeadLetters()
     home = tmp_path / "home"
     first = asyncio.run(run(home, inputs, dlq=dlq))
     before = asyncio.run(snapshot(home))
