@@ -125,6 +125,7 @@ def test_hold_release_equals_correct_and_a_run_without_late_events(runs: dict[st
     assert shown["released_events"] == 0
     gauges = hw("features", "late", "--home", str(home), "--feature-set", "sensors", "--prometheus").stdout
     assert f'headwater_signal_held_events{{feature_set="sensors"}} {float(shown["held_events"])}' in gauges
+    assert "headwater_documents_total" not in gauges  # only the held gauges: a textfile collector's file
 
     done = json.loads(release(home).stdout)
     assert done["release"] == 1 and done["events_released"] == shown["held_events"]

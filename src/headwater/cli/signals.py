@@ -244,7 +244,8 @@ def features_late(
     if prometheus:
         metrics = Metrics()
         metrics.set_held_events(held.feature_set, held.held_events, (held.oldest or {}).get("event_time"))
-        sys.stdout.write(metrics.render()[0].decode())
+        text = metrics.render()[0].decode()  # just the held gauges, e.g. for a textfile collector
+        sys.stdout.write("".join(ln for ln in text.splitlines(keepends=True) if "_signal_held_" in ln))
         return
     if json_out:
         sys.stdout.write(json.dumps(msgspec.to_builtins(held)) + "\n")
