@@ -245,4 +245,3 @@ class WorkerStopped(Event, frozen=True, kw_only=True, tag="WorkerStopped"):
     messages_acked: int
     messages_dead_lettered: int
     elapsed_seconds: float
-
