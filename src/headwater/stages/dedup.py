@@ -15,6 +15,7 @@ on batch boundaries: a copy at position i is a duplicate iff ``evict_at(t) > W_{
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 IDENTITY = ("entity_id", "event_time", "sequence", "value", "extra")
@@ -34,7 +35,7 @@ def seen_before(batch: pl.DataFrame, state: pl.DataFrame, keys: tuple[str, ...])
     key_cols = list(keys)
     hashes = batch.select(key_cols).hash_rows()
     state_hashes = state.select(key_cols).hash_rows()
-    candidates = hashes.is_duplicated()
+    candidates = _repeated(hashes)
     if state.height:
         candidates = candidates | hashes.is_in(state_hashes.implode())
     index = candidates.arg_true()
@@ -51,6 +52,14 @@ def seen_before(batch: pl.DataFrame, state: pl.DataFrame, keys: tuple[str, ...])
     else:
         hit = flags["_earlier"]
     return seen.scatter(index, hit)
+
+
+def _repeated(hashes: pl.Series) -> pl.Series:
+    """``hashes.is_duplicated()`` by one NumPy sort (cheaper than a hash table): the values that
+    occur twice or more, then a membership test against those few."""
+    ordered = np.sort(hashes.to_numpy())
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    return hashes.is_in(pl.Series(repeated, dtype=hashes.dtype).implode())
 
 
 def duplicate_mask(batch: pl.DataFrame, identity: pl.DataFrame, cloudevents: pl.DataFrame) -> pl.Series:

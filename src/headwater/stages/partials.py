@@ -96,8 +96,12 @@ def tumbling_partials(events: pl.DataFrame, sizes_ms: list[int]) -> pl.DataFrame
     codes, times = codes[order], times[order]
     values = events["value"].to_numpy()[order]
     watermarks = events["wm_before"].to_numpy()[order]
-    entities = events["entity_id"].gather(order)
-    sorted_events = (codes, times, values, watermarks)
+    # Each entity is one run of the sorted rows: rows carry their run's number, and the names are
+    # gathered once per run (not once per event), then per window from that short list.
+    firsts = np.concatenate(([0], np.flatnonzero(codes[1:] != codes[:-1]) + 1))
+    runs = np.repeat(np.arange(firsts.size, dtype=np.int64), np.diff(np.append(firsts, codes.size)))
+    entities = events["entity_id"].gather(order[firsts])
+    sorted_events = (runs, times, values, watermarks)
     frames = [_segment_partials(sorted_events, entities, size) for size in sizes_ms]
     return pl.concat(frames, how="vertical")
 
@@ -125,7 +129,7 @@ def _segment_partials(sorted_events: SortedEvents, entities: pl.Series, size: in
     deviations = values - np.repeat(means, counts)
     return pl.DataFrame(
         {
-            "entity_id": entities.gather(keep[bounds]),
+            "entity_id": entities.gather(codes[bounds]),
             "window_ms": np.full(bounds.size, size, dtype=np.int64),
             "window_start": starts[bounds],
             "count": counts.astype(np.int64),

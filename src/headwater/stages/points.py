@@ -89,13 +89,20 @@ def _sort_ready(ready: pl.DataFrame, codes: Ints) -> _Released:
     )
 
 
+def _sorted_series(codes: Ints) -> pl.Series:
+    """Codes already in ascending order, flagged so: a window ``over`` them groups by contiguous
+    slices instead of hashing (the same groups in the same order, so the same sums)."""
+    return pl.Series(codes).set_sorted()
+
+
 def _ewma(released: _Released, seeds: Floats, alpha: float) -> Floats:
     """EWMA continuing from each entity's seed: the seed goes first in its segment, then is removed."""
     starts = released.starts
     values = np.insert(released.values, starts, seeds)
     groups = np.insert(released.codes, starts, released.codes[starts])
     ewm = pl.col("value").ewm_mean(alpha=alpha, adjust=False).over("group")
-    smoothed = pl.DataFrame({"group": groups, "value": values}).select(ewm)["value"].to_numpy()
+    frame = pl.DataFrame({"group": _sorted_series(groups), "value": values})
+    smoothed = frame.select(ewm)["value"].to_numpy()
     return np.delete(smoothed, starts + np.arange(starts.size))
 
 
@@ -117,11 +124,11 @@ def _zscores(
     order = np.argsort(key, kind="stable")
     key, codes = key[order], codes[order]
     x = values[order] - shift[codes]
-    sums = pl.DataFrame({"c": codes, "x": x}).select(
-        (pl.col("x").cum_sum().over("c") - pl.col("x")).alias("p1"),
-        ((pl.col("x") ** 2).cum_sum().over("c") - pl.col("x") ** 2).alias("p2"),
+    x2 = x * x
+    sums = pl.DataFrame({"c": _sorted_series(codes), "x": x, "x2": x2}).select(
+        pl.col("x", "x2").cum_sum().over("c")
     )
-    p1, p2 = sums["p1"].to_numpy(), sums["p2"].to_numpy()
+    p1, p2 = sums["x"].to_numpy() - x, sums["x2"].to_numpy() - x2
     first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
     end = np.repeat(first, np.diff(np.append(first, key.size)))
     mine = np.flatnonzero(order >= history[0].size)  # history rows only feed the sums
