@@ -29,9 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from headwater.errors import ConfigError, HomeBusy
+from headwater.models import sha256_hex
 from headwater.redaction import redact_text
 
 POLL_SECONDS = 0.1
+
+
+def feature_set_lock(feature_set: str) -> str:
+    """The writer lock of one feature set in a home: backfills and releases of it take it."""
+    return f"signals-{sha256_hex(feature_set)[:12]}"
 
 
 def lock_path(home: Path, name: str = "documents") -> Path:

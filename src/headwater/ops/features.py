@@ -31,9 +31,10 @@ async def export_rows(
     frame = await offline.read(dataset, feature_set)
     if frame.height == 0:
         return frame
-    from headwater.stages.features import FEATURE_ROW_KEY
+    from headwater.stages.features import FEATURE_ROW_KEY, latest_rows
 
-    keys = list(FEATURE_ROW_KEY) if dataset is Dataset.windows else EXPORT_KEYS[dataset]
-    order = [*keys, "revision", "_part"] if dataset is Dataset.windows else [*keys, "_part"]
-    latest = frame.sort(order).unique(subset=keys, keep="last", maintain_order=True)
+    if dataset is Dataset.windows:
+        return latest_rows(frame).drop("_part").sort(list(FEATURE_ROW_KEY))
+    keys = EXPORT_KEYS[dataset]
+    latest = frame.sort([*keys, "_part"]).unique(subset=keys, keep="last", maintain_order=True)
     return latest.drop("_part").sort(keys)

@@ -31,8 +31,8 @@ import polars as pl
 from headwater.compose import make_offline_store, open_online_store, resolve_feature_set
 from headwater.config import Settings
 from headwater.featuresets import FeatureSetSpec
-from headwater.homelock import home_lock
-from headwater.models import BatchCommit, Dataset, sha256_hex
+from headwater.homelock import feature_set_lock, home_lock
+from headwater.models import BatchCommit, Dataset
 from headwater.pipeline.faults import crash_point
 from headwater.pipeline.signal_commit import with_date
 from headwater.ports import OfflineFeatureStore
@@ -70,11 +70,6 @@ def release_part(number: int) -> str:
     return f"release-{number:06d}"
 
 
-def lock_name(feature_set: str) -> str:
-    """The feature set's writer lock: the one a backfill of it holds (pipeline/signals.py)."""
-    return f"signals-{sha256_hex(feature_set)[:12]}"
-
-
 async def _held(offline: OfflineFeatureStore, feature_set: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(held rows, released markers) of a feature set."""
     late = await offline.read(Dataset.late, feature_set)
@@ -110,7 +105,7 @@ async def held_set(settings: Settings, feature_set: str | None = None, *, limit:
 async def release(settings: Settings, feature_set: str | None = None) -> Released:
     """Apply every held event of ``feature_set`` (see the module docstring for the order)."""
     spec = resolve_feature_set(settings, feature_set)
-    async with home_lock(settings.home, lock_name(spec.name), wait=settings.wait_for_home):
+    async with home_lock(settings.home, feature_set_lock(spec.name), wait=settings.wait_for_home):
         return await _release(settings, spec.name, spec)
 
 

@@ -31,7 +31,7 @@ from headwater.events import (
     WindowsClosed,
 )
 from headwater.featuresets import FeatureSetSpec
-from headwater.homelock import describe_holder, home_lock, lock_path
+from headwater.homelock import describe_holder, feature_set_lock, home_lock, lock_path
 from headwater.models import Dataset, DeadLetter, SignalCheckpoint, sha256_hex, signal_checkpoint
 from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref
 from headwater.pipeline.signal_inputs import (
@@ -135,7 +135,7 @@ class SignalPipeline:
         home = self.options.home
         async with contextlib.AsyncExitStack() as held:
             if home is not None:
-                name = f"signals-{sha256_hex(self.spec.name)[:12]}"
+                name = feature_set_lock(self.spec.name)
                 try:
                     await held.enter_async_context(home_lock(home, name, wait=False))
                 except HomeBusy:

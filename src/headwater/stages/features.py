@@ -346,3 +346,13 @@ def flush(
         )
         state = replace(state, pending=pending, history=history, entities=entities)
     return state, BatchResult(rows=to_rows(emitted, spec), late=_empty(LATE_SCHEMA), points=released)
+
+
+def latest_rows(windows: pl.DataFrame) -> pl.DataFrame:
+    """The offline ``windows`` history collapsed to one row per key: the highest revision, then the
+    latest part (what ``features export`` and a release read; ``_part`` is the stored file's name)."""
+    if windows.height == 0:
+        return windows
+    keys = list(FEATURE_ROW_KEY)
+    order = [*keys, "revision", "_part"] if "_part" in windows.columns else [*keys, "revision"]
+    return windows.sort(order).unique(subset=keys, keep="last", maintain_order=True)

@@ -21,7 +21,7 @@ import msgspec
 import polars as pl
 
 from headwater.featuresets import FeatureSetSpec
-from headwater.stages.features import FEATURE_ROW_KEY, ROW_COLUMNS, to_rows
+from headwater.stages.features import FEATURE_ROW_KEY, ROW_COLUMNS, latest_rows, to_rows
 from headwater.stages.partials import KEY, PARTIAL_SCHEMA, merge_partials, partials
 
 HELD_POLICY = "hold"
@@ -44,16 +44,6 @@ def held_rows(late: pl.DataFrame, released: pl.DataFrame) -> pl.DataFrame:
         done = released.select(HELD_IDENTITY).cast({"version": pl.Int64})
         held = held.cast({"version": pl.Int64}).join(done, on=list(HELD_IDENTITY), how="anti")
     return held.sort("event_time", "entity_id", "sequence", "window_ms", "window_start_ms")
-
-
-def latest_rows(windows: pl.DataFrame) -> pl.DataFrame:
-    """The offline ``windows`` history collapsed to one row per key: the highest revision, then the
-    latest part (``ops.features.export_rows``'s rule; ``_part`` is the stored file's name)."""
-    if windows.height == 0:
-        return windows
-    keys = list(FEATURE_ROW_KEY)
-    order = [*keys, "revision", "_part"] if "_part" in windows.columns else [*keys, "revision"]
-    return windows.sort(order).unique(subset=keys, keep="last", maintain_order=True)
 
 
 def release_rows(held: pl.DataFrame, latest: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
