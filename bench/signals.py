@@ -2,9 +2,14 @@
 
     python bench/signals.py --events 1000000 --runs 3          # medians of 3
     python bench/signals.py --events 1000000,10000000 --runs 1
+    python bench/signals.py --input climate --runs 3           # JSONL, several fields per event
 
 Data: arrivals ~1,000 ev/s, 1,000 entities (Zipf-skewed), 5% out of order within 2 s, 0.5% very
 late (5-120 s), 1% duplicates re-delivered up to ~3 s later; windows 1s/5s/60s, lateness 2 s.
+``--input parquet`` (default): one numeric field, ``value``, with its eight default aggregations.
+``--input climate``: the same events as JSONL with the payload ``{"temp", "humidity", "unit",
+"status"}`` (humidity missing from 1 in 5), feature set temp and humidity x count, sum, mean,
+min, max, std + status x last, count_distinct, no points.
 Each run is a fresh process (so peak RSS is per run) writing to a fresh home folder.
 Prints a table and writes JSON (default bench/results/signals.json).
 """
@@ -64,6 +69,32 @@ def generate(out: Path, events: int, entities: int = 1000, seed: int = 7, part_r
         pq.write_table(table, out / f"part-{part:04d}.parquet", row_group_size=100_000)
 
 
+CLIMATE = {
+    "temp": ["count", "sum", "mean", "min", "max", "std"],
+    "humidity": ["count", "sum", "mean", "min", "max", "std"],
+    "status": ["last", "count_distinct"],
+}
+
+
+def climate_jsonl(parquet: Path, out: Path) -> None:
+    """The Parquet events as JSONL with a climate payload (deterministic)."""
+    import msgspec
+
+    out.mkdir(parents=True, exist_ok=True)
+    encode = msgspec.json.Encoder()
+    statuses = ["ok", "ok", "ok", "warn", "fail"]
+    for part in sorted(parquet.glob("part-*.parquet")):
+        table = pq.read_table(part)
+        columns = [table[c].to_pylist() for c in ("entity_id", "event_time", "sequence", "value")]
+        with (out / f"{part.stem}.jsonl").open("wb") as sink:
+            for entity, t, seq, value in zip(*columns, strict=True):
+                payload = {"temp": round(value / 5, 3), "unit": "C", "status": statuses[seq % 5]}
+                if seq % 5:
+                    payload["humidity"] = round(40 + value / 10, 2)
+                event = {"entity_id": entity, "event_time": t, "sequence": seq, "payload": payload}
+                sink.write(encode.encode(event) + b"\n")
+
+
 def run_once(data: Path, events: int) -> dict[str, float]:
     """One ingest in a child process; returns its wall time, events/s and peak RSS."""
     home = Path(tempfile.mkdtemp(prefix="hw-bench-"))
@@ -77,7 +108,7 @@ def run_once(data: Path, events: int) -> dict[str, float]:
         "    on = SQLiteFeatureStore('sqlite:///' + sys.argv[2] + '/features.db'); await on.open()\n"
         "    off = ParquetOfflineStore(sys.argv[2] + '/offline')\n"
         "    spec = build_feature_set('bench', windows='1s,5s,1m', lateness='2s',"
-        " points=sys.argv[3] == '1')\n"
+        " points=sys.argv[3] == '1', features=json.loads(sys.argv[5]))\n"
         "    p = SignalPipeline(inputs=Path(sys.argv[1]), spec=spec, online=on, offline=off,"
         " options=SignalOptions(batch_events=int(sys.argv[4])), clock=lambda: 1_800_000_000_000)\n"
         "    c = resource.getrusage(resource.RUSAGE_SELF); c0 = c.ru_utime + c.ru_stime\n"
@@ -90,9 +121,10 @@ def run_once(data: Path, events: int) -> dict[str, float]:
         "asyncio.run(main())\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    features = json.dumps(CLIMATE if ARGS.input == "climate" else None)
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code, str(data), str(home), ARGS.points, str(ARGS.batch)],
+            [sys.executable, "-c", code, str(data), str(home), ARGS.points, str(ARGS.batch), features],
             check=True,
             capture_output=True,
             text=True,
@@ -118,6 +150,12 @@ def main() -> None:
             generate(data, size)
             (data / "_done").write_text("ok")
             print(f"generated {size:,} events in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        if ARGS.input == "climate":
+            jsonl = cache / f"climate-{size}"
+            if not (jsonl / "_done").exists():
+                climate_jsonl(data, jsonl)
+                (jsonl / "_done").write_text("ok")
+            data = jsonl
         runs = [run_once(data, size) for _ in range(ARGS.runs)]
         results.append(
             {
@@ -146,6 +184,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load": os.getloadavg(),
         "points": ARGS.points == "1",
+        "input": ARGS.input,
         "batch": ARGS.batch,
     }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
@@ -165,6 +204,7 @@ def parse_args() -> argparse.Namespace:
         "--batch", type=int, default=250_000, help="micro-batch size (events; the CLI's default)"
     )
     parser.add_argument("--points", default="1", choices=["0", "1"], help="also compute EWMA and z-score")
+    parser.add_argument("--input", default="parquet", choices=["parquet", "climate"], help="see above")
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "headwater-bench"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "signals.json"))
     return parser.parse_args()

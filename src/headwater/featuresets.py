@@ -17,7 +17,23 @@ import msgspec
 from headwater.errors import ConfigError
 
 LatePolicy = Literal["drop", "hold", "correct"]
-AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std")
+NUMERIC_WINDOW_AGGREGATIONS = ("sum", "mean", "min", "max", "std")
+ANY_WINDOW_AGGREGATIONS = ("count", "last", "count_distinct")
+WINDOW_AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std", "last", "count_distinct")
+POINT_AGGREGATIONS = ("ewma", "zscore")
+AGGREGATIONS = (*WINDOW_AGGREGATIONS, *POINT_AGGREGATIONS)
+NUMERIC_AGGREGATIONS = (*NUMERIC_WINDOW_AGGREGATIONS, *POINT_AGGREGATIONS)
+"""Aggregations that need a finite number; count, last and count_distinct take any value."""
+DEFAULT_AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std", "ewma", "zscore")
+RESERVED_FIELDS = frozenset(
+    {
+        "entity_id", "event_time", "sequence", "extra", "ce_key", "row", "wm_before", "evict_at",
+        "window_ms", "window_start", "window_start_ms", "watermark_ms", "policy", "reason",
+        "feature_set", "version", "revision", "content_hash", "input_ref", "date", "n", "kind",
+    }
+)  # fmt: skip
+"""Column names the engine and the stores use beside the fields: a field cannot take one."""
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
 
@@ -63,12 +79,41 @@ def parse_window(text: str) -> WindowSpec:
     return WindowSpec(size_ms=size, slide_ms=slide)
 
 
+class FieldSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One payload field and what to compute from it: window aggregations become the columns
+    ``{name}_{aggregation}`` of a window row, ``ewma``/``zscore`` the point columns of an event."""
+
+    name: str
+    aggregations: tuple[str, ...]
+
+    @property
+    def numeric(self) -> bool:
+        """A numeric field's values must be finite numbers (else the event is dead-lettered);
+        any other field takes any JSON value (strings, booleans, objects: compared as text)."""
+        return any(a in NUMERIC_AGGREGATIONS for a in self.aggregations)
+
+    @property
+    def window_aggregations(self) -> tuple[str, ...]:
+        return tuple(a for a in self.aggregations if a in WINDOW_AGGREGATIONS)
+
+    @property
+    def point_aggregations(self) -> tuple[str, ...]:
+        return tuple(a for a in self.aggregations if a in POINT_AGGREGATIONS)
+
+    def columns(self, aggregations: tuple[str, ...]) -> list[str]:
+        return [f"{self.name}_{a}" for a in aggregations]
+
+
+DEFAULT_FEATURES = (FieldSpec(name="value", aggregations=DEFAULT_AGGREGATIONS),)
+
+
 class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One declared feature set. ``version`` is part of every row's key: bump it when semantics change.
 
-    ``correct_horizon_ms`` bounds how long closed windows stay correctable (policy ``correct``);
-    later events are dropped into the late table. ``points`` turns the per-event EWMA and
-    z-score on.
+    ``features`` are the payload fields it reads, each with its aggregations; one pass over the
+    input serves them all. ``correct_horizon_ms`` bounds how long closed windows stay correctable
+    (policy ``correct``); later events are dropped into the late table. ``points = False`` turns
+    the per-event EWMA and z-score off whatever the fields ask.
     """
 
     name: str
@@ -78,14 +123,28 @@ class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
         WindowSpec(size_ms=5000, slide_ms=5000),
         WindowSpec(size_ms=60_000, slide_ms=60_000),
     )
-    aggregations: tuple[str, ...] = AGGREGATIONS
-    field: str = "value"
+    features: tuple[FieldSpec, ...] = DEFAULT_FEATURES
     lateness_ms: int = 2000
     late_policy: LatePolicy = "drop"
     correct_horizon_ms: int = 600_000
     ewma_alpha: float = 0.1
     zscore_window_ms: int = 60_000
     points: bool = True
+
+    @property
+    def point_fields(self) -> tuple[FieldSpec, ...]:
+        """The numeric fields with EWMA or z-score (none when ``points`` is off)."""
+        return tuple(f for f in self.features if f.point_aggregations) if self.points else ()
+
+    @property
+    def window_columns(self) -> list[str]:
+        """The declared window-row columns, ``{field}_{aggregation}``, in declaration order."""
+        return [c for f in self.features for c in f.columns(f.window_aggregations)]
+
+    @property
+    def point_columns(self) -> list[str]:
+        """A point row's feature columns: each point field's value, then its EWMA and z-score."""
+        return [c for f in self.point_fields for c in [f.name, *f.columns(f.point_aggregations)]]
 
     def fingerprint(self) -> bytes:
         """Canonical bytes of the declaration (checkpoints refuse to resume across a change)."""
@@ -99,7 +158,7 @@ class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
         return self.correct_horizon_ms if self.late_policy in ("correct", "hold") else 0
 
 
-_SHORT_KEYS = ("windows", "lateness", "correct_horizon", "zscore_window", "policy", "aggregations")
+_SHORT_KEYS = ("windows", "lateness", "correct_horizon", "zscore_window", "policy", "aggregations", "field")
 DECLARATION_KEYS = frozenset({*_SHORT_KEYS, *FeatureSetSpec.__struct_fields__})
 """The keys a ``[feature_sets.NAME]`` table may have (``lateness = "2s"`` or ``lateness_ms = 2000``)."""
 
@@ -139,8 +198,13 @@ def build_feature_set(name: str, declared: dict[str, Any] | None = None, **overr
                 fields[f"{key}_ms"] = parse_duration_ms(raw.pop(key))
         if "policy" in raw:
             fields["late_policy"] = raw.pop("policy")
-        if "aggregations" in raw:
-            fields["aggregations"] = tuple(raw.pop("aggregations"))
+        try:
+            fields["features"] = parse_features(
+                raw.pop("features", None), raw.pop("field", None), raw.pop("aggregations", None)
+            )
+        except ConfigError as exc:
+            msg = f"invalid feature set {name!r}: {exc}"
+            raise ConfigError(msg) from None
         fields.update(raw)
         spec = msgspec.convert(fields, FeatureSetSpec)
     except (msgspec.ValidationError, TypeError) as exc:
@@ -150,13 +214,73 @@ def build_feature_set(name: str, declared: dict[str, Any] | None = None, **overr
     return spec
 
 
+def parse_features(declared: Any, field: Any = None, aggregations: Any = None) -> tuple[FieldSpec, ...]:
+    """``{"temp": ["mean", "max"], ...}`` (a TOML table), ``"temp:mean,max;humidity:mean"`` (a
+    flag), or the older ``field`` + ``aggregations`` keys (one field) → the fields, validated."""
+    if declared is not None and (field is not None or aggregations is not None):
+        msg = "declare either features or field/aggregations, not both"
+        raise ConfigError(msg)
+    if declared is None:
+        aggs = _aggregation_list(aggregations) if aggregations is not None else DEFAULT_AGGREGATIONS
+        declared = {str(field or "value"): aggs}
+    if isinstance(declared, str):
+        declared = _features_text(declared)
+    if not isinstance(declared, dict) or not declared:
+        msg = 'features must be a table of field = [aggregations], e.g. temp = ["mean", "max"]'
+        raise ConfigError(msg)
+    out = []
+    for name, aggs in declared.items():
+        problem = _field_problem(str(name))
+        if problem:
+            raise ConfigError(problem)
+        listed = _aggregation_list(aggs)
+        unknown = [a for a in listed if a not in AGGREGATIONS]
+        if unknown or not listed:
+            msg = f"field {name!r}: unknown aggregations {unknown} (known: {', '.join(AGGREGATIONS)})"
+            raise ConfigError(msg if listed else f"field {name!r} has no aggregations")
+        out.append(FieldSpec(name=str(name), aggregations=tuple(dict.fromkeys(listed))))
+    return tuple(out)
+
+
+def _aggregation_list(aggs: Any) -> list[str]:
+    if isinstance(aggs, str):
+        return [a.strip() for a in aggs.split(",") if a.strip()]
+    if isinstance(aggs, (list, tuple)):
+        return [str(a).strip() for a in aggs]
+    msg = f'aggregations must be a list such as ["mean", "max"], got {aggs!r}'
+    raise ConfigError(msg)
+
+
+def _features_text(text: str) -> dict[str, list[str]]:
+    """``"temp:mean,max;humidity:mean"`` → ``{"temp": ["mean", "max"], "humidity": ["mean"]}``."""
+    out: dict[str, list[str]] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        name, colon, aggs = part.partition(":")
+        if not colon or not name.strip():
+            msg = f"invalid --features part {part!r}: expected FIELD:AGG[,AGG...], e.g. temp:mean,max"
+            raise ConfigError(msg)
+        out.setdefault(name.strip(), []).extend(_aggregation_list(aggs))
+    return out
+
+
+def _field_problem(name: str) -> str | None:
+    if not _FIELD_NAME.match(name):
+        return f"field name {name!r} must be a letter or _ then letters, digits or _ (at most 63)"
+    if name in RESERVED_FIELDS:
+        return (
+            f"field name {name!r} is reserved (used beside the fields: {', '.join(sorted(RESERVED_FIELDS))})"
+        )
+    return None
+
+
 def _check(spec: FeatureSetSpec) -> None:
     problems = []
     if not spec.windows:
         problems.append("no windows")
-    unknown = sorted(set(spec.aggregations) - set(AGGREGATIONS))
-    if unknown:
-        problems.append(f"unknown aggregations {unknown} (known: {', '.join(AGGREGATIONS)})")
+    if not spec.window_columns:
+        problems.append("no window aggregations (declare at least one of count, sum, mean, ...)")
     if spec.lateness_ms < 0 or spec.correct_horizon_ms < 0:
         problems.append("lateness and correct_horizon must be >= 0")
     if not 0.0 < spec.ewma_alpha <= 1.0:

@@ -4,6 +4,7 @@ its template to ``ONLINE_URLS`` or ``OFFLINE_URLS`` (see tests/contract/urls.py)
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ OFFLINE_URLS = ["{tmp}/offline", "file://{tmp}/offline"]
 
 
 def row(entity: str, window_ms: int, start: int, revision: int = 0, count: int = 1) -> tuple[Any, ...]:
-    return (entity, "fs", 1, window_ms, start, revision, count, 1.0, 1.0, 1.0, 1.0, None, 0.0)
+    features = {"value_count": count, "value_mean": 1.0, "value_std": None, "status_last": "ok"}
+    return (entity, "fs", 1, window_ms, start, revision, json.dumps(features))
 
 
 def commit(
@@ -68,7 +70,7 @@ def test_online_upserts_by_key_and_reads_latest(online: FeatureStore) -> None:
     asyncio.run(online.commit(commit(0, [row("a", 1000, 0), row("a", 1000, 1000), row("a", 5000, 0)])))
     asyncio.run(online.commit(commit(1, [row("a", 1000, 1000, revision=1, count=7), row("b", 1000, 0)])))
     latest = asyncio.run(online.get_latest("a", "fs"))
-    assert [(r["window_ms"], r["window_start_ms"], r["count"], r["revision"]) for r in latest] == [
+    assert [(r["window_ms"], r["window_start_ms"], r["value_count"], r["revision"]) for r in latest] == [
         (1000, 1000, 7, 1),
         (5000, 0, 1, 0),
     ]
@@ -81,9 +83,9 @@ def test_online_rows_never_go_back_to_an_older_revision(online: FeatureStore) ->
     revised: the online store keeps the revised row; the same revision replayed still applies."""
     asyncio.run(online.commit(commit(0, [row("a", 1000, 0, revision=2, count=9)])))
     asyncio.run(online.commit(commit(1, [row("a", 1000, 0, revision=0, count=1)])))
-    assert [(r["revision"], r["count"]) for r in asyncio.run(online.get_latest("a", "fs"))] == [(2, 9)]
+    assert [(r["revision"], r["value_count"]) for r in asyncio.run(online.get_latest("a", "fs"))] == [(2, 9)]
     asyncio.run(online.commit(commit(2, [row("a", 1000, 0, revision=2, count=10)])))
-    assert [(r["revision"], r["count"]) for r in asyncio.run(online.get_latest("a", "fs"))] == [(2, 10)]
+    assert [(r["revision"], r["value_count"]) for r in asyncio.run(online.get_latest("a", "fs"))] == [(2, 10)]
 
 
 def test_online_checkpoint_and_bookkeeping_commit_together(online: FeatureStore) -> None:
@@ -100,6 +102,25 @@ def test_online_checkpoint_and_bookkeeping_commit_together(online: FeatureStore)
     asyncio.run(online.mark_delivered([("s", 0, 0, 41), ("s", 1, 0, 42)]))
     asyncio.run(online.commit(commit(0, [row("a", 1000, 0)])))  # replay keeps the delivery mark
     assert asyncio.run(online.undelivered_invalid()) == []
+
+
+def test_online_point_features_patch_the_fields_a_batch_carried(online: FeatureStore) -> None:
+    """An entity's latest point keeps each field's last value: a batch whose events lacked
+    ``humidity`` leaves the stored humidity EWMA in place."""
+
+    def points(batch_no: int, t: int, features: dict[str, float]) -> BatchCommit:
+        point = ("a", "fs", 1, t, batch_no, json.dumps(features))
+        return BatchCommit(
+            scope="s", batch_no=batch_no, online_rows=[row("a", 1000, 0)], online_points=[point],
+            invalid_rows=[], checkpoint=None,
+        )  # fmt: skip
+
+    asyncio.run(online.commit(points(0, 10, {"temp": 1.0, "temp_ewma": 1.0, "humidity_ewma": 40.0})))
+    asyncio.run(online.commit(points(1, 20, {"temp": 3.0, "temp_ewma": 1.2})))
+    point = next(r for r in asyncio.run(online.get_latest("a", "fs")) if r.get("kind") == "point")
+    assert (point["event_time_ms"], point["temp_ewma"], point["humidity_ewma"]) == (20, 1.2, 40.0)
+    window = next(r for r in asyncio.run(online.get_latest("a", "fs")) if r.get("kind") != "point")
+    assert (window["value_std"], window["status_last"]) == (None, "ok")
 
 
 def test_online_commit_is_atomic(online: FeatureStore) -> None:

@@ -67,7 +67,7 @@ def test_signal_letter_keeps_the_original_line_and_replays_it_once_fixed(tmp_pat
     rows = pl.read_parquet(out).sort("window_start_ms")
     starts = rows["window_start_ms"].to_list()
     assert 1_767_225_600_000 in starts  # the window of the replayed 00:00:00 event
-    assert rows.filter(pl.col("window_start_ms") == 1_767_225_600_000)["sum"].to_list() == [4.0]
-    assert rows.filter(pl.col("window_start_ms") == 1_767_225_601_000)["count"].to_list() == [
+    assert rows.filter(pl.col("window_start_ms") == 1_767_225_600_000)["value_sum"].to_list() == [4.0]
+    assert rows.filter(pl.col("window_start_ms") == 1_767_225_601_000)["value_count"].to_list() == [
         1
     ]  # not doubled

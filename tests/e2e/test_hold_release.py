@@ -23,7 +23,7 @@ from polars.testing import assert_frame_equal
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = ["entity_id", "feature_set", "version", "window_ms", "window_start_ms"]
-AGGREGATES = ["count", "sum", "mean", "min", "max", "std", "m2"]
+AGGREGATES = ["value_count", "value_sum", "value_mean", "value_min", "value_max", "value_std"]
 WINDOWS = "1s,5s,10s/5s"
 
 
@@ -92,7 +92,9 @@ def online_rows(home: Path) -> pl.DataFrame:
     with sqlite3.connect(home / "features.db") as conn:
         cursor = conn.execute("SELECT * FROM feature_rows")
         names = [d[0] for d in cursor.description]
-        return pl.DataFrame(cursor.fetchall(), schema=names, orient="row").sort(KEY)
+        rows = pl.DataFrame(cursor.fetchall(), schema=names, orient="row")
+    features = pl.DataFrame([json.loads(f) for f in rows["features"]])
+    return pl.concat([rows.drop("features"), features], how="horizontal").sort(KEY)
 
 
 def assert_aggregates_equal(got: pl.DataFrame, want: pl.DataFrame, *, revision: bool = False) -> None:

@@ -78,4 +78,11 @@ def test_set_up_command_1_runs_as_written_from_a_checkout(tmp_path: Path, cli: C
         )  # fmt: skip
         assert done.returncode == 0, (step, done.stderr)
         assert "Traceback" not in done.stdout + done.stderr
+    import polars as pl  # the multi-field feature set of the signals step, one column per pair
+
+    columns = pl.read_parquet(tmp_path / ".hw" / "rows.parquet").columns
+    assert {"value_mean", "value_std", "rpm_mean", "rpm_max", "status_last", "status_count_distinct"} <= set(
+        columns
+    )
+    assert "value_sum" not in columns and "rpm_count" not in columns
     assert (tmp_path / ".hw" / "rows.parquet").stat().st_size > 0

@@ -73,12 +73,12 @@ def test_sample_backfill_get_and_export(tmp_path: Path) -> None:
         hw("features", "get", "pump-1", "--home", str(home), "--feature-set", "sensors", "--json").stdout
     )
     assert sorted(r["window_ms"] for r in got if r.get("kind") != "point") == [1000, 5000, 60_000]
-    assert any(r.get("kind") == "point" and r["ewma"] is not None for r in got)
+    assert any(r.get("kind") == "point" and r["value_ewma"] is not None for r in got)
 
     out = tmp_path / "rows.parquet"
     hw("features", "export", "--home", str(home), "--feature-set", "sensors", "--out", str(out))
     rows = pl.read_parquet(out)
-    for column in [*KEY, "count", "sum", "mean", "min", "max", "std"]:
+    for column in [*KEY, "value_count", "value_sum", "value_mean", "value_min", "value_max", "value_std"]:
         assert column in rows.columns
     assert rows.select(KEY).is_duplicated().sum() == 0
     assert rows.height == final["feature_rows_written"]
@@ -86,7 +86,7 @@ def test_sample_backfill_get_and_export(tmp_path: Path) -> None:
     accepted = final["events_seen"] - final["events_invalid"] - final["duplicates"]
     late = Counter(e["window_ms"] for e in _late_rows(home))
     for size in (1000, 5000, 60_000):
-        assert rows.filter(pl.col("window_ms") == size)["count"].sum() + late[size] == accepted
+        assert rows.filter(pl.col("window_ms") == size)["value_count"].sum() + late[size] == accepted
 
 
 def _late_rows(home: Path) -> list[dict[str, Any]]:

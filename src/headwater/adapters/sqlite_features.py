@@ -17,34 +17,22 @@ from typing import Any
 from headwater.adapters.sqlite.connection import connect, full_disk, path_from_url
 from headwater.errors import PermanentError, RetryableError
 from headwater.models import BatchCommit, SignalCheckpoint, signal_checkpoint
-from headwater.stages.features import FEATURE_ROW_AGGREGATES, FEATURE_ROW_KEY, ONLINE_ROW_COLUMNS
+from headwater.stages.features import FEATURE_ROW_KEY, ONLINE_ROW_COLUMNS
 
-POINT_FIELDS = ("entity_id", "feature_set", "version", "event_time_ms", "sequence", "value", "ewma", "zscore")
+POINT_FIELDS = ("entity_id", "feature_set", "version", "event_time_ms", "sequence", "features")
 INVALID_FIELDS = ("scope", "batch", "idx", "input_ref", "field", "reason")
 
-
-def _feature_row_column(name: str) -> str:
-    """The SQL type of a feature-row column: text names, integer key parts, revision and count;
-    the other aggregates are nullable reals (an empty window has no mean)."""
-    if name in ("entity_id", "feature_set"):
-        return f"{name} TEXT NOT NULL"
-    if name in FEATURE_ROW_AGGREGATES and name != "count":
-        return f"{name} REAL"
-    return f"{name} INTEGER NOT NULL"
-
-
-# The feature-row columns and key have one home (stages/features.py); this is their SQL form.
-_FEATURE_ROWS_TABLE = (
-    f"CREATE TABLE IF NOT EXISTS feature_rows (\n  {', '.join(map(_feature_row_column, ONLINE_ROW_COLUMNS))},"
-    f"\n  PRIMARY KEY ({', '.join(FEATURE_ROW_KEY)})) WITHOUT ROWID;"
-)
-_SCHEMA = (
-    _FEATURE_ROWS_TABLE
-    + """
+# A window row's key has one home (stages/features.py, FEATURE_ROW_KEY); its features are the
+# declared ``{field}_{aggregation}`` columns, which differ per feature set: one JSON object.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feature_rows (
+  entity_id TEXT NOT NULL, feature_set TEXT NOT NULL, version INTEGER NOT NULL,
+  window_ms INTEGER NOT NULL, window_start_ms INTEGER NOT NULL, revision INTEGER NOT NULL,
+  features TEXT NOT NULL,
+  PRIMARY KEY (entity_id, feature_set, version, window_ms, window_start_ms)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS point_features (
   entity_id TEXT NOT NULL, feature_set TEXT NOT NULL, version INTEGER NOT NULL,
-  event_time_ms INTEGER NOT NULL,
-  sequence INTEGER NOT NULL, value REAL, ewma REAL, zscore REAL,
+  event_time_ms INTEGER NOT NULL, sequence INTEGER NOT NULL, features TEXT NOT NULL,
   PRIMARY KEY (entity_id, feature_set, version)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS invalid_records (
   scope TEXT NOT NULL, batch INTEGER NOT NULL, idx INTEGER NOT NULL, input_ref TEXT, field TEXT, reason TEXT,
@@ -53,7 +41,6 @@ CREATE TABLE IF NOT EXISTS signal_checkpoints (
   scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, next_batch INTEGER NOT NULL, file_index INTEGER NOT NULL,
   row_offset INTEGER NOT NULL, counters TEXT NOT NULL, state BLOB NOT NULL, status TEXT NOT NULL);
 """
-)
 
 
 def _placeholders(fields: tuple[str, ...]) -> str:
@@ -69,9 +56,12 @@ _UPSERT_ROW = (
     # readers take the highest; the online store keeps only the highest).
     + " WHERE excluded.revision >= feature_rows.revision"
 )
+# A point's features are patched, not replaced: an event without ``humidity`` leaves the
+# entity's last humidity EWMA in place (the patch holds only the fields the event carried).
 _UPSERT_POINT = (
     f"INSERT INTO point_features ({', '.join(POINT_FIELDS)}) VALUES ({_placeholders(POINT_FIELDS)}) "
-    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{f} = excluded.{f}" for f in POINT_FIELDS[3:])
+    "ON CONFLICT DO UPDATE SET event_time_ms = excluded.event_time_ms, sequence = excluded.sequence,"
+    " features = json_patch(point_features.features, excluded.features)"
 )
 _UPSERT_INVALID = (
     f"INSERT INTO invalid_records ({', '.join(INVALID_FIELDS)}) VALUES ({_placeholders(INVALID_FIELDS)}) "
@@ -113,6 +103,7 @@ class SQLiteFeatureStore:
         try:
             conn = connect(self.path, "FULL")
             conn.executescript(_SCHEMA)
+            _refuse_old_schema(conn, self.path)
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -169,6 +160,19 @@ class SQLiteFeatureStore:
             self._run, lambda c: c.execute("SELECT * FROM feature_rows ORDER BY 1, 2, 3, 4, 5").fetchall()
         )
         return rows
+
+
+def _refuse_old_schema(conn: sqlite3.Connection, path: object) -> None:
+    """Stores written before features became per-field columns have one column per aggregation:
+    refused with what to do, not misread."""
+    for table in ("feature_rows", "point_features"):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "features" not in columns:
+            msg = (
+                f"online store {path}: table {table} has the layout of an older headwater (one column "
+                "per aggregation); move the file aside and re-run the backfill to rebuild it"
+            )
+            raise PermanentError(msg)
 
 
 def _commit(conn: sqlite3.Connection, batch: BatchCommit) -> None:
@@ -229,16 +233,24 @@ def _latest(
         version = found[0] if found else None
         if version is None:
             return []
-    cursor = conn.execute(_LATEST, (entity_id, feature_set, version))
-    names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+    rows = _named(conn.execute(_LATEST, (entity_id, feature_set, version)))
     point = conn.execute(
         "SELECT * FROM point_features WHERE entity_id = ? AND feature_set = ? AND version = ?",
         (entity_id, feature_set, version),
     )
-    point_names = [d[0] for d in point.description]
-    rows.extend({"kind": "point", **dict(zip(point_names, r, strict=True))} for r in point.fetchall())
+    rows.extend({"kind": "point", **r} for r in _named(point))
     return rows
+
+
+def _named(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    """Rows as dicts, the ``features`` JSON spread into the row (``temp_mean``, ``temp_ewma``)."""
+    names = [d[0] for d in cursor.description]
+    out = []
+    for values in cursor.fetchall():
+        row = dict(zip(names, values, strict=True))
+        features = json.loads(row.pop("features"))
+        out.append({**row, **features})
+    return out
 
 
 def _select_undelivered(conn: sqlite3.Connection) -> list[dict[str, Any]]:

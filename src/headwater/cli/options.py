@@ -98,6 +98,14 @@ VersionOpt = Annotated[
 ]
 
 PointsOpt = Annotated[bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")]
+FeaturesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--features",
+        help="Fields and aggregations: 'temp:mean,max,ewma;status:last,count_distinct'"
+        " (count sum mean min max std last count_distinct ewma zscore)",
+    ),
+]
 
 
 def feature_set_spec(
@@ -108,6 +116,7 @@ def feature_set_spec(
     lateness: str | None,
     late_policy: LatePolicy | None,
     points: bool | None,
+    features: str | None = None,
 ) -> FeatureSetSpec:
     """What a backfill and a stream worker compute from the same flags: the declaration (or the
     signal defaults) with the flags on top, so ``ingest signals`` and ``worker signals`` given the
@@ -123,4 +132,5 @@ def feature_set_spec(
         policy=late_policy.value if late_policy is not None else None,
         version=settings.feature_set_version,
         points=points,
+        features=features,
     )

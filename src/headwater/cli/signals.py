@@ -23,6 +23,7 @@ from headwater.cli.app import app, err, ingest_app, out
 from headwater.cli.guard import existing_home, run_async, run_guarded
 from headwater.cli.options import (
     FeatureSetOpt,
+    FeaturesOpt,
     HomeOpt,
     JsonOpt,
     LatenessOpt,
@@ -61,6 +62,7 @@ def ingest_signals(
     late_policy: LatePolicyOpt = None,
     feature_version: VersionOpt = None,
     points: PointsOpt = None,
+    features: FeaturesOpt = None,
     batch_events: Annotated[
         int | None, typer.Option(min=1, max=100_000_000, help="Micro-batch size (events)")
     ] = None,
@@ -79,7 +81,13 @@ def ingest_signals(
             index=False,  # signals never touch the document index
         )
         spec = feature_set_spec(
-            settings, feature_set, windows=windows, lateness=lateness, late_policy=late_policy, points=points
+            settings,
+            feature_set,
+            windows=windows,
+            lateness=lateness,
+            late_policy=late_policy,
+            points=points,
+            features=features,
         )
 
         async def go() -> SignalRunCompleted:
@@ -259,10 +267,10 @@ def features_late(
             f"oldest: {held.oldest_event_time} {held.oldest.get('entity_id')} {held.oldest.get('input_ref')}"
         )
     for event in held.events:
-        out.print("  ".join(f"{k}={event.get(k)}" for k in _HELD_SHOWN if k in event))
+        out.print("  ".join(f"{k}={v}" for k, v in event.items() if k not in _HELD_HIDDEN))
 
 
-_HELD_SHOWN = ("entity_id", "event_time", "sequence", "value", "window_ms", "window_start_ms", "input_ref")
+_HELD_HIDDEN = frozenset({"feature_set", "watermark_ms", "policy", "reason", "content_hash", "extra", "row"})
 
 
 @features_app.command("release")

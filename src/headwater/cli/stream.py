@@ -22,6 +22,7 @@ from headwater.cli.app import app, err
 from headwater.cli.guard import EXIT_SIGNAL_BASE, run_async, run_guarded
 from headwater.cli.options import (
     FeatureSetOpt,
+    FeaturesOpt,
     HomeOpt,
     JsonOpt,
     LatenessOpt,
@@ -324,6 +325,7 @@ def worker_signals(
     late_policy: LatePolicyOpt = None,
     feature_version: VersionOpt = None,
     points: PointsOpt = None,
+    features: FeaturesOpt = None,
     topic: SignalsTopicOpt = None,
     group: GroupOpt = None,
     batch_size: BatchOpt = None,
@@ -349,7 +351,13 @@ def worker_signals(
             feature_set_version=feature_version,
         )
         spec = feature_set_spec(
-            settings, feature_set, windows=windows, lateness=lateness, late_policy=late_policy, points=points
+            settings,
+            feature_set,
+            windows=windows,
+            lateness=lateness,
+            late_policy=late_policy,
+            points=points,
+            features=features,
         )
 
         async def go() -> WorkerStopped | None:

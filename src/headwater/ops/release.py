@@ -34,10 +34,9 @@ from headwater.featuresets import FeatureSetSpec
 from headwater.homelock import feature_set_lock, home_lock
 from headwater.models import BatchCommit, Dataset
 from headwater.pipeline.faults import crash_point
-from headwater.pipeline.signal_commit import with_date
+from headwater.pipeline.signal_commit import online_rows, with_date
 from headwater.ports import OfflineFeatureStore
 from headwater.stages import release as stage
-from headwater.stages.features import ONLINE_ROW_COLUMNS
 
 RELEASED = "released"
 """The offline dataset of released markers (``stages.release.MARKER_COLUMNS``), one part a release."""
@@ -123,7 +122,7 @@ async def _release(settings: Settings, name: str, spec: FeatureSetSpec) -> Relea
     await offline.write(Dataset.windows, name, part, with_date(revised, "window_start_ms"))
     crash_point("release_after_windows")
     async with open_online_store(settings) as online:
-        rows = revised.select(ONLINE_ROW_COLUMNS).rows()
+        rows = online_rows(revised, spec)
         await online.commit(
             BatchCommit(
                 scope=f"release-{name}",

@@ -12,13 +12,14 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 
+import msgspec
 import polars as pl
 
 from headwater.featuresets import FeatureSetSpec
 from headwater.models import BatchCommit, Dataset, SignalCheckpoint, signal_content_hash
 from headwater.pipeline.signal_inputs import Chunk, InputFile
 from headwater.ports import FeatureRows, OfflineFeatureStore
-from headwater.stages.features import ONLINE_ROW_COLUMNS, BatchResult
+from headwater.stages.features import FEATURE_ROW_KEY, BatchResult, event_columns
 
 
 async def commit_batch(
@@ -57,6 +58,29 @@ def online_selection(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.filter(latest | (pl.col("revision") > 0))
 
 
+def online_rows(rows: pl.DataFrame, spec: FeatureSetSpec) -> list[tuple[object, ...]]:
+    """Window rows in the online store's form (``ONLINE_ROW_COLUMNS``)."""
+    features = pl.struct(spec.window_columns).struct.json_encode().alias("features")
+    return rows.select(*FEATURE_ROW_KEY, "revision", features).rows()
+
+
+def online_points(points: pl.DataFrame, spec: FeatureSetSpec) -> list[tuple[object, ...]]:
+    """Per entity its latest released event, with per field the latest value, EWMA and z-score
+    the batch has for it (a patch: fields the batch lacks keep their stored values)."""
+    if points.height == 0:
+        return []
+    columns = spec.point_columns
+    latest = points.group_by("entity_id", maintain_order=True).agg(
+        pl.col("event_time", "sequence").last(), *(pl.col(c).drop_nulls().last() for c in columns)
+    )
+    out: list[tuple[object, ...]] = []
+    for row in latest.iter_rows(named=True):
+        features = {c: row[c] for c in columns if row[c] is not None}
+        encoded = msgspec.json.encode(features).decode()
+        out.append((row["entity_id"], spec.name, spec.version, row["event_time"], row["sequence"], encoded))
+    return out
+
+
 def with_date(frame: pl.DataFrame, time_col: str) -> pl.DataFrame:
     """The UTC day as an integer (days since the epoch); the offline store names the partition."""
     return frame.with_columns((pl.col(time_col) // 86_400_000).cast(pl.Int32).alias("date"))
@@ -71,9 +95,7 @@ def build_commit(
     chunk: Chunk | None,
     checkpoint: SignalCheckpoint | None,
 ) -> BatchCommit:
-    rows = online_selection(result.rows).select(ONLINE_ROW_COLUMNS)
-    last_points = result.points.group_by("entity_id", maintain_order=True).last()
-    points = last_points.select(*_event_columns(spec), "ewma", "zscore")
+    rows = online_rows(online_selection(result.rows), spec)
     file_index = chunk.file_index if chunk is not None else 0
     invalid = [
         (scope, batch_no, i, input_ref(files, file_index, e.row), e.field, e.reason)
@@ -82,8 +104,8 @@ def build_commit(
     return BatchCommit(
         scope=scope,
         batch_no=batch_no,
-        online_rows=rows.rows(),
-        online_points=points.rows(),
+        online_rows=rows,
+        online_points=online_points(result.points, spec),
         invalid_rows=invalid,
         checkpoint=checkpoint,
     )
@@ -93,8 +115,13 @@ def offline_datasets(
     spec: FeatureSetSpec, files: list[InputFile], result: BatchResult, file_index: int
 ) -> dict[Dataset, pl.DataFrame]:
     """What a batch appends to the offline store (backfill and stream worker alike)."""
-    points = result.points.with_columns(
-        pl.lit(spec.name).alias("feature_set"), pl.lit(spec.version).alias("version")
+    points = result.points.select(
+        "entity_id",
+        pl.lit(spec.name).alias("feature_set"),
+        pl.lit(spec.version).alias("version"),
+        "event_time",
+        "sequence",
+        *spec.point_columns,
     )
     late = late_frame(spec, files, result.late, file_index)
     return {
@@ -125,16 +152,21 @@ def late_frame(
     """
     if late.height == 0:
         return late
-    events = late.select("entity_id", "event_time", "sequence", "value", "extra").unique(maintain_order=True)
+    identity = [c for c in event_columns(spec) if c != "row"]
+    events = late.select(identity).unique(maintain_order=True)
     digests = []
-    for entity, t, seq, value, extra in events.iter_rows():
-        payload = {spec.field: value, **(json.loads(extra) if extra else {})}
-        digests.append(signal_content_hash(entity, t, seq, payload))
+    names = [f.name for f in spec.features]
+    for event in events.iter_rows(named=True):
+        declared = {name: event[name] for name in names if event[name] is not None}
+        payload = {**declared, **(json.loads(event["extra"]) if event["extra"] else {})}
+        digests.append(
+            signal_content_hash(event["entity_id"], event["event_time"], event["sequence"], payload)
+        )
     prefix = input_ref(files, file_index, 0)[:-1]
     hashed = events.with_columns(pl.Series("content_hash", digests, dtype=pl.String))
     return late.join(
         hashed,
-        on=["entity_id", "event_time", "sequence", "value", "extra"],
+        on=identity,
         how="left",
         maintain_order="left",
         nulls_equal=True,
@@ -159,7 +191,7 @@ def _event_columns(spec: FeatureSetSpec) -> list[str | pl.Expr]:
         pl.lit(spec.version).alias("version"),
         "event_time",
         "sequence",
-        "value",
+        *(f.name for f in spec.features),
     ]
 
 

@@ -117,7 +117,7 @@ def _records(file: InputFile) -> Iterator[tuple[int, bytes]]:
         number = 0
         for batch in pq.ParquetFile(file.path).iter_batches(batch_size=10_000):
             for row in batch.to_pylist():
-                yield number, msgspec.json.encode({k: _arrow_value(v) for k, v in row.items()})
+                yield number, msgspec.json.encode(_envelope({k: _arrow_value(v) for k, v in row.items()}))
                 number += 1
         return
     with file.path.open("rb") as handle:
@@ -133,13 +133,15 @@ def _records(file: InputFile) -> Iterator[tuple[int, bytes]]:
 
 
 _CSV_TEXT = ("entity_id", "source", "trace_id")
-_CSV_NUMBERS = ("event_time", "sequence", "value")
+_CSV_NUMBERS = ("event_time", "sequence")
 
 
 def _csv_object(header: list[str], line: bytes) -> bytes:
-    """A CSV row as the JSON object ingest would decode it to (digits are integers, decimals
-    floats, other text stays text); a row that does not fit its header stays the raw line, so
-    the worker dead-letters it with the line in view."""
+    """A CSV row as the JSON object ingest would decode it to: the envelope columns at the top,
+    every other column a payload field (an empty cell is an absent field); digits are integers,
+    decimals floats, other text stays text (whether a field is numeric is the feature set's to
+    say, and the publisher knows none). A row that does not fit its header stays the raw line,
+    so the worker dead-letters it with the line in view."""
     text = line.decode("utf-8", "replace")
     cells = next(csv.reader([text]), [])
     if len(cells) != len(header):
@@ -149,7 +151,25 @@ def _csv_object(header: list[str], line: bytes) -> bytes:
     for name in _CSV_NUMBERS:
         if (cell := row.get(name, "").strip()) != "":
             obj[name] = _csv_number(cell)
-    return msgspec.json.encode(obj)
+    payload = {k: _csv_field(v) for k, v in row.items() if k not in _CSV_TEXT and k not in _CSV_NUMBERS and v}
+    return msgspec.json.encode(_envelope({**obj, **payload}))
+
+
+def _envelope(row: dict[str, Any]) -> dict[str, Any]:
+    """A flat row (CSV, Parquet) as a signal: the envelope columns at the top, the others under
+    ``payload`` (absent when null). The one-field layout stays flat: the same bytes (and event
+    ids) as before payloads had several fields."""
+    top = {k: v for k, v in row.items() if k in _CSV_TEXT or k in _CSV_NUMBERS}
+    payload = {k: v for k, v in row.items() if k not in top and v is not None}
+    if list(payload) == ["value"]:
+        return {**top, "value": payload["value"]}
+    return {**top, "payload": payload} if payload else top
+
+
+def _csv_field(cell: str) -> int | float | str:
+    """A number if the cell is one, else the cell as it is (spaces kept, as ingest keeps them)."""
+    number = _csv_number(cell.strip())
+    return cell if isinstance(number, str) else number
 
 
 def _csv_number(cell: str) -> int | float | str:

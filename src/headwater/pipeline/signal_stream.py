@@ -114,7 +114,7 @@ class SignalSink:
             now_ms=self.clock(),
             max_future_ms=self.options.max_future_ms,
             max_record_bytes=self.options.max_record_bytes,
-            field=self.spec.field,
+            fields=self.spec.features,
         )
         for delivery in batch:
             delivery.done = (
@@ -272,7 +272,7 @@ def _decode_deliveries(deliveries: list[Delivery], limits: DecodeLimits) -> tupl
                 delivery.error = problem
             else:
                 delivery.rejected.append(RejectedEvent(error.row, events[error.row], problem))
-    return records_frame(records, rows), bad
+    return records_frame(records, rows, limits.fields), bad
 
 
 def _freshness(rows: pl.DataFrame, now_ms: int) -> dict[str, float] | None:

@@ -196,7 +196,7 @@ class SignalPipeline:
             now_ms=self.clock(),
             max_future_ms=self.options.max_future_ms,
             max_record_bytes=self.options.max_record_bytes,
-            field=self.spec.field,
+            fields=self.spec.features,
         )
         return _Run(
             run_id=run_id,

@@ -18,8 +18,15 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-IDENTITY = ("entity_id", "event_time", "sequence", "value", "extra")
+from headwater.featuresets import FeatureSetSpec
+
 CLOUDEVENT = ("ce_key",)
+
+
+def identity(spec: FeatureSetSpec) -> tuple[str, ...]:
+    """An event's identity columns: the envelope, every declared field (null when absent: two
+    events lacking the same field are alike there) and the undeclared rest of the payload."""
+    return ("entity_id", "event_time", "sequence", *(f.name for f in spec.features), "extra")
 
 
 def empty_keys(schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -34,9 +41,9 @@ def seen_before(batch: pl.DataFrame, state: pl.DataFrame, keys: tuple[str, ...])
     """
     key_cols = list(keys)
     hashes = batch.select(key_cols).hash_rows()
-    state_hashes = state.select(key_cols).hash_rows()
     candidates = _repeated(hashes)
     if state.height:
+        state_hashes = state.select(key_cols).hash_rows()
         candidates = candidates | hashes.is_in(state_hashes.implode())
     index = candidates.arg_true()
     seen = pl.zeros(batch.height, dtype=pl.Boolean, eager=True).alias("seen")
@@ -47,7 +54,7 @@ def seen_before(batch: pl.DataFrame, state: pl.DataFrame, keys: tuple[str, ...])
     if state.height:
         near = state.filter(state_hashes.is_in(hashes.gather(index).implode()))
         marker = near.select(key_cols).unique().with_columns(pl.lit(value=True).alias("_in_state"))
-        flags = flags.join(marker, on=key_cols, how="left", maintain_order="left", nulls_equal=False)
+        flags = flags.join(marker, on=key_cols, how="left", maintain_order="left", nulls_equal=True)
         hit = flags["_earlier"] | flags["_in_state"].fill_null(value=False)
     else:
         hit = flags["_earlier"]
@@ -62,10 +69,13 @@ def _repeated(hashes: pl.Series) -> pl.Series:
     return hashes.is_in(pl.Series(repeated, dtype=hashes.dtype).implode())
 
 
-def duplicate_mask(batch: pl.DataFrame, identity: pl.DataFrame, cloudevents: pl.DataFrame) -> pl.Series:
-    """Duplicates in ``batch`` (needs ``evict_at`` and ``wm_before`` columns)."""
+def duplicate_mask(
+    batch: pl.DataFrame, seen: pl.DataFrame, cloudevents: pl.DataFrame, keys: tuple[str, ...]
+) -> pl.Series:
+    """Duplicates in ``batch`` (needs ``evict_at`` and ``wm_before`` columns); ``keys`` are the
+    identity columns (``identity(spec)``) that ``seen`` holds."""
     live = batch["evict_at"] > batch["wm_before"]
-    dup = seen_before(batch, identity, IDENTITY)
+    dup = seen_before(batch, seen, keys)
     has_ce = batch["ce_key"].is_not_null()
     if has_ce.any():
         ce_seen = seen_before(batch.with_columns(pl.col("ce_key").fill_null("")), cloudevents, CLOUDEVENT)

@@ -11,6 +11,7 @@ closed; later events in the same batch are late for it, so the values equal even
 
 from __future__ import annotations
 
+import functools
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -18,51 +19,71 @@ from dataclasses import dataclass, field, replace
 import msgspec
 import polars as pl
 
-from headwater.featuresets import FeatureSetSpec
+from headwater.featuresets import FeatureSetSpec, FieldSpec
 from headwater.stages import dedup, points
-from headwater.stages.partials import (
-    KEY,
-    PARTIAL_SCHEMA,
-    merge_into,
-    merge_partials,
-    partials,
-    tumbling_partials,
-)
+from headwater.stages.partials import KEY, layout, merge_into, merge_partials, partials, tumbling_partials
 from headwater.stages.windows import END_OF_INPUT, assign_windows, last_window_end_expr, watermark_before_expr
 
-BATCH_SCHEMA: dict[str, pl.DataType] = {
-    "entity_id": pl.String(),
-    "event_time": pl.Int64(),
-    "sequence": pl.Int64(),
-    "value": pl.Float64(),
-    "extra": pl.String(),
-    "ce_key": pl.String(),
-    "row": pl.Int64(),
-}
-LATE_SCHEMA: dict[str, pl.DataType] = {
-    "entity_id": pl.String(),
-    "event_time": pl.Int64(),
-    "sequence": pl.Int64(),
-    "value": pl.Float64(),
-    "extra": pl.String(),
-    "row": pl.Int64(),
+
+def field_schema(fields: tuple[FieldSpec, ...]) -> dict[str, pl.DataType]:
+    """The declared fields as event columns: numeric fields Float64, others String (a string as it
+    is, any other JSON value as canonical JSON text); null where an event lacks the field."""
+    return {f.name: pl.Float64() if f.numeric else pl.String() for f in fields}
+
+
+def batch_schema(fields: tuple[FieldSpec, ...]) -> dict[str, pl.DataType]:
+    """The engine's input: one row per decoded event, in arrival order. ``extra`` is the canonical
+    JSON of the payload fields no feature uses (part of the event's identity), ``row`` its place
+    in the input (line or row number)."""
+    return {
+        "entity_id": pl.String(),
+        "event_time": pl.Int64(),
+        "sequence": pl.Int64(),
+        **field_schema(fields),
+        "extra": pl.String(),
+        "ce_key": pl.String(),
+        "row": pl.Int64(),
+    }
+
+
+FEATURE_ROW_KEY = ("entity_id", "feature_set", "version", "window_ms", "window_start_ms")
+"""A FeatureRow's identity: a correction upserts the same key, so the online store and the
+offline export collapse revisions on it."""
+ONLINE_ROW_COLUMNS = (*FEATURE_ROW_KEY, "revision", "features")
+"""The online store's window row: everything after the key is what an upsert overwrites;
+``features`` is the JSON object of the declared columns."""
+STATE_COLUMN = "_state"
+"""Under ``hold``, a window row also carries its partials (a struct): a release merges held
+events into them exactly, as ``correct`` merges late partials. Not a feature: never served."""
+_LATE_REASONS: dict[str, pl.DataType] = {
     "window_ms": pl.Int64(),
     "window_start_ms": pl.Int64(),
     "watermark_ms": pl.Int64(),
     "policy": pl.String(),
     "reason": pl.String(),
 }
-FEATURE_ROW_KEY = ("entity_id", "feature_set", "version", "window_ms", "window_start_ms")
-"""A FeatureRow's identity: a correction upserts the same key, so the online store and the
-offline export collapse revisions on it."""
-FEATURE_ROW_AGGREGATES = ("count", "sum", "mean", "min", "max", "std", "m2")
-ROW_COLUMNS = [*FEATURE_ROW_KEY, *FEATURE_ROW_AGGREGATES, "revision"]
-"""The engine's (and the offline ``windows`` dataset's) column order."""
-ONLINE_ROW_COLUMNS = (*FEATURE_ROW_KEY, "revision", *FEATURE_ROW_AGGREGATES)
-"""The online store's column order: everything after the key is what an upsert overwrites."""
-_LATE_EVENT_COLUMNS = ("entity_id", "event_time", "sequence", "value", "extra", "row")
-"""What a late event keeps of itself (LATE_SCHEMA's first columns), before why it was late."""
 _FRAMES = ("identity", "cloudevents", "open_windows", "closed_windows", "pending", "history", "entities")
+
+
+def event_columns(spec: FeatureSetSpec) -> list[str]:
+    """What a late event keeps of itself, before why it was late."""
+    return ["entity_id", "event_time", "sequence", *(f.name for f in spec.features), "extra", "row"]
+
+
+def late_schema(spec: FeatureSetSpec) -> dict[str, pl.DataType]:
+    schema = batch_schema(spec.features)
+    return {**{c: schema[c] for c in event_columns(spec)}, **_LATE_REASONS}
+
+
+def row_columns(spec: FeatureSetSpec) -> list[str]:
+    """A window row's columns (the offline ``windows`` dataset's order): the key, the declared
+    ``{field}_{aggregation}`` columns, the revision (and the partials under ``hold``)."""
+    state = [STATE_COLUMN] if spec.late_policy == "hold" else []
+    return [*FEATURE_ROW_KEY, *spec.window_columns, "revision", *state]
+
+
+def _point_fields(spec: FeatureSetSpec) -> tuple[str, ...]:
+    return tuple(f.name for f in spec.point_fields)
 
 
 def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -71,17 +92,19 @@ def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class EngineState:
-    """Everything the engine remembers between micro-batches; small and bounded by the horizons."""
+    """Everything the engine remembers between micro-batches; small and bounded by the horizons.
+
+    A fresh state's frames are empty and untyped: ``_typed`` gives them the feature set's columns
+    on first use, so a state needs no spec to be created or restored.
+    """
 
     max_event_time: int | None = None
     lateness_ms: int = 2000
-    identity: pl.DataFrame = field(
-        default_factory=lambda: dedup.empty_keys({k: BATCH_SCHEMA[k] for k in dedup.IDENTITY})
-    )
+    identity: pl.DataFrame = field(default_factory=pl.DataFrame)
     cloudevents: pl.DataFrame = field(default_factory=lambda: dedup.empty_keys({"ce_key": pl.String()}))
-    open_windows: pl.DataFrame = field(default_factory=lambda: _empty(PARTIAL_SCHEMA))
-    closed_windows: pl.DataFrame = field(default_factory=lambda: _empty(PARTIAL_SCHEMA))
-    pending: pl.DataFrame = field(default_factory=lambda: _empty(points.PENDING_SCHEMA))
+    open_windows: pl.DataFrame = field(default_factory=pl.DataFrame)
+    closed_windows: pl.DataFrame = field(default_factory=pl.DataFrame)
+    pending: pl.DataFrame = field(default_factory=pl.DataFrame)
     history: pl.DataFrame = field(default_factory=lambda: _empty(points.HISTORY_SCHEMA))
     entities: pl.DataFrame = field(default_factory=lambda: _empty(points.ENTITY_SCHEMA))
 
@@ -106,6 +129,23 @@ class EngineState:
         return cls(max_event_time=header["max_event_time"], lateness_ms=header["lateness_ms"], **frames)
 
 
+def _typed(state: EngineState, spec: FeatureSetSpec) -> EngineState:
+    """Give a fresh state's untyped frames the feature set's columns."""
+    if state.open_windows.width and state.pending.width and state.identity.width:
+        return state
+    schema = batch_schema(spec.features)
+    partial = layout(spec).empty()
+    return replace(
+        state,
+        identity=state.identity
+        if state.identity.width
+        else dedup.empty_keys({k: schema[k] for k in dedup.identity(spec)}),
+        open_windows=state.open_windows if state.open_windows.width else partial,
+        closed_windows=state.closed_windows if state.closed_windows.width else partial,
+        pending=state.pending if state.pending.width else _empty(points.pending_schema(_point_fields(spec))),
+    )
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """What one batch produced. ``rows`` are upserts (latest revision per key within the batch)."""
@@ -120,15 +160,44 @@ class BatchResult:
     points_late: int = 0
 
 
+def _column(spec_field: str, aggregation: str) -> pl.Expr:
+    col = functools.partial(_part, spec_field)
+    count = col("count")
+    match aggregation:
+        case "count":
+            return count
+        case "sum":
+            return pl.when(count > 0).then(col("sum"))
+        case "std":  # sample std (ddof = 1), null below two values
+            return pl.when(count >= 2).then((col("m2") / (count - 1)).sqrt())
+        case "count_distinct":
+            return col("distinct").list.len().cast(pl.Int64)
+        case _:  # mean, min, max, last
+            return col(aggregation)
+
+
+def _part(name: str, part: str) -> pl.Expr:
+    return pl.col(f"{name}|{part}")
+
+
 def to_rows(frame: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
-    """Partials → FeatureRows: sample std (ddof = 1), null below two events."""
-    std = pl.when(pl.col("count") >= 2).then((pl.col("m2") / (pl.col("count") - 1)).sqrt()).otherwise(None)
-    return frame.with_columns(
+    """Partials → window rows with the declared ``{field}_{aggregation}`` columns."""
+    columns = [
+        _column(f.name, a).alias(f"{f.name}_{a}") for f in spec.features for a in f.window_aggregations
+    ]
+    state = (
+        [pl.struct(list(layout(spec).schema)[3:]).alias(STATE_COLUMN)] if spec.late_policy == "hold" else []
+    )
+    return frame.select(
+        "entity_id",
         pl.lit(spec.name).alias("feature_set"),
         pl.lit(spec.version, dtype=pl.Int64).alias("version"),
+        "window_ms",
         pl.col("window_start").alias("window_start_ms"),
-        std.alias("std"),
-    ).select(ROW_COLUMNS)
+        *columns,
+        "revision",
+        *state,
+    )
 
 
 def _prepare(state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
@@ -139,9 +208,9 @@ def _prepare(state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec) -> p
     )
 
 
-def _late_rows(assigned: pl.DataFrame, policy: str, reason: str) -> pl.DataFrame:
+def _late_rows(assigned: pl.DataFrame, spec: FeatureSetSpec, policy: str, reason: str) -> pl.DataFrame:
     return assigned.select(
-        *_LATE_EVENT_COLUMNS,
+        *event_columns(spec),
         "window_ms",
         pl.col("window_start").alias("window_start_ms"),
         pl.col("wm_before").alias("watermark_ms"),
@@ -150,37 +219,37 @@ def _late_rows(assigned: pl.DataFrame, policy: str, reason: str) -> pl.DataFrame
     )
 
 
+def _slim(events: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
+    """What a window assignment carries of an event (``extra`` joins back only for late rows)."""
+    return events.select(
+        "entity_id", "event_time", "sequence", *(f.name for f in spec.features), "wm_before", "row"
+    )
+
+
 def _assign_sliding(events: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
     """One row per (event, sliding window containing it); tumbling windows take the fast path."""
-    slim = events.select("entity_id", "event_time", "value", "wm_before", "row")
+    slim = _slim(events, spec)
     parts = [
         assign_windows(slim, window).with_columns(pl.lit(window.size_ms, dtype=pl.Int64).alias("window_ms"))
         for window in spec.windows
         if window.slide_ms != window.size_ms
     ]
     if not parts:
-        return _empty(
-            {**{k: slim.schema[k] for k in slim.columns}, "window_start": pl.Int64(), "window_ms": pl.Int64()}
-        )
+        return _empty({**slim.schema, "window_start": pl.Int64(), "window_ms": pl.Int64()})
     return pl.concat(parts, how="vertical")
 
 
 def _late_tumbling(events: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
     """Assignments of events to tumbling windows that were already closed when they arrived."""
     parts = []
+    slim = _slim(events, spec)
     for window in spec.windows:
         if window.slide_ms == window.size_ms:
             start = (pl.col("event_time") // window.size_ms) * window.size_ms
-            late = events.filter(start + window.size_ms <= pl.col("wm_before"))
+            late = slim.filter(start + window.size_ms <= pl.col("wm_before"))
             parts.append(
-                late.select(
-                    "entity_id",
-                    "event_time",
-                    "value",
-                    "wm_before",
-                    "row",
-                    start.alias("window_start"),
-                    pl.lit(window.size_ms, dtype=pl.Int64).alias("window_ms"),
+                late.with_columns(
+                    start.alias("window_start"), pl.lit(window.size_ms, dtype=pl.Int64).alias("window_ms")
                 )
             )
     return pl.concat(parts, how="vertical") if parts else _assign_sliding(events.clear(), spec)
@@ -194,22 +263,19 @@ def _split_windows(
     end = pl.col("window_start") + pl.col("window_ms")
     late_mask = end <= pl.col("wm_before")
     tumbling = [w.size_ms for w in spec.windows if w.slide_ms == w.size_ms]
-    on_time = merge_partials(tumbling_partials(events, tumbling), partials(sliding.filter(~late_mask)))
+    on_time = merge_partials(
+        spec, tumbling_partials(events, tumbling, spec), partials(sliding.filter(~late_mask), spec)
+    )
     # Late for a window means end <= W_{i-1}, and end > t, so only events with t < W_{i-1} (a
     # small share) can be late anywhere: the per-window checks and the join run on those alone.
     suspects = events.filter(pl.col("event_time") < pl.col("wm_before"))
     late = pl.concat([_late_tumbling(suspects, spec), sliding.filter(late_mask)], how="vertical")
-    if late.height:  # the late rows carry the full event for the late table
-        late = late.join(
-            suspects.select("row", "sequence", "extra"), on="row", how="left", maintain_order="left"
-        )
-    else:
-        late = late.with_columns(pl.lit(0, dtype=pl.Int64).alias("sequence"), pl.lit("").alias("extra"))
+    late = late.join(suspects.select("row", "extra"), on="row", how="left", maintain_order="left")
     if spec.late_policy != "correct":
-        return on_time, _empty(PARTIAL_SCHEMA), _late_rows(late, spec.late_policy, "window_closed")
+        return on_time, layout(spec).empty(), _late_rows(late, spec, spec.late_policy, "window_closed")
     beyond = end + spec.correct_horizon_ms <= pl.col("wm_before")
-    fixes = partials(late.filter(~beyond)).with_columns(pl.col("count").alias("revision"))
-    return on_time, fixes, _late_rows(late.filter(beyond), "drop", "beyond_correct_horizon")
+    fixes = partials(late.filter(~beyond), spec).with_columns(pl.col("n").alias("revision"))
+    return on_time, fixes, _late_rows(late.filter(beyond), spec, "drop", "beyond_correct_horizon")
 
 
 def _close(
@@ -221,11 +287,11 @@ def _close(
     still_open = open_windows.filter(ends > watermark)
     if spec.late_policy != "correct":
         return closing, still_open, state.closed_windows
-    # Closed rows enter with revision + 1 and late partials with their count k, so after the merge
-    # (minus 1) a corrected window has revision r + k and a window first seen late has k - 1.
+    # Closed rows enter with revision + 1 and late partials with their event count k, so after the
+    # merge (minus 1) a corrected window has revision r + k and a window first seen late has k - 1.
     previous = pl.concat([state.closed_windows, closing], how="vertical_relaxed")
     bumped = previous.join(fixes.select(KEY), on=KEY, how="semi")
-    merged = merge_partials(bumped.with_columns(pl.col("revision") + 1), fixes).with_columns(
+    merged = merge_partials(spec, bumped.with_columns(pl.col("revision") + 1), fixes).with_columns(
         pl.col("revision") - 1
     )
     touched = pl.concat([closing.join(merged, on=KEY, how="anti"), merged], how="vertical_relaxed")
@@ -233,32 +299,44 @@ def _close(
     return touched, still_open, closed.filter(ends + spec.correct_horizon_ms > watermark)
 
 
+def _release(state: EngineState, watermark: int, spec: FeatureSetSpec) -> tuple[pl.DataFrame, EngineState]:
+    """Release the buffered points the watermark passed: (points, state)."""
+    fields = _point_fields(spec)
+    if not fields:
+        return _empty(points.point_schema(fields)), state
+    released, pending, history, entities = points.release_points(
+        state.pending,
+        state.history,
+        state.entities,
+        watermark,
+        fields=fields,
+        alpha=spec.ewma_alpha,
+        window_ms=spec.zscore_window_ms,
+    )
+    return released, replace(state, pending=pending, history=history, entities=entities)
+
+
 def _point_step(
     state: EngineState, accepted: pl.DataFrame, watermark: int, spec: FeatureSetSpec
 ) -> tuple[pl.DataFrame, pl.DataFrame, EngineState]:
     """Buffer on-time events, release those the watermark passed: (points, late rows, state)."""
-    if not spec.points:
-        return _empty(points.POINT_SCHEMA), _empty(LATE_SCHEMA), state
+    fields = _point_fields(spec)
+    if not fields:
+        return _empty(points.point_schema(fields)), _empty(late_schema(spec)), state
+    carrying = accepted.filter(pl.any_horizontal(pl.col(f).is_not_null() for f in fields))
     late_mask = pl.col("event_time") < pl.col("wm_before")
-    late = accepted.filter(late_mask).select(
-        *_LATE_EVENT_COLUMNS,
+    late = carrying.filter(late_mask).select(
+        *event_columns(spec),
         pl.lit(0, dtype=pl.Int64).alias("window_ms"),
         pl.col("event_time").alias("window_start_ms"),
         pl.col("wm_before").alias("watermark_ms"),
         pl.lit(spec.late_policy).alias("policy"),
         pl.lit("point_late").alias("reason"),
     )
-    fresh = accepted.filter(~late_mask).select(list(points.PENDING_SCHEMA))
+    fresh = carrying.filter(~late_mask).select(list(points.pending_schema(fields)))
     pending = pl.concat([state.pending, fresh], how="vertical_relaxed") if state.pending.height else fresh
-    released, pending, history, entities = points.release_points(
-        pending,
-        state.history,
-        state.entities,
-        watermark,
-        alpha=spec.ewma_alpha,
-        window_ms=spec.zscore_window_ms,
-    )
-    return released, late, replace(state, pending=pending, history=history, entities=entities)
+    released, state = _release(replace(state, pending=pending), watermark, spec)
+    return released, late, state
 
 
 def _window_step(
@@ -266,25 +344,30 @@ def _window_step(
 ) -> tuple[pl.DataFrame, pl.DataFrame, int, EngineState]:
     """Aggregate every window family, close what the watermark passed: (rows, late, corrected, state)."""
     on_time, fixes, late = _split_windows(accepted, spec)
-    open_windows = merge_into(state.open_windows, on_time)
+    open_windows = merge_into(state.open_windows, on_time, spec)
     emitted, still_open, closed = _close(state, open_windows, fixes, watermark, spec)
-    corrected = int(fixes["count"].sum()) if fixes.height else 0
+    corrected = int(fixes["n"].sum()) if fixes.height else 0
     new_state = replace(state, open_windows=still_open, closed_windows=closed)
     return to_rows(emitted, spec), late, corrected, new_state
+
+
+def _nothing(spec: FeatureSetSpec) -> BatchResult:
+    return BatchResult(
+        rows=to_rows(layout(spec).empty(), spec),
+        late=_empty(late_schema(spec)),
+        points=_empty(points.point_schema(_point_fields(spec))),
+    )
 
 
 def process_batch(
     state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec
 ) -> tuple[EngineState, BatchResult]:
-    """One micro-batch (``BATCH_SCHEMA`` rows in arrival order): dedup, windows, points."""
+    """One micro-batch (``batch_schema`` rows in arrival order): dedup, windows, points."""
+    state = _typed(state, spec)
     if batch.height == 0:
-        return state, BatchResult(
-            rows=to_rows(_empty(PARTIAL_SCHEMA), spec),
-            late=_empty(LATE_SCHEMA),
-            points=_empty(points.POINT_SCHEMA),
-        )
+        return state, _nothing(spec)
     prepared = _prepare(state, batch, spec)
-    duplicate = dedup.duplicate_mask(prepared, state.identity, state.cloudevents)
+    duplicate = dedup.duplicate_mask(prepared, state.identity, state.cloudevents, dedup.identity(spec))
     accepted = prepared.filter(~duplicate)
     batch_max = int(batch["event_time"].max())  # type: ignore[arg-type]
     max_time = batch_max if state.max_event_time is None else max(state.max_event_time, batch_max)
@@ -293,7 +376,7 @@ def process_batch(
         state,
         max_event_time=max_time,
         lateness_ms=spec.lateness_ms,
-        identity=dedup.advance(state.identity, accepted, dedup.IDENTITY, watermark),
+        identity=dedup.advance(state.identity, accepted, dedup.identity(spec), watermark),
         cloudevents=dedup.advance(state.cloudevents, accepted, dedup.CLOUDEVENT, watermark),
     )
     # The window and point steps read disjoint parts of the state and mostly run in NumPy and
@@ -305,14 +388,13 @@ def process_batch(
     state = replace(
         state, pending=point_state.pending, history=point_state.history, entities=point_state.entities
     )
-    window_late = late.height
     return state, BatchResult(
         rows=rows,
         late=pl.concat([late, point_late], how="vertical_relaxed"),
         points=released,
         events_in=batch.height,
         duplicates=int(duplicate.sum()),
-        late_dropped=window_late,
+        late_dropped=late.height,
         late_corrected=corrected,
         points_late=point_late.height,
     )
@@ -326,26 +408,16 @@ def flush(
     A finite advance is remembered as if an event at ``watermark + L`` had arrived, so the
     watermark stays monotone: a later event for a window closed here is late, never a reopening.
     """
+    state = _typed(state, spec)
     if watermark < END_OF_INPUT:
         floor = watermark + spec.lateness_ms
         state = replace(
             state, max_event_time=floor if state.max_event_time is None else max(state.max_event_time, floor)
         )
-    empty_fixes = _empty(PARTIAL_SCHEMA)
-    emitted, still_open, closed = _close(state, state.open_windows, empty_fixes, watermark, spec)
+    emitted, still_open, closed = _close(state, state.open_windows, layout(spec).empty(), watermark, spec)
     state = replace(state, open_windows=still_open, closed_windows=closed)
-    released = _empty(points.POINT_SCHEMA)
-    if spec.points:
-        released, pending, history, entities = points.release_points(
-            state.pending,
-            state.history,
-            state.entities,
-            watermark,
-            alpha=spec.ewma_alpha,
-            window_ms=spec.zscore_window_ms,
-        )
-        state = replace(state, pending=pending, history=history, entities=entities)
-    return state, BatchResult(rows=to_rows(emitted, spec), late=_empty(LATE_SCHEMA), points=released)
+    released, state = _release(state, watermark, spec)
+    return state, replace(_nothing(spec), rows=to_rows(emitted, spec), points=released)
 
 
 def latest_rows(windows: pl.DataFrame) -> pl.DataFrame:

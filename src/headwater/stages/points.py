@@ -13,40 +13,70 @@ digits).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-PENDING_SCHEMA: dict[str, pl.DataType] = {
-    "entity_id": pl.String(),
-    "event_time": pl.Int64(),
-    "sequence": pl.Int64(),
-    "value": pl.Float64(),
-}
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "entity_id": pl.String(),
+    "field": pl.String(),
     "event_time": pl.Int64(),
     "value": pl.Float64(),
 }
-ENTITY_SCHEMA: dict[str, pl.DataType] = {"entity_id": pl.String(), "ewma": pl.Float64()}
-POINT_SCHEMA: dict[str, pl.DataType] = {**PENDING_SCHEMA, "ewma": pl.Float64(), "zscore": pl.Float64()}
+ENTITY_SCHEMA: dict[str, pl.DataType] = {"entity_id": pl.String(), "field": pl.String(), "ewma": pl.Float64()}
+
+
+def pending_schema(fields: tuple[str, ...]) -> dict[str, pl.DataType]:
+    """Events waiting for the watermark: the event and its point fields (null where absent)."""
+    return {
+        "entity_id": pl.String(),
+        "event_time": pl.Int64(),
+        "sequence": pl.Int64(),
+        **{f: pl.Float64() for f in fields},
+    }
+
+
+def point_schema(fields: tuple[str, ...]) -> dict[str, pl.DataType]:
+    """A released point: the event, then per field its value, EWMA and z-score."""
+    out = pending_schema(fields)
+    for f in fields:
+        out |= {f"{f}_ewma": pl.Float64(), f"{f}_zscore": pl.Float64()}
+    return {k: out[k] for k in ["entity_id", "event_time", "sequence", *point_columns(fields)]}
+
+
+def point_columns(fields: tuple[str, ...]) -> list[str]:
+    return [c for f in fields for c in (f, f"{f}_ewma", f"{f}_zscore")]
+
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
 _CODE_SHIFT = 42  # time offsets below 2**42 ms (139 years) fit under the entity code in one int64
 
 
 @dataclass(frozen=True)
 class _Released:
-    """Released events sorted by (entity code, event_time, sequence, value), one segment per entity."""
+    """One field's released values sorted by (entity code, event_time, sequence, values), one
+    segment per entity."""
 
     codes: Ints
     times: Ints
-    sequences: Ints
     values: Floats
     starts: Ints  # first row of each entity's segment
     ends: Ints  # one past its last row
+
+    @classmethod
+    def of(cls, codes: Ints, times: Ints, values: Floats) -> _Released:
+        bounds = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+        return cls(
+            codes=codes,
+            times=times,
+            values=values,
+            starts=np.concatenate(([0], bounds)),
+            ends=np.concatenate((bounds, [codes.size])),
+        )
 
 
 def _encode(names: pl.Series, column: pl.Series) -> Ints:
@@ -55,15 +85,13 @@ def _encode(names: pl.Series, column: pl.Series) -> Ints:
     return column.to_frame().select(code).to_series().to_numpy()
 
 
-def _sort_ready(ready: pl.DataFrame, codes: Ints) -> _Released:
-    """A stable sort on (code, time); only rows tied on both are re-sorted by (sequence, value).
+def _order(ready: pl.DataFrame, codes: Ints, fields: tuple[str, ...]) -> npt.NDArray[np.intp]:
+    """A stable sort on (code, time); only rows tied on both are re-sorted by (sequence, values).
 
     Two stable passes, time (nearly sorted already: cheap) then code (small integers: a radix
     sort), give the same order as one stable sort on the combined key, faster.
     """
     times = ready["event_time"].to_numpy()
-    sequences = ready["sequence"].to_numpy()
-    values = ready["value"].to_numpy()
     key = (codes << _CODE_SHIFT) | (times - times.min())
     by_time = np.argsort(times, kind="stable")
     narrow = codes[by_time].astype(np.uint16 if codes.max() < 2**16 else np.int64)
@@ -76,17 +104,9 @@ def _sort_ready(ready: pl.DataFrame, codes: Ints) -> _Released:
         runs[:-1] |= tied
         positions = np.flatnonzero(runs)
         sub = order[positions]
-        order[positions] = sub[np.lexsort((values[sub], sequences[sub], key[sub]))]
-    codes = codes[order]
-    bounds = np.flatnonzero(codes[1:] != codes[:-1]) + 1
-    return _Released(
-        codes=codes,
-        times=times[order],
-        sequences=sequences[order],
-        values=values[order],
-        starts=np.concatenate(([0], bounds)),
-        ends=np.concatenate((bounds, [codes.size])),
-    )
+        columns = [ready[f].to_numpy()[sub] for f in reversed(fields)]
+        order[positions] = sub[np.lexsort((*columns, ready["sequence"].to_numpy()[sub], key[sub]))]
+    return order
 
 
 def _sorted_series(codes: Ints) -> pl.Series:
@@ -145,8 +165,9 @@ def _zscores(
     return out, codes, times[order], values[order]
 
 
-def _previous_ewma(names: pl.Series, entities: pl.DataFrame, released: _Released) -> Floats:
-    """Each entity's EWMA before this release, by code; a new entity's starts at its first value."""
+def _previous_ewma(names: pl.Series, entities: pl.DataFrame, released: _Released) -> tuple[Floats, Bools]:
+    """Each entity's EWMA before this release, by code (a new entity's starts at its first value),
+    and which codes have one after it."""
     known = np.zeros(names.len(), dtype=bool)
     previous = np.zeros(names.len(), dtype=np.float64)
     if entities.height:
@@ -156,7 +177,28 @@ def _previous_ewma(names: pl.Series, entities: pl.DataFrame, released: _Released
     present = released.codes[released.starts]
     new = ~known[present]
     previous[present[new]] = released.values[released.starts[new]]
-    return previous
+    known[present] = True
+    return previous, known
+
+
+def _release_field(
+    names: pl.Series,
+    released: _Released,
+    past: pl.DataFrame,
+    seen: pl.DataFrame,
+    window_ms: int,
+    alpha: float,
+) -> tuple[Floats, Floats, pl.DataFrame, pl.DataFrame]:
+    """One field's (EWMA, z-score) of its released values, and its new history and entity rows."""
+    shift, known = _previous_ewma(names, seen, released)
+    present = released.codes[released.starts]
+    ewma = _ewma(released, shift[present], alpha)
+    history = (_encode(names, past["entity_id"]), past["event_time"].to_numpy(), past["value"].to_numpy())
+    z, codes, times, values = _zscores(released, history, shift, window_ms)
+    latest = shift.copy()
+    latest[present] = ewma[released.ends - 1]
+    kept = pl.DataFrame({"entity_id": names.gather(codes), "event_time": times, "value": values})
+    return ewma, z, kept, pl.DataFrame({"entity_id": names.filter(pl.Series(known)), "ewma": latest[known]})
 
 
 def release_points(
@@ -165,41 +207,45 @@ def release_points(
     entities: pl.DataFrame,
     watermark_ms: int,
     *,
+    fields: tuple[str, ...],
     alpha: float,
     window_ms: int,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Release pending events with ``t < W``: returns (points, pending, history, entities)."""
+    """Release pending events with ``t < W``: returns (points, pending, history, entities).
+
+    Each field runs its own recursions over the events that carry it, in one shared order.
+    """
     due = pending["event_time"] < watermark_ms
     ready, rest = pending.filter(due), pending.filter(~due)
     if ready.height == 0:
-        return pl.DataFrame(schema=POINT_SCHEMA), rest, history, entities
+        return pl.DataFrame(schema=point_schema(fields)), rest, history, entities
     names = pl.concat([entities["entity_id"], ready["entity_id"].unique()]).unique().sort()
-    released = _sort_ready(ready, _encode(names, ready["entity_id"]))
-    shift = _previous_ewma(names, entities, released)
-    present = released.codes[released.starts]
-    ewma = _ewma(released, shift[present], alpha)
-    past = (
-        _encode(names, history["entity_id"]),
-        history["event_time"].to_numpy(),
-        history["value"].to_numpy(),
-    )
-    z, codes, times, values = _zscores(released, past, shift, window_ms)
-    latest = shift.copy()
-    latest[present] = ewma[released.ends - 1]
-    keep = times >= watermark_ms - window_ms
-    points = pl.DataFrame(
-        {
-            "entity_id": names.gather(released.codes),
-            "event_time": released.times,
-            "sequence": released.sequences,
-            "value": released.values,
-            "ewma": ewma,
-            "zscore": pl.Series(z).fill_nan(None),
-        },
-        schema=POINT_SCHEMA,
-    )
-    kept = pl.DataFrame(
-        {"entity_id": names.gather(codes[keep]), "event_time": times[keep], "value": values[keep]},
-        schema=HISTORY_SCHEMA,
-    )
-    return points, rest, kept, pl.DataFrame({"entity_id": names, "ewma": latest}, schema=ENTITY_SCHEMA)
+    all_codes = _encode(names, ready["entity_id"])
+    order = _order(ready, all_codes, fields)
+    codes, times = all_codes[order], ready["event_time"].to_numpy()[order]
+    columns: dict[str, Any] = {
+        "entity_id": names.gather(codes),
+        "event_time": times,
+        "sequence": ready["sequence"].to_numpy()[order],
+    }
+    histories, latest = [], []
+    for f in fields:
+        values = ready[f].to_numpy()[order]
+        rows = np.flatnonzero(~np.isnan(values))
+        ewma, z = np.full(values.size, np.nan), np.full(values.size, np.nan)
+        mine = pl.col("field") == f
+        past, seen = history.filter(mine), entities.filter(mine)
+        if rows.size:
+            released = _Released.of(codes[rows], times[rows], values[rows])
+            ewma[rows], z[rows], past, seen = _release_field(names, released, past, seen, window_ms, alpha)
+            past = past.filter(pl.col("event_time") >= watermark_ms - window_ms)
+        histories.append(past.select("entity_id", pl.lit(f).alias("field"), "event_time", "value"))
+        latest.append(seen.select("entity_id", pl.lit(f).alias("field"), "ewma"))
+        columns |= {
+            f: pl.Series(values).fill_nan(None),
+            f"{f}_ewma": pl.Series(ewma).fill_nan(None),
+            f"{f}_zscore": pl.Series(z).fill_nan(None),
+        }
+    points = pl.DataFrame(columns).cast(point_schema(fields))  # type: ignore[arg-type]
+    kept = pl.concat(histories, how="vertical").cast(HISTORY_SCHEMA)  # type: ignore[arg-type]
+    return points, rest, kept, pl.concat(latest, how="vertical").cast(ENTITY_SCHEMA)  # type: ignore[arg-type]

@@ -20,9 +20,10 @@ from typing import Any
 import msgspec
 import polars as pl
 
+from headwater.errors import ConfigError
 from headwater.featuresets import FeatureSetSpec
-from headwater.stages.features import FEATURE_ROW_KEY, ROW_COLUMNS, latest_rows, to_rows
-from headwater.stages.partials import KEY, PARTIAL_SCHEMA, merge_partials, partials
+from headwater.stages.features import FEATURE_ROW_KEY, STATE_COLUMN, batch_schema, latest_rows, to_rows
+from headwater.stages.partials import KEY, layout, merge_partials, partials
 
 HELD_POLICY = "hold"
 HELD_REASON = "window_closed"
@@ -47,45 +48,63 @@ def held_rows(late: pl.DataFrame, released: pl.DataFrame) -> pl.DataFrame:
 
 
 def release_rows(held: pl.DataFrame, latest: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
-    """The revised window rows (``ROW_COLUMNS``) for every window a held event missed.
+    """The revised window rows (``row_columns(spec)``) for every window a held event missed.
 
     ``held``: rows of ``held_rows``; ``latest``: the feature set's latest row per key (any
     superset is fine: only the keys held events touch are read). One row per touched key.
     """
     if held.height == 0:
-        return to_rows(pl.DataFrame(schema=PARTIAL_SCHEMA), spec)
+        return to_rows(layout(spec).empty(), spec)
     out = []
     for (version,), group in held.partition_by("version", as_dict=True, maintain_order=True).items():
         versioned = msgspec.structs.replace(spec, version=int(version))
-        base = _version_rows(latest, spec.name, int(version))
-        out.append(to_rows(_merge(group, base), versioned))
+        base = _version_rows(latest, versioned)
+        out.append(to_rows(_merge(group, base, versioned), versioned))
     return pl.concat(out, how="vertical").sort(list(FEATURE_ROW_KEY))
 
 
-def _version_rows(latest: pl.DataFrame, feature_set: str, version: int) -> pl.DataFrame:
-    """The latest rows of one version as partials (the merge base)."""
+def _version_rows(latest: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
+    """The latest rows of one version as partials (the merge base): their ``_state``."""
+    schema = layout(spec).schema
     if latest.height == 0:
-        return pl.DataFrame(schema=PARTIAL_SCHEMA)
-    rows = latest.filter((pl.col("feature_set") == feature_set) & (pl.col("version") == version))
-    columns = [
-        pl.col("window_start_ms").alias("window_start") if c == "window_start" else c for c in PARTIAL_SCHEMA
-    ]
-    return rows.select(columns).cast(PARTIAL_SCHEMA)  # type: ignore[arg-type]
+        return pl.DataFrame(schema=schema)
+    rows = latest.filter((pl.col("feature_set") == spec.name) & (pl.col("version") == spec.version))
+    if rows.height and (STATE_COLUMN not in rows.columns or rows[STATE_COLUMN].null_count()):
+        msg = (
+            f"feature set {spec.name!r} version {spec.version}: some window rows were written without "
+            'their partials (not under late_policy = "hold"), so held events cannot be merged into '
+            "them exactly; re-run the backfill under hold, or bump the version"
+        )
+        raise ConfigError(msg)
+    if rows.height == 0:
+        return pl.DataFrame(schema=schema)
+    base = rows.select(
+        pl.col("entity_id"), "window_ms", pl.col("window_start_ms").alias("window_start"), STATE_COLUMN
+    )
+    return base.unnest(STATE_COLUMN).select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
 
-def _merge(held: pl.DataFrame, base: pl.DataFrame) -> pl.DataFrame:
+def _merge(held: pl.DataFrame, base: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
     """``correct``'s merge: base rows enter with revision + 1 and the held partials with their
-    count k, so after the merge (minus 1) a revised window has r + k and a new one k - 1."""
+    event count k, so after the merge (minus 1) a revised window has r + k and a new one k - 1."""
+    fields = batch_schema(spec.features)
     assigned = held.select(
         pl.col("entity_id").cast(pl.String),
         pl.col("window_ms").cast(pl.Int64),
         pl.col("window_start_ms").cast(pl.Int64).alias("window_start"),
-        pl.col("value").cast(pl.Float64),
+        pl.col("event_time").cast(pl.Int64),
+        pl.col("sequence").cast(pl.Int64),
+        *(_held_field(held, f.name, fields[f.name]) for f in spec.features),
     )
-    fixes = partials(assigned).with_columns(pl.col("count").alias("revision"))
+    fixes = partials(assigned, spec).with_columns(pl.col("n").alias("revision"))
     touched = base.join(fixes.select(KEY), on=KEY, how="semi")
-    merged = merge_partials(touched.with_columns(pl.col("revision") + 1), fixes)
+    merged = merge_partials(spec, touched.with_columns(pl.col("revision") + 1), fixes)
     return merged.with_columns(pl.col("revision") - 1)
+
+
+def _held_field(held: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
+    """A field's held values (null where the late table has no such column: declared since)."""
+    return pl.col(name).cast(dtype) if name in held.columns else pl.lit(None, dtype=dtype).alias(name)
 
 
 def marker_rows(held: pl.DataFrame, release: int) -> pl.DataFrame:
@@ -101,6 +120,12 @@ def marker_rows(held: pl.DataFrame, release: int) -> pl.DataFrame:
     )
 
 
+_NOT_THE_EVENT = frozenset(
+    {"feature_set", "version", "window_ms", "window_start_ms", "watermark_ms", "policy", "reason"}
+    | {"content_hash", "row", "extra", "_part", "date"}
+)
+
+
 def summary(held: pl.DataFrame) -> dict[str, Any]:
     """What ``features late`` shows of a held set: its size and its oldest event."""
     if held.height == 0:
@@ -111,18 +136,13 @@ def summary(held: pl.DataFrame) -> dict[str, Any]:
         "held_events": held.select("version", "content_hash").unique().height,
         "held_windows": windows,
         "held_rows": held.height,
-        "oldest": {
-            k: oldest.get(k)
-            for k in ("entity_id", "event_time", "sequence", "value", "input_ref")
-            if k in oldest
-        },
+        "oldest": {k: v for k, v in oldest.items() if k not in _NOT_THE_EVENT},
     }
 
 
 __all__ = [
     "HELD_IDENTITY",
     "MARKER_COLUMNS",
-    "ROW_COLUMNS",
     "held_rows",
     "latest_rows",
     "marker_rows",

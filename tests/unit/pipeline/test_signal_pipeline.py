@@ -123,9 +123,9 @@ def test_backfill_matches_reference_and_dead_letters_bad_lines(tmp_path: Path, e
     assert exported.height == len(ref.rows)
     for r in exported.iter_rows(named=True):
         want = ref.rows[(r["entity_id"], r["window_ms"], r["window_start_ms"])]
-        assert r["count"] == want["count"]
-        assert r["mean"] == pytest.approx(want["mean"], rel=1e-12)
-        assert (r["std"] is None) == (want["std"] is None)
+        assert r["value_count"] == want["count"]
+        assert r["value_mean"] == pytest.approx(want["mean"], rel=1e-12)
+        assert (r["value_std"] is None) == (want["std"] is None)
     assert final.events_seen == len(events) + 2
     assert final.events_invalid == 2
     assert final.duplicates == ref.duplicates
@@ -185,5 +185,5 @@ def test_parquet_input_and_correct_policy(tmp_path: Path) -> None:
     got = {(r["entity_id"], r["window_ms"], r["window_start_ms"]): r for r in exported.iter_rows(named=True)}
     assert set(got) == set(ref.rows)
     for key, want in ref.rows.items():
-        assert got[key]["count"] == want["count"]
+        assert got[key]["value_count"] == want["count"]
         assert got[key]["revision"] == want["revision"]

@@ -41,6 +41,7 @@ class Result:
     accepted: list[Ev] = field(default_factory=list)
     accepted_at: set[int] = field(default_factory=set)
     emitted_keys: list[tuple[str, int, int]] = field(default_factory=list)
+    members: dict[tuple[str, int, int], list[Ev]] = field(default_factory=dict)  # counted per window
 
 
 def starts_of(t: int, size: int, slide: int) -> list[int]:
@@ -100,12 +101,14 @@ def run_reference(
                 if end <= w_prev:  # late for this window
                     if policy == "correct" and end + horizon > w_prev:
                         values.setdefault(key, []).append(ev.value)
+                        res.members.setdefault(key, []).append(ev)
                         revision[key] = revision[key] + 1 if key in revision else 0
                         res.emitted_keys.append(key)
                     else:
                         res.late.append((ev.entity_id, ev.event_time, size, start))
                 else:
                     values.setdefault(key, []).append(ev.value)
+                    res.members.setdefault(key, []).append(ev)
         w_now = max_t - lateness
         for key in sorted(values):
             if key not in revision and key[2] + key[1] <= w_now:

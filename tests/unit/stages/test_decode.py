@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
 
 import pyarrow as pa
 import pytest
 
 from headwater.cloudevents import encode_batch, split_batch
+from headwater.featuresets import DEFAULT_FEATURES, FieldSpec
 from headwater.models import canonical_json
+from headwater.pipeline.signal_publish import _csv_object
 from headwater.stages.decode import (
     DecodeLimits,
     decode_arrow,
@@ -16,7 +20,9 @@ from headwater.stages.decode import (
     decode_csv_lines,
     decode_json_lines,
     decode_records,
+    records_frame,
 )
+from headwater.stages.features import batch_schema
 
 NOW = 1_700_000_000_000
 LIMITS = DecodeLimits(now_ms=NOW, max_future_ms=3_600_000, max_record_bytes=300)
@@ -178,6 +184,7 @@ def test_arrow_columns_validated_without_coercion() -> None:
     assert [(e.row, e.field) for e in bad_errors] == [(0, "$.entity_id")]  # one per row: its first problem
     frame, errors = decode_arrow(table, 100, LIMITS)
     assert frame["row"].to_list() == [100]
+    assert frame["extra"].to_list() == ['{"extra_col":1}']  # a column no field uses: carried
     assert [(e.row, e.field) for e in errors] == [
         (101, "$.entity_id"),
         (102, "$.event_time"),
@@ -198,3 +205,307 @@ def test_arrow_timestamps_and_wrong_types() -> None:
     assert frame.height == 0
     assert errors[0].field == "$.event_time"
     assert "double" in errors[0].reason.lower() or "float" in errors[0].reason.lower()
+    no_value = pa.table({"entity_id": ["a", "b"], "event_time": [1, 2], "sequence": [1, 2], "v": [1.0, 2.0]})
+    frame, errors = decode_arrow(no_value, 5, LIMITS)  # one error for the batch, not one per row
+    assert frame.height == 0 and [(e.row, e.field, e.reason) for e in errors] == [
+        (5, "$.value", "missing column: rows 5..6 rejected")
+    ]
+
+
+TEMP = FieldSpec(name="temp", aggregations=("mean", "max"))
+HUMIDITY = FieldSpec(name="humidity", aggregations=("count", "mean"))
+STATUS = FieldSpec(name="status", aggregations=("count", "last", "count_distinct"))
+FIELDS = (TEMP, HUMIDITY, STATUS)
+MULTI = DecodeLimits(now_ms=NOW, max_future_ms=3_600_000, max_record_bytes=300, fields=FIELDS)
+SENSOR = {"temp": 21.5, "humidity": 40.2, "unit": "C", "status": "ok", "nested": {"a": [1, True]}}
+
+
+def sensor(**payload: object) -> bytes:
+    merged = {**SENSOR, **payload}
+    return line(value=..., payload={k: v for k, v in merged.items() if v is not ...})
+
+
+def test_a_multi_field_payload_becomes_one_typed_column_per_declared_field() -> None:
+    frame, errors = decode_json_lines([sensor()], 1, MULTI)
+    assert errors == []
+    assert frame.schema == batch_schema(FIELDS)  # the engine's columns, in its order
+    assert list(frame.columns) == list(batch_schema(FIELDS))
+    assert frame.row(0, named=True) == {
+        "entity_id": "a",
+        "event_time": 1_699_999_999_123 + 1_000,
+        "sequence": 1,
+        "temp": 21.5,
+        "humidity": 40.2,
+        "status": "ok",
+        "extra": canonical_json({"unit": "C", "nested": {"a": [1, True]}}).decode(),
+        "ce_key": None,
+        "row": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "column", "expected"),
+    [
+        ({"humidity": ...}, "humidity", None),  # absent: null, the event still counts for the others
+        ({"temp": 21}, "temp", 21.0),  # an integer is widened
+        ({"status": True}, "status", "true"),  # an "any" field that is not a string: canonical JSON
+        ({"status": 5}, "status", "5"),
+        ({"status": 1.5}, "status", "1.5"),
+        ({"status": {"b": 1, "a": [None]}}, "status", '{"a":[null],"b":1}'),
+        ({"status": "true"}, "status", "true"),  # (a string stays as it is)
+        ({"status": None}, "status", None),  # JSON null: absent
+        ({"temp": ..., "humidity": ..., "status": "x"}, "status", "x"),  # one field is enough
+    ],
+)
+def test_declared_fields_absent_or_of_any_type(
+    payload: dict[str, object], column: str, expected: object
+) -> None:
+    frame, errors = decode_json_lines([sensor(**payload)], 1, MULTI)
+    assert errors == []
+    assert frame[column].to_list() == [expected]
+
+
+NONE_PRESENT = "none of the feature set's fields is present (temp, humidity, status)"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "reason"),
+    [
+        (sensor(temp="hot"), "$.payload.temp", 'expected a finite number, got "hot"'),
+        (sensor(humidity=True), "$.payload.humidity", "got true"),
+        (sensor(temp=None), "$.payload.temp", "expected a finite number, got null"),  # even with the others
+        (sensor(temp=[1.0]), "$.payload.temp", "got [1.0]"),
+        (sensor(temp=..., humidity=..., status=...), "$.payload", NONE_PRESENT),
+        (sensor(temp=..., humidity=..., status=None), "$.payload", NONE_PRESENT),  # null is absent
+        (line(value=..., payload={}), "$.payload", NONE_PRESENT),
+        (line(), "$.payload", NONE_PRESENT),  # {"value": 2.5}: "value" is not declared
+        (
+            json.dumps(
+                {"specversion": "1.0", "id": "1", "source": "s", "data": json.loads(sensor(temp="hot"))}
+            ).encode(),
+            "$.data.payload.temp",
+            '"hot"',
+        ),
+    ],
+)
+def test_multi_field_rejections_name_the_field(raw: bytes, field: str, reason: str) -> None:
+    frame, errors = decode_json_lines([sensor(), raw], 1, MULTI)
+    assert frame["row"].to_list() == [1]
+    assert [(e.row, e.field) for e in errors] == [(2, field)]
+    assert reason in errors[0].reason
+
+
+def test_the_top_level_value_is_the_payload_value() -> None:
+    """``{"value": v}`` without a payload is ``{"payload": {"value": v}}``, whatever the field's kind."""
+    as_text = DecodeLimits(now_ms=NOW, fields=(FieldSpec(name="value", aggregations=("last",)),))
+    frame, errors = decode_json_lines(
+        [line(value=True), line(value=..., payload={"value": True})], 1, as_text
+    )
+    assert errors == [] and frame["value"].to_list() == ["true", "true"]
+    with_value = DecodeLimits(now_ms=NOW, fields=(TEMP, FieldSpec(name="value", aggregations=("sum",))))
+    frame, errors = decode_json_lines([line(value=3)], 1, with_value)
+    assert errors == [] and frame.select("temp", "value").row(0) == (None, 3.0)
+    _, errors = decode_json_lines([line(value="x")], 1, with_value)
+    assert [(e.field, e.reason) for e in errors] == [("$.value", 'expected a finite number, got "x"')]
+    _, errors = decode_json_lines([line(value=2.5)], 1, DecodeLimits(now_ms=NOW, fields=(TEMP,)))
+    assert [(e.field, e.reason) for e in errors] == [("$.payload.temp", "missing required field")]
+
+
+def test_the_fast_batch_path_agrees_with_the_exact_path_on_multi_field_events() -> None:
+    good = [cloud(sensor(sequence=1), 1), cloud(sensor(sequence=2, humidity=..., status=[1, "a"]), 2)]
+    batch = encode_batch(good)
+    exact, _, errors = decode_records(split_batch(batch), 0, MULTI)
+    assert errors == [] and [r[3:6] for r in exact] == [(21.5, 40.2, "ok"), (21.5, None, '[1,"a"]')]
+    assert decode_cloudevent_batch(batch, MULTI) == exact
+    for bad in (sensor(temp="hot"), sensor(temp=..., humidity=..., status=...)):
+        assert decode_cloudevent_batch(encode_batch([good[0], cloud(bad, 3)]), MULTI) is None
+
+
+def test_records_frame_has_the_engine_layout_even_when_empty() -> None:
+    records, rows, _ = decode_records([sensor()], 7, MULTI)
+    assert records == [("a", 1_700_000_000_123, 1, 21.5, 40.2, "ok", records[0][6], None)]
+    assert records_frame(records, rows, FIELDS).schema == batch_schema(FIELDS)
+    assert records_frame([], [], FIELDS).schema == batch_schema(FIELDS)
+    assert records_frame([], [], DEFAULT_FEATURES).schema == batch_schema(DEFAULT_FEATURES)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"entity_id":"a","event_time":1,"sequence":1180591620717411303424,"value":1}', "$.sequence"),
+        (b'{"entity_id":"a","event_time":-1180591620717411303424,"sequence":1,"value":1}', "$.event_time"),
+        (b'{"entity_id":"a","event_time":1,"sequence":1,"value":1' + b"0" * 400 + b"}", "$.value"),
+    ],
+)
+def test_integers_out_of_range_reject_their_record_not_the_batch(raw: bytes, field: str) -> None:
+    """An int64 column cannot hold 2**70 and a float cannot hold 10**400: one such record used to
+    fail the whole batch (and a stream worker with it)."""
+    frame, errors = decode_json_lines([line(), raw], 1, DecodeLimits(now_ms=NOW))
+    assert frame["row"].to_list() == [1]
+    assert [(e.row, e.field) for e in errors] == [(2, field)]
+
+
+CSV_HEADER = ["entity_id", "event_time", "sequence", "temp", "humidity", "status", "unit", "source"]
+
+
+def test_csv_columns_other_than_the_envelope_are_payload_fields() -> None:
+    lines = [
+        "a,1000,1,21.5,40,ok,C,gw",
+        "a,1000,2,21.5,,1.50, C ,gw",  # empty: absent; "any" and undeclared cells stay text
+        "a,1000,3,hot,40,ok,C,gw",
+        "a,1000,4,,,,C,gw",
+        "a,1000,5,nan,40,ok,,gw",
+        "a,1000,6,,40,,,",
+    ]
+    frame, errors = decode_csv_lines(CSV_HEADER, lines, 2, MULTI)
+    assert frame["row"].to_list() == [2, 3, 7]
+    assert frame.schema == batch_schema(FIELDS)
+    assert frame["temp"].to_list() == [21.5, 21.5, None]
+    assert frame["humidity"].to_list() == [40.0, None, 40.0]
+    assert frame["status"].to_list() == ["ok", "1.50", None]
+    assert frame["extra"].to_list() == ['{"unit":"C"}', '{"unit":" C "}', ""]  # source: envelope
+    assert [(e.row, e.field) for e in errors] == [(4, "$.temp"), (5, "$"), (6, "$.temp")]
+    assert "'hot'" in errors[0].reason and errors[1].reason == NONE_PRESENT
+
+
+def test_a_csv_column_named_like_an_envelope_attribute_is_a_field_when_declared() -> None:
+    limits = DecodeLimits(now_ms=NOW, fields=(TEMP, FieldSpec(name="source", aggregations=("last",))))
+    frame, errors = decode_csv_lines(CSV_HEADER, ["a,1000,1,21.5,40,ok,C,gw"], 2, limits)
+    assert errors == [] and frame["source"].to_list() == ["gw"]
+    assert json.loads(frame["extra"][0]) == {"humidity": "40", "status": "ok", "unit": "C"}
+
+
+def test_csv_rows_published_as_cloudevents_decode_as_csv_ingest_decodes_them() -> None:
+    """``publish signals`` turns a CSV row into the JSON object ingest reads: same values, same
+    rejections (the publisher knows no feature set, so numbers in text columns may differ)."""
+    lines = [
+        "a,1000,1,21.5,40,ok,C,gw",
+        "a,1000,2,21.5,,ok,,gw",
+        "a,1000,3,hot,40,ok,C,gw",
+        "a,1000,4,,,,C,gw",
+    ]
+    ingested, errors = decode_csv_lines(CSV_HEADER, lines, 2, MULTI)
+    objects = [_csv_object(CSV_HEADER, raw.encode()) for raw in lines]
+    published, published_errors = decode_json_lines(objects, 2, MULTI)
+    assert published.drop("extra").equals(ingested.drop("extra"))
+    assert [(e.row, e.field) for e in published_errors] == [(4, "$.payload.temp"), (5, "$.payload")]
+    assert [(e.row, e.field) for e in errors] == [(4, "$.temp"), (5, "$")]
+    classic = _csv_object(["entity_id", "event_time", "sequence", "value"], b"a,1000,1,2.5")
+    assert classic == b'{"entity_id":"a","event_time":1000,"sequence":1,"value":2.5}'  # event ids kept
+
+
+def test_arrow_multi_field_columns() -> None:
+    table = pa.table(
+        {
+            "entity_id": ["a", "b", "c", "d", "e"],
+            "event_time": pa.array([1000, 2000, 3000, 4000, 5000], pa.int64()),
+            "sequence": pa.array([1, 2, 3, 4, 5], pa.int64()),
+            "temp": [21.5, None, float("nan"), None, 1.0],
+            "humidity": pa.array([40, 41, 42, None, None], pa.int32()),
+            "status": [True, False, True, None, None],
+            "unit": ["C", None, "C", "C", "F"],
+            "n": pa.array([1, 2, 3, 4, 5], pa.int64()),
+        }
+    )
+    frame, errors = decode_arrow(table, 10, MULTI)
+    assert frame.schema == batch_schema(FIELDS)
+    assert frame["row"].to_list() == [10, 11, 14]
+    assert frame["temp"].to_list() == [21.5, None, 1.0]
+    assert frame["humidity"].to_list() == [40.0, 41.0, None]
+    assert frame["status"].to_list() == ["true", "false", None]
+    assert frame["extra"].to_list() == ['{"n":1,"unit":"C"}', '{"n":2,"unit":null}', '{"n":5,"unit":"F"}']
+    assert [(e.row, e.field, e.reason) for e in errors] == [
+        (12, "$.temp", "not a finite number"),
+        (13, "$", NONE_PRESENT),
+    ]
+
+
+def test_arrow_any_field_columns_of_other_types_are_their_json_text() -> None:
+    table = pa.table(
+        {
+            "entity_id": list("abcd"),
+            "event_time": [1] * 4,
+            "sequence": [1, 2, 3, 4],
+            "temp": [1.0] * 4,
+            "status": [1e20, float("nan"), 2.5, -3.0],  # NaN: JSON null, an absent field
+        }
+    )
+    frame, errors = decode_arrow(table, 0, MULTI)
+    assert errors == [] and frame["status"].to_list() == ["1e20", None, "2.5", "-3.0"]
+    assert frame["status"].to_list() == [
+        None if v is None else canonical_json(v).decode() for v in [1e20, None, 2.5, -3.0]
+    ]
+    codes = table.set_column(4, "status", pa.array([200, None, 404, 500], pa.int16()))
+    assert decode_arrow(codes, 0, MULTI)[0]["status"].to_list() == ["200", None, "404", "500"]
+
+
+def test_arrow_without_other_columns_has_empty_extra_and_a_missing_field_column_is_null() -> None:
+    table = pa.table({"entity_id": ["a"], "event_time": [1000], "sequence": [1], "status": ["ok"]})
+    frame, errors = decode_arrow(table, 0, MULTI)
+    assert errors == [] and frame.schema == batch_schema(FIELDS)
+    assert frame.row(0) == ("a", 1000, 1, None, None, "ok", "", None, 0)
+
+
+@pytest.mark.parametrize(
+    ("columns", "field", "reason"),
+    [
+        ({"temp": ["21.5"]}, "$.temp", "column has type String"),  # a numeric field: numbers only
+        ({"status": [[1]]}, "$.status", "column has type List"),  # an "any" field: scalars
+        ({"unit": ["C"]}, "$", "none of the columns ['temp', 'humidity', 'status']"),
+    ],
+)
+def test_arrow_batches_with_unusable_field_columns_are_rejected_once(
+    columns: dict[str, list[object]], field: str, reason: str
+) -> None:
+    table = pa.table({"entity_id": ["a", "b"], "event_time": [1, 2], "sequence": [1, 2]})
+    for name, values in columns.items():
+        table = table.append_column(name, pa.array(values * 2))
+    frame, errors = decode_arrow(table, 0, MULTI)
+    assert frame.height == 0 and frame.schema == batch_schema(FIELDS)
+    assert [(e.row, e.field) for e in errors] == [(0, field)]
+    assert errors[0].reason.startswith(reason)
+
+
+def test_arrow_extra_is_the_canonical_json_of_the_other_columns_whatever_their_types() -> None:
+    """The columnar encoding must write what :func:`canonical_json` writes for the row's Python
+    values: equal events have equal identities, whichever the input format."""
+    utc = dt.UTC
+    others = {
+        "f": pa.array([1.5, None, float("nan"), -0.0]),
+        "big": pa.array([1e20, 1e16, None, 3.0]),  # polars would write 1e+20
+        "f32": pa.array([0.1, 2.5, None, 1.0], pa.float32()),
+        "s": ['a"\n\u2028', None, "é", ""],
+        "b": [True, False, None, True],
+        "l": [[1, 2], [], None, [3]],
+        "st": [{"x": 1, "y": "z"}, None, {"x": None, "y": "w"}, {"x": 2, "y": ""}],
+        "ts": pa.array(
+            [
+                dt.datetime(2020, 1, 1, tzinfo=utc),
+                dt.datetime(2020, 1, 1, 0, 0, 0, 1000, tzinfo=utc),
+                None,
+                dt.datetime(2020, 1, 1, 0, 0, 1, 123456, tzinfo=utc),
+            ],
+            pa.timestamp("us", tz="UTC"),
+        ),
+        "naive": pa.array([1_577_836_800_000, None, 1_577_840_523_004, None], pa.timestamp("ms")),  # no zone
+        "bin": [b"ab", None, b"\xff", b""],
+        "lb": [[b"a"], None, [], [b"\x00"]],
+        "dec": pa.array([decimal.Decimal("1.50")] * 4, pa.decimal128(5, 2)),
+        "date": pa.array([dt.date(2020, 1, 1)] * 4),
+    }
+    table = pa.table(
+        {"entity_id": list("abcd"), "event_time": [1] * 4, "sequence": [1, 2, 3, 4], "value": [1.0] * 4}
+    )
+    for name, values in others.items():
+        table = table.append_column(name, values if isinstance(values, pa.Array) else pa.array(values))
+    frame, errors = decode_arrow(table, 0, LIMITS)
+    assert errors == []
+    expected = [canonical_json({k: row[k] for k in others}).decode() for row in table.to_pylist()]
+    assert frame["extra"].to_list() == expected
+    for dropped in (["lb"], ["big", "lb"]):  # a huge float alone; neither (the one-pass path)
+        part = table.drop_columns(dropped)
+        expected = [
+            canonical_json({k: row[k] for k in others if k in part.column_names}).decode()
+            for row in part.to_pylist()
+        ]
+        assert decode_arrow(part, 0, LIMITS)[0]["extra"].to_list() == expected

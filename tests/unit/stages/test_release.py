@@ -15,50 +15,61 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # helpers beside this file, any import mode
 from signal_reference import Ev, generate, to_frame
 
-from headwater.featuresets import FeatureSetSpec, WindowSpec
+from headwater.featuresets import FeatureSetSpec, FieldSpec, WindowSpec
 from headwater.pipeline.signal_commit import late_frame
 from headwater.stages.features import FEATURE_ROW_KEY, EngineState, flush, process_batch
 from headwater.stages.release import held_rows, latest_rows, marker_rows, release_rows, summary
 
 KEY = list(FEATURE_ROW_KEY)
-AGGREGATES = ["count", "sum", "mean", "min", "max", "std", "m2"]
+AGGREGATES = ["value_count", "value_sum", "value_mean", "value_min", "value_max", "value_std"]
 WINDOWS = ((1000, 1000), (5000, 5000), (10_000, 5000))
 
 
-def make_spec(policy: str = "hold", version: int = 1) -> FeatureSetSpec:
+def make_spec(policy: str = "hold", version: int = 1, features: tuple[FieldSpec, ...] = ()) -> FeatureSetSpec:
     return FeatureSetSpec(
         name="fs",
         version=version,
         windows=tuple(WindowSpec(size_ms=a, slide_ms=b) for a, b in WINDOWS),
         late_policy=policy,  # type: ignore[arg-type]
         points=False,
+        **({"features": features} if features else {}),  # type: ignore[arg-type]
     )
 
 
 def reference_row(values: list[float]) -> dict[str, Any]:
     n = len(values)
-    mean = math.fsum(values) / n
     return {
-        "count": n,
-        "sum": math.fsum(values),
-        "mean": mean,
-        "min": min(values),
-        "max": max(values),
-        "std": statistics.stdev(values) if n >= 2 else None,
-        "m2": math.fsum((v - mean) ** 2 for v in values),
+        "value_count": n,
+        "value_sum": math.fsum(values),
+        "value_mean": math.fsum(values) / n,
+        "value_min": min(values),
+        "value_max": max(values),
+        "value_std": statistics.stdev(values) if n >= 2 else None,
     }
 
 
 def stored_row(entity: str, size: int, start: int, values: list[float], revision: int) -> dict[str, Any]:
-    return {
+    """A window row as a ``hold`` run stores it: the declared columns and the partials."""
+    row = reference_row(values)
+    mean = row["value_mean"]
+    state = {
+        "n": len(values),
+        "revision": revision,
+        "value|count": len(values),
+        "value|sum": row["value_sum"],
+        "value|mean": mean,
+        "value|m2": math.fsum((v - mean) ** 2 for v in values),
+        "value|min": row["value_min"],
+        "value|max": row["value_max"],
+    }
+    key = {
         "entity_id": entity,
         "feature_set": "fs",
         "version": 1,
         "window_ms": size,
         "window_start_ms": start,
-        **reference_row(values),
-        "revision": revision,
     }
+    return {**key, **row, "revision": revision, "_state": state}
 
 
 def late_row(entity: str, t: int, seq: int, value: float, size: int, start: int, **kw: Any) -> dict[str, Any]:
@@ -151,8 +162,9 @@ def test_versions_are_released_separately() -> None:
     stored = pl.DataFrame([stored_row("a", 1000, 1000, [4.0], 0)])  # version 1 only
     rows = release_rows(held_rows(late, pl.DataFrame()), stored, make_spec())
     by_version = {r["version"]: r for r in rows.iter_rows(named=True)}
-    assert by_version[1]["count"] == 2 and by_version[1]["mean"] == 3.0 and by_version[1]["revision"] == 1
-    assert by_version[2]["count"] == 1 and by_version[2]["revision"] == 0
+    assert by_version[1]["value_count"] == 2 and by_version[1]["value_mean"] == 3.0
+    assert by_version[1]["revision"] == 1
+    assert by_version[2]["value_count"] == 1 and by_version[2]["revision"] == 0
 
 
 def test_latest_rows_takes_the_highest_revision_then_the_latest_part() -> None:
@@ -163,7 +175,7 @@ def test_latest_rows_takes_the_highest_revision_then_the_latest_part() -> None:
             {**stored_row("a", 1000, 0, [9.0], 1), "_part": "release-000001.parquet"},
         ]
     )
-    assert latest_rows(rows).select("count", "revision").rows() == [(2, 3)]
+    assert latest_rows(rows).select("value_count", "revision").rows() == [(2, 3)]
 
 
 def _engine(events: list[Ev], spec: FeatureSetSpec, batch: int = 97) -> tuple[pl.DataFrame, pl.DataFrame]:

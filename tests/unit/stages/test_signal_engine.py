@@ -47,7 +47,18 @@ def run_engine(events: list[Ev], spec: FeatureSetSpec, batch: int, roundtrip: bo
     state, result = flush(state, spec)
     rows.append(result.rows)
     points.append(result.points)
-    return {"rows": pl.concat(rows), "late": pl.concat(late), "points": pl.concat(points), **counters}
+    return {
+        "rows": unprefixed(pl.concat(rows)),
+        "late": pl.concat(late),
+        "points": unprefixed(pl.concat(points)),
+        **counters,
+    }
+
+
+def unprefixed(frame: pl.DataFrame) -> pl.DataFrame:
+    """The default feature set's columns (``value_mean``, ``value_ewma``) by aggregation alone,
+    as the reference names them."""
+    return frame.rename({c: c.removeprefix("value_") for c in frame.columns if c.startswith("value_")})
 
 
 def final_rows(rows: pl.DataFrame) -> dict[tuple[str, int, int], dict[str, Any]]:
@@ -194,7 +205,7 @@ def test_stream_style_incremental_batches_with_idle_flush_and_checkpoint() -> No
     )  # nothing closed by the idle advance is ever emitted again
     all_late = pl.concat([*late, rest.late]).filter(pl.col("window_ms") > 0)
     for size, _ in TUMBLING:
-        counted = rows.filter(pl.col("window_ms") == size)["count"].sum()
+        counted = rows.filter(pl.col("window_ms") == size)["value_count"].sum()
         assert counted + all_late.filter(pl.col("window_ms") == size).height == len(events) - dups
 
 
