@@ -171,7 +171,7 @@ def _column(spec_field: str, aggregation: str) -> pl.Expr:
         case "std":  # sample std (ddof = 1), null below two values
             return pl.when(count >= 2).then((col("m2") / (count - 1)).sqrt())
         case "count_distinct":
-            return col("distinct").list.len().cast(pl.Int64)
+            return col("distinct").list.len().cast(pl.Int64).fill_null(0)
         case _:  # mean, min, max, last
             return col(aggregation)
 
@@ -323,7 +323,10 @@ def _point_step(
     fields = _point_fields(spec)
     if not fields:
         return _empty(points.point_schema(fields)), _empty(late_schema(spec)), state
-    carrying = accepted.filter(pl.any_horizontal(pl.col(f).is_not_null() for f in fields))
+    lacking = any(accepted[f].null_count() for f in fields)  # else every event carries a point field
+    carrying = (
+        accepted.filter(pl.any_horizontal(pl.col(f).is_not_null() for f in fields)) if lacking else accepted
+    )
     late_mask = pl.col("event_time") < pl.col("wm_before")
     late = carrying.filter(late_mask).select(
         *event_columns(spec),

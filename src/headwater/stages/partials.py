@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+import pyarrow as pa
 
 from headwater.featuresets import NUMERIC_WINDOW_AGGREGATIONS, FeatureSetSpec
 
@@ -84,25 +85,36 @@ def layout(spec: FeatureSetSpec) -> Layout:
     return Layout(tuple(fields))
 
 
-def _value_aggs(f: FieldPartial) -> list[pl.Expr]:
-    """``last`` and ``count_distinct`` of one field, for a group of raw events."""
+def _value_parts(rows: pl.DataFrame, by: list[str], f: FieldPartial) -> pl.DataFrame:
+    """``last`` and ``count_distinct`` of one field per group of ``by`` (one row per group with a
+    value). One sort puts each group's greatest (present, event_time, sequence, value) last, so
+    the aggregations are plain ``last`` and list building: Polars' fast paths, not an expression
+    evaluated group by group."""
     value = pl.col(f.name)
-    present = value.is_not_null()
-    out = []
+    parts = []
     if f.last:
-        ordered = [
-            pl.col("event_time").filter(present),
-            pl.col("sequence").filter(present),
-            value.filter(present),
-        ]
-        out += [
-            value.filter(present).sort_by(ordered).last().alias(f.col("last")),
-            pl.col("event_time").filter(present).sort_by(ordered).last().alias(f.col("last_t")),
-            pl.col("sequence").filter(present).sort_by(ordered).last().alias(f.col("last_s")),
-        ]
+        ordered = rows.sort([*by, value.is_not_null(), "event_time", "sequence", value], nulls_last=False)
+        last = ordered.group_by(by, maintain_order=True).agg(
+            value.last().alias(f.col("last")),
+            pl.col("event_time").last().alias(f.col("last_t")),
+            pl.col("sequence").last().alias(f.col("last_s")),
+        )
+        parts.append(last.filter(pl.col(f.col("last")).is_not_null()))
     if f.distinct:
-        out.append(value.drop_nulls().unique(maintain_order=True).sort().implode().alias(f.col("distinct")))
+        distinct = rows.select(*by, value).drop_nulls().unique().sort([*by, f.name])
+        parts.append(distinct.group_by(by, maintain_order=True).agg(value.alias(f.col("distinct"))))
+    out = parts[0]
+    for other in parts[1:]:
+        out = out.join(other, on=by, how="full", coalesce=True)
     return out
+
+
+def _with_value_parts(frame: pl.DataFrame, rows: pl.DataFrame, by: list[str], lay: Layout) -> pl.DataFrame:
+    """``frame`` (one row per group) with every field's last/distinct columns joined on ``by``."""
+    for f in lay.fields:
+        if f.last or f.distinct:
+            frame = frame.join(_value_parts(rows, by, f), on=by, how="left", maintain_order="left")
+    return frame
 
 
 def partials(assigned: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
@@ -125,8 +137,8 @@ def partials(assigned: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
                 value.min().alias(f.col("min")),
                 value.max().alias(f.col("max")),
             ]
-        aggs += _value_aggs(f)
-    return centered.group_by(KEY).agg(aggs).select(list(lay.schema)).cast(lay.schema)  # type: ignore[arg-type]
+    grouped = _with_value_parts(centered.group_by(KEY).agg(aggs), assigned, KEY, lay)
+    return grouped.select(list(lay.schema)).cast(lay.schema)  # type: ignore[arg-type]
 
 
 def merge_partials(spec: FeatureSetSpec, *frames: pl.DataFrame) -> pl.DataFrame:
@@ -301,15 +313,80 @@ def _segment_partials(events: _Sorted, entities: pl.Series, size: int, lay: Layo
             columns[f.col("count")] = np.add.reduceat(events.values[f.name][keep], bounds).astype(np.int64)
         else:
             columns[f.col("count")] = counts.astype(np.int64)
-    out = pl.DataFrame(columns)
     value_fields = [f for f in lay.fields if f.last or f.distinct]
     if value_fields:
-        segments = np.repeat(np.arange(bounds.size, dtype=np.int64), counts)
-        rows = events.frame[keep].with_columns(pl.Series("_segment", segments))
-        aggs = [e for f in value_fields for e in _value_aggs(f)]
-        found = rows.group_by("_segment", maintain_order=True).agg(aggs).drop("_segment")
-        out = out.hstack(found)
-    return out.select(list(lay.schema)).cast(lay.schema)  # type: ignore[arg-type]
+        rows = events.frame[keep]
+        segments = _Segments(bounds, counts, np.repeat(np.arange(bounds.size, dtype=np.int64), counts))
+        for f in value_fields:
+            columns |= _segment_values(rows, segments, f)
+    return pl.DataFrame(columns).select(list(lay.schema)).cast(lay.schema)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Segments:
+    """Contiguous groups of sorted rows: first row, size, and each row's group number."""
+
+    bounds: Ints
+    counts: Ints
+    of_row: Ints
+
+
+def _value_codes(column: pl.Series) -> Ints:
+    """An integer per distinct value (any order), 0 for nulls."""
+    if column.dtype == pl.String:
+        return column.cast(pl.Categorical).to_physical().fill_null(0).to_numpy().astype(np.int64)
+    values = column.fill_null(0.0).to_numpy()
+    return np.unique(values, return_inverse=True)[1].astype(np.int64)
+
+
+def _segment_values(rows: pl.DataFrame, segments: _Segments, f: FieldPartial) -> dict[str, pl.Series]:
+    """``last`` and the distinct values of one field per segment, rows sorted by (segment, time)."""
+    column = rows[f.name]
+    present = column.is_not_null().to_numpy()
+    out: dict[str, pl.Series] = {}
+    if f.last:
+        out |= _segment_last(rows, column, present, segments, f)
+    if f.distinct:
+        codes = _value_codes(column)
+        width = int(codes.max()) + 1
+        where = np.flatnonzero(present)
+        keys, first = np.unique(segments.of_row[where] * width + codes[where], return_index=True)
+        values = column.gather(where[first]).to_arrow()
+        offsets = np.searchsorted(keys // width, np.arange(segments.bounds.size + 1))
+        lists = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
+        out[f.col("distinct")] = pl.Series(f.col("distinct"), lists)
+    return out
+
+
+def _segment_last(
+    rows: pl.DataFrame,
+    column: pl.Series,
+    present: npt.NDArray[np.bool_],
+    segments: _Segments,
+    f: FieldPartial,
+) -> dict[str, pl.Series]:
+    """Per segment the present row with the greatest (event_time, sequence, value). Rows are in
+    time order within a segment, so it is the last present row, unless others share its time:
+    those few segments are settled by a sort on (sequence, value)."""
+    times, sequences = rows["event_time"].to_numpy(), rows["sequence"].to_numpy()
+    last = np.maximum.reduceat(np.where(present, np.arange(present.size), -1), segments.bounds)
+    found = last >= 0
+    at = np.maximum(last, 0)
+    tied = present & (times == times[at][segments.of_row]) & found[segments.of_row]
+    several = np.add.reduceat(tied.astype(np.int64), segments.bounds) > 1
+    if several.any():
+        rows_tied = np.flatnonzero(tied & several[segments.of_row])
+        rank = column.gather(rows_tied).rank("dense").to_numpy()
+        order = rows_tied[np.lexsort((rank, sequences[rows_tied], segments.of_row[rows_tied]))]
+        group = segments.of_row[order]
+        ends = np.flatnonzero(np.append(group[1:] != group[:-1], True))
+        at[group[ends]] = order[ends]
+    missing = pl.Series(~found)
+    return {
+        f.col("last"): column.gather(at).set(missing, None),
+        f.col("last_t"): pl.Series(times[at]).set(missing, None),
+        f.col("last_s"): pl.Series(sequences[at]).set(missing, None),
+    }
 
 
 def merge_into(state: pl.DataFrame, fresh: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:

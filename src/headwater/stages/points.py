@@ -232,20 +232,32 @@ def release_points(
     for f in fields:
         values = ready[f].to_numpy()[order]
         rows = np.flatnonzero(~np.isnan(values))
-        ewma, z = np.full(values.size, np.nan), np.full(values.size, np.nan)
+        whole = rows.size == values.size  # the usual case: every event carries the field
         mine = pl.col("field") == f
-        past, seen = history.filter(mine), entities.filter(mine)
+        past, seen = (
+            (history, entities) if len(fields) == 1 else (history.filter(mine), entities.filter(mine))
+        )
+        ewma = z = np.full(values.size, np.nan)
         if rows.size:
-            released = _Released.of(codes[rows], times[rows], values[rows])
-            ewma[rows], z[rows], past, seen = _release_field(names, released, past, seen, window_ms, alpha)
-            past = past.filter(pl.col("event_time") >= watermark_ms - window_ms)
-        histories.append(past.select("entity_id", pl.lit(f).alias("field"), "event_time", "value"))
-        latest.append(seen.select("entity_id", pl.lit(f).alias("field"), "ewma"))
+            picked = (codes, times, values) if whole else (codes[rows], times[rows], values[rows])
+            released = _Released.of(*picked)
+            found = _release_field(names, released, past, seen, window_ms, alpha)
+            if whole:
+                ewma, z = found[0], found[1]
+            else:
+                ewma, z = ewma.copy(), z.copy()
+                ewma[rows], z[rows] = found[0], found[1]
+            past, seen = found[2].filter(pl.col("event_time") >= watermark_ms - window_ms), found[3]
+            past = past.with_columns(pl.lit(f).alias("field"))
+            seen = seen.with_columns(pl.lit(f).alias("field"))
+        histories.append(past.select(list(HISTORY_SCHEMA)))
+        latest.append(seen.select(list(ENTITY_SCHEMA)))
         columns |= {
-            f: pl.Series(values).fill_nan(None),
-            f"{f}_ewma": pl.Series(ewma).fill_nan(None),
+            f: pl.Series(values) if whole else pl.Series(values).fill_nan(None),
+            f"{f}_ewma": pl.Series(ewma) if whole else pl.Series(ewma).fill_nan(None),
             f"{f}_zscore": pl.Series(z).fill_nan(None),
         }
-    points = pl.DataFrame(columns).cast(point_schema(fields))  # type: ignore[arg-type]
-    kept = pl.concat(histories, how="vertical").cast(HISTORY_SCHEMA)  # type: ignore[arg-type]
-    return points, rest, kept, pl.concat(latest, how="vertical").cast(ENTITY_SCHEMA)  # type: ignore[arg-type]
+    points = pl.DataFrame(columns, schema=point_schema(fields))
+    kept = histories[0] if len(fields) == 1 else pl.concat(histories, how="vertical")
+    seen_all = latest[0] if len(fields) == 1 else pl.concat(latest, how="vertical")
+    return points, rest, kept.cast(HISTORY_SCHEMA), seen_all.cast(ENTITY_SCHEMA)  # type: ignore[arg-type]
