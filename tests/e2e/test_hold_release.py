@@ -19,7 +19,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+from fastapi.testclient import TestClient
 from polars.testing import assert_frame_equal
+
+from headwater.config import load_settings
+from headwater.server import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = ["entity_id", "feature_set", "version", "window_ms", "window_start_ms"]
@@ -128,6 +132,12 @@ def test_hold_release_equals_correct_and_a_run_without_late_events(runs: dict[st
     gauges = hw("features", "late", "--home", str(home), "--feature-set", "sensors", "--prometheus").stdout
     assert f'headwater_signal_held_events{{feature_set="sensors"}} {float(shown["held_events"])}' in gauges
     assert "headwater_documents_total" not in gauges  # only the held gauges: a textfile collector's file
+
+    with TestClient(
+        create_app(load_settings(home=home, feature_set="sensors", late_policy="hold"))
+    ) as client:
+        scraped = client.get("/metrics").text  # the server's /metrics has the same gauge
+    assert f'headwater_signal_held_events{{feature_set="sensors"}} {float(shown["held_events"])}' in scraped
 
     done = json.loads(release(home).stdout)
     assert done["release"] == 1 and done["events_released"] == shown["held_events"]

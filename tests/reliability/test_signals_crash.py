@@ -30,7 +30,11 @@ def _bench() -> Any:
     return module
 
 
+CLIMATE = "temp:count,mean,std,ewma,zscore;humidity:mean,max;status:last,count_distinct"
+
+
 def command(inputs: Path, home: Path) -> list[str]:
+    features = ["--features", CLIMATE] if inputs.name == "climate" else []
     return [
         sys.executable,
         "-m",
@@ -45,6 +49,7 @@ def command(inputs: Path, home: Path) -> list[str]:
         "--batch-events",
         "3000",
         "--json",
+        *features,
     ]
 
 
@@ -92,10 +97,22 @@ def stores(home: Path) -> tuple[pl.DataFrame, pl.DataFrame, list[tuple[Any, ...]
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("signals")
     _bench().generate(folder / "events", 80_000, entities=50, part_rows=40_000)
     return folder / "events"
+
+
+@pytest.fixture(params=["events", "climate"])
+def inputs(request: pytest.FixtureRequest, events: Path) -> Path:
+    """Parquet with one field, or the same events as JSONL with a multi-field payload (temp,
+    humidity missing from some, a status string, an undeclared unit) read by a multi-field set."""
+    if request.param == "events":
+        return events
+    climate = events.parent / "climate"
+    if not climate.exists():
+        _bench().climate_jsonl(events, climate)
+    return climate
 
 
 def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path, inputs: Path) -> None:
@@ -116,3 +133,7 @@ def test_kill_9_then_rerun_equals_one_clean_run(tmp_path: Path, inputs: Path) ->
     assert clean[0].height > 3000
     assert clean[1].height > 50_000
     assert len(clean[3]) > 100
+    if inputs.name == "climate":
+        assert {"temp_std", "humidity_max", "status_last", "status_count_distinct"} <= set(clean[0].columns)
+        assert {"temp", "temp_ewma", "temp_zscore"} <= set(clean[1].columns)
+        assert "humidity" not in clean[1].columns  # no point aggregation declared for it

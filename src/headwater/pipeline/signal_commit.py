@@ -156,12 +156,10 @@ def late_frame(
     events = late.select(identity).unique(maintain_order=True)
     digests = []
     names = [f.name for f in spec.features]
-    for event in events.iter_rows(named=True):
-        declared = {name: event[name] for name in names if event[name] is not None}
-        payload = {**declared, **(json.loads(event["extra"]) if event["extra"] else {})}
-        digests.append(
-            signal_content_hash(event["entity_id"], event["event_time"], event["sequence"], payload)
-        )
+    for entity, t, seq, *values, extra in events.iter_rows():
+        declared = {name: value for name, value in zip(names, values, strict=True) if value is not None}
+        payload = {**declared, **(json.loads(extra) if extra else {})}
+        digests.append(signal_content_hash(entity, t, seq, payload))
     prefix = input_ref(files, file_index, 0)[:-1]
     hashed = events.with_columns(pl.Series("content_hash", digests, dtype=pl.String))
     return late.join(

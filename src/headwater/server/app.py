@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from headwater.compose import build_job_service, make_bus, open_metadata
+from headwater.compose import build_job_service, make_bus, open_metadata, resolve_feature_set
 from headwater.config import Settings
 from headwater.errors import ConfigError, InputError
 from headwater.jobs.service import JobService
@@ -139,8 +139,24 @@ def _probe_routes(app: FastAPI, settings: Settings, service: JobService, metrics
             metrics.set_jobs({status.value: n for status, n in (await service.counts()).items()})
         with contextlib.suppress(Exception):
             metrics.set_dlq_size((await _metadata_counts(settings))["dlq"])
+        with contextlib.suppress(Exception):
+            await _held_gauges(settings, metrics)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
+
+
+async def _held_gauges(settings: Settings, metrics: Metrics) -> None:
+    """The held set of each feature set declared (or defaulted) with policy ``hold``: what
+    ``features late --prometheus`` prints, at scrape time (reads the offline late dataset)."""
+    from headwater.ops.release import held_set
+
+    names = dict.fromkeys([settings.feature_set, *settings.feature_sets])
+    for name in names:
+        if resolve_feature_set(settings, name).late_policy != "hold":
+            continue
+        async with asyncio.timeout(10):
+            held = await held_set(settings, name, limit=0)
+        metrics.set_held_events(name, held.held_events, (held.oldest or {}).get("event_time"))
 
 
 async def _metadata_counts(settings: Settings) -> dict[str, int]:

@@ -145,12 +145,20 @@ async def test_replay_storm_every_message_three_times_adds_no_rows(tmp_path: Pat
         assert_same_rows(a, b)
 
 
+MULTI_FIELD = "value:count,mean,std,ewma,zscore;rpm:mean,max,last,ewma;status:last,count_distinct"
+"""The sample's three payload fields (rpm and status on a fifth of the events)."""
+
+
+@pytest.mark.parametrize("features", [None, MULTI_FIELD], ids=["value", "multi-field"])
 @pytest.mark.parametrize("per_message", [1, 7])
-async def test_signals_stream_equals_the_backfill(tmp_path: Path, per_message: int) -> None:
+async def test_signals_stream_equals_the_backfill(
+    tmp_path: Path, per_message: int, features: str | None
+) -> None:
     """Also with events batched 7 per message (CloudEvents JSON batch format; the last message
-    holds the remainder): batching changes the transport, never the rows."""
+    holds the remainder): batching changes the transport, never the rows; and with several
+    fields per event."""
     batch, stream = settings(tmp_path, "batch", micro_batch_events=100), settings(tmp_path, "stream")
-    spec = resolve_feature_set(batch, "sensors")
+    spec = resolve_feature_set(batch, "sensors", features=features)
     async with open_signal_pipeline(batch, EVENTS, spec) as pipeline:
         await pipeline.run_async()
     bus = make_bus(stream)
@@ -166,6 +174,8 @@ async def test_signals_stream_equals_the_backfill(tmp_path: Path, per_message: i
         a = await export_rows(make_offline_store(batch), "sensors", dataset=dataset)
         b = await export_rows(make_offline_store(stream), "sensors", dataset=dataset)
         assert_same_rows(a, b)
+        if features and dataset == "windows":
+            assert a.height and a["rpm_max"].drop_nulls().len() and a["status_count_distinct"].max() >= 1
 
 
 async def test_docs_watch_and_worker_converge_to_the_batch_index(tmp_path: Path) -> None:
@@ -438,11 +448,14 @@ async def test_a_bad_event_inside_a_batch_message_is_dead_lettered_alone(tmp_pat
         assert_same_rows(a, b)
 
 
-async def test_partitioned_workers_equal_one_backfill_per_partition(tmp_path: Path) -> None:
+@pytest.mark.parametrize("features", [None, MULTI_FIELD], ids=["value", "multi-field"])
+async def test_partitioned_workers_equal_one_backfill_per_partition(
+    tmp_path: Path, features: str | None
+) -> None:
     """Two partitions, one worker each, on one home: each worker holds whole entities, with its
     partition's own watermark, so the rows equal backfills of each partition's events."""
     batch, stream = settings(tmp_path, "batch", micro_batch_events=100), settings(tmp_path, "stream")
-    spec = resolve_feature_set(batch, "sensors")
+    spec = resolve_feature_set(batch, "sensors", features=features)
     events_file = many_entities(tmp_path)
     lines = events_file.read_text().splitlines()
     for partition in (0, 1):
