@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,7 +22,7 @@ import typer
 
 from headwater.cli.app import app, out
 from headwater.cli.guard import Interrupted, run_async, run_guarded
-from headwater.cli.options import HomeOpt, JsonOpt
+from headwater.cli.options import FeatureSetOpt, HomeOpt, JsonOpt
 from headwater.config import Settings, load_settings
 from headwater.errors import ConfigError, HeadwaterError
 
@@ -147,15 +148,28 @@ def _print_job(job: Any, json_out: bool) -> None:
     out.print(f"{job.id}\t{job.kind}\t{job.status}\t{progress}{reason}", markup=False, highlight=False)
 
 
+class JobKind(StrEnum):
+    docs = "docs"
+    signals = "signals"
+
+
 @jobs_app.command("submit")
 def jobs_submit(
-    source: Annotated[str, typer.Argument(help="Folder or URL to index")],
+    source: Annotated[str, typer.Argument(help="Folder or URL to index (docs), file or folder (signals)")],
     home: HomeOpt = None,
     priority: Annotated[int, typer.Option(min=-1000, max=1000, help="Higher runs first")] = 0,
+    kind: Annotated[
+        JobKind, typer.Option("--kind", help="docs (index) or signals (backfill)")
+    ] = JobKind.docs,
+    feature_set: FeatureSetOpt = None,
 ) -> None:
-    """Queue a docs job; a running `headwater serve` on this home picks it up."""
+    """Queue a job; a running `headwater serve` (or `jobs run`) on this home picks it up."""
     source = run_guarded(lambda: _local_source(source))
-    job_id = _with_service(home, lambda s: s.submit("docs", {"source": source}, priority))
+    spec = {
+        "source": source,
+        **({"feature_set": feature_set} if feature_set and kind is JobKind.signals else {}),
+    }
+    job_id = _with_service(home, lambda s: s.submit(kind.value, spec, priority))
     sys.stdout.write(job_id + "\n")
 
 

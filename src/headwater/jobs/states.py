@@ -34,7 +34,7 @@ TERMINAL = frozenset(status for status, moves in TRANSITIONS.items() if not move
 # Where a job left by a crashed server goes: the runner that should have settled it is gone.
 RECOVERY = {S.RUNNING: S.QUEUED, S.PAUSING: S.PAUSED, S.CANCELLING: S.CANCELLED}
 # Fields a job's spec must have, per kind.
-REQUIRED_SPEC: dict[str, tuple[str, ...]] = {"docs": ("source",), "replay": ()}
+REQUIRED_SPEC: dict[str, tuple[str, ...]] = {"docs": ("source",), "replay": (), "signals": ("source",)}
 
 
 class JobNotFound(HeadwaterError):
@@ -76,6 +76,10 @@ def validate_spec(kind: str, spec: dict[str, Any]) -> None:
         if not isinstance(spec.get(name), str) or not spec[name]:
             msg = f"a {kind} job needs {name!r} (a non-empty string) in its spec"
             raise InputError(msg, field=name)
+    feature_set = spec.get("feature_set")
+    if kind == "signals" and feature_set is not None and not (isinstance(feature_set, str) and feature_set):
+        msg = "a signals job's 'feature_set' must be a feature set's name, or absent for the default"
+        raise InputError(msg, field="feature_set")
     ids = spec.get("ids")
     if (
         kind == "replay"

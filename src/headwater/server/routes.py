@@ -49,8 +49,10 @@ def job_routes(app: FastAPI, settings: Settings, service: JobService, auth: Call
     async def submit(request: JobRequest) -> Created:
         """Queue a job; it runs with the server's home and settings."""
         spec: dict[str, Any] = {}
-        if request.kind == "docs":
+        if request.kind in ("docs", "signals"):
             spec["source"] = _source(request.source, settings.api_source_roots or [Path.cwd()])
+        if request.kind == "signals" and request.feature_set is not None:
+            spec["feature_set"] = request.feature_set
         elif request.ids is not None:
             spec["ids"] = request.ids
         return Created(id=await service.submit(request.kind, spec, request.priority))

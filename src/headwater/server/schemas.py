@@ -13,11 +13,17 @@ from headwater.models import JobStatus
 
 
 class JobRequest(BaseModel):
-    """A job to run: ``docs`` indexes ``source``; ``replay`` re-runs dead letters (``ids`` or all)."""
+    """A job to run: ``docs`` indexes ``source``; ``signals`` backfills ``source`` into
+    ``feature_set``; ``replay`` re-runs dead letters (``ids`` or all)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    kind: Literal["docs", "replay"] = "docs"
-    source: str | None = Field(None, min_length=1, max_length=4096, description="Folder or URL (docs)")
+    kind: Literal["docs", "replay", "signals"] = "docs"
+    source: str | None = Field(
+        None, min_length=1, max_length=4096, description="Folder or URL (docs); file or folder (signals)"
+    )
+    feature_set: str | None = Field(
+        None, min_length=1, max_length=256, description="Declared feature set (signals; default: the home's)"
+    )
     ids: list[int] | None = Field(None, max_length=1000, description="Dead-letter ids (replay)")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first among queued jobs")
 

@@ -224,10 +224,14 @@ async def test_an_open_embedder_circuit_pauses_the_job_with_the_reason(service: 
 
 
 async def test_bad_job_specs_are_input_errors(service: JobService) -> None:
-    with pytest.raises(InputError, match="unknown job kind 'signals'"):
-        await service.submit("signals", {"source": "/a"})
+    with pytest.raises(InputError, match="unknown job kind 'features'"):
+        await service.submit("features", {"source": "/a"})
     with pytest.raises(InputError, match="needs 'source'"):
         await service.submit("docs", {"source": ""})
+    with pytest.raises(InputError, match="needs 'source'"):
+        await service.submit("signals", {"feature_set": "plant"})
+    with pytest.raises(InputError, match="'feature_set' must be"):
+        await service.submit("signals", {"source": "/a", "feature_set": 3})
 
 
 async def test_start_recovers_jobs_a_crashed_server_left(tmp_path: Path, script: Script) -> None:
