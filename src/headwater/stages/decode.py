@@ -13,16 +13,25 @@ Numeric fields must be finite numbers; the others take any JSON value, kept as t
 as it is, anything else as canonical JSON) so that equal values compare equal in every engine.
 Payload fields the feature set does not declare are carried, canonically, in ``extra`` (part of
 an event's identity) and never judged, whatever their type: adding a field to a producer must
-not dead-letter its events. Text formats are decoded record by record with msgspec (fast,
-exact error paths); Arrow input is validated column-wise (the benchmark path, no Python per
-event).
+not dead-letter its events.
+
+JSONL is decoded a batch at a time (:func:`decode_json_lines`): each line by msgspec into a
+struct typed so that the decode itself refuses what the per-record checks would (the envelope's
+fields required, a numeric field a float, the payload's other keys those already seen, each
+learned once), then column-wise into the frame. A batch this fast path cannot decide (a bad
+line, a CloudEvent, a payload key it cannot learn, signals with and without ``payload`` in one
+chunk, a line over the size limit) is decoded record by record instead, which names each bad
+record; both ways give the same frame, ``extra`` included, bit for bit. CSV and the events of
+a stream are decoded record by record; Arrow input is validated column-wise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -284,9 +293,349 @@ def decode_records(
 def decode_json_lines(
     lines: Iterable[bytes], first_line: int, limits: DecodeLimits
 ) -> tuple[pl.DataFrame, list[InvalidRecord]]:
-    """JSONL (one signal or CloudEvent per line; blank lines are skipped)."""
-    records, rows, errors = decode_records(lines, first_line, limits)
+    """JSONL (one signal or CloudEvent per line; blank lines are skipped). A batch of plain
+    signals takes the columnar fast path (:func:`_fast_json_lines`); a batch it cannot decide
+    takes the per-record path, which names each bad record: both give the same frame."""
+    batch = lines if isinstance(lines, list) else list(lines)
+    frame = _fast_json_lines(batch, first_line, limits)
+    if frame is not None:
+        return frame, []
+    records, rows, errors = decode_records(batch, first_line, limits)
     return records_frame(records, rows, limits.fields), errors
+
+
+# JSONL fast path (see decode_json_lines). Each line is decoded, by msgspec as on the per-record
+# path, into a struct typed so that the decode itself rejects what the per-record checks would
+# (a numeric field is a float, the envelope's fields are required...); the values then go to
+# polars a chunk at a time (the objects of a chunk die before the next chunk's are made, so
+# memory stays warm), and the column-wise checks and ``extra`` run once on the whole batch.
+
+_CHUNK = 4096
+_FAST_KEYS = 64  # undeclared payload keys learned per feature set, at most
+_FAST_TRIES = 4  # decodes of one chunk (a chunk with undeclared keys not seen yet costs one more)
+_UNKNOWN_KEY = ("Object contains unknown field `", "` - at `$.payload`")
+_learned: dict[tuple[FieldSpec, ...], tuple[str, ...]] = {}
+_JSON_ESCAPED = re.compile(r'[\x00-\x1f"\\]')  # what JSON writes escaped in a string
+_sorted_json = msgspec.json.Encoder(order="sorted")  # canonical_json's encoder
+
+
+@dataclass(frozen=True, slots=True)
+class _FastPlan:
+    """The typed decode of one shape of line: signals with a payload, whose struct has the
+    declared fields and the undeclared keys learned so far (any other key fails the decode,
+    which then learns it), or signals with a top-level ``value`` and no payload."""
+
+    decode: Callable[[bytes], Any]
+    by_value: bool
+    declared: tuple[tuple[str, bool], ...]  # (name, numeric)
+    undeclared: tuple[str, ...]  # keys
+    read: Callable[[list[Any]], tuple[list[Any], ...]]  # payloads → one list per field, then per key
+
+
+@lru_cache(maxsize=64)
+def _fast_plan(fields: tuple[FieldSpec, ...], keys: tuple[str, ...], by_value: bool) -> _FastPlan | None:
+    """A numeric field is a float: msgspec widens an integer exactly as ``float()`` does and
+    rejects one a float cannot hold; NaN, which JSON cannot write, stands for an absent one.
+    An absent undeclared key is UNSET, so that a JSON null stays null in ``extra``."""
+    envelope: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+        ("entity_id", str),
+        ("event_time", str | _Int64),
+        ("sequence", _Int64),
+        ("source", str | None, None),
+        ("trace_id", str | None, None),
+        ("specversion", None, None),  # a CloudEvent: the per-record path
+        ("id", str | None, None),
+    ]
+    declared = [(f.name, f"d{i}", f.numeric) for i, f in enumerate(fields)]
+    if by_value:
+        numeric = {name: num for name, _, num in declared}
+        if "value" not in numeric:
+            return None
+        envelope += [("value", float if numeric["value"] else Any), ("payload", None, None)]
+        declared, keys = [], ()
+    else:
+        specs: list[tuple[str, Any, Any]] = [
+            (attr, float, math.nan) if num else (attr, Any, None) for _, attr, num in declared
+        ]
+        specs += [(f"u{i}", Any, msgspec.UNSET) for i in range(len(keys))]
+        rename = {attr: name for name, attr, _ in declared} | {f"u{i}": k for i, k in enumerate(keys)}
+        try:  # (a key with a quote, a backslash or a control character cannot be a field)
+            payload = msgspec.defstruct(
+                "_FastPayload", specs, rename=rename, forbid_unknown_fields=True, gc=False
+            )
+        except (ValueError, TypeError):
+            return None
+        # (a top-level value beside a payload is ignored, but decoded: skipping it would not
+        # reject 1e999 or a string of invalid UTF-8 there, as the per-record decode does)
+        envelope += [("payload", payload), ("value", Any, None)]
+    line = msgspec.defstruct("_FastLine", envelope, kw_only=True, gc=False)
+    return _FastPlan(
+        decode=msgspec.json.Decoder(line).decode,
+        by_value=by_value,
+        declared=tuple((name, num) for name, _, num in declared),
+        undeclared=keys,
+        read=_slot_reader([attr for _, attr, _ in declared] + [f"u{i}" for i in range(len(keys))]),
+    )
+
+
+def _slot_reader(attrs: list[str]) -> Callable[[list[Any]], tuple[list[Any], ...]]:
+    """``lambda ps: ([p.d0 for p in ps], ...)``: a comprehension reads a struct's field twice
+    as fast as ``map(attrgetter(...), ps)``. Compiled from our own field names (d0, u0...)."""
+    if not all(attr.isidentifier() for attr in attrs):
+        msg = f"not field names: {attrs}"
+        raise ValueError(msg)
+    reader: Callable[[list[Any]], tuple[list[Any], ...]] = eval(  # noqa: S307
+        "lambda ps: (" + "".join(f"[p.{attr} for p in ps], " for attr in attrs) + ")"
+    )
+    return reader
+
+
+class _PayloadKeys(msgspec.Struct, gc=False):
+    payload: dict[str, msgspec.Raw] | None = None
+
+
+_payload_keys = msgspec.json.Decoder(_PayloadKeys).decode
+_NOT_A_FIELD_NAME = re.compile(r'["\\\x00-\x1f]')  # (msgspec refuses it as a renamed field)
+
+
+def _fast_decode(
+    lines: list[bytes], fields: tuple[FieldSpec, ...], by_value: bool
+) -> tuple[_FastPlan, list[Any]] | None:
+    """Every line decoded by the plan of that shape; an undeclared payload key the plan has
+    not seen fails the decode, which then learns every key of the chunk and tries again."""
+    keys = _learned.get(fields, ())
+    for _ in range(_FAST_TRIES):
+        plan = _fast_plan(fields, keys, by_value)
+        if plan is None:
+            return None
+        try:
+            return plan, list(map(plan.decode, lines))
+        except msgspec.ValidationError as exc:
+            head, tail = _UNKNOWN_KEY
+            text = str(exc)
+            if by_value or not (text.startswith(head) and text.endswith(tail)):
+                return None
+            new = {text[len(head) : -len(tail)]}
+            with contextlib.suppress(msgspec.MsgspecError):  # (then the one key it named)
+                new.update(*(p.payload or () for p in map(_payload_keys, lines)))
+            new -= {f.name for f in fields}
+            new = {key for key in new if not _NOT_A_FIELD_NAME.search(key)} - set(keys)
+            if not new or len(keys) + len(new) > _FAST_KEYS:
+                return None
+            keys = tuple(sorted({*keys, *new}))  # (a struct's fields in key order: canonical)
+            _remember(fields, keys)
+        except msgspec.DecodeError:
+            return None
+    return None
+
+
+def _remember(fields: tuple[FieldSpec, ...], keys: tuple[str, ...]) -> None:
+    if len(_learned) >= 64 and fields not in _learned:
+        _learned.clear()
+    _learned[fields] = keys
+
+
+def _fast_json_lines(lines: list[bytes], first_line: int, limits: DecodeLimits) -> pl.DataFrame | None:
+    """The batch frame of ``lines`` if every line is a valid plain signal, else None."""
+    if not lines or max(map(len, lines)) > limits.max_record_bytes:
+        return None
+    batch = _FastBatch(limits.fields)
+    for start in range(0, len(lines), _CHUNK):
+        if not batch.add(lines[start : start + _CHUNK], first_line + start):
+            return None
+    frame = batch.frame(limits)
+    if frame is not None:  # (a key no longer sent stops costing a column)
+        _remember(limits.fields, tuple(sorted(batch.keys)))
+    return frame
+
+
+class _FastBatch:
+    """The chunks of one batch, as polars columns: the envelope, one per declared field and,
+    per undeclared key, ``s:{i}`` (its string values) or ``j:{i}`` (any values, as canonical
+    JSON), null where the key is absent. (A field's name cannot have a colon.)"""
+
+    def __init__(self, fields: tuple[FieldSpec, ...]) -> None:
+        self.fields = fields
+        self.by_value = False  # the shape of the last chunk: tried first on the next
+        self.keys: dict[str, int] = {}  # undeclared key (present in some chunk) → i
+        self.escaped: set[int] = set()  # keys with a string that JSON writes with escapes
+        self.chunks: list[pl.DataFrame] = []
+
+    def add(self, lines: list[bytes], first: int) -> bool:
+        decoded = self._decode(lines)
+        if decoded is None:  # blank lines (skipped, as on the per-record path) or a bad line
+            kept = [i for i, line in enumerate(lines) if line.strip()]
+            if len(kept) == len(lines):
+                return False
+            if not kept:
+                return True
+            lines = [lines[i] for i in kept]
+            row = pl.Series("row", [first + i for i in kept], dtype=pl.Int64)
+            decoded = self._decode(lines)
+            if decoded is None:
+                return False
+        else:
+            row = pl.int_range(first, first + len(lines), dtype=pl.Int64, eager=True).alias("row")
+        plan, objs = decoded
+        times = _fast_times([o.event_time for o in objs])  # (a comprehension reads a slot fastest)
+        if times is None:
+            return False
+        values = self._by_value(objs) if plan.by_value else self._by_payload(plan, objs)
+        if values is None:
+            return False
+        entity = pl.Series("entity_id", [o.entity_id for o in objs], dtype=pl.String)
+        sequence = pl.Series("sequence", [o.sequence for o in objs], dtype=pl.Int64)
+        self.chunks.append(pl.DataFrame([entity, times, sequence, *values, row]))
+        return True
+
+    def _decode(self, lines: list[bytes]) -> tuple[_FastPlan, list[Any]] | None:
+        for by_value in (self.by_value, not self.by_value):
+            decoded = _fast_decode(lines, self.fields, by_value)
+            if decoded is not None:
+                self.by_value = by_value
+                return decoded
+        return None
+
+    def _by_value(self, objs: list[Any]) -> list[pl.Series] | None:
+        values = [o.value for o in objs]
+        columns = []
+        for f in self.fields:
+            if f.name != "value":
+                dtype = pl.Float64 if f.numeric else pl.String
+                columns.append(pl.Series(f.name, [None] * len(values), dtype=dtype))
+            elif f.numeric:  # (a float: the decode saw to it)
+                columns.append(pl.Series(f.name, values, dtype=pl.Float64))
+            elif None in values:
+                return None
+            else:
+                columns.append(_text_series(f.name, values))
+        return columns
+
+    def _by_payload(self, plan: _FastPlan, objs: list[Any]) -> list[pl.Series]:
+        columns = plan.read([o.payload for o in objs])
+        series = []
+        for (name, numeric), values in zip(plan.declared, columns[: len(plan.declared)], strict=True):
+            if numeric:  # (NaN: absent)
+                series.append(pl.Series(name, values, dtype=pl.Float64))
+            else:
+                series.append(_text_series(name, values))
+        for key, values in zip(plan.undeclared, columns[len(plan.declared) :], strict=True):
+            column = self._undeclared(key, values)
+            if column is not None:
+                series.append(column)
+        return series
+
+    def _undeclared(self, key: str, values: list[Any]) -> pl.Series | None:
+        """The key's column: ``s:{i}`` when all its values are strings, else ``j:{i}``."""
+        unset = msgspec.UNSET
+        i = self.keys.get(key, len(self.keys))
+        if type(values[0]) is not str and values.count(unset) == len(values):
+            return None  # (not in this chunk)
+        self.keys[key] = i
+        try:  # (the usual case: a string in every row)
+            strings = pl.Series(f"s:{i}", values, dtype=pl.String, strict=True)
+            if not strings.null_count():
+                if _JSON_ESCAPED.search("".join(values)):
+                    self.escaped.add(i)
+                return strings
+        except (TypeError, ValueError):  # (absent somewhere, or not all strings)
+            if None not in values:  # (a JSON null is a value, not an absent key)
+                present = [None if v is unset else v for v in values]
+                try:
+                    strings = pl.Series(f"s:{i}", present, dtype=pl.String, strict=True)
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    if _JSON_ESCAPED.search("".join(filter(None, present))):
+                        self.escaped.add(i)
+                    return strings
+        texts = [None if v is unset else _sorted_json.encode(v).decode() for v in values]
+        return pl.Series(f"j:{i}", texts, dtype=pl.String)
+
+    def frame(self, limits: DecodeLimits) -> pl.DataFrame | None:
+        """The batch frame, if every event passes the per-record path's checks."""
+        if not self.chunks:
+            return None
+        df = self.chunks[0] if len(self.chunks) == 1 else pl.concat(self.chunks, how="diagonal")
+        df = df.with_columns(pl.col(f.name).fill_nan(None) for f in self.fields if f.numeric)
+        size = pl.col("entity_id").str.len_bytes()
+        shortest, longest, latest, none = df.select(
+            size.min().alias("shortest"),
+            size.max().alias("longest"),
+            pl.col("event_time").max(),
+            pl.all_horizontal([pl.col(f.name).is_null() for f in self.fields]).any().alias("none"),
+        ).row(0)
+        if shortest < 1 or latest > limits.now_ms + limits.max_future_ms or none:
+            return None
+        if longest > MAX_ENTITY_CHARS:  # (bytes: at least as many as characters)
+            chars = df.select(pl.col("entity_id").str.len_chars().max()).item()
+            if chars > MAX_ENTITY_CHARS:
+                return None
+        return df.select(
+            "entity_id",
+            "event_time",
+            "sequence",
+            *(f.name for f in self.fields),
+            self._extra(df).alias("extra"),
+            pl.lit(None, dtype=pl.String).alias("ce_key"),
+            "row",
+        ).rechunk()  # (one chunk, as the engine reads fastest: it pays more than this costs)
+
+    def _extra(self, df: pl.DataFrame) -> pl.Expr:
+        """The canonical JSON of the undeclared keys (in key order, absent ones left out), or ""."""
+        keys = [(canonical_json(key).decode(), i) for key, i in sorted(self.keys.items())]
+        names = set(df.columns)
+        if all(
+            f"s:{i}" in names
+            and f"j:{i}" not in names
+            and i not in self.escaped
+            and not df[f"s:{i}"].null_count()
+            for _, i in keys
+        ):  # (the usual case, one concatenation: every key a string in every row, no escapes)
+            parts: list[pl.Expr] = []
+            for n, (key, i) in enumerate(keys):
+                parts += [pl.lit(("{" if n == 0 else '",') + key + ':"'), pl.col(f"s:{i}")]
+            return pl.concat_str([*parts, pl.lit('"}')]) if parts else pl.lit("", dtype=pl.String)
+        fragments: list[pl.Expr] = []
+        for key, i in keys:
+            value: list[pl.Expr] = []
+            if f"s:{i}" in names:
+                text = pl.col(f"s:{i}")
+                if i in self.escaped:  # (polars escapes a string as msgspec does: tested)
+                    encoded = pl.struct(text.alias("x")).struct.json_encode().str.slice(5).str.head(-1)
+                    value.append(pl.when(text.is_not_null()).then(encoded))
+                else:
+                    value.append(pl.concat_str([pl.lit('"'), text, pl.lit('"')]))
+            if f"j:{i}" in names:
+                value.append(pl.col(f"j:{i}"))
+            either = value[0] if len(value) == 1 else pl.coalesce(value)
+            fragments.append(pl.concat_str([pl.lit(key + ":"), either]))  # (null when absent)
+        inner = pl.concat_str(fragments, separator=",", ignore_nulls=True)
+        braced = pl.concat_str([pl.lit("{"), inner, pl.lit("}")])
+        return pl.when(inner == "").then(pl.lit("")).otherwise(braced)
+
+
+def _fast_times(times: list[Any]) -> pl.Series | None:
+    try:
+        return pl.Series("event_time", times, dtype=pl.Int64, strict=True)
+    except (TypeError, ValueError):  # RFC 3339 strings among them
+        pass
+    try:
+        return pl.Series("event_time", [parse_event_time(t) for t in times], dtype=pl.Int64)
+    except _Rejected:
+        return None
+
+
+def _text_series(name: str, values: list[Any]) -> pl.Series:
+    """An "any" field: a string as it is, another value as canonical JSON, null as absent."""
+    try:
+        return pl.Series(name, values, dtype=pl.String, strict=True)
+    except (TypeError, ValueError):
+        return pl.Series(
+            name,
+            [v if v is None or type(v) is str else canonical_json(v).decode() for v in values],
+            dtype=pl.String,
+        )
 
 
 class _BatchedEvent(_Envelope, kw_only=True):
