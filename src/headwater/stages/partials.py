@@ -223,6 +223,7 @@ class _Sorted:
     watermarks: Ints
     values: dict[str, Floats]
     frame: pl.DataFrame  # the sorted rows (for last/count_distinct), only when a field needs them
+    codes: dict[str, tuple[Ints, npt.NDArray[np.bool_]]]  # per such field: value codes, presence
 
 
 def tumbling_partials(events: pl.DataFrame, sizes_ms: list[int], spec: FeatureSetSpec) -> pl.DataFrame:
@@ -249,7 +250,8 @@ def tumbling_partials(events: pl.DataFrame, sizes_ms: list[int], spec: FeatureSe
     needs_frame = any(f.last or f.distinct for f in lay.fields)
     names = [f.name for f in lay.fields if f.last or f.distinct]
     frame = events.select("event_time", "sequence", *names)[order] if needs_frame else events.clear()
-    sorted_events = _Sorted(runs, times, events["wm_before"].to_numpy()[order], values, frame)
+    value_codes = {name: (_value_codes(frame[name]), frame[name].is_not_null().to_numpy()) for name in names}
+    sorted_events = _Sorted(runs, times, events["wm_before"].to_numpy()[order], values, frame, value_codes)
     frames = [_segment_partials(sorted_events, entities, size, lay) for size in sizes_ms]
     return pl.concat(frames, how="vertical")
 
@@ -279,14 +281,19 @@ def _stats(values: Floats, bounds: Ints, counts: Ints) -> dict[str, pl.Series]:
             means = sums / n
         deviations = np.where(present, values - np.repeat(means, counts), 0.0)
         lo, hi = np.fmin.reduceat(values, bounds), np.fmax.reduceat(values, bounds)
+    whole = bool(present.all() or n.all())  # every segment has a value: no NaN to turn into null
     return {
         "count": pl.Series(n.astype(np.int64)),
         "sum": pl.Series(sums),
-        "mean": pl.Series(means).fill_nan(None),
+        "mean": _nullable(means, whole),
         "m2": pl.Series(np.add.reduceat(deviations * deviations, bounds)),
-        "min": pl.Series(lo).fill_nan(None),
-        "max": pl.Series(hi).fill_nan(None),
+        "min": _nullable(lo, whole),
+        "max": _nullable(hi, whole),
     }
+
+
+def _nullable(values: Floats, whole: bool) -> pl.Series:
+    return pl.Series(values) if whole else pl.Series(values).fill_nan(None)
 
 
 def _segment_partials(events: _Sorted, entities: pl.Series, size: int, lay: Layout) -> pl.DataFrame:
@@ -318,7 +325,8 @@ def _segment_partials(events: _Sorted, entities: pl.Series, size: int, lay: Layo
         rows = events.frame[keep]
         segments = _Segments(bounds, counts, np.repeat(np.arange(bounds.size, dtype=np.int64), counts))
         for f in value_fields:
-            columns |= _segment_values(rows, segments, f)
+            codes, present = events.codes[f.name]
+            columns |= _segment_values(rows, segments, f, codes[keep], present[keep])
     return pl.DataFrame(columns).select(list(lay.schema)).cast(lay.schema)  # type: ignore[arg-type]
 
 
@@ -339,15 +347,15 @@ def _value_codes(column: pl.Series) -> Ints:
     return np.unique(values, return_inverse=True)[1].astype(np.int64)
 
 
-def _segment_values(rows: pl.DataFrame, segments: _Segments, f: FieldPartial) -> dict[str, pl.Series]:
+def _segment_values(
+    rows: pl.DataFrame, segments: _Segments, f: FieldPartial, codes: Ints, present: npt.NDArray[np.bool_]
+) -> dict[str, pl.Series]:
     """``last`` and the distinct values of one field per segment, rows sorted by (segment, time)."""
     column = rows[f.name]
-    present = column.is_not_null().to_numpy()
     out: dict[str, pl.Series] = {}
     if f.last:
         out |= _segment_last(rows, column, present, segments, f)
     if f.distinct:
-        codes = _value_codes(column)
         width = int(codes.max()) + 1
         where = np.flatnonzero(present)
         keys, first = np.unique(segments.of_row[where] * width + codes[where], return_index=True)
