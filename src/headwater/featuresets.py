@@ -181,37 +181,55 @@ def check_declaration_keys(name: str, declared: Any) -> None:
 
 
 def build_feature_set(name: str, declared: dict[str, Any] | None = None, **overrides: Any) -> FeatureSetSpec:
-    """Merge a ``headwater.toml`` table with CLI overrides (None = not given) and validate it."""
+    """Merge a ``headwater.toml`` table with CLI overrides (None = not given) and validate it.
+
+    Both sides are brought to the declaration's own names first (``policy`` → ``late_policy``,
+    ``lateness = "2s"`` → ``lateness_ms``), so a flag overrides a key whichever spelling each uses;
+    fields given as flags replace the declared fields whole."""
     check_declaration_keys(name, declared or {})
-    raw: dict[str, Any] = dict(declared or {})
-    raw.update({key: value for key, value in overrides.items() if value is not None})
-    raw.pop("name", None)
-    fields: dict[str, Any] = {"name": name}
     try:
-        if "windows" in raw:
-            windows = raw.pop("windows")
-            if isinstance(windows, str):
-                windows = [w for w in windows.split(",") if w.strip()]
-            fields["windows"] = tuple(sorted({parse_window(str(w)) for w in windows}))
-        for key in ("lateness", "correct_horizon", "zscore_window"):
-            if key in raw:
-                fields[f"{key}_ms"] = parse_duration_ms(raw.pop(key))
-        if "policy" in raw:
-            fields["late_policy"] = raw.pop("policy")
-        try:
-            fields["features"] = parse_features(
-                raw.pop("features", None), raw.pop("field", None), raw.pop("aggregations", None)
-            )
-        except ConfigError as exc:
-            msg = f"invalid feature set {name!r}: {exc}"
-            raise ConfigError(msg) from None
-        fields.update(raw)
-        spec = msgspec.convert(fields, FeatureSetSpec)
+        base = _canonical(name, dict(declared or {}))
+        given = _canonical(name, {key: value for key, value in overrides.items() if value is not None})
+        spec = msgspec.convert({**base, **given, "name": name}, FeatureSetSpec)
     except (msgspec.ValidationError, TypeError) as exc:
         msg = f"invalid feature set {name!r}: {exc}"
         raise ConfigError(msg) from exc
     _check(spec)
     return spec
+
+
+_SPELLINGS = {
+    "lateness": "lateness_ms",
+    "correct_horizon": "correct_horizon_ms",
+    "zscore_window": "zscore_window_ms",
+    "policy": "late_policy",
+}
+
+
+def _canonical(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """A declaration or a set of overrides in FeatureSetSpec's own names and types."""
+    raw.pop("name", None)
+    out: dict[str, Any] = {}
+    if "windows" in raw:
+        windows = raw.pop("windows")
+        if isinstance(windows, str):
+            windows = [w for w in windows.split(",") if w.strip()]
+        out["windows"] = tuple(sorted({parse_window(str(w)) for w in windows}))
+    for short, full in _SPELLINGS.items():
+        if short in raw:
+            raw[full] = raw.pop(short)
+    for key in ("lateness_ms", "correct_horizon_ms", "zscore_window_ms"):
+        if key in raw:
+            out[key] = parse_duration_ms(raw.pop(key))
+    if {"features", "field", "aggregations"} & raw.keys():
+        try:
+            out["features"] = parse_features(
+                raw.pop("features", None), raw.pop("field", None), raw.pop("aggregations", None)
+            )
+        except ConfigError as exc:
+            msg = f"invalid feature set {name!r}: {exc}"
+            raise ConfigError(msg) from None
+    return {**out, **raw}
 
 
 def parse_features(declared: Any, field: Any = None, aggregations: Any = None) -> tuple[FieldSpec, ...]:

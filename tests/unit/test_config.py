@@ -5,6 +5,7 @@ unknown headwater.toml key is an error naming the nearest valid one."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,38 @@ def test_sources_of_defaults_presets_and_flags() -> None:
     assert str(setting_source("concurrency", {}, settings.preset)) == "preset local"
     assert str(setting_source("home", {"home": Path("h")}, settings.preset)) == "flag (--home)"
     assert str(setting_source("chunk_size_chars", {}, settings.preset)) == "default"
+
+
+def test_a_flag_overrides_a_declared_key_whichever_spelling_each_uses() -> None:
+    """``late_policy = "drop"`` in headwater.toml and ``--late-policy hold`` (passed on as
+    ``policy``) once left the declared drop in place: both sides are normalized first."""
+    declared = {"late_policy": "drop", "lateness_ms": 5000, "features": {"temp": ["mean"]}}
+    spec = build_feature_set("c", declared, policy="hold", lateness="1s")
+    assert (spec.late_policy, spec.lateness_ms) == ("hold", 1000)
+    assert build_feature_set("c", {"policy": "correct"}, late_policy="hold").late_policy == "hold"
+    assert [f.name for f in spec.features] == ["temp"]
+    flagged = build_feature_set("c", declared, features="humidity:max;status:last")
+    assert flagged.window_columns == ["humidity_max", "status_last"]  # flags replace the fields whole
+    assert build_feature_set("c", declared).late_policy == "drop"
+
+
+def test_feature_declarations_are_checked_with_what_to_do() -> None:
+    cases = {
+        "temp:median": "unknown aggregations ['median']",
+        "temp": "expected FIELD:AGG",
+        "row:count": "field name 'row' is reserved",
+        "t-1:mean": "must be a letter or _",
+        "status:last": None,
+    }
+    for text, problem in cases.items():
+        if problem is None:
+            assert build_feature_set("c", features=text).window_columns == ["status_last"]
+            continue
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            build_feature_set("c", features=text)
+    with pytest.raises(ConfigError, match="either features or field/aggregations"):
+        build_feature_set("c", {"field": "value", "features": {"temp": ["mean"]}})
+    with pytest.raises(ConfigError, match="no window aggregations"):
+        build_feature_set("c", features="temp:ewma")
+    legacy = build_feature_set("c", {"field": "rpm", "aggregations": ["mean", "max"]})
+    assert legacy.window_columns == ["rpm_mean", "rpm_max"]
