@@ -186,7 +186,9 @@ def to_rows(frame: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
         _column(f.name, a).alias(f"{f.name}_{a}") for f in spec.features for a in f.window_aggregations
     ]
     state = (
-        [pl.struct(list(layout(spec).schema)[3:]).alias(STATE_COLUMN)] if spec.late_policy == "hold" else []
+        [pl.struct([c for c in layout(spec).schema if c not in KEY]).alias(STATE_COLUMN)]
+        if spec.late_policy == "hold"
+        else []
     )
     return frame.select(
         "entity_id",

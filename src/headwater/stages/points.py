@@ -237,17 +237,12 @@ def release_points(
         past, seen = (
             (history, entities) if len(fields) == 1 else (history.filter(mine), entities.filter(mine))
         )
-        ewma = z = np.full(values.size, np.nan)
+        ewma, z = np.full(values.size, np.nan), np.full(values.size, np.nan)
         if rows.size:
             picked = (codes, times, values) if whole else (codes[rows], times[rows], values[rows])
             released = _Released.of(*picked)
-            found = _release_field(names, released, past, seen, window_ms, alpha)
-            if whole:
-                ewma, z = found[0], found[1]
-            else:
-                ewma, z = ewma.copy(), z.copy()
-                ewma[rows], z[rows] = found[0], found[1]
-            past, seen = found[2].filter(pl.col("event_time") >= watermark_ms - window_ms), found[3]
+            ewma[rows], z[rows], past, seen = _release_field(names, released, past, seen, window_ms, alpha)
+            past = past.filter(pl.col("event_time") >= watermark_ms - window_ms)
             past = past.with_columns(pl.lit(f).alias("field"))
             seen = seen.with_columns(pl.lit(f).alias("field"))
         histories.append(past.select(list(HISTORY_SCHEMA)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers beside this file, any import mode
-from signal_reference import Ev, generate, to_frame
+from signal_reference import Ev, generate, stats, to_frame
 
 from headwater.featuresets import FeatureSetSpec, FieldSpec, WindowSpec
 from headwater.pipeline.signal_commit import late_frame
@@ -37,15 +36,8 @@ def make_spec(policy: str = "hold", version: int = 1, features: tuple[FieldSpec,
 
 
 def reference_row(values: list[float]) -> dict[str, Any]:
-    n = len(values)
-    return {
-        "value_count": n,
-        "value_sum": math.fsum(values),
-        "value_mean": math.fsum(values) / n,
-        "value_min": min(values),
-        "value_max": max(values),
-        "value_std": statistics.stdev(values) if n >= 2 else None,
-    }
+    """The reference's statistics under the default field's column names."""
+    return {f"value_{name}": value for name, value in stats(values).items()}
 
 
 def stored_row(entity: str, size: int, start: int, values: list[float], revision: int) -> dict[str, Any]:
