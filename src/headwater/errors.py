@@ -8,8 +8,10 @@
     └── AdapterError           a port's backend failed
         ├── RetryableError     timeouts, 429, lost connections: retried with backoff
         ├── PermanentError     the backend refused for good: to the DLQ
-        └── EmbedderUnavailable the embedder's circuit opened: the run stops (exit 5), nothing
-                               is dead-lettered for it, and the same command continues later
+        ├── EmbedderUnavailable the embedder's circuit opened: the run stops (exit 5), nothing
+        │                      is dead-lettered for it, and the same command continues later
+        └── StoreUnavailable   a store (vector index, database) stayed unreachable through the
+                               retries: the same as for the embedder
 
 Adapters translate vendor exceptions at their boundary (``raise RetryableError(msg) from exc``);
 the engine decides retry vs DLQ by class alone. Messages name the file or URL, the field and the
@@ -57,6 +59,12 @@ class RetryableError(AdapterError):
 
 class PermanentError(AdapterError):
     """A backend failure that retrying will not fix."""
+
+
+class StoreUnavailable(RetryableError):
+    """A store's connection failed (a lost connection, a server restarting): retried with backoff
+    like any RetryableError; once the retries are spent, not the documents' fault either: the run
+    stops instead of dead-lettering them (exit 5), and the same command continues later."""
 
 
 class EmbedderUnavailable(RetryableError):

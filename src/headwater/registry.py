@@ -26,6 +26,8 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     },
     "vector_store": {
         "lancedb": ("headwater.adapters.lancedb:LanceVectorStore", None),
+        "faiss": ("headwater.adapters.faiss:FaissVectorStore", "faiss"),
+        "pgvector": ("headwater.adapters.pgvector:PgVectorStore", "pgvector"),
     },
     "metadata_store": {
         "sqlite": ("headwater.adapters.sqlite:SQLiteMetadataStore", None),
@@ -35,6 +37,7 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     },
     "online_store": {
         "sqlite": ("headwater.adapters.sqlite_features:SQLiteFeatureStore", None),
+        "redis": ("headwater.adapters.redis_features:RedisFeatureStore", "redis"),
     },
     "bus": {
         "memory": ("headwater.adapters.memory:MemoryBus", None),

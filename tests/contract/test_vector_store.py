@@ -16,7 +16,8 @@ from headwater.models import Chunk
 from headwater.ports import SearchesByPrefix, VectorStore
 from tests.contract.urls import adapter_url, url_id
 
-STORES = ["lancedb://{tmp}/vectors"]
+STORES = ["lancedb://{tmp}/vectors", "faiss://{tmp}/faiss"]
+STORES += ["pgvector://{pgvector_server.netloc}/postgres?table=chunks_{unique}"]
 DIMS = 16
 
 

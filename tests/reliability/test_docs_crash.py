@@ -1,18 +1,22 @@
 """kill -9 at named points and at random times, then a re-run: the index must equal a clean run's
-(same fingerprint, ``verify`` passes). The crash points are in the pipeline (pipeline/faults.py)."""
+(same fingerprint, ``verify`` passes), on every vector store. The crash points are in the
+pipeline (pipeline/faults.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Cli
+from tests.servers import ServerProcess
 
 CRASH_POINTS = [
     "after_extract",
@@ -22,6 +26,37 @@ CRASH_POINTS = [
     "after_cleanup",
     "during_delete",
 ]
+
+
+VECTOR_STORES = ["lancedb", "faiss", "pgvector"]
+
+
+class StoreCli(Cli):
+    """The CLI with each home's own vector store: every command that names ``--home H`` gets
+    ``HEADWATER_VECTOR_STORE`` for H (a store outside the home, as a team would configure it)."""
+
+    def __init__(self, env: dict[str, str], kind: str, server: ServerProcess | None) -> None:
+        super().__init__(env)
+        self.kind, self.server = kind, server
+
+    def store_for(self, home: Path) -> str | None:
+        if self.kind == "faiss":
+            return f"faiss://{home.resolve()}-faiss"
+        if self.kind == "pgvector" and self.server is not None:
+            table = "h_" + hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
+            return f"pgvector://{self.server.netloc}/postgres?table={table}"  # type: ignore[attr-defined]
+        return None  # lancedb: the home's default
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        if "--home" in args and (url := self.store_for(Path(args[args.index("--home") + 1]))):
+            env = {"HEADWATER_VECTOR_STORE": url, **(env or {})}
+        return super().__call__(*args, env=env, **kwargs)
+
+
+@pytest.fixture(params=VECTOR_STORES)
+def store_cli(request: pytest.FixtureRequest, cli: Cli) -> StoreCli:
+    server = request.getfixturevalue("pgvector_server") if request.param == "pgvector" else None
+    return StoreCli(cli.env, request.param, server)
 
 
 def make_corpus(root: Path, n: int, seed: int) -> None:
@@ -65,6 +100,9 @@ def assert_converged(cli: Cli, corpus: Path, home: Path, tmp_path: Path) -> None
     shutil.rmtree(clean, ignore_errors=True)
     assert ingest(cli, corpus, clean).returncode == 0
     got, want = cli.status(home), cli.status(clean)
+    if isinstance(cli, StoreCli):  # each home on its own store of the kind under test
+        assert got["vector_store"].startswith(f"{cli.kind}://"), got["vector_store"]
+        assert got["vector_store"] != want["vector_store"]
     assert got["fingerprint"] == want["fingerprint"]
     assert (got["documents"], got["chunks"], got["vectors"]) == (
         want["documents"],
@@ -76,7 +114,8 @@ def assert_converged(cli: Cli, corpus: Path, home: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
-def test_kill_at_named_point_then_rerun_converges(cli: Cli, tmp_path: Path, point: str) -> None:
+def test_kill_at_named_point_then_rerun_converges(store_cli: StoreCli, tmp_path: Path, point: str) -> None:
+    cli = store_cli
     corpus, home = tmp_path / "corpus", tmp_path / "home"
     make_corpus(corpus, 30, seed=7)
     assert ingest(cli, corpus, home).returncode == 0
@@ -86,8 +125,9 @@ def test_kill_at_named_point_then_rerun_converges(cli: Cli, tmp_path: Path, poin
     assert_converged(cli, corpus, home, tmp_path)
 
 
-def test_kill_at_random_times_then_rerun_converges(cli: Cli, tmp_path: Path) -> None:
+def test_kill_at_random_times_then_rerun_converges(store_cli: StoreCli, tmp_path: Path) -> None:
     """Killed after a random number of completed documents (wall-clock delays depend on the machine)."""
+    cli = store_cli
     corpus, home = tmp_path / "corpus", tmp_path / "home"
     make_corpus(corpus, 300, seed=11)
     rng = random.Random(3)
@@ -105,7 +145,11 @@ def test_kill_at_random_times_then_rerun_converges(cli: Cli, tmp_path: Path) -> 
                 str(home),
                 "--json",
             ],
-            env={**cli.env, "HEADWATER_COMMIT_BATCH_CHUNKS": "64"},
+            env={
+                **cli.env,
+                "HEADWATER_COMMIT_BATCH_CHUNKS": "64",
+                **({"HEADWATER_VECTOR_STORE": url} if (url := cli.store_for(home)) else {}),
+            },
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

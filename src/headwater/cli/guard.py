@@ -7,7 +7,7 @@ Exit codes (the README lists the same table):
     2    usage error (an unknown option, a bad argument value)
     3    configuration error (a setting, an environment variable, headwater.toml)
     4    the home is being written by another process and ``--no-wait`` was given
-    5    the embedder is unavailable: the run stopped, nothing was dead-lettered for it
+    5    the embedder or a store is unavailable: the run stopped, nothing was dead-lettered for it
     6    no space left on device: the run stopped, nothing half-written is kept
     70   an internal error (a bug: re-run with ``--debug`` and report the traceback)
     130  stopped by SIGINT (Ctrl-C);  143  stopped by SIGTERM
@@ -31,7 +31,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from headwater.config import Settings
-from headwater.errors import ConfigError, EmbedderUnavailable, HeadwaterError, HomeBusy, NoHome, disk_full
+from headwater.errors import (
+    ConfigError,
+    EmbedderUnavailable,
+    HeadwaterError,
+    HomeBusy,
+    NoHome,
+    StoreUnavailable,
+    disk_full,
+)
 
 T = TypeVar("T")
 
@@ -138,6 +146,12 @@ def describe(exc: BaseException) -> tuple[int, str]:  # noqa: PLR0911 (one retur
         line = (
             f"[red]embedder unavailable:[/] {escape(str(exc))}; the run stopped and nothing was "
             "dead-lettered for it: run the same command again once the embedder is back"
+        )
+        return EXIT_EMBEDDER, line
+    if isinstance(exc, StoreUnavailable):
+        line = (
+            f"[red]store unavailable:[/] {escape(str(exc))}; the run stopped and nothing was "
+            "dead-lettered for it: run the same command again once the store is back"
         )
         return EXIT_EMBEDDER, line
     if isinstance(exc, HeadwaterError):

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from headwater.errors import ConfigError, EmbedderUnavailable, HeadwaterError
+from headwater.errors import ConfigError, EmbedderUnavailable, HeadwaterError, StoreUnavailable
 from headwater.events import DocumentFailed, Event, to_dict
 from headwater.jobs.states import (
     RECOVERY,
@@ -335,8 +335,9 @@ class JobService:
                 async for event in events:
                     journal.add(event)
                     _stop_if_embedder_unavailable(event)
-            except EmbedderUnavailable as exc:
-                reason = f"embedder unavailable: {exc}"
+            except (EmbedderUnavailable, StoreUnavailable) as exc:
+                what = "embedder" if isinstance(exc, EmbedderUnavailable) else "store"
+                reason = f"{what} unavailable: {exc}"
                 await journal.close()  # the events that led here come before the status change
                 await self.store.transition(job.id, S.PAUSING, reason, expected=S.RUNNING)
                 return False

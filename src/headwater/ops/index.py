@@ -23,6 +23,7 @@ from headwater.homelock import home_lock
 from headwater.models import DocState
 from headwater.ops.search import chunk_dict
 from headwater.ports import Compactable, DocumentReader, MetadataStore, VectorReader, VectorWriter
+from headwater.redaction import redact_url
 
 
 async def status(settings: Settings) -> dict[str, Any]:
@@ -37,6 +38,7 @@ async def status(settings: Settings) -> dict[str, Any]:
             "vectors": len(lines),
             "fingerprint": digest,
             "embedder": embedder.id,
+            "vector_store": redact_url(settings.vector_store_url),
             "home": str(settings.home),
         }
 

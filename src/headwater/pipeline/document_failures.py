@@ -14,7 +14,14 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from headwater.errors import EmbedderUnavailable, HeadwaterError, RetryableError, disk_full
+from headwater.errors import (
+    ConfigError,
+    EmbedderUnavailable,
+    HeadwaterError,
+    RetryableError,
+    StoreUnavailable,
+    disk_full,
+)
 from headwater.events import DocumentFailed
 from headwater.models import DeadLetter, DocState
 from headwater.pipeline.commit import ReadyDocument
@@ -127,9 +134,10 @@ def _failed_state(work: Work, source: str, status: str, content_hash: str | None
 
 
 def stop_if_not_the_documents_fault(exc: HeadwaterError) -> None:
-    """An embedder that is down, or a full disk, would dead-letter every document of the run
-    in turn: the run stops instead, and the same command continues when it is fixed."""
-    if isinstance(exc, EmbedderUnavailable) or disk_full(exc) is not None:
+    """An embedder or a store that is down, a store that cannot be opened with these settings,
+    or a full disk would dead-letter every document of the run in turn: the run stops instead,
+    and the same command continues when it is fixed."""
+    if isinstance(exc, EmbedderUnavailable | StoreUnavailable | ConfigError) or disk_full(exc) is not None:
         raise exc
 
 
