@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -109,9 +110,21 @@ class Headwater:
 
     name = "headwater"
 
-    def __init__(self, embedder: str, timeout: float) -> None:
-        self.env = child_env(embedder)
+    def __init__(self, embedder: str, timeout: float, vector_store: str | None = None) -> None:
+        self.base_env = child_env(embedder)
         self.timeout = timeout
+        self.vector_store = vector_store
+        self.env = self.base_env
+        self.token = os.urandom(3).hex()  # a fresh table per sequence on a shared database
+
+    def use_home(self, home: Path) -> None:
+        """``--vector-store`` for this home: ``{home}`` is its path, ``{key}`` a name unique to the
+        sequence that is also a valid table name (a store outside the home is not removed with it)."""
+        if self.vector_store is None:
+            return
+        key = re.sub(r"[^a-z0-9]+", "_", f"hw_{home.name}_{self.token}".lower())
+        url = self.vector_store.format(home=home.resolve(), key=key)
+        self.env = {**self.base_env, "HEADWATER_VECTOR_STORE": url}
 
     def run(self, rec: Record, corpus: corpus_mod.Corpus, home: Path, logs: Path) -> None:
         stem = logs / f"{rec.workload}"
@@ -279,6 +292,8 @@ def run_sequence(
             rec = Record(
                 tool.name, corpus.spec.size, run, wl, load1=os.getloadavg()[0], corpus=corpus.spec.name
             )
+            if isinstance(tool, Headwater):
+                tool.use_home(home)
             tool.run(rec, corpus, home, logs)
             if rec.ok:
                 tool.check(rec, corpus, home, edits)
@@ -505,6 +520,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pdf-share", type=float, default=0.0, help="share of small PDFs (reportlab), e.g. 0.05"
     )
+    parser.add_argument(
+        "--vector-store",
+        help="headwater's vector store as a URL template: {home} the home's path, {key} a fresh name "
+        "per sequence, e.g. 'faiss://{home}-faiss' or 'pgvector://USER@HOST:PORT/DB?table={key}' "
+        "(default: LanceDB in the home)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", type=Path, default=Path("/tmp/hwbench"), help="corpora, homes and logs")
     parser.add_argument(
@@ -585,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(ready in {time.perf_counter() - start:.1f} s)"
         )
         hw_embedder = "minilm://" if args.embed == "minilm" else "hash://"
-        tools: list[Headwater | LangChain] = [Headwater(hw_embedder, args.timeout)]
+        tools: list[Headwater | LangChain] = [Headwater(hw_embedder, args.timeout, args.vector_store)]
         if args.compare == "langchain" and size <= args.compare_max_size:
             tools.append(LangChain(args.timeout, args.lc_store, args.embed, args.lc_batch))
         for run in range(args.runs):

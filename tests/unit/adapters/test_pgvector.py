@@ -5,11 +5,11 @@ queries after ``optimize`` built the HNSW index."""
 from __future__ import annotations
 
 import pytest
+from tests.contract.test_vector_store import DIMS, chunks, vectors_for
+from tests.servers import ServerProcess, free_port
 
 from headwater.adapters.pgvector import PgVectorStore, parse_url
 from headwater.errors import ConfigError, StoreUnavailable
-from tests.contract.test_vector_store import DIMS, chunks, vectors_for
-from tests.servers import ServerProcess, free_port
 
 
 def test_the_url_names_database_and_table_and_keeps_libpq_options() -> None:
