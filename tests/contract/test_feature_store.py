@@ -17,7 +17,7 @@ from headwater.models import BatchCommit, SignalCheckpoint
 from headwater.ports import FeatureStore, OfflineFeatureStore
 from tests.contract.urls import adapter_url, url_id
 
-ONLINE_URLS = ["sqlite:///{tmp}/features.db"]
+ONLINE_URLS = ["sqlite:///{tmp}/features.db", "redis://127.0.0.1:{redis_server.port}/0?prefix=t{unique}"]
 OFFLINE_URLS = ["{tmp}/offline", "file://{tmp}/offline"]
 
 
