@@ -95,6 +95,11 @@ def climate_jsonl(parquet: Path, out: Path) -> None:
                 sink.write(encode.encode(event) + b"\n")
 
 
+def online_url(home: Path) -> str:
+    """``--online-store`` with a fresh ``{key}`` per run (a store outside the home outlives it)."""
+    return ARGS.online_store.format(key=home.name.replace("-", "_")) if ARGS.online_store else ""
+
+
 def run_once(data: Path, events: int) -> dict[str, float]:
     """One ingest in a child process; returns its wall time, events/s and peak RSS."""
     home = Path(tempfile.mkdtemp(prefix="hw-bench-"))
@@ -102,10 +107,12 @@ def run_once(data: Path, events: int) -> dict[str, float]:
         "import sys, time, resource, json; from pathlib import Path;"
         "from headwater.pipeline.signals import SignalPipeline, SignalOptions;"
         "from headwater.featuresets import build_feature_set;"
-        "from headwater.adapters.sqlite_features import SQLiteFeatureStore;"
+        "from headwater import registry;"
         "from headwater.adapters.parquet import ParquetOfflineStore; import asyncio\n"
         "async def main():\n"
-        "    on = SQLiteFeatureStore('sqlite:///' + sys.argv[2] + '/features.db'); await on.open()\n"
+        "    url = sys.argv[6] or 'sqlite:///' + sys.argv[2] + '/features.db'\n"
+        "    on = registry.create('online_store', url)\n"
+        "    await on.open()\n"
         "    off = ParquetOfflineStore(sys.argv[2] + '/offline')\n"
         "    spec = build_feature_set('bench', windows='1s,5s,1m', lateness='2s',"
         " points=sys.argv[3] == '1', features=json.loads(sys.argv[5]))\n"
@@ -123,8 +130,9 @@ def run_once(data: Path, events: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     features = json.dumps(CLIMATE if ARGS.input == "climate" else None)
     try:
+        argv = [str(data), str(home), ARGS.points, str(ARGS.batch), features, online_url(home)]
         proc = subprocess.run(
-            [sys.executable, "-c", code, str(data), str(home), ARGS.points, str(ARGS.batch), features],
+            [sys.executable, "-c", code, *argv],
             check=True,
             capture_output=True,
             text=True,
@@ -186,6 +194,7 @@ def main() -> None:
         "points": ARGS.points == "1",
         "input": ARGS.input,
         "batch": ARGS.batch,
+        "online_store": ARGS.online_store or "sqlite",
     }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(
@@ -205,6 +214,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--points", default="1", choices=["0", "1"], help="also compute EWMA and z-score")
     parser.add_argument("--input", default="parquet", choices=["parquet", "climate"], help="see above")
+    parser.add_argument(
+        "--online-store",
+        help="online store URL, {key} a fresh name per run, e.g. 'redis://127.0.0.1:6379/0?prefix={key}' "
+        "(default: SQLite in the home)",
+    )
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "headwater-bench"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "signals.json"))
     return parser.parse_args()
