@@ -31,6 +31,8 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     },
     "metadata_store": {
         "sqlite": ("headwater.adapters.sqlite:SQLiteMetadataStore", None),
+        "postgresql": ("headwater.adapters.postgres:PostgresMetadataStore", "postgres"),
+        "postgres": ("headwater.adapters.postgres:PostgresMetadataStore", "postgres"),
     },
     "job_store": {
         "sqlite": ("headwater.adapters.sqlite_jobs:SQLiteJobStore", None),

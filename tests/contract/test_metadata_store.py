@@ -14,7 +14,7 @@ from headwater.models import ChunkKey, DeadLetter, DocState
 from headwater.ports import MetadataStore
 from tests.contract.urls import adapter_url, url_id
 
-STORES = ["sqlite:///{tmp}/state.db"]
+STORES = ["sqlite:///{tmp}/state.db", "postgresql://{pgvector_server.netloc}/postgres?schema=t{unique}"]
 
 
 @pytest.fixture(params=STORES, ids=url_id)

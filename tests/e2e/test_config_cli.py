@@ -90,9 +90,9 @@ def test_an_adapter_not_supported_yet_is_exit_3_and_one_line(tmp_path: Path) -> 
     )
     assert "configuration error" in line
     assert not (tmp_path / "h").exists()  # refused before anything was created
-    secret = "postgresql://app:hunter2@db:5432/hw"
+    secret = "mysql://app:hunter2@db:3306/hw"
     line = config_error(
-        run(tmp_path, "config", "show", env={"METADATA_DB_URL": secret}), "METADATA_DB_URL", "postgresql"
+        run(tmp_path, "config", "show", env={"METADATA_DB_URL": secret}), "METADATA_DB_URL", "mysql"
     )
     assert "hunter2" not in line
     config_error(

@@ -49,6 +49,11 @@ def test_every_alias_names_a_setting_or_is_only_checked() -> None:
         ({"FEATURE_SET_VERSION": "4"}, "feature_set_version", 4),
         ({"OFFLINE_DATA_PATH": "/data/offline"}, "offline_store", "/data/offline"),
         ({"METADATA_DB_URL": "sqlite:////data/state.db"}, "metadata_store", "sqlite:////data/state.db"),
+        (
+            {"METADATA_DB_URL": "postgresql://app@db:5432/hw?schema=idx"},
+            "metadata_store",
+            "postgresql://app@db:5432/hw?schema=idx",
+        ),
         ({"OFFLINE_FORMAT": "parquet", "VECTORSTORE_BACKEND": "LanceDB"}, "vector_store", None),
     ],
 )
@@ -102,8 +107,8 @@ def test_an_alias_beats_headwater_toml_and_a_preset(tmp_path: Path, monkeypatch:
         ),
         ({"NATS_URL": "redis://r:6379"}, ["NATS_URL", "redis://", "nats://"]),
         (
-            {"METADATA_DB_URL": "postgresql://app:hunter2@db:5432/hw"},
-            ["METADATA_DB_URL", "postgresql://", "not supported yet", "sqlite:///"],
+            {"METADATA_DB_URL": "mysql://app:hunter2@db:3306/hw"},
+            ["METADATA_DB_URL", "mysql://", "not supported yet", "sqlite:///", "postgresql://"],
         ),
     ],
 )

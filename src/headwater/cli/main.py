@@ -5,7 +5,7 @@ import importlib
 
 from headwater.cli.app import app
 
-COMMAND_MODULES = ("docs", "dlq", "signals", "stream", "serve", "config")
+COMMAND_MODULES = ("docs", "dlq", "signals", "stream", "serve", "config", "migrate")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"headwater.cli.{_name}")
 

@@ -65,11 +65,13 @@ def _only(accepted: str, what: str, supported: str) -> Converter:
     return check
 
 
-def _url_of(scheme: str, what: str, supported: str) -> Converter:
+def _url_of(scheme: str | tuple[str, ...], what: str, supported: str) -> Converter:
+    schemes = (scheme,) if isinstance(scheme, str) else scheme
+
     def check(name: str, text: str) -> str:
         found = urlsplit(text.strip()).scheme.lower()
-        if found != scheme:
-            kind = f"a {found}:// {what}" if found else f"{what} {_shown(text)} without a {scheme}:// URL"
+        if found not in schemes:
+            kind = f"a {found}:// {what}" if found else f"{what} {_shown(text)} without a {schemes[0]}:// URL"
             _not_yet(kind, supported)(name, text)
         return text.strip()
 
@@ -123,7 +125,12 @@ ALIASES: Mapping[str, Alias] = MappingProxyType(
         ),
         "METADATA_DB_URL": Alias(
             "metadata_store",
-            _url_of("sqlite", "metadata database", "the metadata store is SQLite (sqlite:///PATH)"),
+            _url_of(
+                ("sqlite", "postgresql", "postgres"),
+                "metadata database",
+                "the metadata store is SQLite (sqlite:///PATH) or PostgreSQL "
+                "(postgresql://USER@HOST:PORT/DB?schema=NAME)",
+            ),
         ),
         "VECTORSTORE_BACKEND": Alias(
             None,
