@@ -33,11 +33,14 @@ VECTOR_STORES = ["lancedb", "faiss", "pgvector"]
 
 class StoreCli(Cli):
     """The CLI with each home's own vector store: every command that names ``--home H`` gets
-    ``HEADWATER_VECTOR_STORE`` for H (a store outside the home, as a team would configure it)."""
+    ``HEADWATER_VECTOR_STORE`` for H (a store outside the home, as a team would configure it),
+    and with ``metadata``, ``HEADWATER_METADATA_STORE`` too: a schema of the server's database."""
 
-    def __init__(self, env: dict[str, str], kind: str, server: ServerProcess | None) -> None:
+    def __init__(
+        self, env: dict[str, str], kind: str, server: ServerProcess | None, *, metadata: bool = False
+    ) -> None:
         super().__init__(env)
-        self.kind, self.server = kind, server
+        self.kind, self.server, self.metadata = kind, server, metadata
 
     def store_for(self, home: Path) -> str | None:
         if self.kind == "faiss":
@@ -47,9 +50,17 @@ class StoreCli(Cli):
             return f"pgvector://{self.server.netloc}/postgres?table={table}"  # type: ignore[attr-defined]
         return None  # lancedb: the home's default
 
+    def metadata_for(self, home: Path) -> str | None:
+        if not self.metadata or self.server is None:
+            return None
+        schema = "m_" + hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
+        return f"postgresql://{self.server.netloc}/postgres?schema={schema}"  # type: ignore[attr-defined]
+
     def __call__(self, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
         if "--home" in args and (url := self.store_for(Path(args[args.index("--home") + 1]))):
             env = {"HEADWATER_VECTOR_STORE": url, **(env or {})}
+        if "--home" in args and (url := self.metadata_for(Path(args[args.index("--home") + 1]))):
+            env = {"HEADWATER_METADATA_STORE": url, **(env or {})}
         return super().__call__(*args, env=env, **kwargs)
 
 
@@ -123,6 +134,15 @@ def test_kill_at_named_point_then_rerun_converges(store_cli: StoreCli, tmp_path:
     crashed = ingest(cli, corpus, home, HEADWATER_CRASH_AT=point)
     assert crashed.returncode == -signal.SIGKILL, f"crash point {point} was never reached: {crashed.stderr}"
     assert_converged(cli, corpus, home, tmp_path)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_at_named_point_with_postgres_metadata_then_rerun_converges(
+    cli: Cli, pgvector_server: ServerProcess, tmp_path: Path, point: str
+) -> None:
+    """Vectors in pgvector and the metadata in a PostgreSQL schema: nothing of the index is in the home."""
+    store_cli = StoreCli(cli.env, "pgvector", pgvector_server, metadata=True)
+    test_kill_at_named_point_then_rerun_converges(store_cli, tmp_path, point)
 
 
 def test_kill_at_random_times_then_rerun_converges(store_cli: StoreCli, tmp_path: Path) -> None:
