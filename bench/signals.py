@@ -100,6 +100,13 @@ def online_url(home: Path) -> str:
     return ARGS.online_store.format(key=home.name.replace("-", "_")) if ARGS.online_store else ""
 
 
+def offline_url(home: Path) -> str:
+    """``--offline-store`` with a fresh ``{key}`` per run, ``{home}`` the run's home folder."""
+    if not ARGS.offline_store:
+        return ""
+    return ARGS.offline_store.format(key=home.name.replace("-", "_"), home=home)
+
+
 def run_once(data: Path, events: int) -> dict[str, float]:
     """One ingest in a child process; returns its wall time, events/s and peak RSS."""
     home = Path(tempfile.mkdtemp(prefix="hw-bench-"))
@@ -113,7 +120,8 @@ def run_once(data: Path, events: int) -> dict[str, float]:
         "    url = sys.argv[6] or 'sqlite:///' + sys.argv[2] + '/features.db'\n"
         "    on = registry.create('online_store', url)\n"
         "    await on.open()\n"
-        "    off = ParquetOfflineStore(sys.argv[2] + '/offline')\n"
+        "    off = registry.create('offline_store', sys.argv[7]) if sys.argv[7]"
+        " else ParquetOfflineStore(sys.argv[2] + '/offline')\n"
         "    spec = build_feature_set('bench', windows='1s,5s,1m', lateness='2s',"
         " points=sys.argv[3] == '1', features=json.loads(sys.argv[5]))\n"
         "    p = SignalPipeline(inputs=Path(sys.argv[1]), spec=spec, online=on, offline=off,"
@@ -130,7 +138,8 @@ def run_once(data: Path, events: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     features = json.dumps(CLIMATE if ARGS.input == "climate" else None)
     try:
-        argv = [str(data), str(home), ARGS.points, str(ARGS.batch), features, online_url(home)]
+        stores = [online_url(home), offline_url(home)]
+        argv = [str(data), str(home), ARGS.points, str(ARGS.batch), features, *stores]
         proc = subprocess.run(
             [sys.executable, "-c", code, *argv],
             check=True,
@@ -195,6 +204,7 @@ def main() -> None:
         "input": ARGS.input,
         "batch": ARGS.batch,
         "online_store": ARGS.online_store or "sqlite",
+        "offline_store": ARGS.offline_store or "parquet",
     }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(
@@ -218,6 +228,11 @@ def parse_args() -> argparse.Namespace:
         "--online-store",
         help="online store URL, {key} a fresh name per run, e.g. 'redis://127.0.0.1:6379/0?prefix={key}' "
         "(default: SQLite in the home)",
+    )
+    parser.add_argument(
+        "--offline-store",
+        help="offline store URL, {key} a fresh name per run, {home} the run's home, e.g. "
+        "'delta://{home}/offline' (default: Parquet in the home)",
     )
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "headwater-bench"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "signals.json"))

@@ -138,6 +138,32 @@ def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """moto's S3 server on a free port, in memory: ``.endpoint`` (``http://127.0.0.1:P``),
+    ``.env()`` (the AWS variables a client reads), ``.create_bucket(name)``, and ``.bucket``, one
+    made at start. The session's environment points the AWS SDKs at it (``.env()``), so a store
+    URL like ``delta+s3://{s3_server.bucket}/{unique}`` needs nothing else."""
+    from tests.servers import S3Server, moto_python
+
+    found = moto_python()
+    if found is None:
+        reason = "no S3 test server (pip install 'moto[server]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}: CI must run the S3 tests", pytrace=False)
+        pytest.skip(reason)
+    server = S3Server(found, tmp_path_factory.mktemp("s3"))
+    try:
+        server.start()
+        server.create_bucket(server.bucket)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in server.env().items():
+                patch.setenv(key, value)
+            yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def unique() -> str:
     """A short name no other test uses: a table or a collection of its own on a shared server."""

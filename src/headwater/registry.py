@@ -49,6 +49,8 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     "offline_store": {
         "file": ("headwater.adapters.parquet:ParquetOfflineStore", None),
         "parquet": ("headwater.adapters.parquet:ParquetOfflineStore", None),
+        "delta": ("headwater.adapters.delta:DeltaOfflineStore", "delta"),
+        "delta+s3": ("headwater.adapters.delta:DeltaOfflineStore", "delta"),
     },
 }
 

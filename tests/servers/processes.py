@@ -255,6 +255,65 @@ class PostgresServer(ServerProcess):
         proc.send_signal(signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for every client
 
 
+class S3Server(ServerProcess):
+    """moto's S3 server, in memory (a restart starts empty); ``binary`` is a Python that has
+    ``moto[server]``. Any credentials are accepted: ``env`` gives the AWS variables a client
+    (boto3, deltalake, s3fs) reads, ``create_bucket`` makes a bucket and returns its name."""
+
+    name = "moto-s3"
+    access_key = "testing"
+    secret_key = "testing"
+    region = "us-east-1"
+    bucket = "headwater"  # the fixture creates it
+
+    @property
+    def url(self) -> str:
+        return self.endpoint
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [self.binary, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def env(self) -> dict[str, str]:
+        """The variables the AWS SDKs read, pointing at this server (no secret: moto takes any)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def create_bucket(self, name: str) -> str:
+        import boto3
+
+        client = boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+        )  # fmt: skip
+        client.create_bucket(Bucket=name)
+        return name
+
+
+def moto_python() -> str | None:
+    """This interpreter when it can run moto's S3 server (``moto[server]``: flask, flask-cors)."""
+    import importlib.util
+
+    needed = ("moto", "flask", "flask_cors")
+    return sys.executable if all(importlib.util.find_spec(m) is not None for m in needed) else None
+
+
 def _reachable_copy(bin_folder: Path, target: Path) -> str:
     """A copy of a wheel's PostgreSQL install (its ``bin``'s parent, and the ``*.libs`` folders
     its rpath ``$ORIGIN/../../../…`` points to) under ``target``; returns the copy's bin folder."""
