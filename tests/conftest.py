@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from tests.servers import NatsServer, PostgresServer, RedisServer, ServerProcess, find_binary, pgvector_bin
+from tests.servers import (
+    ChromaServer,
+    NatsServer,
+    PostgresServer,
+    RedisServer,
+    ServerProcess,
+    find_binary,
+    pgvector_bin,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -160,6 +168,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             for key, value in server.env().items():
                 patch.setenv(key, value)
             yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``chroma run`` on a free port; ``.hostport`` (``127.0.0.1:P``) for chroma:// URLs."""
+    found = find_binary("chroma")
+    if found is None:
+        reason = "chroma not found (pip install 'headwater[chroma]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}: CI must run the Chroma tests", pytrace=False)
+        pytest.skip(reason)
+    server = ChromaServer(found, tmp_path_factory.mktemp("chroma"))
+    try:
+        server.start()
+        yield server
     finally:
         server.stop()
 

@@ -28,6 +28,7 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
         "lancedb": ("headwater.adapters.lancedb:LanceVectorStore", None),
         "faiss": ("headwater.adapters.faiss:FaissVectorStore", "faiss"),
         "pgvector": ("headwater.adapters.pgvector:PgVectorStore", "pgvector"),
+        "chroma": ("headwater.adapters.chroma:ChromaVectorStore", "chroma"),
     },
     "metadata_store": {
         "sqlite": ("headwater.adapters.sqlite:SQLiteMetadataStore", None),

@@ -18,6 +18,7 @@ from tests.contract.urls import adapter_url, url_id
 
 STORES = ["lancedb://{tmp}/vectors", "faiss://{tmp}/faiss"]
 STORES += ["pgvector://{pgvector_server.netloc}/postgres?table=chunks_{unique}"]
+STORES += ["chroma://{tmp}/chroma", "chroma://{chroma_server.hostport}/c{unique}"]
 DIMS = 16
 
 

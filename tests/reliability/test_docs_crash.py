@@ -28,7 +28,7 @@ CRASH_POINTS = [
 ]
 
 
-VECTOR_STORES = ["lancedb", "faiss", "pgvector"]
+VECTOR_STORES = ["lancedb", "faiss", "pgvector", "chroma"]
 
 
 class StoreCli(Cli):
@@ -43,8 +43,8 @@ class StoreCli(Cli):
         self.kind, self.server, self.metadata = kind, server, metadata
 
     def store_for(self, home: Path) -> str | None:
-        if self.kind == "faiss":
-            return f"faiss://{home.resolve()}-faiss"
+        if self.kind in ("faiss", "chroma"):
+            return f"{self.kind}://{home.resolve()}-{self.kind}"
         if self.kind == "pgvector" and self.server is not None:
             table = "h_" + hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
             return f"pgvector://{self.server.netloc}/postgres?table={table}"  # type: ignore[attr-defined]

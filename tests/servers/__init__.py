@@ -14,6 +14,7 @@ the fixtures in tests/conftest.py then fail in CI and skip locally.
 from __future__ import annotations
 
 from tests.servers.processes import (
+    ChromaServer,
     NatsServer,
     PostgresServer,
     RedisServer,
@@ -26,6 +27,7 @@ from tests.servers.processes import (
 )
 
 __all__ = [
+    "ChromaServer",
     "NatsServer",
     "PostgresServer",
     "RedisServer",

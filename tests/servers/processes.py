@@ -314,6 +314,44 @@ def moto_python() -> str | None:
     return sys.executable if all(importlib.util.find_spec(m) is not None for m in needed) else None
 
 
+class ChromaServer(ServerProcess):
+    """``chroma run`` (the chromadb package's server) with its data under ``data_dir``; telemetry
+    off. Ready when its heartbeat answers."""
+
+    name = "chroma"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [
+            self.binary,
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--path",
+            str(self.data_dir / "db"),
+        ]
+
+    def start(self, timeout: float = 60) -> None:
+        os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+        super().start(timeout)
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v2/heartbeat", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+
 def _reachable_copy(bin_folder: Path, target: Path) -> str:
     """A copy of a wheel's PostgreSQL install (its ``bin``'s parent, and the ``*.libs`` folders
     its rpath ``$ORIGIN/../../../…`` points to) under ``target``; returns the copy's bin folder."""
