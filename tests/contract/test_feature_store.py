@@ -163,3 +163,18 @@ def test_offline_write_replaces_parts_and_partitions_by_date(offline: OfflineFea
         return  # a remote store (delta+s3://): no local folders to look at
     assert not list(root.rglob("*.tmp"))
     assert list(root.glob("windows/*fs/date=1970-01-02"))  # a folder per day (Delta: ROOT/windows/fs)
+
+
+def test_offline_write_replaces_the_whole_part_whatever_days_it_had(offline: OfflineFeatureStore) -> None:
+    """A replay of a batch cut differently (another --batch-events, a resumed run) may cover
+    fewer days than the part it replaces, or none: what the part held before is gone either way."""
+    day = 86_400_000
+    asyncio.run(offline.write("late", "fs", "part-s-000003", frame([0, day, 2 * day])))
+    asyncio.run(offline.write("late", "fs", "part-s-000004", frame([day])))
+    asyncio.run(offline.write("late", "fs", "part-s-000003", frame([day], value=7.0)))
+    rows = asyncio.run(offline.read("late", "fs"))
+    mine = rows.filter(pl.col("_part") == "part-s-000003.parquet")
+    assert mine["value"].to_list() == [7.0] and mine["date"].to_list() == ["1970-01-02"]
+    asyncio.run(offline.write("late", "fs", "part-s-000003", frame([]).clear()))
+    rows = asyncio.run(offline.read("late", "fs"))
+    assert rows["_part"].to_list() == ["part-s-000004.parquet"]

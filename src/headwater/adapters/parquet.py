@@ -62,13 +62,19 @@ class ParquetOfflineStore:
         await asyncio.to_thread(self._write, dataset, feature_set, part, rows)
 
     def _write(self, dataset: str, feature_set: str, part: str, rows: pl.DataFrame) -> None:
-        if rows.height == 0:
-            return
+        """The part's new files first (durable), then its files of days it no longer has: a
+        replay of a batch cut otherwise (another batch size, a resumed run) may cover fewer days,
+        or none; a crash in between leaves old rows that the next replay removes."""
         folder = self._folder(dataset, feature_set)
         try:
-            for day, group in _by_day(rows):
+            written = set()
+            for day, group in _by_day(rows) if rows.height else []:
                 folder = self._folder(dataset, feature_set) / f"date={_day(day)}"
                 self._write_part(folder, part, group)
+                written.add(folder)
+            for old in self._folder(dataset, feature_set).glob(f"date=*/{part}.parquet"):
+                if old.parent not in written:
+                    old.unlink()
         except Exception as exc:
             if disk_full(exc) is not None:  # polars says it in its own words: the folder, as the OS would
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from exc
