@@ -3,6 +3,7 @@ The tables' modules (documents, dead letters, cache, settings) build on it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ class PostgresBase:
         self.conninfo, self.schema = parse_url(url)
         self._pool: AsyncConnectionPool[Any] | None = None
         self._scan: AsyncConnection[Any] | None = None  # the seen set's own connection
+        self._scan_made: asyncio.Lock | None = None  # made by the first note_seen, in its loop
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:

@@ -10,6 +10,7 @@ database serializes per document: two claims at once count two attempts.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -150,12 +151,19 @@ class DocumentTables(PostgresBase):
         """Into a temporary table of a connection of its own, made at the first call and never
         replaced: if that connection is lost, so is the seen set, and ``unseen`` fails (a
         StoreUnavailable) instead of taking every document for deleted."""
+        if self._scan_made is None:
+            self._scan_made = asyncio.Lock()
         async with errors(self.url):
-            if self._scan is None:
-                scan = await connect(self.url, self.conninfo)
-                await self.configure(scan)
-                await scan.execute('CREATE TEMP TABLE seen (uri text COLLATE "C" PRIMARY KEY)')
-                self._scan = scan
+            async with self._scan_made:  # the scan's batches come concurrently: one connection for all
+                if self._scan is None:
+                    scan = await connect(self.url, self.conninfo)
+                    try:
+                        await self.configure(scan)
+                        await scan.execute('CREATE TEMP TABLE seen (uri text COLLATE "C" PRIMARY KEY)')
+                    except BaseException:
+                        await scan.close()
+                        raise
+                    self._scan = scan
             await self._scan.execute(
                 "INSERT INTO seen SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", [list(uris)]
             )

@@ -71,7 +71,7 @@ class PostgresMetadataStore(DocumentTables, DeadLetterTable, EmbeddingCacheTable
             raise ConfigError(msg) from exc
 
     async def close(self) -> None:
-        scan, self._scan = self._scan, None
+        scan, self._scan, self._scan_made = self._scan, None, None
         pool, self._pool = self._pool, None
         if scan is not None:
             await scan.close()
