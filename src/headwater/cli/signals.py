@@ -1,5 +1,5 @@
 """CLI for signals: ``ingest signals``, ``features get``, ``features export``, ``features late``,
-``features release``.
+``features release``, ``features feast-repo``.
 
 Rendering: a progress bar on a terminal, a plain line every few seconds elsewhere, ``--json``
 one event per line (the ``headwater.events`` encoding, last one ``"type": "RunCompleted"``).
@@ -226,6 +226,33 @@ def features_export(
 
     count = run_guarded(work)
     err.print(f"wrote {count} rows to {out_path}")
+
+
+@features_app.command("feast-repo")
+def features_feast_repo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder of the Feast repository (created)")],
+    home: HomeOpt = None,
+    feature_set: FeatureSetOpt = None,
+) -> None:
+    """Write a Feast repository serving the feature set's windows (one FeatureView per window size);
+    then `feast apply` and `feast materialize` in that folder. Run it again to refresh its data."""
+    from headwater.compose import make_offline_store
+    from headwater.config import load_settings
+    from headwater.ops.feast_repo import write_feast_repo
+
+    def work() -> dict[str, int]:
+        loaded = load_settings(home=home, feature_set=feature_set, index=False)
+        settings = feature_set_of(existing_home(loaded))
+        try:
+            return run_async(write_feast_repo(make_offline_store(settings), settings.feature_set, out_dir))
+        except OSError as exc:
+            msg = f"cannot write the Feast repository in {out_dir}: {exc.strerror or exc}"
+            raise HeadwaterError(msg) from exc
+
+    views = run_guarded(work)
+    for view, count in views.items():
+        err.print(f"feature view {view}: {count} rows")
+    err.print(f"wrote a Feast repository in {out_dir}: cd there, then `feast apply` and `feast materialize`")
 
 
 @features_app.command("late")
