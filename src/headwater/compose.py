@@ -68,8 +68,9 @@ def make_bus(settings: Settings, url: str | None = None) -> StreamBus:
 
 
 def job_store_url(settings: Settings) -> str:
-    """``jobs.db`` next to ``state.db``: journal writes never wait for a pipeline's transaction."""
-    return f"sqlite:///{settings.home.resolve()}/jobs.db"
+    """``HEADWATER_JOB_STORE``; by default the metadata store's PostgreSQL schema, else the home's
+    ``jobs.db`` (see ``Settings.job_store_url``)."""
+    return settings.job_store_url
 
 
 def make_job_store(settings: Settings) -> JobStore:
@@ -326,7 +327,7 @@ async def open_signal_worker(
 
 
 def build_job_service(settings: Settings, *, observers: Sequence[Callable[[Event], None]] = ()) -> JobService:
-    """The job service the server and ``headwater jobs`` use, on the home's ``jobs.db``; what
+    """The job service the server and ``headwater jobs`` use, on ``job_store_url``; what
     each job kind runs is in ``headwater.jobs.kinds``."""
     from headwater.jobs.kinds import runners
     from headwater.jobs.service import JobService
@@ -335,5 +336,7 @@ def build_job_service(settings: Settings, *, observers: Sequence[Callable[[Event
         make_job_store(settings),
         runners(settings),
         max_concurrent=settings.max_concurrent_jobs,
+        lease_seconds=settings.job_lease_seconds,
+        renew_seconds=settings.job_renew_seconds,
         observers=observers,
     )

@@ -37,6 +37,8 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     },
     "job_store": {
         "sqlite": ("headwater.adapters.sqlite_jobs:SQLiteJobStore", None),
+        "postgresql": ("headwater.adapters.postgres.jobs:PostgresJobStore", "postgres"),
+        "postgres": ("headwater.adapters.postgres.jobs:PostgresJobStore", "postgres"),
     },
     "online_store": {
         "sqlite": ("headwater.adapters.sqlite_features:SQLiteFeatureStore", None),

@@ -19,7 +19,7 @@ from headwater.ports import JobStore
 from tests.contract.urls import adapter_url, url_id
 
 S = JobStatus
-STORES = ["sqlite:///{tmp}/jobs.db"]
+STORES = ["sqlite:///{tmp}/jobs.db", "postgresql://{pgvector_server.netloc}/postgres?schema=j{unique}"]
 
 
 @pytest.fixture(params=STORES, ids=url_id)

@@ -1,16 +1,32 @@
-"""The job store on SQLite: jobs, their status and their event journal (ports.JobStore)."""
+"""The job store on SQLite: jobs, their status, their event journal and their leases (ports.JobStore).
+
+A lease is kept as the port says, on this machine's clock; since every process that opens the
+file runs on this machine (WAL mode needs shared memory), a lease whose holder's process is gone
+is recovered at once, without waiting for it to expire: a server restarted after kill -9 picks
+its job up as it starts.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from headwater.adapters.sqlite.connection import connect, path_from_url, store_thread
-from headwater.jobs.states import TERMINAL, IllegalTransition, JobNotFound, StaleJobStatus, check_transition
+from headwater.jobs.states import (
+    RECOVERY,
+    TERMINAL,
+    IllegalTransition,
+    JobNotFound,
+    StaleJobStatus,
+    check_transition,
+)
 from headwater.models import Job, JobEvent, JobStatus
 
 S = JobStatus
@@ -25,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     spec TEXT NOT NULL, priority INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT,
     progress TEXT NOT NULL DEFAULT '{}', runs INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    lease_owner TEXT, lease_until REAL, lease_pid TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, seq);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -34,6 +51,9 @@ CREATE TABLE IF NOT EXISTS job_events (
 ) WITHOUT ROWID;
 """
 _JOB_COLUMNS = "id, kind, spec, priority, status, reason, progress, runs, created_at, updated_at"
+# Added after the first release: a jobs.db made before them gets them when opened.
+_LEASE_COLUMNS = {"lease_owner": "TEXT", "lease_until": "REAL", "lease_pid": "TEXT"}
+_LEASED = tuple(s.value for s in RECOVERY)  # the statuses a runner holds a lease in
 
 
 class SQLiteJobStore:
@@ -49,6 +69,10 @@ class SQLiteJobStore:
         def _open() -> None:
             db = connect(self.path, "FULL")
             db.executescript(SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _LEASE_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             self._db = db
 
         if self._db is None:
@@ -107,17 +131,80 @@ class SQLiteJobStore:
                 if expected is not None and current != expected:
                     raise StaleJobStatus(job_id, current, to, expected)
                 check_transition(job_id, current, to)
-                self.db.execute(
-                    "UPDATE jobs SET status = ?, reason = ?, updated_at = ?, runs = runs + ? "
-                    "WHERE id = ? AND status = ?",
-                    (to.value, reason, now, int(to is S.RUNNING), job_id, current.value),
-                )
-                self._append(job_id, [_status_event(current, to, reason)], now)
+                self._move(job_id, current, to, reason, now)
             job = self._get(job_id)
             assert job is not None
             return job
 
         return await self._thread.call(_transition)
+
+    def _move(self, job_id: str, current: JobStatus, to: JobStatus, reason: str | None, now: str) -> None:
+        """The status write and its event; a move out of the leased statuses ends the lease."""
+        keep = to.value in _LEASED
+        self.db.execute(
+            "UPDATE jobs SET status = ?, reason = ?, updated_at = ?, runs = runs + ?, "
+            "lease_owner = CASE WHEN ? THEN lease_owner END, lease_until = CASE WHEN ? THEN lease_until END, "
+            "lease_pid = CASE WHEN ? THEN lease_pid END WHERE id = ? AND status = ?",
+            (to.value, reason, now, int(to is S.RUNNING), keep, keep, keep, job_id, current.value),
+        )
+        self._append(job_id, [_status_event(current, to, reason)], now)
+
+    async def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        def _claim() -> Job | None:
+            now = _now()
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                row = self.db.execute(
+                    "SELECT id FROM jobs WHERE status = ? ORDER BY priority DESC, seq LIMIT 1",
+                    (S.QUEUED.value,),
+                ).fetchone()
+                if row is None:
+                    return None
+                self._move(row[0], S.QUEUED, S.RUNNING, None, now)
+                self.db.execute(
+                    "UPDATE jobs SET lease_owner = ?, lease_until = ?, lease_pid = ? WHERE id = ?",
+                    (owner, time.time() + lease_seconds, _this_process(), row[0]),
+                )
+            return self._get(row[0])
+
+        return await self._thread.call(_claim)
+
+    async def renew(self, job_id: str, owner: str, lease_seconds: float) -> bool:
+        def _renew() -> bool:
+            with self.db:
+                cursor = self.db.execute(
+                    f"UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                    f"AND status IN ({','.join('?' * len(_LEASED))})",
+                    (time.time() + lease_seconds, job_id, owner, *_LEASED),
+                )
+                return cursor.rowcount == 1
+
+        return await self._thread.call(_renew)
+
+    async def recover(self, reason: str) -> list[Job]:
+        def _recover() -> list[Job]:
+            sql = (
+                f"SELECT {_JOB_COLUMNS}, lease_until, lease_pid FROM jobs "
+                f"WHERE status IN ({','.join('?' * len(_LEASED))})"
+            )
+            recovered = []
+            for row in self.db.execute(sql, _LEASED).fetchall():  # a read first: mostly nothing to do
+                if not _expired(row[-2], row[-1]):
+                    continue
+                job = _job_from_row(row[:-2])
+                now = _now()
+                with self.db:
+                    self.db.execute("BEGIN IMMEDIATE")
+                    current = self.db.execute(
+                        "SELECT status, lease_until, lease_pid FROM jobs WHERE id = ?", (job.id,)
+                    ).fetchone()
+                    if current is None or current[0] != job.status.value or not _expired(*current[1:]):
+                        continue  # settled, or renewed, meanwhile
+                    self._move(job.id, job.status, RECOVERY[job.status], reason, now)
+                recovered.append(job)
+            return recovered
+
+        return await self._thread.call(_recover)
 
     async def append_events(
         self, job_id: str, events: Sequence[dict[str, Any]], progress: dict[str, int] | None = None
@@ -187,6 +274,31 @@ class SQLiteJobStore:
             return [_job_from_row(row) for row in self.db.execute(sql, (*args, limit))]
 
         return await self._thread.call(_list)
+
+
+def _this_process() -> str:
+    """This process, told apart from a later one with the same pid in another pid namespace."""
+    try:
+        namespace = str(Path("/proc/self/ns/pid").readlink())
+    except OSError:
+        namespace = ""
+    return f"{namespace}/{os.getpid()}"
+
+
+def _expired(lease_until: float | None, holder: str | None) -> bool:
+    """No lease, a lease past its time, or one whose holder's process is gone."""
+    if lease_until is None or lease_until < time.time():
+        return True
+    if holder is None or holder.rpartition("/")[0] != _this_process().rpartition("/")[0]:
+        return False  # another pid namespace: only its clock can tell
+    pid = int(holder.rpartition("/")[2])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _status_event(previous: JobStatus | None, status: JobStatus, reason: str | None) -> dict[str, Any]:

@@ -218,11 +218,26 @@ class Settings(BaseSettings):
     # --- operating it (issue #5) --------------------------------------------------------------------
     api_token: SecretStr | None = None  # bearer token of `headwater serve`; required off loopback
     max_concurrent_jobs: int = Field(1, ge=1, le=1000)  # jobs the server runs at once (more wait by priority)
+    # default: the metadata store's database and schema when it is postgresql://, else {home}/jobs.db
+    job_store: str | None = None
+    job_lease_seconds: float = Field(30.0, gt=0)  # a dead runner's job is taken over after this
+    job_renew_seconds: float = Field(10.0, gt=0)  # a running job's lease is renewed this often (< lease)
     api_max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     api_page_limit: int = Field(500, ge=1)  # most items one list response returns
     api_source_roots: PathList = Field(default_factory=list)  # folders jobs may read; [] = the cwd
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+
+    @property
+    def job_store_url(self) -> str:
+        """Jobs go where the index's metadata is when that is a PostgreSQL database, so runners
+        sharing an index share its queue too; else ``jobs.db`` in the home, beside ``state.db``
+        (journal writes never wait for a pipeline's transaction)."""
+        if self.job_store:
+            return self.job_store
+        if self.metadata_store_url.partition("://")[0] in ("postgresql", "postgres"):
+            return self.metadata_store_url
+        return f"sqlite:///{self.home.resolve()}/jobs.db"
 
     @property
     def online_store_url(self) -> str:

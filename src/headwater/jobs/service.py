@@ -3,6 +3,10 @@
 Pausing and cancelling are cooperative: the request writes PAUSING/CANCELLING, the runner stops
 the pipeline and only then writes PAUSED/CANCELLED. Nothing is lost by stopping mid-run: the
 document pipeline is incremental and crash-safe, so the next run skips what is done.
+
+Several services may share one store (PostgreSQL): each claims a job with a lease and renews it
+while the job runs; a job whose lease expired (its service died) is recovered by another, which
+runs it again: resuming it, since the pipeline skips what is done.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +111,8 @@ class _Journal:
 class _Active:
     task: asyncio.Task[None]
     consumer: asyncio.Task[bool] | None = None
+    renewed: float = 0.0  # time.monotonic() of the last renewal the store confirmed
+    lost: bool = False  # the lease is gone: another service may run the job now; never settle it
 
 
 class JobService:
@@ -111,8 +121,12 @@ class JobService:
 
     A run is stopped by cancelling the task that consumes its event stream (the pipeline is
     crash-safe, so any point is a safe point). Requests from other processes (``headwater jobs
-    pause`` on the same home) are seen by polling the store every ``poll_seconds``. One server
-    per home: ``start`` treats every running job as left behind by a crash.
+    pause`` on the same home) are seen by polling the store every ``poll_seconds``.
+
+    Each job runs under a lease (``ports.JobLeases``) of ``lease_seconds``, renewed every
+    ``renew_seconds``; the dispatcher recovers jobs whose lease expired (the service that ran
+    them died) and runs them again. A run whose lease is lost (not renewed in time, or taken over)
+    is stopped and left to the service that holds the job now.
     """
 
     def __init__(
@@ -122,20 +136,31 @@ class JobService:
         *,
         max_concurrent: int = 1,
         poll_seconds: float = 1.0,
+        lease_seconds: float = 30.0,
+        renew_seconds: float = 10.0,
         observers: Sequence[Callable[[Event], None]] = (),
     ) -> None:
         if max_concurrent < 1:
             msg = f"max_concurrent must be at least 1, not {max_concurrent}"
             raise ConfigError(msg)
+        if not 0 < renew_seconds < lease_seconds:
+            msg = (
+                f"job_renew_seconds ({renew_seconds}) must be above 0 and below job_lease_seconds "
+                f"({lease_seconds}): a lease must be renewed before it expires"
+            )
+            raise ConfigError(msg)
         self.store = store
         self.runners = dict(runners)
         self.max_concurrent = max_concurrent
         self.poll_seconds = poll_seconds
+        self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # in the store's leases
         self.observers = tuple(observers)  # see every event of every run (metrics)
         self._active: dict[str, _Active] = {}
         self._wake = asyncio.Event()
         self._written = asyncio.Event()  # set and replaced on every journal write (followers wait on it)
         self._dispatcher: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._closing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -146,20 +171,18 @@ class JobService:
     async def start(self) -> None:
         """Open the store, settle the jobs a crashed server left behind, and start dispatching."""
         await self.open()
-        for job in await self.store.list(list(RECOVERY), limit=1_000_000):
-            reason = f"recovered: the server stopped while the job was {job.status}"
-            with contextlib.suppress(IllegalTransition):  # another process settled it meanwhile
-                await self.store.transition(job.id, RECOVERY[job.status], reason, expected=job.status)
-                log.warning("job recovered", job_id=job.id, was=job.status, now=RECOVERY[job.status])
+        await self._recover()
         self._dispatcher = asyncio.create_task(self._dispatch())
+        self._renewer = asyncio.create_task(self._renew_leases())
 
     async def stop(self) -> None:
         """Stop dispatching; running jobs go back to the queue (paused/cancelled if so asked)."""
         self._closing = True
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        for task in (self._dispatcher, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         active = list(self._active.values())
         for run in active:
             if run.consumer is not None:
@@ -269,17 +292,19 @@ class JobService:
                     await self._wake.wait()
             self._wake.clear()
 
+    async def _recover(self) -> None:
+        """Settle the jobs whose service died (their lease expired): see ``states.RECOVERY``."""
+        for job in await self.store.recover("recovered: its runner stopped while the job ran"):
+            log.warning("job recovered", job_id=job.id, was=job.status, now=RECOVERY[job.status])
+
     async def _fill(self) -> None:
+        await self._recover()  # a dead service's jobs: queued again (or paused, cancelled) for anyone
         while len(self._active) < self.max_concurrent:
-            queued = await self.store.list([S.QUEUED], limit=1)
-            if not queued:
+            job = await self.store.claim(self.owner, self.lease_seconds)
+            if job is None:
                 return
-            try:
-                job = await self.store.transition(queued[0].id, S.RUNNING, expected=S.QUEUED)
-            except IllegalTransition:
-                continue  # cancelled or taken meanwhile
             self._notify()
-            run = _Active(task=asyncio.create_task(self._run(job)))
+            run = _Active(task=asyncio.create_task(self._run(job)), renewed=time.monotonic())
             self._active[job.id] = run
             run.task.add_done_callback(functools.partial(self._finished, job.id))
 
@@ -287,6 +312,25 @@ class JobService:
         self._active.pop(job_id, None)
         self._wake.set()
         self._notify()
+
+    async def _renew_leases(self) -> None:
+        """Renew the lease of every job this service runs; stop the runs whose lease is lost."""
+        while True:
+            await asyncio.sleep(self.renew_seconds)
+            for job_id, run in list(self._active.items()):
+                if run.lost:
+                    continue
+                try:
+                    held = await self.store.renew(job_id, self.owner, self.lease_seconds)
+                except HeadwaterError as exc:  # the store is away: the lease holds until it expires
+                    log.warning("job lease not renewed", job_id=job_id, error=str(exc))
+                    held = time.monotonic() - run.renewed < self.lease_seconds
+                else:
+                    run.renewed = time.monotonic() if held else run.renewed
+                if not held and job_id in self._active:
+                    run.lost = True
+                    log.warning("job lease lost: another runner may run it now", job_id=job_id)
+                    self._stop_run(job_id)
 
     async def _watch_active(self) -> None:
         """Stop runs whose job another process asked to pause or cancel."""
@@ -320,7 +364,18 @@ class JobService:
             await journal.close()
         except Exception as exc:  # noqa: BLE001 (a run whose journal was lost did not succeed)
             result = exc if result is True else result
+        if self._active[job.id].lost or not await self._still_held(job.id):
+            log.warning("job left to the runner that holds it now", job_id=job.id)
+            return
         await self._settle(job.id, result)
+
+    async def _still_held(self, job_id: str) -> bool:
+        """Renewed once more before settling: a run whose lease expired unnoticed (a stalled
+        process) must not settle the job another service took over."""
+        try:
+            return await self.store.renew(job_id, self.owner, self.lease_seconds)
+        except HeadwaterError:
+            return True  # the settle's own write will tell
 
     async def _consume(self, job: Job, journal: _Journal) -> bool:
         """Journal the run's events; True when it ends by itself, False when the embedder's circuit

@@ -65,5 +65,35 @@ class JobJournal(Protocol):
 
 
 @runtime_checkable
-class JobStore(JobQueue, JobJournal, Lifecycle, Protocol):
-    """Both, on one store (the job service's): contract in tests/contract/test_job_store.py."""
+class JobLeases(Protocol):
+    """Which runner runs which job, so that several runners can share one store.
+
+    A runner (one job service, named by ``owner``) claims a job with a lease and renews it while
+    the job runs; a job whose lease expired (its runner died) is recovered by any runner.
+
+    - ``claim`` moves the first QUEUED job, in queue order, to RUNNING (``runs`` + 1, a
+      ``JobStatusChanged`` event) leased to ``owner`` for ``lease_seconds``, in one transaction;
+      None when nothing is queued. Two runners claiming at once never get the same job.
+    - ``renew`` extends ``owner``'s lease to ``lease_seconds`` from now and says whether it still
+      holds it: False once the job left RUNNING/PAUSING/CANCELLING or was recovered after the
+      lease expired. A runner that lost its lease stops that run and does not settle it.
+    - ``recover`` moves every RUNNING/PAUSING/CANCELLING job whose lease expired (or that has
+      none: moved to RUNNING by ``transition``) as ``headwater.jobs.states.RECOVERY`` says, with
+      ``reason``, each in one transaction, and returns them as they were before (their old status).
+      A store may see more than the clock: the SQLite store, on one machine, also recovers at once
+      a job whose lease holder's process is gone.
+
+    Every other move out of RUNNING/PAUSING/CANCELLING ends the lease. Times are the store's
+    clock (the database server's), so runners' clocks need not agree.
+    """
+
+    async def claim(self, owner: str, lease_seconds: float) -> Job | None: ...
+
+    async def renew(self, job_id: str, owner: str, lease_seconds: float) -> bool: ...
+
+    async def recover(self, reason: str) -> list[Job]: ...
+
+
+@runtime_checkable
+class JobStore(JobQueue, JobJournal, JobLeases, Lifecycle, Protocol):
+    """All three, on one store (the job service's): contract in tests/contract/test_job_store.py."""

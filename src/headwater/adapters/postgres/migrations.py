@@ -43,6 +43,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             vector bytea NOT NULL, PRIMARY KEY (embedder_id, chunk_hash))""",
         'CREATE TABLE settings (key text COLLATE "C" PRIMARY KEY, value text NOT NULL)',
     ),
+    (  # 2: jobs and their journal (the job store, adapters/postgres/jobs.py), with their leases
+        """CREATE TABLE jobs (
+            seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE, id text COLLATE "C" PRIMARY KEY,
+            kind text NOT NULL, spec text NOT NULL, priority integer NOT NULL, status text NOT NULL,
+            reason text, progress text NOT NULL DEFAULT '{}', runs integer NOT NULL DEFAULT 0,
+            created_at text NOT NULL, updated_at text NOT NULL,
+            lease_owner text, lease_until timestamptz)""",
+        "CREATE INDEX jobs_queue ON jobs (status, priority DESC, seq)",
+        """CREATE TABLE job_events (
+            job_id text COLLATE "C" NOT NULL, seq integer NOT NULL, at text NOT NULL,
+            data text NOT NULL, PRIMARY KEY (job_id, seq))""",
+    ),
 )
 LATEST_VERSION = len(MIGRATIONS)
 
