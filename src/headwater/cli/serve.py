@@ -193,7 +193,7 @@ def jobs_run(
     async def run() -> list[Any]:
         service = build_job_service(load_settings(home=home, max_concurrent_jobs=max_jobs))
         busy = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING, JobStatus.CANCELLING]
-        await service.start()  # running jobs a crashed server left behind are queued again here
+        await service.start()  # jobs whose runner died (its lease expired) are recovered here
         try:
             todo = [job.id for job in await service.list(busy, limit=100_000)]
             # other processes (jobs submit/pause) write to the same store: poll it, like the server

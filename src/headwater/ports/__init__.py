@@ -28,7 +28,7 @@ from headwater.ports.features import (
     OfflineFeatureStore,
     SignalCheckpoints,
 )
-from headwater.ports.jobs import JobJournal, JobQueue, JobStore
+from headwater.ports.jobs import JobJournal, JobLeases, JobQueue, JobStore
 from headwater.ports.lifecycle import Lifecycle, StateListener, WatchesState
 from headwater.ports.metadata import (
     DeadLetters,
@@ -70,6 +70,7 @@ __all__ = [
     "FeatureStore",
     "InvalidRecordOutbox",
     "JobJournal",
+    "JobLeases",
     "JobQueue",
     "JobStore",
     "Lifecycle",
