@@ -70,3 +70,24 @@ def test_a_wrong_store_setting_is_one_line_and_exit_3(
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     if home.exists():  # the store is checked before any document is read: nothing is dead-lettered
         assert cli.json_lines("dlq", "list", "--home", str(home), "--json") == [[]]
+
+
+def test_the_stores_can_be_named_by_flags(
+    cli: Cli, corpus: Path, tmp_path: Path, pgvector_server: ServerProcess, unique: str
+) -> None:
+    """``--vector-store`` and ``--metadata-store`` beat the environment, like every flag."""
+    netloc = pgvector_server.netloc  # type: ignore[attr-defined]
+    flags = [
+        "--vector-store", f"faiss://{tmp_path}/flagged-faiss",
+        "--metadata-store", f"postgresql://{netloc}/postgres?schema=f{unique}",
+    ]  # fmt: skip
+    ignored = {"HEADWATER_VECTOR_STORE": f"faiss://{tmp_path}/from-env"}
+    home, reference = tmp_path / "flagged", tmp_path / "reference"
+    cli("ingest", "docs", str(corpus), "--home", str(home), *flags, env=ignored)
+    cli("ingest", "docs", str(corpus), "--home", str(reference))
+    (got,) = cli.json_lines("status", "--home", str(home), *flags, "--json")
+    assert got["fingerprint"] == cli.status(reference)["fingerprint"]
+    assert got["vector_store"].endswith("flagged-faiss") and not (tmp_path / "from-env").exists()
+    migrated = cli("migrate", "--home", str(home), flags[2], flags[3])
+    assert "up to date" in migrated.stdout + migrated.stderr
+    assert cli("verify", "--home", str(home), *flags, check=False).returncode == 0

@@ -14,7 +14,16 @@ import typer
 
 from headwater.cli.app import app, err, ingest_app, out
 from headwater.cli.guard import Interrupted, run_async, run_guarded
-from headwater.cli.options import EmbedderOpt, HomeOpt, JsonOpt, NoWaitOpt, home_settings, settings_from
+from headwater.cli.options import (
+    EmbedderOpt,
+    HomeOpt,
+    JsonOpt,
+    MetadataStoreOpt,
+    NoWaitOpt,
+    VectorStoreOpt,
+    home_settings,
+    settings_from,
+)
 from headwater.config import Settings
 
 
@@ -25,6 +34,8 @@ def ingest_docs(
     ],
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
+    vector_store: VectorStoreOpt = None,
+    metadata_store: MetadataStoreOpt = None,
     include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable)")] = None,
     chunk_size: Annotated[int | None, typer.Option(min=50, help="Chunk size in characters")] = None,
@@ -61,6 +72,8 @@ def ingest_docs(
         settings = settings_from(
             home=home,
             embedder=embedder,
+            vector_store=vector_store,
+            metadata_store=metadata_store,
             include=include,
             exclude=exclude,
             chunk_size_chars=chunk_size,
@@ -102,12 +115,16 @@ def query(
     k: Annotated[int, typer.Option("-k", min=1, max=10_000, help="How many hits")] = 5,
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
+    vector_store: VectorStoreOpt = None,
+    metadata_store: MetadataStoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Search the index."""
     from headwater.ops.search import query as run_query
 
-    hits = run_guarded(lambda: asyncio.run(run_query(home_settings(home=home, embedder=embedder), text, k)))
+    hits = run_guarded(
+        lambda: asyncio.run(run_query(_reading(home, embedder, vector_store, metadata_store), text, k))
+    )
     if json_out:
         sys.stdout.write(json.dumps(hits, ensure_ascii=False) + "\n")
         return
@@ -127,11 +144,19 @@ def _where(hit: dict[str, Any]) -> str:
 
 
 @app.command()
-def status(home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt = False) -> None:
+def status(
+    home: HomeOpt = None,
+    embedder: EmbedderOpt = None,
+    vector_store: VectorStoreOpt = None,
+    metadata_store: MetadataStoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Counts of documents, chunks, vectors and DLQ entries, and the index fingerprint."""
     from headwater.ops.index import status as run_status
 
-    result = run_guarded(lambda: asyncio.run(run_status(home_settings(home=home, embedder=embedder))))
+    result = run_guarded(
+        lambda: asyncio.run(run_status(_reading(home, embedder, vector_store, metadata_store)))
+    )
     if json_out:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -143,6 +168,8 @@ def status(home: HomeOpt = None, embedder: EmbedderOpt = None, json_out: JsonOpt
 def verify(
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
+    vector_store: VectorStoreOpt = None,
+    metadata_store: MetadataStoreOpt = None,
     json_out: JsonOpt = False,
     repair: Annotated[bool, typer.Option("--repair", help="Fix what disagrees, then verify again")] = False,
 ) -> None:
@@ -150,7 +177,7 @@ def verify(
     from headwater.ops.index import verify as run_verify
 
     before, after = run_guarded(
-        lambda: run_async(run_verify(home_settings(home=home, embedder=embedder), repair=repair))
+        lambda: run_async(run_verify(_reading(home, embedder, vector_store, metadata_store), repair=repair))
     )
     final = after or before
     if json_out:
@@ -170,11 +197,16 @@ def verify(
 
 
 @app.command()
-def optimize(home: HomeOpt = None, embedder: EmbedderOpt = None) -> None:
+def optimize(
+    home: HomeOpt = None,
+    embedder: EmbedderOpt = None,
+    vector_store: VectorStoreOpt = None,
+    metadata_store: MetadataStoreOpt = None,
+) -> None:
     """Compact the vector store and drop its old versions (ingest does it only for small tables)."""
     from headwater.ops.index import optimize as run_optimize
 
-    run_guarded(lambda: run_async(run_optimize(home_settings(home=home, embedder=embedder))))
+    run_guarded(lambda: run_async(run_optimize(_reading(home, embedder, vector_store, metadata_store))))
     out.print("optimized")
 
 
@@ -182,6 +214,8 @@ def optimize(home: HomeOpt = None, embedder: EmbedderOpt = None) -> None:
 def export(
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,
+    vector_store: VectorStoreOpt = None,
+    metadata_store: MetadataStoreOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="Output format (jsonl)")] = "jsonl",
 ) -> None:
     """Print every chunk in the vector store, one JSON object a line."""
@@ -195,4 +229,13 @@ def export(
         async for row in run_export(settings):
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    run_guarded(lambda: asyncio.run(dump(home_settings(home=home, embedder=embedder))))
+    run_guarded(lambda: asyncio.run(dump(_reading(home, embedder, vector_store, metadata_store))))
+
+
+def _reading(
+    home: Path | None, embedder: str | None, vector_store: str | None, metadata_store: str | None
+) -> Settings:
+    """Settings of a command that reads a home's index, with the stores asked for on its command line."""
+    return home_settings(
+        home=home, embedder=embedder, vector_store=vector_store, metadata_store=metadata_store
+    )

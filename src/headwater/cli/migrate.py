@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from headwater.cli.app import app, out
 from headwater.cli.guard import run_guarded
-from headwater.cli.options import HomeOpt, JsonOpt, settings_from
+from headwater.cli.options import HomeOpt, JsonOpt, MetadataStoreOpt, settings_from
 from headwater.redaction import redact_url
 
 
@@ -24,12 +24,12 @@ class _Migrates(Protocol):
 
 
 @app.command()
-def migrate(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+def migrate(home: HomeOpt = None, metadata_store: MetadataStoreOpt = None, json_out: JsonOpt = False) -> None:
     """Apply the metadata store's schema migrations (PostgreSQL) and print its version before/after."""
     from headwater.compose import make_metadata_store
 
     def work() -> tuple[str, tuple[int, int] | None]:
-        settings = settings_from(home=home)
+        settings = settings_from(home=home, metadata_store=metadata_store)
         store = make_metadata_store(settings)
         url = redact_url(settings.metadata_store_url)
         if not isinstance(store, _Migrates):

@@ -26,6 +26,22 @@ EmbedderOpt = Annotated[
         "\\[env HEADWATER_EMBEDDER]",
     ),
 ]
+VectorStoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vector-store",
+        help="lancedb:///PATH | pgvector://USER@HOST:PORT/DB?table=T | faiss:///PATH | chroma://HOST:PORT/C "
+        "\\[env HEADWATER_VECTOR_STORE; default HOME/vectors]",
+    ),
+]
+MetadataStoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metadata-store",
+        help="sqlite:///PATH | postgresql://USER@HOST:PORT/DB?schema=S "
+        "\\[env HEADWATER_METADATA_STORE or METADATA_DB_URL; default HOME/state.db]",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 NoWaitOpt = Annotated[
     bool,

@@ -27,7 +27,9 @@ from headwater.cli.options import (
     JsonOpt,
     LatenessOpt,
     LatePolicyOpt,
+    MetadataStoreOpt,
     PointsOpt,
+    VectorStoreOpt,
     VersionOpt,
     WindowsOpt,
     duration,
@@ -273,6 +275,8 @@ def publish_signals(
 def worker_docs(
     bus: BusOpt = None,
     home: HomeOpt = None,
+    vector_store: VectorStoreOpt = None,
+    metadata_store: MetadataStoreOpt = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, max=10_000, help="Documents prepared/embedded at once")
     ] = None,
@@ -293,6 +297,8 @@ def worker_docs(
         settings = bus_settings(
             home=home,
             bus=bus,
+            vector_store=vector_store,
+            metadata_store=metadata_store,
             concurrency=concurrency,
             worker_batch_size=batch_size,
             topic_docs=topic,
