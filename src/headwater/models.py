@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 import msgspec
 
 if TYPE_CHECKING:  # numpy costs ~0.17 s to import: a no-change re-run never needs it
+    from collections.abc import Sequence
+
     import numpy as np
     import numpy.typing as npt
 
@@ -107,6 +109,15 @@ class DocState(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     error_count: int
     version: int
+
+
+def doc_state_row(state: DocState) -> tuple[Any, ...]:
+    """A document's state as the metadata stores keep it: one column per field, in field order."""
+    return msgspec.structs.astuple(state)
+
+
+def doc_state_from_row(row: Sequence[Any]) -> DocState:
+    return DocState(**dict(zip(DocState.__struct_fields__, row, strict=True)))
 
 
 class ChunkKey(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,7 +24,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from headwater.errors import ConfigError, StoreUnavailable
+from headwater.adapters.postgres.connection import connect, errors, reason
+from headwater.errors import ConfigError
 from headwater.models import Chunk, Vectors
 from headwater.redaction import redact_url
 
@@ -40,6 +41,7 @@ _TYPES = ["text", "text", "text", "int8", "int8", "text", "text", "int8", "int8"
 _POSITIONS = ("uri", "offset", "length", "source_start", "source_end", "page", "page_end")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SCAN_ROWS = 2000
+_WHAT = "vector store"
 _POOL_SIZE = 4  # one writer, and a few concurrent queries for a server
 
 
@@ -77,17 +79,12 @@ class PgVectorStore:
 
         # The schema first, on a connection of its own: the pool's connections register the
         # vector type as they connect, which needs the extension to exist.
+        conn = await connect(self.url, self._conninfo, _WHAT)
         try:
-            connecting = psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, connect_timeout=15)
-            async with await connecting as conn, conn.transaction():
+            async with conn, errors(self.url, _WHAT), conn.transaction():
                 await self._ensure_schema(conn, dimensions)
-        except psycopg.OperationalError as exc:
-            msg = f"cannot open the vector store {redact_url(self.url)}: {_reason(exc)}"
-            if "FATAL:" in str(exc):  # the server answered: a wrong database, user or password
-                raise ConfigError(msg) from exc
-            raise StoreUnavailable(msg) from exc  # no answer: down, restarting, unreachable
-        except psycopg.Error as exc:
-            msg = f"cannot open the vector store {redact_url(self.url)}: {_reason(exc)}"
+        except psycopg.Error as exc:  # the server refused: privileges, a clash with another table
+            msg = f"cannot open the vector store {redact_url(self.url)}: {reason(exc)}"
             raise ConfigError(msg) from exc
         # ``check``: a connection is tested as it leaves the pool (one round trip), so after a
         # server restart an idle connection is replaced instead of failing the next write.
@@ -114,7 +111,7 @@ class PgVectorStore:
             except psycopg.Error as exc:
                 msg = (
                     f"the database of {redact_url(self.url)} has no pgvector extension and this user "
-                    f"cannot create it ({_reason(exc)}): run CREATE EXTENSION vector as its owner"
+                    f"cannot create it ({reason(exc)}): run CREATE EXTENSION vector as its owner"
                 )
                 raise ConfigError(msg) from exc
         await conn.execute(
@@ -165,7 +162,7 @@ class PgVectorStore:
         matrix = np.ascontiguousarray(vectors, dtype=np.float32)
         columns = ", ".join(f'"{c}"' for c in (*_COLUMNS, "embedding"))
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in (*_COLUMNS, "embedding") if c != "chunk_id")
-        async with _errors(self.url), self.pool.connection() as conn, conn.transaction():
+        async with errors(self.url, _WHAT), self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 f"CREATE TEMP TABLE hw_stage (LIKE {self._table} INCLUDING DEFAULTS) ON COMMIT DROP"
             )
@@ -186,14 +183,19 @@ class PgVectorStore:
         sets = ", ".join(f'"{c}" = %s' for c in _POSITIONS)
         rows = [[*(getattr(c, p) for p in _POSITIONS), c.chunk_id] for c in chunks]
         pool = self.pool
-        async with _errors(self.url), pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        async with (
+            errors(self.url, _WHAT),
+            pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             await cur.executemany(f"UPDATE {self._table} SET {sets} WHERE chunk_id = %s", rows)
 
     async def delete_stale(self, keep: dict[str, set[str]]) -> None:
         if not keep:
             return
         kept = [chunk_id for ids in keep.values() for chunk_id in ids]
-        async with _errors(self.url), self.pool.connection() as conn, conn.transaction():
+        async with errors(self.url, _WHAT), self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 f"DELETE FROM {self._table} WHERE doc_id = ANY(%s) AND NOT (chunk_id = ANY(%s))",
                 [sorted(keep), kept],
@@ -203,7 +205,7 @@ class PgVectorStore:
         """Build the HNSW index (once; it then follows every write) and refresh the planner's
         statistics: ``headwater optimize``, after a bulk load."""
         name = f"{self._table.replace('.', '_')}_embedding_hnsw".rsplit(".", 1)[-1]
-        async with _errors(self.url), self.pool.connection() as conn:
+        async with errors(self.url, _WHAT), self.pool.connection() as conn:
             await conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {name} ON {self._table} USING hnsw (embedding vector_cosine_ops)"
             )
@@ -212,7 +214,7 @@ class PgVectorStore:
     # -- reads -------------------------------------------------------------------------------------
 
     async def count(self) -> int:
-        async with _errors(self.url), self.pool.connection() as conn:
+        async with errors(self.url, _WHAT), self.pool.connection() as conn:
             row = await (await conn.execute(f"SELECT count(*) FROM {self._table}")).fetchone()
         return int(row[0]) if row else 0
 
@@ -232,7 +234,7 @@ class PgVectorStore:
             f"SELECT {columns}, 1 - (embedding <=> %(q)s) AS score FROM {self._table} {where} "
             "ORDER BY embedding <=> %(q)s LIMIT %(k)s"  # this exact shape, or HNSW is not used
         )
-        async with _errors(self.url), self.pool.connection() as conn:
+        async with errors(self.url, _WHAT), self.pool.connection() as conn:
             rows = await (await conn.execute(sql, {"q": query, "prefix": uri_prefix, "k": k})).fetchall()
         return [(Chunk(**dict(zip(_COLUMNS, row[:-1], strict=True))), float(row[-1])) for row in rows]
 
@@ -241,7 +243,7 @@ class PgVectorStore:
         columns = ", ".join(f'"{c}"' for c in _COLUMNS)
         pool, select = self.pool, f"SELECT {columns} FROM {self._table}"
         async with (
-            _errors(self.url),
+            errors(self.url, _WHAT),
             pool.connection() as conn,
             conn.transaction(),
             conn.cursor(name="headwater_scan") as cur,
@@ -263,22 +265,3 @@ async def _configure(conn: AsyncConnection[Any]) -> None:
     # pgvector < 0.8 has no iterative scans: a filtered ANN query may then return fewer than k.
     with contextlib.suppress(psycopg.Error):
         await conn.execute("SET hnsw.iterative_scan = strict_order")
-
-
-@contextlib.asynccontextmanager
-async def _errors(url: str) -> AsyncIterator[None]:
-    """Driver errors as the engine's: a lost connection or a server restart is retryable (the
-    group is replayed), and stops the run once the retries are spent; anything else propagates."""
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
-    try:
-        yield
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        msg = f"vector store {redact_url(url)} unavailable: {_reason(exc)}"
-        raise StoreUnavailable(msg) from exc
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return redact_url(text[0]) if text else type(exc).__name__

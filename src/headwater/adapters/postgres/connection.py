@@ -1,4 +1,5 @@
-"""The URL, the connections and the errors: what the metadata store's modules share.
+"""The URL, the connections and the errors: what the PostgreSQL stores share (metadata and jobs
+here, vectors in ``adapters/pgvector.py``).
 
 ``postgresql://USER[:PASSWORD]@HOST:PORT/DB?schema=headwater`` (``postgres://`` too; libpq's
 usual places work: ``PGPASSWORD``, ``~/.pgpass``, ``sslmode=…`` in the query). ``schema`` names
@@ -46,7 +47,7 @@ def parse_url(url: str) -> tuple[str, str]:
     return urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), "")), schema
 
 
-async def connect(url: str, conninfo: str) -> AsyncConnection[Any]:
+async def connect(url: str, conninfo: str, what: str = "metadata store") -> AsyncConnection[Any]:
     """One connection of its own (migrations, the scan's seen set); a server that answered
     (a wrong database, user or password) is a ConfigError, one that did not is unavailable."""
     import psycopg
@@ -56,14 +57,14 @@ async def connect(url: str, conninfo: str) -> AsyncConnection[Any]:
             conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
         )
     except psycopg.OperationalError as exc:
-        msg = f"cannot open the metadata store {redact_url(url)}: {reason(exc)}"
+        msg = f"cannot open the {what} {redact_url(url)}: {reason(exc)}"
         if "FATAL:" in str(exc):
             raise ConfigError(msg) from exc
         raise StoreUnavailable(msg) from exc
 
 
 @contextlib.asynccontextmanager
-async def errors(url: str) -> AsyncIterator[None]:
+async def errors(url: str, what: str = "metadata store") -> AsyncIterator[None]:
     """Driver errors as the engine's: a lost connection or a server restart is retryable (the
     group is replayed) and stops the run once the retries are spent; anything else propagates."""
     import psycopg
@@ -72,7 +73,7 @@ async def errors(url: str) -> AsyncIterator[None]:
     try:
         yield
     except (psycopg.OperationalError, PoolTimeout) as exc:
-        msg = f"metadata store {redact_url(url)} unavailable: {reason(exc)}"
+        msg = f"{what} {redact_url(url)} unavailable: {reason(exc)}"
         raise StoreUnavailable(msg) from exc
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 from headwater.adapters.postgres.base import PostgresBase
 from headwater.adapters.postgres.connection import connect, errors
-from headwater.models import ChunkKey, DocState, Version
+from headwater.models import ChunkKey, DocState, Version, doc_state_from_row, doc_state_row
 
 _DOC_COLUMNS = "doc_id, source, uri, content_hash, size, mtime_ns, status, attempts, error_count, version"
 _DOC_TYPES = "text[], text[], text[], text[], bigint[], bigint[], text[], int[], int[], bigint[]"
@@ -32,7 +31,7 @@ class DocumentTables(PostgresBase):
         rows = await self.fetch(
             f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_id = ANY(%s)", [list(doc_ids)]
         )
-        return {row[0]: _doc_from_row(row) for row in rows}
+        return {row[0]: doc_state_from_row(row) for row in rows}
 
     async def versions(self, source: str, uris: Sequence[str]) -> dict[str, Version]:
         rows = await self.fetch(
@@ -88,7 +87,7 @@ class DocumentTables(PostgresBase):
 
     async def commit(self, docs: Sequence[DocState], chunks: dict[str, Sequence[ChunkKey]]) -> None:
         latest = {d.doc_id: d for d in docs}  # the last row of a document wins, as in a replace
-        rows = [_doc_to_row(latest[doc_id]) for doc_id in sorted(latest)]
+        rows = [doc_state_row(latest[doc_id]) for doc_id in sorted(latest)]
         keys = {(k.doc_id, k.chunk_id): k.chunk_hash for ks in chunks.values() for k in ks}
         async with self.tx() as conn:
             if rows:
@@ -145,7 +144,7 @@ class DocumentTables(PostgresBase):
         rows = await self.fetch(
             f"SELECT {_DOC_COLUMNS} FROM documents WHERE status = ANY(%s)", [list(statuses)]
         )
-        return [_doc_from_row(r) for r in rows]
+        return [doc_state_from_row(r) for r in rows]
 
     async def note_seen(self, uris: Sequence[str]) -> None:
         """Into a temporary table of a connection of its own, made at the first call and never
@@ -174,14 +173,14 @@ class DocumentTables(PostgresBase):
                 f"SELECT {_DOC_COLUMNS} FROM documents WHERE source = %s ORDER BY uri LIMIT %s",
                 [source, limit],
             )
-            return [_doc_from_row(r) for r in rows]
+            return [doc_state_from_row(r) for r in rows]
         async with errors(self.url):
             cur = await self._scan.execute(
                 f"SELECT {_DOC_COLUMNS} FROM documents d WHERE source = %s "
                 "AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.uri = d.uri) ORDER BY uri LIMIT %s",
                 [source, limit],
             )
-            return [_doc_from_row(r) for r in await cur.fetchall()]
+            return [doc_state_from_row(r) for r in await cur.fetchall()]
 
     async def chunk_keys(self) -> AsyncIterator[ChunkKey]:
         after = ("", "")
@@ -206,34 +205,3 @@ class DocumentTables(PostgresBase):
         for status, n in await self.fetch("SELECT status, count(*) FROM documents GROUP BY status"):
             result[f"documents_{status}"] = int(n)
         return result
-
-
-def _doc_from_row(row: Sequence[Any]) -> DocState:
-    doc_id, source, uri, content_hash, size, mtime_ns, status, attempts, error_count, version = row
-    return DocState(
-        doc_id=doc_id,
-        source=source,
-        uri=uri,
-        content_hash=content_hash,
-        size=size,
-        mtime_ns=mtime_ns,
-        status=status,
-        attempts=attempts,
-        error_count=error_count,
-        version=version,
-    )
-
-
-def _doc_to_row(d: DocState) -> tuple[object, ...]:
-    return (
-        d.doc_id,
-        d.source,
-        d.uri,
-        d.content_hash,
-        d.size,
-        d.mtime_ns,
-        d.status,
-        d.attempts,
-        d.error_count,
-        d.version,
-    )

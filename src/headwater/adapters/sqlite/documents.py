@@ -17,7 +17,7 @@ import msgspec
 
 from headwater.adapters.sqlite.base import IN_BATCH, MetadataFiles, utc_now
 from headwater.adapters.sqlite.connection import full_disk
-from headwater.models import ChunkKey, DocState, Version
+from headwater.models import ChunkKey, DocState, Version, doc_state_from_row, doc_state_row
 
 CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS chunks (
     chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL, chunk_hash TEXT NOT NULL,
@@ -85,7 +85,7 @@ class DocumentTables(MetadataFiles):
             for row in self.db.execute(
                 f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_id IN ({marks})", part
             ):
-                found[row[0]] = _doc_from_row(row)
+                found[row[0]] = doc_state_from_row(row)
         return found
 
     async def versions(self, source: str, uris: Sequence[str]) -> dict[str, Version]:
@@ -187,7 +187,7 @@ class DocumentTables(MetadataFiles):
                 self.db.executemany(
                     f"INSERT OR REPLACE INTO documents ({_DOC_COLUMNS}, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(*_doc_to_row(d), now) for d in docs],
+                    [(*doc_state_row(d), now) for d in docs],
                 )
                 # One statement a table (see _VERSIONS_SQL): a group has thousands of chunks.
                 self.db.execute(
@@ -239,7 +239,7 @@ class DocumentTables(MetadataFiles):
                 f"SELECT {_DOC_COLUMNS} FROM documents WHERE status IN ({marks})", list(statuses)
             ).fetchall()
         )
-        return [_doc_from_row(r) for r in rows]
+        return [doc_state_from_row(r) for r in rows]
 
     async def note_seen(self, uris: Sequence[str]) -> None:
         def _note() -> None:
@@ -295,34 +295,3 @@ class DocumentTables(MetadataFiles):
             return result
 
         return await self._thread.call(_counts)
-
-
-def _doc_from_row(row: Sequence[Any]) -> DocState:
-    doc_id, source, uri, content_hash, size, mtime_ns, status, attempts, error_count, version = row
-    return DocState(
-        doc_id=doc_id,
-        source=source,
-        uri=uri,
-        content_hash=content_hash,
-        size=size,
-        mtime_ns=mtime_ns,
-        status=status,
-        attempts=attempts,
-        error_count=error_count,
-        version=version,
-    )
-
-
-def _doc_to_row(d: DocState) -> tuple[object, ...]:
-    return (
-        d.doc_id,
-        d.source,
-        d.uri,
-        d.content_hash,
-        d.size,
-        d.mtime_ns,
-        d.status,
-        d.attempts,
-        d.error_count,
-        d.version,
-    )
