@@ -1,5 +1,6 @@
-"""The metadata store's shared parts: its URL, its connection pool and one-transaction calls.
-The tables' modules (documents, dead letters, cache, settings) build on it."""
+"""What the PostgreSQL stores share: the URL, the schema brought to this code's version, the
+connection pool and one-transaction calls. The metadata store's tables (documents, dead
+letters, cache, settings) and the job store build on it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from headwater.adapters.postgres.connection import errors, parse_url, quoted
+from headwater.adapters.postgres.connection import connect, errors, parse_url, quoted, reason
+from headwater.adapters.postgres.migrations import LATEST_VERSION, migrate, refuse_newer, schema_version
+from headwater.errors import ConfigError
 from headwater.redaction import redact_url
 
 if TYPE_CHECKING:
@@ -17,7 +20,10 @@ if TYPE_CHECKING:
 
 
 class PostgresBase:
-    """The URL (checked, no I/O) and, once the store's ``open`` made it, the pool."""
+    """The URL (checked, no I/O) and, once ``open`` made it, the pool."""
+
+    what = "metadata store"  # how messages name the store
+    pool_size = 4
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -29,9 +35,47 @@ class PostgresBase:
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
         if self._pool is None:
-            msg = f"metadata store {redact_url(self.url)} used before open()"
+            msg = f"{self.what} {redact_url(self.url)} used before open()"
             raise RuntimeError(msg)
         return self._pool
+
+    async def open(self) -> None:
+        """The schema at this code's version, then the pool. ``check``: a connection is tested
+        as it leaves the pool (one round trip), so after a server restart an idle connection is
+        replaced instead of failing the next write."""
+        if self._pool is not None:
+            return
+        from psycopg_pool import AsyncConnectionPool
+
+        await self.migrate(only_if_behind=True)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            configure=self.configure,
+            check=AsyncConnectionPool.check_connection,
+        )
+        await pool.open()
+        self._pool = pool
+
+    async def migrate(self, *, only_if_behind: bool = False) -> tuple[int, int]:
+        """Bring the schema to this code's version: (version before, after). ``headwater
+        migrate`` runs it; ``open`` too, which takes the migration lock only when behind."""
+        import psycopg
+
+        conn = await connect(self.url, self.conninfo, self.what)
+        try:
+            async with conn, errors(self.url, self.what):
+                before = await schema_version(conn, self.schema)
+                refuse_newer(self.url, self.schema, before)
+                if only_if_behind and before == LATEST_VERSION:
+                    return before, before
+                return await migrate(conn, self.url, self.schema)
+        except psycopg.Error as exc:  # no right to create the schema, or a table in the way
+            where = f"{redact_url(self.url)} (schema {self.schema})"
+            msg = f"cannot prepare the {self.what} {where}: {reason(exc)}"
+            raise ConfigError(msg) from exc
 
     async def configure(self, conn: AsyncConnection[Any]) -> None:
         """Every connection: autocommit (a call opens its own transaction) in the schema."""
@@ -43,14 +87,14 @@ class PostgresBase:
         """One transaction, committed when the block ends. ``durable=False`` for writes that need
         only survive this process (a claim, a touch, a cache entry): the commit does not wait for
         the server's WAL flush, so a server crash may lose the last of them, never corrupt."""
-        async with errors(self.url), self.pool.connection() as conn, conn.transaction():
+        async with errors(self.url, self.what), self.pool.connection() as conn, conn.transaction():
             if not durable:
                 await conn.execute("SET LOCAL synchronous_commit = off")
             yield conn
 
     async def fetch(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """A read, on a connection of the pool (it sees every write that returned)."""
-        async with errors(self.url), self.pool.connection() as conn:
+        async with errors(self.url, self.what), self.pool.connection() as conn:
             rows: list[tuple[Any, ...]] = await (await conn.execute(sql, params)).fetchall()
         return rows
 

@@ -17,10 +17,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from headwater.adapters.postgres.base import PostgresBase, utc_now
-from headwater.adapters.postgres.connection import connect
-from headwater.adapters.postgres.connection import reason as error_reason
-from headwater.adapters.postgres.migrations import LATEST_VERSION, migrate, refuse_newer, schema_version
-from headwater.errors import ConfigError, StoreUnavailable
 from headwater.jobs.states import (
     RECOVERY,
     TERMINAL,
@@ -30,13 +26,11 @@ from headwater.jobs.states import (
     check_transition,
 )
 from headwater.models import Job, JobEvent, JobStatus
-from headwater.redaction import redact_url
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
 S = JobStatus
-_POOL_SIZE = 3  # the journal's writer, the dispatcher's reads and claims, the lease renewals
 _COLUMNS = "id, kind, spec, priority, status, reason, progress, runs, created_at, updated_at"
 _LEASED = [s.value for s in RECOVERY]  # the statuses a runner holds a lease in
 _QUEUE_ORDER = "ORDER BY priority DESC, seq"
@@ -46,41 +40,8 @@ class PostgresJobStore(PostgresBase):
     """Implements ports.JobStore in one schema of a PostgreSQL database
     (``postgresql://USER@HOST:PORT/DB?schema=S``): the metadata store's schema by default."""
 
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        from psycopg_pool import AsyncConnectionPool
-
-        await self._migrate()
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            self.conninfo,
-            min_size=1,
-            max_size=_POOL_SIZE,
-            open=False,
-            configure=self.configure,
-            check=AsyncConnectionPool.check_connection,
-        )
-        await pool.open()
-        self._pool = pool
-
-    async def _migrate(self) -> None:
-        """The schema at this code's version (the migration lock taken only when behind)."""
-        import psycopg
-
-        conn = await connect(self.url, self.conninfo)
-        try:
-            async with conn:
-                before = await schema_version(conn, self.schema)
-                refuse_newer(self.url, self.schema, before)
-                if before < LATEST_VERSION:
-                    await migrate(conn, self.url, self.schema)
-        except psycopg.OperationalError as exc:
-            msg = f"job store {redact_url(self.url)} unavailable: {error_reason(exc)}"
-            raise StoreUnavailable(msg) from exc
-        except psycopg.Error as exc:  # no right to create the schema, or a table in the way
-            where = f"{redact_url(self.url)} (schema {self.schema})"
-            msg = f"cannot prepare the job store {where}: {error_reason(exc)}"
-            raise ConfigError(msg) from exc
+    what = "job store"
+    pool_size = 3  # the journal's writer, the dispatcher's reads and claims, the lease renewals
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
