@@ -523,7 +523,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--vector-store",
         help="headwater's vector store as a URL template: {home} the home's path, {key} a fresh name "
-        "per sequence, e.g. 'faiss://{home}-faiss' or 'pgvector://USER@HOST:PORT/DB?table={key}' "
+        "per sequence, e.g. 'faiss://{home}/faiss' or 'pgvector://USER@HOST:PORT/DB?table={key}' "
         "(default: LanceDB in the home)",
     )
     parser.add_argument("--seed", type=int, default=42)
