@@ -29,6 +29,7 @@ CRASH_POINTS = [
 
 
 VECTOR_STORES = ["lancedb", "faiss", "pgvector", "chroma"]
+SERVERS = {"pgvector": "pgvector_server", "chroma-server": "chroma_server"}
 
 
 class StoreCli(Cli):
@@ -45,9 +46,11 @@ class StoreCli(Cli):
     def store_for(self, home: Path) -> str | None:
         if self.kind in ("faiss", "chroma"):
             return f"{self.kind}://{home.resolve()}-{self.kind}"
+        name = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
         if self.kind == "pgvector" and self.server is not None:
-            table = "h_" + hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
-            return f"pgvector://{self.server.netloc}/postgres?table={table}"  # type: ignore[attr-defined]
+            return f"pgvector://{self.server.netloc}/postgres?table=h_{name}"  # type: ignore[attr-defined]
+        if self.kind == "chroma-server" and self.server is not None:
+            return f"chroma://{self.server.hostport}/h{name}"  # type: ignore[attr-defined]
         return None  # lancedb: the home's default
 
     def metadata_for(self, home: Path) -> str | None:
@@ -64,9 +67,9 @@ class StoreCli(Cli):
         return super().__call__(*args, env=env, **kwargs)
 
 
-@pytest.fixture(params=VECTOR_STORES)
+@pytest.fixture(params=[*VECTOR_STORES, "chroma-server"])
 def store_cli(request: pytest.FixtureRequest, cli: Cli) -> StoreCli:
-    server = request.getfixturevalue("pgvector_server") if request.param == "pgvector" else None
+    server = request.getfixturevalue(SERVERS[request.param]) if request.param in SERVERS else None
     return StoreCli(cli.env, request.param, server)
 
 
@@ -112,7 +115,7 @@ def assert_converged(cli: Cli, corpus: Path, home: Path, tmp_path: Path) -> None
     assert ingest(cli, corpus, clean).returncode == 0
     got, want = cli.status(home), cli.status(clean)
     if isinstance(cli, StoreCli):  # each home on its own store of the kind under test
-        assert got["vector_store"].startswith(f"{cli.kind}://"), got["vector_store"]
+        assert got["vector_store"].startswith(f"{cli.kind.split('-')[0]}://"), got["vector_store"]
         assert got["vector_store"] != want["vector_store"]
     assert got["fingerprint"] == want["fingerprint"]
     assert (got["documents"], got["chunks"], got["vectors"]) == (
