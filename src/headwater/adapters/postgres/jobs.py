@@ -25,7 +25,7 @@ from headwater.jobs.states import (
     StaleJobStatus,
     check_transition,
 )
-from headwater.models import Job, JobEvent, JobStatus
+from headwater.models import Job, JobEvent, JobStatus, job_from_row, job_status_event
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -56,12 +56,12 @@ class PostgresJobStore(PostgresBase):
                 f"INSERT INTO jobs ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, NULL, '{{}}', 0, %s, %s)",
                 [job_id, kind, json.dumps(spec), priority, S.QUEUED.value, now, now],
             )
-            await _append(conn, job_id, [_status_event(None, S.QUEUED, None)], now)
+            await _append(conn, job_id, [job_status_event(None, S.QUEUED, None)], now)
         return job_id
 
     async def get(self, job_id: str) -> Job | None:
         rows = await self.fetch(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", [job_id])
-        return _job_from_row(rows[0]) if rows else None
+        return job_from_row(rows[0]) if rows else None
 
     async def counts(self) -> dict[JobStatus, int]:
         rows = await self.fetch("SELECT status, count(*) FROM jobs GROUP BY status")
@@ -144,7 +144,7 @@ class PostgresJobStore(PostgresBase):
                 )
             ).fetchall()
             for row in rows:
-                job = _job_from_row(row)
+                job = job_from_row(row)
                 await _move(conn, job.id, job.status, RECOVERY[job.status], reason)
                 recovered.append(job)
         return recovered
@@ -158,7 +158,7 @@ class PostgresJobStore(PostgresBase):
                 f"SELECT {_COLUMNS} FROM jobs WHERE status = ANY(%s) {_QUEUE_ORDER} LIMIT %s",
                 [[s.value for s in statuses], limit],
             )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
 
 async def _lock(conn: AsyncConnection[Any], job_id: str) -> JobStatus:
@@ -183,8 +183,8 @@ async def _move(
         )
     ).fetchone()
     assert row is not None  # the caller holds the row's lock
-    await _append(conn, job_id, [_status_event(current, to, reason)], now)
-    return _job_from_row(row)
+    await _append(conn, job_id, [job_status_event(current, to, reason)], now)
+    return job_from_row(row)
 
 
 async def _append(conn: AsyncConnection[Any], job_id: str, events: Sequence[dict[str, Any]], now: str) -> int:
@@ -197,15 +197,3 @@ async def _append(conn: AsyncConnection[Any], job_id: str, events: Sequence[dict
                 [(job_id, last + i, now, json.dumps(e)) for i, e in enumerate(events, start=1)],
             )
     return last + len(events)
-
-
-def _status_event(previous: JobStatus | None, status: JobStatus, reason: str | None) -> dict[str, Any]:
-    return {"type": "JobStatusChanged", "previous": previous, "status": status, "reason": reason}
-
-
-def _job_from_row(row: Sequence[Any]) -> Job:
-    job_id, kind, spec, priority, status, reason, progress, runs, created_at, updated_at = row
-    return Job(
-        id=job_id, kind=kind, spec=json.loads(spec), priority=priority, status=JobStatus(status),
-        reason=reason, progress=json.loads(progress), runs=runs, created_at=created_at, updated_at=updated_at,
-    )  # fmt: skip
