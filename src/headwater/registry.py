@@ -16,6 +16,11 @@ from headwater.errors import ConfigError
 ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
     "source": {
         "file": ("headwater.adapters.files:FileSource", None),
+        "s3": ("headwater.adapters.object_store:ObjectStoreSource", "s3"),
+        "gs": ("headwater.adapters.object_store:ObjectStoreSource", "gcs"),
+        "gcs": ("headwater.adapters.object_store:ObjectStoreSource", "gcs"),
+        "az": ("headwater.adapters.object_store:ObjectStoreSource", "azure"),
+        "abfs": ("headwater.adapters.object_store:ObjectStoreSource", "azure"),
     },
     "embedder": {
         "hash": ("headwater.adapters.hashembed:HashEmbedder", None),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import stat
 import sys
 import unicodedata
@@ -26,45 +25,12 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
+from headwater.adapters.selection import Selection
 from headwater.child_processes import batches_from_child, fork_is_safe
 from headwater.errors import AdapterError, ConfigError, InputError
 from headwater.models import SourceEntry, normalize_relpath
 
 _WALK_BATCH = 1024  # entries per hand-off from the walking thread: one scan batch of the pipeline
-
-
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a glob once: ``**/`` spans folders (or none), ``*`` and ``?`` stay within one."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-class _Globs:
-    """Patterns as one alternation: one regex call per path, however many patterns."""
-
-    def __init__(self, patterns: list[str]) -> None:
-        self.regex = re.compile("|".join(f"(?:{glob_to_regex(p).pattern})" for p in patterns), re.DOTALL)
-        self.empty = not patterns
-        self.everything = "**/*" in patterns or "**" in patterns  # the default include
-
-    def match(self, relpath: str) -> bool:
-        return self.everything or (not self.empty and self.regex.fullmatch(relpath) is not None)
 
 
 class LocalEntry(SourceEntry, frozen=True, kw_only=True):
@@ -96,8 +62,8 @@ class FileSource:
             msg = f"source folder {raw}: {exc} (give the folder's full path)"
             raise ConfigError(msg) from exc
         self.uri = self.root.as_uri()
-        self.include = _Globs(include or ["**/*"])
-        self.exclude = _Globs(exclude or [])
+        self.selection = Selection(include, exclude)
+        self.include, self.exclude = self.selection.include, self.selection.exclude
 
     def _check_root(self) -> None:
         if not self.root.is_dir():
@@ -139,16 +105,9 @@ class FileSource:
         self._check_root()
         return await asyncio.to_thread(lambda: [e for r in relpaths if (e := self._lookup_one(r))])
 
-    def _selected(self, relpath: str) -> bool:
-        parts = relpath.split("/")
-        if not relpath or ".." in parts or not self.include.match(relpath):
-            return False
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        return not (self.exclude.match(relpath) or any(self.exclude.match(p + "/") for p in prefixes[:-1]))
-
     def _lookup_one(self, relpath: str) -> LocalEntry | None:
         relpath = normalize_relpath(relpath)
-        if not self._selected(relpath) or (disk := self._on_disk(relpath.split("/"))) is None:
+        if not self.selection.selected(relpath) or (disk := self._on_disk(relpath.split("/"))) is None:
             return None
         path = self.root / disk
         disk_parts = disk.split("/")

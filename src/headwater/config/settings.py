@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     chunk_size_chars: int = Field(1000, ge=50)
     chunk_overlap_chars: int = Field(100, ge=0)
     pii_scrub: bool = False
+    # Object-store sources (s3://, gs://, az://): arguments of the fsspec filesystem (endpoint_url,
+    # profile, anon, account_name, …) when the SDK's own environment and profiles are not enough.
+    # Values under secret-named keys are masked wherever settings are shown.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
     # Defaults of the fields a preset sets are the "standard" preset's (presets.py holds the values).
     preset: str | None = None  # local | standard | high-throughput; fills in only fields not set
