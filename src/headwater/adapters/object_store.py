@@ -155,14 +155,18 @@ class ObjectStoreSource:
 
     def _listing_error(self, exc: BaseException) -> Exception:
         where = f"{self.uri}"
-        if isinstance(exc, FileNotFoundError):
+        status = _http_status(exc)
+        if isinstance(exc, FileNotFoundError) or status == 404:
             msg = f"cannot list {where}: the {self.noun} {self.bucket!r} does not exist (nothing was changed)"
             return ConfigError(msg)
-        if isinstance(exc, PermissionError):
+        if isinstance(exc, PermissionError) or status in (401, 403) or _about_credentials(exc):
             msg = (
                 f"cannot list {where}: access denied ({_reason(exc)}); check the credentials the SDK finds "
                 "(nothing was changed)"
             )
+            return ConfigError(msg)
+        if isinstance(exc, TypeError):  # an SDK constructor refused an argument: a setting
+            msg = f"cannot list {where}: {_reason(exc)}: check storage_options (nothing was changed)"
             return ConfigError(msg)
         msg = f"cannot list {where}: {_reason(exc)} (nothing was changed; fix it and re-run)"
         return StoreUnavailable(msg)
@@ -215,16 +219,16 @@ class ObjectStoreSource:
             for attempt in range(1, READ_ATTEMPTS + 1):
                 try:
                     data: bytes = await self._on_fs_loop(self.fs._cat_file(self._path(entry)))
-                except (FileNotFoundError, PermissionError) as exc:
-                    why = "gone since the listing" if isinstance(exc, FileNotFoundError) else "access denied"
+                except Exception as exc:
+                    if (why := _refusal(exc)) is None:
+                        if attempt == READ_ATTEMPTS:  # transient until the attempts are spent
+                            where = f"{self.uri}/{entry.relpath}"
+                            msg = f"cannot read {where}: {_reason(exc)} ({attempt} attempts)"
+                            raise StoreUnavailable(msg) from exc
+                        await asyncio.sleep(READ_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                        continue
                     msg = f"{entry.relpath}: cannot read: {why} ({_reason(exc)})"
                     return InputError(msg, field="content")
-                except Exception as exc:  # transient until proven otherwise
-                    if attempt == READ_ATTEMPTS:
-                        msg = f"cannot read {self.uri}/{entry.relpath}: {_reason(exc)} ({attempt} attempts)"
-                        raise StoreUnavailable(msg) from exc
-                    await asyncio.sleep(READ_BACKOFF_SECONDS * 2 ** (attempt - 1))
-                    continue
                 if len(data) > max_bytes:
                     msg = f"{entry.relpath}: {len(data)} bytes is over the limit of {max_bytes} bytes"
                     return InputError(msg, field="size")
@@ -322,6 +326,40 @@ def _tag(protocol: str, info: dict[str, Any]) -> str:
     else:
         tag = info.get("etag")
     return str(tag or "").strip('"')
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """Why one object cannot be read for good (gone, or refused), or None: worth retrying. An
+    SDK error the fsspec layer did not translate is judged by its HTTP status."""
+    status = _http_status(exc)
+    if isinstance(exc, FileNotFoundError) or status == 404:
+        return "gone since the listing"
+    if isinstance(exc, PermissionError) or status in (401, 403):
+        return "access denied"
+    return None
+
+
+def _http_status(exc: BaseException | None) -> int | None:
+    """The HTTP status in an SDK error or its causes (botocore, gcsfs, azure-core)."""
+    while exc is not None:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status
+        for name in ("status_code", "code", "status"):
+            value = getattr(exc, name, None)
+            if isinstance(value, int) and 100 <= value < 600:
+                return value
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _about_credentials(exc: BaseException) -> bool:
+    """The SDK found no usable credentials (botocore's NoCredentialsError, google-auth's
+    DefaultCredentialsError, azure-core's ClientAuthenticationError): a setting to fix."""
+    names = {t.__name__ for t in type(exc).__mro__}
+    return any("Credential" in name or "Authentication" in name for name in names)
 
 
 def _reason(exc: BaseException) -> str:
