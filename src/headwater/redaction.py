@@ -23,10 +23,10 @@ T = TypeVar("T")
 _SECRET_WORDS = frozenset(
     {
         "token", "secret", "password", "passwd", "pwd", "passphrase", "apikey", "authorization",
-        "auth", "credential", "credentials", "cookie", "key", "sig", "signature",
+        "auth", "credential", "credentials", "cookie", "key", "sig", "signature", "sas",
     }
 )  # fmt: skip
-_SECRET_SUFFIXES = ("token", "secret", "password", "passwd", "apikey")
+_SECRET_SUFFIXES = ("token", "secret", "password", "passwd", "apikey", "connectionstring")
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _BEARER = re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=\-]{4,}", re.IGNORECASE)

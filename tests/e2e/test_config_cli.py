@@ -157,3 +157,18 @@ def test_feature_set_version_reaches_ingest_signals(tmp_path: Path) -> None:
     result = run(tmp_path, "ingest", "signals", str(EVENTS), "--home", home, "--json", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["feature_set_version"] == 7
+
+
+def test_storage_options_reach_config_show_with_their_credentials_masked(tmp_path: Path) -> None:
+    (tmp_path / "headwater.toml").write_text(
+        '[storage_options]\nendpoint_url = "http://127.0.0.1:9000"\nkey = "AKIAIOSFODNN7EXAMPLE"\n'
+        'secret = "wJalrXUtnFEMI-secret"\nconnection_string = "AccountName=a;AccountKey=c2VjcmV0"\n'
+    )
+    rows = show(tmp_path, "--home", str(tmp_path / "h"))
+    assert rows["storage_options"]["source"] == "headwater.toml"
+    assert rows["storage_options"]["value"] == {
+        "endpoint_url": "http://127.0.0.1:9000", "key": "***", "secret": "***", "connection_string": "***",
+    }  # fmt: skip
+    table = run(tmp_path, "config", "show").stdout
+    for secret in ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI", "c2VjcmV0"):
+        assert secret not in table
