@@ -117,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(fault, int) or denied:
             status = fault if isinstance(fault, int) else denied
             assert status is not None
-            headers = {"Retry-After": "0"} if status in (429, 503) else {}
+            headers = {"Retry-After": "0"} if status >= 500 or status == 429 else {}  # noqa: PLR2004
             self._send(path, conditional, status, b"no\n", headers, body=body)
             return
         if path in ("/sitemap.xml", "/urls.txt"):
