@@ -24,7 +24,12 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
-_TYPES = {".html": "text/html; charset=utf-8", ".htm": "text/html", ".md": "text/markdown", ".txt": "text/plain"}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html",
+    ".md": "text/markdown",
+    ".txt": "text/plain",
+}
 
 
 @dataclass
@@ -92,13 +97,13 @@ class _Handler(BaseHTTPRequestHandler):
     site: SiteState
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:
         self._answer(body=False)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._answer(body=True)
 
     def _answer(self, *, body: bool) -> None:
@@ -110,14 +115,16 @@ class _Handler(BaseHTTPRequestHandler):
             denied = self.site.denied.get(path)
         if fault == "reset":
             self._log(path, conditional, 0)
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
             self.connection.close()
             self.close_connection = True
             return
         if isinstance(fault, int) or denied:
             status = fault if isinstance(fault, int) else denied
             assert status is not None
-            headers = {"Retry-After": "0"} if status >= 500 or status == 429 else {}  # noqa: PLR2004
+            headers = {"Retry-After": "0"} if status >= 500 or status == 429 else {}
             self._send(path, conditional, status, b"no\n", headers, body=body)
             return
         if path in ("/sitemap.xml", "/urls.txt"):
@@ -219,5 +226,5 @@ class SiteTree:
 
 if __name__ == "__main__":  # pragma: no cover - a manual aid
     site = WebSite(Path(sys.argv[1])).start()
-    print(site.url, flush=True)  # noqa: T201
+    print(site.url, flush=True)
     threading.Event().wait()

@@ -80,7 +80,7 @@ class Validators(msgspec.Struct, array_like=True, frozen=True):
 
 
 class HttpSource:
-    def __init__(  # noqa: PLR0913 - each a documented knob with a default
+    def __init__(
         self,
         url: str,
         include: list[str] | None = None,
@@ -108,7 +108,9 @@ class HttpSource:
             raise ConfigError(msg)
         self.uri = redact_url(url)
         self.selection = Selection(include, exclude)
-        self.validators_path = home / "http-validators" / f"{sha256_hex(self.uri)[:24]}.json" if home else None
+        self.validators_path = (
+            home / "http-validators" / f"{sha256_hex(self.uri)[:24]}.json" if home else None
+        )
         self.concurrency = concurrency
         self.timeout_seconds = timeout_seconds
         self.attempts = attempts
@@ -254,7 +256,7 @@ class HttpSource:
             return _entry(page, before.size, before.stamp)
         if status in _NO_HEAD:  # no HEAD here: read every run, the content hash decides
             return _entry(page, 0, time.time_ns())
-        if not 200 <= status < 300:  # noqa: PLR2004
+        if not 200 <= status < 300:
             return _entry(page, 0, _digest63(f"http {status}"))
         found = _validators(response, before)
         if found.etag or found.last_modified:
@@ -307,7 +309,7 @@ class HttpSource:
                     raise RetryableError(msg) from exc
                 wait = exc.retry_after if isinstance(exc, _Transient) else None
                 if wait is None:
-                    wait = self.backoff_seconds * 2 ** (attempt - 1) * (1 + random.random() / 2)  # noqa: S311
+                    wait = self.backoff_seconds * 2 ** (attempt - 1) * (1 + random.random() / 2)
                 await asyncio.sleep(min(wait, self.max_retry_after_seconds))
         msg = "unreachable"
         raise AssertionError(msg)
@@ -333,7 +335,7 @@ class HttpSource:
             path.parent.mkdir(parents=True, exist_ok=True)
             scratch = path.with_suffix(f".{os.getpid()}.tmp")
             scratch.write_bytes(msgspec.json.encode(validators))
-            os.replace(scratch, path)
+            scratch.replace(path)
 
 
 class _Client(httpx.AsyncClient):
@@ -355,7 +357,7 @@ async def _all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [task.result() for task in tasks]
 
 
-class _Transient(Exception):  # noqa: N818 - internal signal, never leaves this module
+class _Transient(Exception):  # an internal signal: never leaves this module
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
@@ -364,7 +366,8 @@ class _Transient(Exception):  # noqa: N818 - internal signal, never leaves this 
 def _raise_transient(response: httpx.Response, shown: str) -> None:
     if response.status_code in _TRANSIENT_STATUS:
         phrase = f"HTTP {response.status_code} {response.reason_phrase}"
-        raise _Transient(f"{shown} answered {phrase}", _retry_after(response.headers.get("Retry-After")))
+        msg = f"{shown} answered {phrase}"
+        raise _Transient(msg, _retry_after(response.headers.get("Retry-After")))
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -91,13 +91,13 @@ def _parse_sitemap(body: bytes, where: str) -> Listing:
     if child is None:
         msg = f"{where}: not a sitemap (root element <{kind}>, expected <urlset> or <sitemapindex>)"
         raise AdapterError(msg)
-    locs = []
-    for item in root:
-        if _SITEMAP_NS.sub("", item.tag) != child:
-            continue
-        for field in item:
-            if _SITEMAP_NS.sub("", field.tag) == "loc" and field.text and field.text.strip():
-                locs.append(urljoin(where, field.text.strip()))
+    locs = [
+        urljoin(where, field.text.strip())
+        for item in root
+        if _SITEMAP_NS.sub("", item.tag) == child
+        for field in item
+        if _SITEMAP_NS.sub("", field.tag) == "loc" and field.text and field.text.strip()
+    ]
     return Listing(pages=locs, sitemaps=[]) if kind == "urlset" else Listing(pages=[], sitemaps=locs)
 
 

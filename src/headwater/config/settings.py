@@ -52,8 +52,14 @@ class Settings(BaseSettings):
 
     include: StrList = Field(
         default_factory=lambda: [
-            "**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.pdf", "**/*.html", "**/*.htm"
-        ]  # fmt: skip
+            "**/*.md",
+            "**/*.markdown",
+            "**/*.txt",
+            "**/*.rst",
+            "**/*.pdf",
+            "**/*.html",
+            "**/*.htm",
+        ]
     )
     exclude: StrList = Field(default_factory=lambda: ["**/.*", "**/.*/**"])
     chunk_size_chars: int = Field(1000, ge=50)
