@@ -19,10 +19,11 @@ only an edit that kept both the size and the second of ``Last-Modified``. ``<las
 sitemap is not trusted (sites often set it to the build time): the conditional request decides.
 
 **Errors.** Transient failures (connection errors, timeouts, 408/425/429/500/502/503/504) are
-retried with exponential backoff, honoring ``Retry-After`` up to ``max_retry_after_seconds``.
-A listing that cannot be fetched or understood raises AdapterError (the run stops, nothing is
-deleted); so does a page that stays unreachable through the retries (not the page's fault: it is
-neither dead-lettered nor deleted, and the same command continues later). A page answering
+retried with exponential backoff, honoring ``Retry-After`` up to ``max_retry_after_seconds``;
+a site that stays unreachable through them, for the listing or for one page, raises
+StoreUnavailable (the run stops with exit 5 as for an object store: nothing is deleted or
+dead-lettered, and the same command continues later). A listing answered with another status, or
+that cannot be understood, raises AdapterError (exit 1, nothing deleted). A page answering
 401/403/404/410 or another client error is listed with a version made from its status and its
 read raises InputError naming the status (dead-lettered once; read again when its answer
 changes). Credentials in URLs (user, password, secret-named query parameters) never appear in
@@ -52,7 +53,7 @@ import msgspec
 
 from headwater.adapters.http_listing import listing_base, page_name, parse_listing
 from headwater.adapters.selection import Selection
-from headwater.errors import AdapterError, ConfigError, HeadwaterError, InputError, RetryableError
+from headwater.errors import AdapterError, ConfigError, HeadwaterError, InputError, StoreUnavailable
 from headwater.models import SourceEntry, normalize_relpath, sha256_hex
 from headwater.redaction import redact_text, redact_url
 
@@ -207,8 +208,8 @@ class HttpSource:
             return await self._with_retries(shown, lambda: self._fetch_small(client, url, shown))
         except (HeadwaterError, OSError, httpx.HTTPError) as exc:
             reason = redact_text(exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc))
-            msg = f"cannot list {self.uri}: {reason} (nothing was changed; fix it and re-run)"
-            raise AdapterError(msg) from exc
+            msg = f"cannot list {self.uri}: {reason} (nothing was changed)"
+            raise (StoreUnavailable if isinstance(exc, StoreUnavailable) else AdapterError)(msg) from exc
 
     async def _fetch_small(self, client: _Client, url: str, shown: str) -> bytes:
         async with client.stream("GET", url) as response:
@@ -298,7 +299,7 @@ class HttpSource:
 
     async def _with_retries(self, shown: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call`` again after transient failures, with backoff (or ``Retry-After``); the last
-        failure raises RetryableError naming the URL."""
+        failure raises StoreUnavailable naming the URL (the run stops, exit 5, as for a bucket)."""
         for attempt in range(1, self.attempts + 1):
             try:
                 return await call()
@@ -306,7 +307,7 @@ class HttpSource:
                 if attempt == self.attempts:
                     what = str(exc) if isinstance(exc, _Transient) else f"{type(exc).__name__}: {exc}"
                     msg = f"{shown} failed {attempt} times, last: {redact_text(what)[:300]}"
-                    raise RetryableError(msg) from exc
+                    raise StoreUnavailable(msg) from exc
                 wait = exc.retry_after if isinstance(exc, _Transient) else None
                 if wait is None:
                     wait = self.backoff_seconds * 2 ** (attempt - 1) * (1 + random.random() / 2)
