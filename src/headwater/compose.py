@@ -34,11 +34,15 @@ if TYPE_CHECKING:  # the signal engine (polars) and the job service load only wh
 
 def make_source(url: str, settings: Settings) -> Source:
     """A source of ``url``; one that takes ``storage_options`` (an object store) gets the
-    setting's, for credentials and endpoints the SDK does not find by itself."""
+    setting's, for credentials and endpoints the SDK does not find by itself; one that takes a
+    ``home`` (the web source keeps its validators there) gets the settings' home."""
     cls = registry.resolve("source", url)
-    options = {"storage_options": settings.storage_options} if settings.storage_options else {}
-    if options and "storage_options" not in inspect.signature(cls).parameters:
-        options = {}
+    accepts = inspect.signature(cls).parameters
+    options: dict[str, object] = {}
+    if settings.storage_options and "storage_options" in accepts:
+        options["storage_options"] = settings.storage_options
+    if "home" in accepts:
+        options["home"] = settings.home
     return cast(Source, cls(url, include=settings.include, exclude=settings.exclude, **options))
 
 

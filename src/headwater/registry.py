@@ -21,6 +21,9 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
         "gcs": ("headwater.adapters.object_store:ObjectStoreSource", "gcs"),
         "az": ("headwater.adapters.object_store:ObjectStoreSource", "azure"),
         "abfs": ("headwater.adapters.object_store:ObjectStoreSource", "azure"),
+        "http": ("headwater.adapters.http:HttpSource", "http"),
+        "https": ("headwater.adapters.http:HttpSource", "http"),
+        "urls+file": ("headwater.adapters.http:HttpSource", "http"),
     },
     "embedder": {
         "hash": ("headwater.adapters.hashembed:HashEmbedder", None),

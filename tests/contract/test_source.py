@@ -24,8 +24,9 @@ from headwater.errors import HeadwaterError, InputError
 from headwater.models import SourceEntry
 from headwater.ports import Countable, Source
 from tests.contract.urls import url_id
+from tests.servers.web_site import SiteTree
 
-SOURCES = ["file://{root}", "{root}", "s3://{root}", "gs://{root}", "az://{root}"]
+SOURCES = ["file://{root}", "{root}", "s3://{root}", "gs://{root}", "az://{root}", "http://{root}/sitemap.xml"]
 
 
 class Tree(Protocol):
@@ -114,6 +115,7 @@ TREES: dict[str, Callable[[str, Path, pytest.FixtureRequest], Tree]] = {
     "s3": lambda template, _, request: ObjectTree(template, _s3(request)),
     "gs": lambda template, _, request: ObjectTree(template, _server_fs(request, "gcs_server")),
     "az": lambda template, _, request: ObjectTree(template, _server_fs(request, "azure_server")),
+    "http": lambda template, folder, _: SiteTree(template, folder),
 }
 
 

@@ -30,7 +30,11 @@ from headwater.config import Settings
 @ingest_app.command("docs")
 def ingest_docs(
     path: Annotated[
-        str, typer.Argument(help="Folder to index (.md .markdown .txt .rst .pdf, recursive), or one file")
+        str,
+        typer.Argument(
+            help="Folder to index (.md .markdown .txt .rst .pdf .html, recursive), one file, or web pages: "
+            "https://HOST/sitemap.xml, https://HOST/urls.txt, urls+file:///PATH/urls.txt"
+        ),
     ],
     home: HomeOpt = None,
     embedder: EmbedderOpt = None,

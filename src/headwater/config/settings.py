@@ -51,7 +51,15 @@ class Settings(BaseSettings):
     metadata_store: str | None = None  # default: sqlite:///{home}/state.db
 
     include: StrList = Field(
-        default_factory=lambda: ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.pdf"]
+        default_factory=lambda: [
+            "**/*.md",
+            "**/*.markdown",
+            "**/*.txt",
+            "**/*.rst",
+            "**/*.pdf",
+            "**/*.html",
+            "**/*.htm",
+        ]
     )
     exclude: StrList = Field(default_factory=lambda: ["**/.*", "**/.*/**"])
     chunk_size_chars: int = Field(1000, ge=50)

@@ -178,6 +178,8 @@ def _source(source: str | None, roots: list[Path]) -> str:
     if not source:
         msg = "a docs job needs 'source' (a folder or URL)"
         raise InputError(msg, field="source")
+    if registry.scheme_of(source) == "urls+file":  # a list on the server's disk: the same roots
+        return "urls+file://" + _source(urlsplit(source).path, roots)
     if registry.scheme_of(source) != "file":
         try:
             registry.resolve("source", source)

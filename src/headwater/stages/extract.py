@@ -1,5 +1,6 @@
 """Bytes → text, by file type. Bad input raises InputError naming the file, the field and why.
 
+HTML (``.html .htm .xhtml``) is reduced to the text a reader sees (``stages/html.py``).
 Text formats are decoded strictly: a BOM picks UTF-8/16/32, otherwise the bytes must be valid
 UTF-8; the first invalid byte is reported with its offset rather than silently replaced. PDFs go
 through PDFium (pypdfium2, ~14 times faster than pypdf here), page by page, bounded by memory and
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from headwater.errors import InputError
+from headwater.stages.html import HTML_SUFFIXES, html_to_text
 
 TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".rst", ".text"})
 PDF_SUFFIXES = frozenset({".pdf"})
@@ -68,6 +70,8 @@ def extract(
         )
     if suffix in TEXT_SUFFIXES:
         return decode_text(relpath, data)
+    if suffix in HTML_SUFFIXES:
+        return Extracted(text=html_to_text(relpath, data), encoding="html")
     msg = f"{relpath}: unsupported file type {suffix or '(no suffix)'!r}"
     raise InputError(msg, field="suffix")
 
