@@ -26,7 +26,14 @@ from headwater.ports import Countable, Source
 from tests.contract.urls import url_id
 from tests.servers.web_site import SiteTree
 
-SOURCES = ["file://{root}", "{root}", "s3://{root}", "gs://{root}", "az://{root}", "http://{root}/sitemap.xml"]
+SOURCES = [
+    "file://{root}",
+    "{root}",
+    "s3://{root}",
+    "gs://{root}",
+    "az://{root}",
+    "http://{root}/sitemap.xml",
+]
 
 
 class Tree(Protocol):
