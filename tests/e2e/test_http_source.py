@@ -114,4 +114,4 @@ def test_url_lists_over_http_and_on_disk(cli: Cli, site: WebSite, tmp_path: Path
     assert {r["uri"] for r in rows} == {f"{host}/guide.md", f"{host}/pages/intro.html"}
     shutil.rmtree(site.state.root)
     gone = cli("ingest", "docs", site.url + "/urls.txt", "--home", str(tmp_path / "a"), check=False)
-    assert gone.returncode == 1 and "HTTP 404" in gone.stderr
+    assert gone.returncode == 3 and "HTTP 404" in gone.stderr

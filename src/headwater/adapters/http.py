@@ -209,14 +209,20 @@ class HttpSource:
         except (HeadwaterError, OSError, httpx.HTTPError) as exc:
             reason = redact_text(exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc))
             msg = f"cannot list {self.uri}: {reason} (nothing was changed)"
-            raise (StoreUnavailable if isinstance(exc, StoreUnavailable) else AdapterError)(msg) from exc
+            kind: type[HeadwaterError] = AdapterError
+            if isinstance(exc, StoreUnavailable | ConfigError):
+                kind = type(exc)
+            elif isinstance(exc, FileNotFoundError | PermissionError):
+                kind = ConfigError
+            raise kind(msg) from exc
 
     async def _fetch_small(self, client: _Client, url: str, shown: str) -> bytes:
         async with client.stream("GET", url) as response:
             _raise_transient(response, shown)
             if response.status_code != httpx.codes.OK:
                 msg = f"{shown} answered HTTP {response.status_code} {response.reason_phrase}"
-                raise AdapterError(msg)
+                # a listing that is not there or not ours to read: the URL or credentials to fix
+                raise (ConfigError if response.status_code in (401, 403, 404, 410) else AdapterError)(msg)
             data = await _bounded_body(response, LISTING_MAX_BYTES, shown)
         if len(data) > LISTING_MAX_BYTES:
             msg = f"{shown}: over {LISTING_MAX_BYTES} bytes"
