@@ -171,3 +171,21 @@ def test_watch_announces_each_change_of_a_bucket_once(
     assert (changed["added"], changed["updated"], changed["deleted"]) == (0, 0, 1)
     cli("ingest", "docs", url, "--home", str(tmp_path / "batch"))
     assert cli.status(stream)["fingerprint"] == cli.status(tmp_path / "batch")["fingerprint"]
+
+
+def test_an_api_job_indexes_a_bucket(corpus: Path, tmp_path: Path, s3_server: Any, bucket: str) -> None:
+    """Jobs take the URL as ``ingest docs`` does (no source roots apply: nothing local is read)."""
+    from fastapi.testclient import TestClient
+
+    from headwater.server.app import create_app
+    from tests.e2e.test_api import AUTH, make_settings, wait_for
+
+    upload(s3fs_of(s3_server.endpoint), corpus, f"{bucket}/docs")
+    with TestClient(create_app(make_settings(tmp_path / "home"))) as client:
+        spec = {"kind": "docs", "source": f"s3://{bucket}/docs"}
+        created = client.post("/v1/jobs", json=spec, headers=AUTH)
+        assert created.status_code in (200, 201, 202), created.text
+        job = wait_for(client, created.json()["id"], lambda j: j["status"] in ("succeeded", "failed"))
+        assert (job["status"], job["progress"]["completed"]) == ("succeeded", 6)
+        refused = client.post("/v1/jobs", json={"source": "s3://AKIA:x@bucket/docs"}, headers=AUTH)
+        assert refused.status_code == 422 and "AKIA" not in refused.text

@@ -182,7 +182,7 @@ def _source(source: str | None, roots: list[Path]) -> str:
         return "urls+file://" + _source(urlsplit(source).path, roots)
     if registry.scheme_of(source) != "file":
         try:
-            registry.resolve("source", source)
+            registry.create("source", source)  # constructors do no I/O: the URL's own checks
         except ConfigError as exc:
             raise InputError(str(exc), field="source") from exc
         return source
