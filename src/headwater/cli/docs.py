@@ -32,7 +32,8 @@ def ingest_docs(
     path: Annotated[
         str,
         typer.Argument(
-            help="Folder to index (.md .markdown .txt .rst .pdf .html, recursive), one file, or web pages: "
+            help="Folder to index (.md .markdown .txt .rst .pdf .html, recursive), one file, a bucket "
+            "(s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX), or web pages: "
             "https://HOST/sitemap.xml, https://HOST/urls.txt, urls+file:///PATH/urls.txt"
         ),
     ],
@@ -66,7 +67,7 @@ def ingest_docs(
         ),
     ] = False,
 ) -> None:
-    """Index a folder incrementally: unchanged files are skipped, deleted ones removed."""
+    """Index a folder, bucket or site incrementally: unchanged documents are skipped, deleted ones removed."""
     from headwater.cli.render import Tally, render_events, summary_lines
     from headwater.compose import build_document_pipeline
 

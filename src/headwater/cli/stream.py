@@ -176,7 +176,9 @@ async def _show(
 
 @app.command("watch")
 def watch(
-    path: Annotated[str, typer.Argument(help="Folder to watch")],
+    path: Annotated[
+        str, typer.Argument(help="Folder or source URL to watch (s3://, gs://, az://, https://…/sitemap.xml)")
+    ],
     bus: BusOpt = None,
     home: HomeOpt = None,
     interval: Annotated[
@@ -191,7 +193,8 @@ def watch(
     topic: DocsTopicOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Poll a folder; publish doc added/updated/deleted events for what the index does not have yet."""
+    """Poll a folder or bucket (by listing it); publish doc added/updated/deleted events for what the
+    index does not have yet, each once."""
     from headwater.compose import make_watcher
 
     def work() -> None:
