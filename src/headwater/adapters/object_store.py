@@ -189,7 +189,8 @@ class ObjectStoreSource:
     async def _lookup_one(self, relpath: str) -> SourceEntry | None:
         key = self._key(relpath)
         try:
-            info = await self._on_fs_loop(self.fs._info(f"{self.bucket}/{key}"))
+            async with self._reads:  # a worker's batch can name thousands of paths
+                info = await self._on_fs_loop(self.fs._info(f"{self.bucket}/{key}"))
         except FileNotFoundError:
             return None
         except Exception as exc:
