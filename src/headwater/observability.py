@@ -383,17 +383,35 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 # --- tracing ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def span(name: str, **attrs: str | int | float | bool) -> Iterator[Any]:
-    """An OpenTelemetry span when ``HEADWATER_OTEL`` is on and the ``otel`` extra is installed;
-    otherwise nothing, at the cost of one environment lookup. Yields the span or ``None``."""
+def _tracer() -> Any:
+    """The ``headwater`` tracer when ``HEADWATER_OTEL`` is on and the ``otel`` extra is installed."""
     if os.environ.get("HEADWATER_OTEL", "").lower() not in {"1", "true", "yes", "on"}:
-        yield None
-        return
+        return None
     try:
         from opentelemetry import trace
     except ImportError:
+        return None
+    return trace.get_tracer("headwater")
+
+
+@contextlib.contextmanager
+def span(name: str, parent: Any = None, **attrs: str | int | float | bool) -> Iterator[Any]:
+    """An OpenTelemetry span when ``HEADWATER_OTEL`` is on and the ``otel`` extra is installed;
+    otherwise nothing, at the cost of one environment lookup. Yields the span or ``None``.
+    ``parent``: a span from ``open_span`` (code that cannot keep a span current across its
+    steps, an async generator that yields between them); else the current span is the parent."""
+    tracer = _tracer()
+    if tracer is None:
         yield None
         return
-    with trace.get_tracer("headwater").start_as_current_span(name, attributes=attrs) as current:
+    from opentelemetry import trace
+
+    context = trace.set_span_in_context(parent) if parent is not None else None
+    with tracer.start_as_current_span(name, context=context, attributes=attrs) as current:
         yield current
+
+
+def open_span(name: str, **attrs: str | int | float | bool) -> Any:
+    """A span that is started but not made current (end it with ``.end()``), or None when off."""
+    tracer = _tracer()
+    return None if tracer is None else tracer.start_span(name, attributes=attrs)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from headwater.events import DocumentCompleted
 from headwater.models import Chunk, ChunkKey, DocState, SourceEntry, Vectors
+from headwater.observability import span
 from headwater.pipeline.faults import crash_point
 from headwater.pipeline.retry import RetryPolicy, with_retries
 from headwater.ports import DocumentLedger, Embedder, EmbeddingCache, RateLimited, VectorWriter
@@ -153,7 +154,11 @@ class GroupCommitter:
             (r, c) for r in group for c in r.prepared.chunks if c.chunk_id not in retained.get(r.doc_id, ())
         ]
         kept = [(r, c) for r in group for c in r.prepared.chunks if c.chunk_id in retained.get(r.doc_id, ())]
-        vectors, embedded = await self.vectors_for({c.chunk_hash: c.text for _, c in new})
+        texts = {c.chunk_hash: c.text for _, c in new}
+        with span("headwater.docs.embed", documents=len(group), chunks=len(new), texts=len(texts)) as current:
+            vectors, embedded = await self.vectors_for(texts)
+            if current is not None:
+                current.set_attribute("embedded", len(embedded))
         self.stats.reused += len(kept)
         return EmbeddedGroup(group, old, new, kept, vectors, embedded)
 
@@ -164,12 +169,21 @@ class GroupCommitter:
         vectors for it) has nothing stale to clean up: it is recorded ``done`` in the commit
         itself, which saves a cold run one durable transaction (an fsync) per group."""
         group, old, kept = planned.group, planned.old, planned.kept
-        await self._upsert(planned.new, planned.vectors)
-        if kept:  # unchanged text, maybe moved: rewrite positions, never the vectors
-            await with_retries(
-                functools.partial(self.vectors.update_positions, [_row(r, c) for r, c in kept]), self.retry
-            )
+        with span("headwater.docs.write", documents=len(group), chunks=len(planned.new), moved=len(kept)):
+            await self._upsert(planned.new, planned.vectors)
+            if kept:  # unchanged text, maybe moved: rewrite positions, never the vectors
+                await with_retries(
+                    functools.partial(self.vectors.update_positions, [_row(r, c) for r, c in kept]),
+                    self.retry,
+                )
         crash_point("after_upsert")
+        with span("headwater.docs.commit", documents=len(group)):
+            await self._record(planned)
+        return [_completed(r, old.get(r.doc_id, []), planned.embedded) for r in group]
+
+    async def _record(self, planned: EmbeddedGroup) -> None:
+        """The state commit, then the stale chunks' cleanup and the documents' finish."""
+        group = planned.group
         await self.state.commit(
             [_state_after(r, "cleanup" if r.before is not None else "done") for r in group],
             {
@@ -186,7 +200,6 @@ class GroupCommitter:
         crash_point("after_cleanup")
         if unfinished := [r.doc_id for r in group if r.before is not None]:
             await self.state.finish(unfinished)
-        return [_completed(r, old.get(r.doc_id, []), planned.embedded) for r in group]
 
     async def _upsert(
         self, new: Sequence[tuple[ReadyDocument, TextChunk]], vectors: dict[str, Vectors]

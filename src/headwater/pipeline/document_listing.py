@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from headwater.events import DocumentDeleted, DocumentSkipped
 from headwater.models import DocState, SourceEntry, Version, make_doc_id
+from headwater.observability import span
 from headwater.pipeline.document_run import END, RunState, Work
 from headwater.pipeline.faults import crash_point
 from headwater.ports import Countable
@@ -40,7 +41,12 @@ class ListingSteps(RunState):
             listing: AsyncIterator[list[SourceEntry]] = _pages(found)
         else:
             listing = self.p.source.scan()
-        await self._classify_all(listing)
+        with span("headwater.docs.scan", source=self.p.source.uri) as current:
+            await self._classify_all(listing)
+            if current is not None:
+                current.set_attributes(
+                    {"listed": self.progress.listed, "unchanged": self.counts["unchanged"]}
+                )
         self.progress.listing_done = True
         # Only on success: a failed or cancelled scan takes its task group's readers down with
         # it, and an end marker put into their full queue then would wait for ever.
@@ -145,6 +151,11 @@ class ListingSteps(RunState):
             await self._delete(batch)
 
     async def _delete(self, batch: list[DocState]) -> None:
+        if batch:
+            with span("headwater.docs.delete", documents=len(batch)):
+                await self._delete_batch(batch)
+
+    async def _delete_batch(self, batch: list[DocState]) -> None:
         p = self.p
         if batch:
             ids = [d.doc_id for d in batch]

@@ -13,6 +13,7 @@ import msgspec
 from headwater.errors import InputError
 from headwater.events import DocumentSkipped, DocumentStarted
 from headwater.models import DocState, sha256_hex
+from headwater.observability import span
 from headwater.pipeline.commit import ReadyDocument
 from headwater.pipeline.document_failures import FailureSteps
 from headwater.pipeline.document_listing import SKIP_REASONS, ListingSteps
@@ -71,7 +72,10 @@ class ReadingSteps(ListingSteps, FailureSteps):
         loaded = []
         touched: list[DocState] = []
         skips: list[DocumentSkipped] = []
-        contents = await self.p.source.read_many([w.entry for w in batch], self.s.max_file_bytes)
+        with span("headwater.docs.read", documents=len(batch)) as current:
+            contents = await self.p.source.read_many([w.entry for w in batch], self.s.max_file_bytes)
+            if current is not None:
+                current.set_attribute("bytes", sum(len(c) for c in contents if isinstance(c, bytes)))
         for work, data in zip(batch, contents, strict=True):
             if isinstance(data, InputError):
                 await self._fail(work, "read", data, status="failed")
@@ -103,7 +107,17 @@ class ReadingSteps(ListingSteps, FailureSteps):
             crash_point("extract", work.entry.relpath)
         items = [(w.doc_id, w.entry.relpath, data) for w, data, _ in todo]
         try:
-            results = await self.pool.run(todo[0][0].entry.relpath, prepare_documents, items, self.options)
+            # extract, normalize and chunk: one call to a worker process per batch
+            with span(
+                "headwater.docs.extract", documents=len(items), stages="extract,normalize,chunk"
+            ) as current:
+                results = await self.pool.run(
+                    todo[0][0].entry.relpath, prepare_documents, items, self.options
+                )
+                if current is not None:
+                    current.set_attribute(
+                        "chunks", sum(len(r.chunks) for r in results if not isinstance(r, PrepareFailure))
+                    )
         except InputError as exc:  # the batch hung or crashed its worker: find the culprit alone
             if len(todo) > 1:
                 return [ready for one in todo for ready in await self._extract([one])]

@@ -30,6 +30,7 @@ from headwater.events import (
 )
 from headwater.homelock import home_lock
 from headwater.models import normalize_relpath
+from headwater.observability import span
 from headwater.pipeline.commit import EmbeddedGroup, ReadyDocument
 from headwater.pipeline.document_failures import first_error, stop_if_not_the_documents_fault
 from headwater.pipeline.document_progress import ProgressReports
@@ -163,7 +164,10 @@ class _DocumentRun(ReadingSteps, ProgressReports):
             await self.emit(RunStarted(run_id=self.run_id, kind="documents", source=p.source.uri))
             ticker = asyncio.create_task(self._tick())
             try:
-                await self._stages()
+                with span("headwater.docs.run", run_id=self.run_id, source=p.source.uri) as run:
+                    await self._stages()
+                    if run is not None:
+                        run.set_attributes({f"documents.{k}": v for k, v in self.counts.items()})
             except Exception:
                 await self._release_claims()
                 await self._flush_states()  # the breaker that opened: reported before the error

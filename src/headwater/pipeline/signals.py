@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -33,6 +34,7 @@ from headwater.events import (
 from headwater.featuresets import FeatureSetSpec
 from headwater.homelock import describe_holder, feature_set_lock, home_lock, lock_path
 from headwater.models import Dataset, DeadLetter, SignalCheckpoint, sha256_hex, signal_checkpoint
+from headwater.observability import open_span, span
 from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref
 from headwater.pipeline.signal_inputs import (
     Chunk,
@@ -91,6 +93,7 @@ class _Run:
     row_offset: int
     total: int | None
     last_checkpoint: float = 0.0
+    trace: Any = None  # the run's span (observability.open_span) when tracing is on
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class _Staged:
     files: list[InputFile]
     events: list[SignalEvent]
     checkpoint: tuple[str, tuple[int, int], dict[str, int], str] | None
+    trace: Any = None  # the run's span
 
 
 class SignalPipeline:
@@ -152,15 +156,41 @@ class SignalPipeline:
         files = await asyncio.to_thread(list_inputs, self.inputs)
         yield RunStarted(run_id=run_id, kind="signals", source=str(self.inputs))
         run = await self._begin(files, run_id)
+        run.trace = open_span("headwater.signals.run", run_id=run_id, feature_set=self.spec.name)
+        try:
+            async for event in self._batches(run, files, started):
+                yield event
+        except BaseException as exc:
+            if run.trace is not None:
+                run.trace.record_exception(exc)
+            raise
+        finally:
+            if run.trace is not None:
+                run.trace.set_attributes({f"signals.{k}": v for k, v in run.counters.items()})
+                run.trace.end()
+        for dataset in Dataset:
+            await self.offline.prune(dataset, self.spec.name, self.scope, run.batch_no - 1)
+        await self._deliver_dead_letters()
+        yield SignalRunCompleted(
+            run_id=run_id,
+            feature_set=self.spec.name,
+            feature_set_version=self.spec.version,
+            batches=run.batch_no,
+            resumed_from_batch=run.resumed_from,
+            elapsed_seconds=round(time.monotonic() - started, 3),
+            **run.counters,
+        )
+
+    async def _batches(self, run: _Run, files: list[InputFile], started: float) -> AsyncIterator[SignalEvent]:
         chunks = read_chunks(files, run.file_index, run.row_offset, self.options.batch_events, run.limits)
         writer: asyncio.Task[list[SignalEvent]] | None = None
         # Batch k + 1 is read and decoded while batch k is computed: three stages in flight
         # (read, engine, write), each bounded to one batch, so memory stays O(batch).
-        reader = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+        reader = asyncio.ensure_future(asyncio.to_thread(_decoded, chunks, run.trace))
         last_progress = 0.0
         try:
             while (chunk := await reader) is not None:
-                reader = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+                reader = asyncio.ensure_future(asyncio.to_thread(_decoded, chunks, run.trace))
                 staged = await asyncio.to_thread(self._compute, run, chunk)
                 if writer is not None:  # batch k is durable before batch k + 1 starts writing
                     for event in await writer:
@@ -177,18 +207,6 @@ class SignalPipeline:
                 yield event
         finally:
             await asyncio.gather(reader, *([writer] if writer is not None else []), return_exceptions=True)
-        for dataset in Dataset:
-            await self.offline.prune(dataset, self.spec.name, self.scope, run.batch_no - 1)
-        await self._deliver_dead_letters()
-        yield SignalRunCompleted(
-            run_id=run_id,
-            feature_set=self.spec.name,
-            feature_set_version=self.spec.version,
-            batches=run.batch_no,
-            resumed_from_batch=run.resumed_from,
-            elapsed_seconds=round(time.monotonic() - started, 3),
-            **run.counters,
-        )
 
     async def _begin(self, files: list[InputFile], run_id: str) -> _Run:
         checkpoint = await self._start_point(files)
@@ -214,12 +232,17 @@ class SignalPipeline:
 
     def _compute(self, run: _Run, chunk: Chunk | None) -> _Staged:
         """CPU half of a batch (a worker thread): the engine step only; the writer does the rest."""
-        if chunk is None:
-            run.state, result = flush(run.state, self.spec)
-            position, status = (len(run.files), 0), "completed"
-        else:
-            run.state, result = process_batch(run.state, chunk.frame, self.spec)
-            position, status = (chunk.file_index, chunk.start + chunk.consumed), "running"
+        with span("headwater.signals.batch", parent=run.trace, batch=run.batch_no) as current:
+            if chunk is None:
+                run.state, result = flush(run.state, self.spec)
+                position, status = (len(run.files), 0), "completed"
+            else:
+                run.state, result = process_batch(run.state, chunk.frame, self.spec, traced=span)
+                position, status = (chunk.file_index, chunk.start + chunk.consumed), "running"
+            if current is not None:
+                current.set_attributes(
+                    {"events": result.events_in, "duplicates": result.duplicates, "rows": result.rows.height}
+                )
         count_batch(run.counters, result, invalid=len(chunk.errors) if chunk else 0)
         batch_no = run.batch_no
         run.batch_no += 1
@@ -238,6 +261,7 @@ class SignalPipeline:
             files=run.files,
             events=events,
             checkpoint=(run.fingerprint, position, dict(run.counters), status) if due else None,
+            trace=run.trace,
         )
 
     def _checkpoint(self, staged: _Staged) -> SignalCheckpoint | None:
@@ -256,6 +280,14 @@ class SignalPipeline:
 
     async def _write(self, staged: _Staged) -> list[SignalEvent]:
         """I/O half of a batch: offline parts (durable), then the online transaction, then the DLQ."""
+        rows = staged.result.rows.height
+        with span("headwater.signals.store", parent=staged.trace, batch=staged.batch_no, rows=rows):
+            await self._store(staged)
+        if staged.chunk is not None and staged.chunk.errors:
+            await self._deliver_dead_letters()
+        return staged.events
+
+    async def _store(self, staged: _Staged) -> None:
         await commit_batch(
             online=self.online,
             offline=self.offline,
@@ -267,9 +299,6 @@ class SignalPipeline:
             chunk=staged.chunk,
             checkpoint=lambda: self._checkpoint(staged),
         )
-        if staged.chunk is not None and staged.chunk.errors:
-            await self._deliver_dead_letters()
-        return staged.events
 
     async def iter_results(self) -> AsyncIterator[WindowsClosed]:
         # closed explicitly: see DocumentPipeline.iter_results
@@ -384,6 +413,15 @@ def _progress(run: _Run, files: tuple[int, int], started: float) -> SignalProgre
         eta_seconds=eta,
         elapsed_seconds=round(elapsed, 3),
     )
+
+
+def _decoded(chunks: Iterator[Chunk], trace: Any) -> Chunk | None:
+    """The next chunk, read and decoded (a worker thread), in a span of the run's."""
+    with span("headwater.signals.decode", parent=trace) as current:
+        chunk = next(chunks, None)
+        if current is not None and chunk is not None:
+            current.set_attributes({"records": chunk.frame.height, "invalid": len(chunk.errors)})
+        return chunk
 
 
 def iter_batches(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import msgspec
 import polars as pl
@@ -364,16 +367,26 @@ def _nothing(spec: FeatureSetSpec) -> BatchResult:
     )
 
 
+Traced = Callable[..., AbstractContextManager[Any]]
+
+
+def _untraced(name: str, **attributes: object) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
 def process_batch(
-    state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec
+    state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec, traced: Traced = _untraced
 ) -> tuple[EngineState, BatchResult]:
-    """One micro-batch (``batch_schema`` rows in arrival order): dedup, windows, points."""
+    """One micro-batch (``batch_schema`` rows in arrival order): dedup, windows, points.
+    ``traced(name, **attributes)`` brackets the dedup and the window steps (the pipeline hands
+    in its tracing; the stage stays free of it)."""
     state = _typed(state, spec)
     if batch.height == 0:
         return state, _nothing(spec)
-    prepared = _prepare(state, batch, spec)
-    duplicate = dedup.duplicate_mask(prepared, state.identity, state.cloudevents, dedup.identity(spec))
-    accepted = prepared.filter(~duplicate)
+    with traced("headwater.signals.dedup", events=batch.height):
+        prepared = _prepare(state, batch, spec)
+        duplicate = dedup.duplicate_mask(prepared, state.identity, state.cloudevents, dedup.identity(spec))
+        accepted = prepared.filter(~duplicate)
     batch_max = int(batch["event_time"].max())  # type: ignore[arg-type]
     max_time = batch_max if state.max_event_time is None else max(state.max_event_time, batch_max)
     watermark = max_time - spec.lateness_ms
@@ -386,7 +399,10 @@ def process_batch(
     )
     # The window and point steps read disjoint parts of the state and mostly run in NumPy and
     # Polars without the GIL, so the point step runs in a helper thread beside the window step.
-    with ThreadPoolExecutor(max_workers=1) as helper:
+    with (
+        traced("headwater.signals.windows", events=accepted.height),
+        ThreadPoolExecutor(max_workers=1) as helper,
+    ):
         point_step = helper.submit(_point_step, state, accepted, watermark, spec)
         rows, late, corrected, state = _window_step(state, accepted, watermark, spec)
         released, point_late, point_state = point_step.result()

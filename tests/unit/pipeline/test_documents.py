@@ -158,3 +158,42 @@ async def test_touched_files_are_skipped_and_their_new_mtime_recorded_in_one_go(
     assert versions == {
         rel: (p.stat().st_size, p.stat().st_mtime_ns, "done", make_doc_id(rel)) for p, rel in relpaths.items()
     }
+
+
+async def test_a_run_traces_each_stage_under_one_run_span_with_counts(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEADWATER_OTEL on: scan, read, extract, embed, write and commit spans (and delete on a
+    re-run that finds a file gone), children of the run's span, their counts as attributes."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer", provider.get_tracer)
+    monkeypatch.setenv("HEADWATER_OTEL", "1")
+
+    await build_document_pipeline(settings(tmp_path), str(corpus)).run_async()
+    spans = exporter.get_finished_spans()
+    (run,) = [s for s in spans if s.name == "headwater.docs.run"]
+    assert run.attributes is not None and run.attributes["documents.added"] == 6
+    stages = {s.name for s in spans if s.parent is not None and s.parent.span_id == run.context.span_id}
+    assert stages >= {f"headwater.docs.{n}" for n in ("scan", "read", "extract", "embed", "write", "commit")}
+    assert all(s.context.trace_id == run.context.trace_id for s in spans)
+
+    def total(name: str, attribute: str) -> int:
+        return sum(int((s.attributes or {})[attribute]) for s in spans if s.name == name)
+
+    assert total("headwater.docs.read", "documents") == 6
+    assert total("headwater.docs.extract", "chunks") == total("headwater.docs.embed", "chunks") > 0
+    assert total("headwater.docs.scan", "listed") == 6
+
+    exporter.clear()
+    (corpus / "guides" / "retries.md").unlink()
+    await build_document_pipeline(settings(tmp_path), str(corpus)).run_async()
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert "headwater.docs.delete" in names and "headwater.docs.embed" not in names

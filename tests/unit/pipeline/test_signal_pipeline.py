@@ -187,3 +187,38 @@ def test_parquet_input_and_correct_policy(tmp_path: Path) -> None:
     for key, want in ref.rows.items():
         assert got[key]["value_count"] == want["count"]
         assert got[key]["revision"] == want["revision"]
+
+
+def test_a_backfill_traces_decode_dedup_windows_and_store_under_its_run_span(
+    tmp_path: Path, events_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer", provider.get_tracer)
+    monkeypatch.setenv("HEADWATER_OTEL", "1")
+    inputs, events = events_file
+    final = asyncio.run(run(tmp_path / "home", inputs, dlq=MemoryDeadLetters()))
+    spans = exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "headwater.signals.run"]
+    assert root.attributes is not None and root.attributes["signals.events_seen"] == len(events) + 2
+    by_id = {s.context.span_id: s for s in spans}
+
+    def under_root(s: Any) -> bool:
+        while s.parent is not None:
+            s = by_id[s.parent.span_id]
+        return s is root
+
+    assert all(under_root(s) for s in spans)
+    names = {s.name.removeprefix("headwater.signals.") for s in spans}
+    assert names >= {"run", "decode", "batch", "dedup", "windows", "store"}
+    decoded = sum(int((s.attributes or {}).get("records", 0)) for s in spans if s.name.endswith(".decode"))
+    assert decoded == len(events)  # the two invalid lines are not in a chunk's frame
+    stored = sum(int((s.attributes or {})["rows"]) for s in spans if s.name.endswith(".store"))
+    assert stored == final.feature_rows_written
