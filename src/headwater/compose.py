@@ -24,6 +24,7 @@ from headwater.ports import Embedder, MetadataStore, Source, StreamBus, VectorSt
 if TYPE_CHECKING:  # the signal engine (polars) and the job service load only when used
     from headwater.featuresets import FeatureSetSpec
     from headwater.jobs.service import JobService
+    from headwater.lineage import Lineage
     from headwater.pipeline.doc_stream import RunPaths, Watcher
     from headwater.pipeline.signals import Clock, SignalPipeline
     from headwater.pipeline.stream import StreamWorker, WorkerOptions
@@ -44,6 +45,31 @@ def make_source(url: str, settings: Settings) -> Source:
     if "home" in accepts:
         options["home"] = settings.home
     return cast(Source, cls(url, include=settings.include, exclude=settings.exclude, **options))
+
+
+def make_lineage(settings: Settings, job: str, *, inputs: list[str], outputs: list[str]) -> Lineage | None:
+    """OpenLineage for a run when ``HEADWATER_OPENLINEAGE_URL`` is set, else None."""
+    if not settings.openlineage_url:
+        return None
+    from headwater.lineage import Lineage
+
+    return Lineage(
+        settings.openlineage_url,
+        job=job,
+        inputs=inputs,
+        outputs=outputs,
+        namespace=settings.openlineage_namespace,
+    )
+
+
+def signal_lineage(settings: Settings, inputs: Path, spec: FeatureSetSpec) -> Lineage | None:
+    """A backfill's lineage: the job is the feature set in its home, the input its files."""
+    return make_lineage(
+        settings,
+        f"signals:{settings.home.resolve()}:{spec.name}",
+        inputs=[str(inputs.resolve())],
+        outputs=[settings.offline_store_url, settings.online_store_url],
+    )
 
 
 def make_embedder(settings: Settings) -> Embedder:
@@ -137,14 +163,21 @@ def build_document_pipeline(
     **overrides: Any,
 ) -> DocumentPipeline:
     """Wire a document pipeline; ``overrides`` replace adapters (tests inject failing embedders)."""
+    source = overrides.get("source") or make_source(source_url, settings)
     return DocumentPipeline(
-        source=overrides.get("source") or make_source(source_url, settings),
+        source=source,
         embedder=overrides.get("embedder") or make_embedder(settings),
         vectors=overrides.get("vectors") or make_vector_store(settings),
         metadata=overrides.get("metadata") or make_metadata_store(settings),
         settings=settings,
         only=only,
         embedder_lent=embedder_lent,
+        lineage=make_lineage(
+            settings,
+            f"docs:{settings.home.resolve()}",
+            inputs=[source.uri],
+            outputs=[settings.vector_store_url, settings.metadata_store_url],
+        ),
     )
 
 
@@ -200,6 +233,7 @@ async def open_signal_pipeline(
             dead_letters=dead_letters,
             options=options,
             clock=clock or wall_clock_ms,
+            lineage=signal_lineage(settings, inputs, spec),
         )
 
 

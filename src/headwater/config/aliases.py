@@ -118,6 +118,9 @@ ALIASES: Mapping[str, Alias] = MappingProxyType(
         "LATE_EVENT_POLICY": Alias("late_policy"),
         "FEATURE_WINDOWS": Alias("windows"),
         "FEATURE_SET_VERSION": Alias("feature_set_version"),
+        # the OpenLineage client's own variables (its HTTP transport's URL, its default namespace)
+        "OPENLINEAGE_URL": Alias("openlineage_url"),
+        "OPENLINEAGE_NAMESPACE": Alias("openlineage_namespace"),
         "OFFLINE_DATA_PATH": Alias("offline_store"),
         "OFFLINE_FORMAT": Alias(
             None,

@@ -237,6 +237,10 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     api_page_limit: int = Field(500, ge=1)  # most items one list response returns
     api_source_roots: PathList = Field(default_factory=list)  # folders jobs may read; [] = the cwd
+    # OpenLineage run events (START/COMPLETE/FAIL) of every run: http(s)://HOST[:PORT] (posted to
+    # /api/v1/lineage) or file:///PATH (JSON lines); extra [lineage]
+    openlineage_url: str | None = None
+    openlineage_namespace: str = Field("headwater", min_length=1)
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 

@@ -29,6 +29,7 @@ from headwater.events import (
     WaitingForHome,
 )
 from headwater.homelock import home_lock
+from headwater.lineage import Lineage
 from headwater.models import normalize_relpath
 from headwater.observability import span
 from headwater.pipeline.commit import EmbeddedGroup, ReadyDocument
@@ -63,6 +64,7 @@ class DocumentPipeline:
         only: Collection[str] | None = None,
         run_id: str = "",
         embedder_lent: bool = False,
+        lineage: Lineage | None = None,
     ) -> None:
         self.source = source
         self.embedder = embedder
@@ -72,6 +74,7 @@ class DocumentPipeline:
         self.only = {normalize_relpath(r) for r in only} if only is not None else None
         self.run_id = run_id or _new_run_id()
         self.embedder_lent = embedder_lent
+        self.lineage = lineage
 
     async def stream_events(
         self, *, only: Collection[str] | None = None
@@ -79,6 +82,13 @@ class DocumentPipeline:
         """One run's events. ``only`` runs over just these paths (see the class), as a run of its
         own (a new run id): a stream worker runs one pipeline per source for each of its batches,
         one at a time (a pipeline's runs share its adapters, so they must not overlap)."""
+        stream = self._stream(only)
+        observed = self.lineage.observe(stream) if self.lineage is not None else stream
+        async with contextlib.aclosing(observed) as events:
+            async for event in events:
+                yield event
+
+    async def _stream(self, only: Collection[str] | None) -> AsyncGenerator[DocumentEvent, None]:
         events: asyncio.Queue[Any] = asyncio.Queue(maxsize=1024)
         paths = {normalize_relpath(r) for r in only} if only is not None else None
         run_id = _new_run_id() if only is not None else None

@@ -33,6 +33,7 @@ from headwater.events import (
 )
 from headwater.featuresets import FeatureSetSpec
 from headwater.homelock import describe_holder, feature_set_lock, home_lock, lock_path
+from headwater.lineage import Lineage
 from headwater.models import Dataset, DeadLetter, SignalCheckpoint, sha256_hex, signal_checkpoint
 from headwater.observability import open_span, span
 from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref
@@ -123,7 +124,9 @@ class SignalPipeline:
         dead_letters: DeadLetterSink | None = None,
         options: SignalOptions | None = None,
         clock: Clock = wall_clock_ms,
+        lineage: Lineage | None = None,
     ) -> None:
+        self.lineage = lineage
         self.inputs = inputs
         self.spec = spec
         self.online = online
@@ -134,6 +137,13 @@ class SignalPipeline:
         self.scope = sha256_hex(f"{spec.name}\x00{spec.version}\x00{inputs.resolve()}")[:12]
 
     async def stream_events(self) -> AsyncGenerator[SignalEvent, None]:
+        stream = self._locked_events()
+        observed = self.lineage.observe(stream) if self.lineage is not None else stream
+        async with contextlib.aclosing(observed) as events:
+            async for event in events:
+                yield event
+
+    async def _locked_events(self) -> AsyncGenerator[SignalEvent, None]:
         """Two backfills of one feature set into one home would interleave their checkpoints:
         the second waits for the first (or stops at once with ``wait_for_home=False``)."""
         home = self.options.home
