@@ -69,6 +69,17 @@ from headwater.ports import StateListener
 
 log = logging.getLogger(__name__)
 
+
+class _LibrdkafkaLog:
+    """librdkafka's own log lines (a refused connection is an ERROR to it) at DEBUG: outages
+    reach the user once, as RetryableError and the bus's ``lost``/``regained`` states."""
+
+    def log(self, _level: int, msg: str, *args: object) -> None:
+        log.debug(msg, *args)
+
+
+LIBRDKAFKA_LOG = _LibrdkafkaLog()
+
 REASON_HEADER = "headwater-reason"
 _TOPIC = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _GROUP = re.compile(r"[A-Za-z0-9_-]+")
@@ -217,12 +228,12 @@ class KafkaBus:
     async def open(self) -> None:
         if self._admin is not None:
             return
-        admin = AdminClient(self._base, logger=log)
+        admin = AdminClient(self._base, logger=LIBRDKAFKA_LOG)
         with self._errors("connect"):
             await self._produce_thread.call(admin.list_topics, timeout=5)
         self._admin = admin
-        self._producer = Producer(self._producer_conf, logger=log)
-        self._journal_producer = Producer({**self._base, "linger.ms": 0, "message.timeout.ms": 8000}, logger=log)
+        self._producer = Producer(self._producer_conf, logger=LIBRDKAFKA_LOG)
+        self._journal_producer = Producer({**self._base, "linger.ms": 0, "message.timeout.ms": 8000}, logger=LIBRDKAFKA_LOG)
 
     async def close(self) -> None:
         members = list(self._members.values())
@@ -249,7 +260,8 @@ class KafkaBus:
     def _partition_count(self, name: str) -> int | None:
         if name in self._topics:
             return self._topics[name]
-        meta = self._admin_client().list_topics(name, timeout=_TIMEOUT).topics.get(name)
+        # All topics: a metadata request naming a missing topic makes some brokers create it.
+        meta = self._admin_client().list_topics(timeout=_TIMEOUT).topics.get(name)
         if meta is None or meta.error is not None or not meta.partitions:
             return None
         self._topics[name] = len(meta.partitions)
@@ -332,6 +344,11 @@ class KafkaBus:
                     producer.poll(0.1)
         left = producer.flush(_TIMEOUT)
         if errors or left:
+            # A restarted broker may have lost the topic, or this producer's idempotence state:
+            # the retry starts over with both checked afresh.
+            self._topics.clear()
+            producer.purge()
+            self._producer = Producer(self._producer_conf, logger=LIBRDKAFKA_LOG)
             raise KafkaException(errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT))  # noqa: SLF001
 
     # -- consuming -----------------------------------------------------------------------------
@@ -427,7 +444,7 @@ class KafkaBus:
         if self._partition_count(name) is None:
             return []
         reader = Consumer({**self._base, "group.id": "headwater-dlq-reader", "enable.auto.commit": False,
-                           "enable.partition.eof": True}, logger=log)  # fmt: skip
+                           "enable.partition.eof": True}, logger=LIBRDKAFKA_LOG)  # fmt: skip
         out: list[tuple[bytes, str]] = []
         try:
             low, high = reader.get_watermark_offsets(TopicPartition(name, 0), timeout=_TIMEOUT)

@@ -34,6 +34,12 @@ from headwater.models import BusMessage
 
 log = logging.getLogger(__name__)
 
+
+def _debug_log() -> Any:
+    from headwater.adapters.kafka import LIBRDKAFKA_LOG
+
+    return LIBRDKAFKA_LOG
+
 _MAX_IN_FLIGHT = 10_000  # held + buffered messages per member: beyond it, no new fetches
 _POLL_SLICE = 0.25  # seconds: the longest single poll, so due redeliveries are not held up
 _JOURNAL_RUNS = 200  # runs per journal record; beyond it, neighbours merge (counts only rise)
@@ -88,7 +94,7 @@ class GroupMember:
         self.body_of = body_of
         self.parts: dict[int, _Partition] = {}
         self.buffer: list[Message] = []
-        self.consumer = Consumer(config, logger=log)
+        self.consumer = Consumer(config, logger=_debug_log())
         if partition is None:
             self.consumer.subscribe(
                 [kafka_topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
@@ -269,7 +275,7 @@ class Journal:
     def read(self, partition: int, floor: int) -> dict[int, int]:
         """The counts of offsets ≥ ``floor`` from the partition's last journal record."""
         self.ensure()
-        reader = Consumer(self.reader_config, logger=log)
+        reader = Consumer(self.reader_config, logger=_debug_log())
         try:
             tp = TopicPartition(self.journal_topic, partition)
             low, high = reader.get_watermark_offsets(tp, timeout=10)
