@@ -22,7 +22,7 @@ EVENTS = SAMPLES / "signals" / "events.jsonl"
 ENV = {"HEADWATER_ACK_WAIT_SECONDS": "2"}
 
 
-@pytest.fixture(params=["nats", "redis"])
+@pytest.fixture(params=["nats", "redis", "kafka"])
 def server(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(f"{request.param}_server")
 

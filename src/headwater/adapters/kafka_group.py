@@ -95,6 +95,8 @@ class GroupMember:
         self.parts: dict[int, _Partition] = {}
         self.buffer: list[Message] = []
         self.consumer = Consumer(config, logger=_debug_log())
+        self.join_seconds = 2 * int(config.get("session.timeout.ms", 10_000)) / 1000
+        self.joined = partition is not None
         if partition is None:
             self.consumer.subscribe(
                 [kafka_topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
@@ -106,6 +108,7 @@ class GroupMember:
     # -- rebalances: run inside consume/poll ---------------------------------------------------
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.joined = True
         for tp in partitions:
             part = self.parts.setdefault(tp.partition, _Partition())
             part.owned = True
@@ -122,6 +125,13 @@ class GroupMember:
     # -- the port, synchronously ---------------------------------------------------------------
 
     def consume(self, max_messages: int, timeout_seconds: float) -> list[BusMessage]:
+        """Up to ``max_messages``: redeliveries due first, then new ones. The first call waits for
+        the group join too (a join takes up to half the session timeout): joining is set-up, not
+        idle time, so a worker started with ``--exit-when-idle`` does not stop before its
+        partitions are assigned."""
+        join_deadline = time.monotonic() + self.join_seconds
+        while not self.joined and time.monotonic() < join_deadline:
+            self._poll(max_messages, _POLL_SLICE)
         deadline = time.monotonic() + timeout_seconds
         while True:
             out = self._due(max_messages)
