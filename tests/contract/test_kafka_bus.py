@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from headwater import cloudevents, registry
-from headwater.adapters.kafka import KafkaBus, murmur2_partition
+from headwater.adapters.kafka import KafkaBus, as_bytes, murmur2_partition
 from headwater.errors import ConfigError
 from headwater.models import BusMessage
 from tests.contract import test_stream_bus as contract
@@ -84,7 +85,7 @@ async def test_killed_members_messages_come_back_counted_after_a_restart(kafka: 
 
 
 async def test_keyed_messages_land_where_kafkas_default_partitioner_puts_them(
-    kafka: MakeBus, kafka_server: ServerProcess, topic: str
+    kafka: MakeBus, kafka_server: Any, topic: str
 ) -> None:
     """publish_keyed places keys like librdkafka's murmur2_random (= the Java client's default),
     and partition i is read alone as ``<topic>.p<i>``."""
@@ -101,12 +102,14 @@ async def test_keyed_messages_land_where_kafkas_default_partitioner_puts_them(
     assert seen == {k: murmur2_partition(k.encode(), 3) for k in keys}
     assert len(set(seen.values())) == 3
     # A plain librdkafka producer with Kafka's default partitioner agrees.
-    producer = Producer({"bootstrap.servers": kafka_server.url.split("//")[1].split("?")[0],
-                         "partitioner": "murmur2_random"})  # fmt: skip
+    producer = Producer({"bootstrap.servers": kafka_server.hostport, "partitioner": "murmur2_random"})
     placed: dict[str, int] = {}
+
+    def delivered(_error: object, record: Message) -> None:
+        placed[as_bytes(record.key()).decode()] = record.partition() or 0
+
     for k in keys:
-        producer.produce(f"headwater.{topic}", b"x", key=k.encode(),
-                         on_delivery=lambda _e, m: placed.__setitem__(m.key().decode(), m.partition()))  # fmt: skip
+        producer.produce(f"headwater.{topic}", b"x", key=k.encode(), on_delivery=delivered)
     producer.flush(10)
     assert placed == seen
     with pytest.raises(ConfigError, match="3 partitions"):
@@ -114,7 +117,7 @@ async def test_keyed_messages_land_where_kafkas_default_partitioner_puts_them(
 
 
 async def test_binary_mode_cloudevents_reach_the_worker_as_structured_ones(
-    kafka: MakeBus, kafka_server: ServerProcess, topic: str
+    kafka: MakeBus, kafka_server: Any, topic: str
 ) -> None:
     structured = cloudevents.make_event(
         id="e-1", source="sensors", type=cloudevents.SIGNAL, data=b'{"entity_id":"pump-1","value":1.5}'
@@ -125,10 +128,12 @@ async def test_binary_mode_cloudevents_reach_the_worker_as_structured_ones(
     assert ("ce_id", b"e-1") in headers and data == b'{"entity_id":"pump-1","value":1.5}'
     bus = await kafka()
     await bus.publish(topic, [b"{}"])  # creates the topic
-    producer = Producer({"bootstrap.servers": kafka_server.url.split("//")[1].split("?")[0]})
+    producer = Producer({"bootstrap.servers": kafka_server.hostport})
     producer.produce(f"headwater.{topic}", data, headers=headers)
-    producer.produce(f"headwater.{topic}", b"plain text", headers=[("ce_specversion", b"1.0"), ("ce_id", b"e-2"),
-                     ("ce_source", b"s"), ("ce_type", b"t"), ("content-type", b"text/plain")])  # fmt: skip
+    text_headers = [("ce_specversion", b"1.0"), ("ce_id", b"e-2"), ("ce_source", b"s"), ("ce_type", b"t")]
+    producer.produce(
+        f"headwater.{topic}", b"plain text", headers=[*text_headers, ("content-type", b"text/plain")]
+    )
     producer.flush(10)
     got: list[BusMessage] = await drain(bus, topic, "g", 3)
     first, second = cloudevents.decode(got[1].body), cloudevents.decode(got[2].body)
@@ -144,7 +149,9 @@ async def test_bus_survives_a_restart_of_a_broker_that_keeps_its_data(
     """The contract's restart test, on Tansu with S3 storage (the in-memory one loses all)."""
     opened: list[KafkaBus] = []
     try:
-        await contract.test_bus_survives_a_server_restart(_make(kafka_s3_server.url, opened), topic, kafka_s3_server)
+        await contract.test_bus_survives_a_server_restart(
+            _make(kafka_s3_server.url, opened), topic, kafka_s3_server
+        )
     finally:
         for bus in opened:
             await bus.close()

@@ -1,8 +1,8 @@
 """The StreamBus contract (ports.StreamBus), run on every adapter against the real server.
 
 ``bus_url`` (tests/conftest.py) yields one URL per adapter: the in-memory bus, and NATS
-JetStream, Redis Streams and Kafka (a Tansu broker) started on 127.0.0.1 by tests/servers. Each test uses a fresh
-topic, so the servers are shared across tests.
+JetStream, Redis Streams and Kafka (a Tansu broker) started on 127.0.0.1 by tests/servers. Each
+test uses a fresh topic, so the servers are shared across tests.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ async def test_nak_with_delay_redelivers_after_the_delay(make_bus: MakeBus, topi
     await bus.ack(again)
 
 
-async def test_consumers_of_one_group_share_and_take_over(make_bus: MakeBus, topic: str, bus_url: str) -> None:
+async def test_consumers_of_one_group_share_and_take_over(
+    make_bus: MakeBus, topic: str, bus_url: str
+) -> None:
     """Two workers of one group split the messages; one that dies leaves its share to the other."""
     if bus_url.startswith("kafka://"):
         pytest.skip("Kafka's members share partitions, not messages: test_kafka_bus.py has its takeover")

@@ -26,7 +26,7 @@ The port's per-message acks on Kafka's offsets (adapters/kafka_group.py):
   polling (``max.poll.interval.ms`` = 3 ack waits) loses its partitions; the next owner reads
   from the committed offset and the deliveries journal gives the counts (kafka_group.py).
 - ``dead_letter`` produces to the DLQ and waits for the broker's ack, then acks.
-- ``pending`` = Σ over the topic's partitions of high watermark − the group's committed offset
+- ``pending`` = Σ over the topic's partitions of high watermark - the group's committed offset
   (the log start for a group that committed nothing): lag from committed offsets, so messages
   delivered but unacked count. Tansu (the broker the tests run) reports a wrong high watermark
   after a multi-record produce batch; the tests publish one record per request
@@ -58,7 +58,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
 from headwater import cloudevents
 from headwater.adapters._thread import OwnThread
@@ -87,12 +87,12 @@ _PARTITION = re.compile(r"(.+)\.p(\d+)")
 _TIMEOUT = 10.0  # seconds for one admin request or a produce to be acknowledged
 _PERMANENT = {
     KafkaError.SASL_AUTHENTICATION_FAILED,
-    KafkaError._AUTHENTICATION,  # noqa: SLF001 (librdkafka's names)
+    KafkaError._AUTHENTICATION,
     KafkaError.TOPIC_AUTHORIZATION_FAILED,
     KafkaError.GROUP_AUTHORIZATION_FAILED,
     KafkaError.TOPIC_EXCEPTION,
     KafkaError.MSG_SIZE_TOO_LARGE,
-    KafkaError._INVALID_ARG,  # noqa: SLF001
+    KafkaError._INVALID_ARG,
 }
 
 
@@ -140,13 +140,23 @@ def _group(group: str) -> str:
     return group
 
 
+def as_bytes(value: str | bytes | None) -> bytes:
+    return value.encode() if isinstance(value, str) else value or b""
+
+
+def headers_of(record: Message) -> dict[str, bytes]:
+    raw: Any = record.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {str(k): as_bytes(v) for k, v in pairs}
+
+
 def structured_body(record: Message) -> bytes:
     """The record's CloudEvent in structured mode (binary-mode records are converted)."""
-    value = record.value() or b""
-    headers = record.headers()
-    if headers and any(k == "ce_specversion" for k, _ in headers):
-        return cloudevents.from_binary({k: v or b"" for k, v in headers}, value)
-    return value
+    value = as_bytes(record.value())
+    if not record.headers():
+        return value
+    headers = headers_of(record)
+    return cloudevents.from_binary(headers, value) if "ce_specversion" in headers else value
 
 
 class KafkaBus:
@@ -233,7 +243,9 @@ class KafkaBus:
             await self._produce_thread.call(admin.list_topics, timeout=5)
         self._admin = admin
         self._producer = Producer(self._producer_conf, logger=LIBRDKAFKA_LOG)
-        self._journal_producer = Producer({**self._base, "linger.ms": 0, "message.timeout.ms": 8000}, logger=LIBRDKAFKA_LOG)
+        self._journal_producer = Producer(
+            {**self._base, "linger.ms": 0, "message.timeout.ms": 8000}, logger=LIBRDKAFKA_LOG
+        )
 
     async def close(self) -> None:
         members = list(self._members.values())
@@ -272,7 +284,9 @@ class KafkaBus:
         ``exact``: an existing topic with another count is a ConfigError."""
         found = self._partition_count(name)
         if found is None:
-            future = self._admin_client().create_topics([NewTopic(name, partitions or self.partitions, 1)])[name]
+            future = self._admin_client().create_topics([NewTopic(name, partitions or self.partitions, 1)])[
+                name
+            ]
             try:
                 future.result(timeout=_TIMEOUT)
             except KafkaException as exc:
@@ -309,7 +323,7 @@ class KafkaBus:
         partitions: int | None,
         batch: Sequence[tuple[str | None, int, bytes]],
         action: str,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         with self._errors(action):
             await self._produce_thread.call(self._produce_sync, name, partitions, batch, headers)
@@ -319,7 +333,7 @@ class KafkaBus:
         name: str,
         partitions: int | None,
         batch: Sequence[tuple[str | None, int, bytes]],
-        headers: list[tuple[str, bytes]] | None,
+        headers: list[tuple[str, str | bytes | None]] | None,
     ) -> None:
         """Produce in order, then wait until the broker acknowledged every record."""
         self._ensure_topic(name, partitions)
@@ -349,7 +363,7 @@ class KafkaBus:
             self._topics.clear()
             producer.purge()
             self._producer = Producer(self._producer_conf, logger=LIBRDKAFKA_LOG)
-            raise KafkaException(errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT))  # noqa: SLF001
+            raise KafkaException(errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT))
 
     # -- consuming -----------------------------------------------------------------------------
 
@@ -428,7 +442,7 @@ class KafkaBus:
     async def dead_letter(self, message: BusMessage, reason: str) -> None:
         name = f"headwater.{message.topic}.dlq"
         kafka_topic(message.topic)
-        headers = [(REASON_HEADER, reason.encode())]
+        headers: list[tuple[str, str | bytes | None]] = [(REASON_HEADER, reason.encode())]
         await self._produce(name, None, [(None, 0, message.body)], f"dead-letter to {name}", headers)
         await self.ack([message])
 
@@ -452,11 +466,11 @@ class KafkaBus:
             while len(out) < limit and (record := reader.poll(_TIMEOUT)) is not None:
                 error = record.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                    if error.code() == KafkaError._PARTITION_EOF:
                         break
                     raise KafkaException(error)
-                reason = dict(record.headers() or []).get(REASON_HEADER) or b""
-                out.append((record.value() or b"", reason.decode(errors="replace")))
+                reason = headers_of(record).get(REASON_HEADER, b"")
+                out.append((as_bytes(record.value()), reason.decode(errors="replace")))
                 if (record.offset() or 0) + 1 >= high:
                     break
         finally:
@@ -464,7 +478,7 @@ class KafkaBus:
         return out
 
     async def pending(self, topic: str, group: str) -> int:
-        """Σ high watermark − committed offset (log start when none) over the topic's partitions."""
+        """Σ high watermark - committed offset (log start when none) over the topic's partitions."""
         name, only = kafka_topic(topic)
         group = _group(group)
         with self._errors(f"pending of {group} on {topic}"):
@@ -480,10 +494,12 @@ class KafkaBus:
         request = [ConsumerGroupTopicPartitions(group, tps)]
         committed = {
             tp.partition: tp.offset
-            for tp in admin.list_consumer_group_offsets(request)[group].result(timeout=_TIMEOUT).topic_partitions
+            for tp in admin.list_consumer_group_offsets(request)[group]
+            .result(timeout=_TIMEOUT)
+            .topic_partitions
         }
-        ends = _offsets(admin, tps, OffsetSpec.latest())
-        starts = _offsets(admin, tps, OffsetSpec.earliest())
+        ends = _offsets(admin, tps, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        starts = _offsets(admin, tps, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
         total = 0
         for tp in tps:
             done = committed.get(tp.partition, -1)

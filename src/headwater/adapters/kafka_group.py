@@ -40,6 +40,7 @@ def _debug_log() -> Any:
 
     return LIBRDKAFKA_LOG
 
+
 _MAX_IN_FLIGHT = 10_000  # held + buffered messages per member: beyond it, no new fetches
 _POLL_SLICE = 0.25  # seconds: the longest single poll, so due redeliveries are not held up
 _JOURNAL_RUNS = 200  # runs per journal record; beyond it, neighbours merge (counts only rise)
@@ -147,7 +148,13 @@ class GroupMember:
     def _due(self, limit: int) -> list[BusMessage]:
         now = time.monotonic()
         due = sorted(
-            ((o, p, h) for p, part in self.parts.items() if part.owned for o, h in part.held.items() if h.due <= now),
+            (
+                (o, p, h)
+                for p, part in self.parts.items()
+                if part.owned
+                for o, h in part.held.items()
+                if h.due <= now
+            ),
             key=lambda x: (x[2].due, x[0]),
         )[:limit]
         out = []
@@ -158,9 +165,13 @@ class GroupMember:
         return out
 
     def _fresh(self, limit: int, wait: float) -> list[BusMessage]:
-        if len(self.buffer) < limit and self._in_flight() < _MAX_IN_FLIGHT:
-            self._poll(min(limit, 1000), wait)
-        elif wait > 0:
+        polled = False
+        while len(self.buffer) < limit and self._in_flight() < _MAX_IN_FLIGHT:
+            got = self._poll(min(limit - len(self.buffer), 10_000), 0.0 if polled else wait)
+            polled = True
+            if got == 0:
+                break
+        if not polled and wait > 0:
             time.sleep(min(wait, 0.05))
         out: list[BusMessage] = []
         rest: list[Message] = []
@@ -177,14 +188,16 @@ class GroupMember:
     def _in_flight(self) -> int:
         return len(self.buffer) + sum(len(part.held) for part in self.parts.values())
 
-    def _poll(self, limit: int, wait: float) -> None:
-        """Fetch into the buffer; an error record (broker down) raises KafkaException."""
-        for record in self.consumer.consume(num_messages=limit, timeout=wait):
+    def _poll(self, limit: int, wait: float) -> int:
+        """Fetch into the buffer (how many came); an error record (broker down) raises."""
+        records = self.consumer.consume(num_messages=limit, timeout=wait)
+        for record in records:
             error = record.error()
             if error is None:
                 self.buffer.append(record)
-            elif error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001 (the library's own name)
+            elif error.code() != KafkaError._PARTITION_EOF:
                 raise KafkaException(error)
+        return len(records)
 
     def _take(self, record: Message) -> BusMessage | None:
         """A fetched record as a delivery, or None: already acked, or no longer ours."""
@@ -220,7 +233,9 @@ class GroupMember:
             counts = dict(part.prior or {})
             counts.update({o: h.deliveries for o, h in part.held.items()})
             floor = part.committed or 0
-            self.journal.write(p, floor, {o: n for o, n in counts.items() if o >= floor and o not in part.acked})
+            self.journal.write(
+                p, floor, {o: n for o, n in counts.items() if o >= floor and o not in part.acked}
+            )
 
     def _owned(self, handles: Sequence[tuple[int, int, GroupMember]]) -> list[_Partition]:
         """The partitions of these messages, polling briefly while one is being reassigned to
@@ -243,7 +258,9 @@ class GroupMember:
                 if part.advance():
                     moved.add(p)
         if moved:
-            offsets = [TopicPartition(self.kafka_topic, p, self.parts[p].committed) for p in sorted(moved)]
+            offsets = [
+                TopicPartition(self.kafka_topic, p, self.parts[p].committed or 0) for p in sorted(moved)
+            ]
             self.consumer.commit(offsets=offsets, asynchronous=False)
 
     def delay(self, handles: Sequence[tuple[int, int, GroupMember]], seconds: float) -> None:
@@ -280,7 +297,7 @@ class Journal:
         )  # fmt: skip
         self.producer.flush(10)
         if errors or len(self.producer) > 0:
-            raise KafkaException(errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT))  # noqa: SLF001
+            raise KafkaException(errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT))
 
     def read(self, partition: int, floor: int) -> dict[int, int]:
         """The counts of offsets ≥ ``floor`` from the partition's last journal record."""
@@ -298,7 +315,7 @@ class Journal:
                 if record is not None and record.error() is None:
                     return _counts(record.value() or b"{}", floor)
             msg = f"journal {self.journal_topic}[{partition}] unreadable"
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, msg))  # noqa: SLF001
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, msg))
         finally:
             reader.close()
 
