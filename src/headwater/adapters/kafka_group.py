@@ -95,8 +95,11 @@ class GroupMember:
         self.body_of = body_of
         self.parts: dict[int, _Partition] = {}
         self.buffer: list[Message] = []
-        self.consumer = Consumer(config, logger=_debug_log())
-        self.join_seconds = 2 * int(config.get("session.timeout.ms", 10_000)) / 1000
+        self.outage: KafkaError | None = None  # the client's last "brokers down" report
+        self.consumer = Consumer({**config, "error_cb": self._on_error}, logger=_debug_log())
+        # A dead member holds its partitions until its session expires; only the rebalance after
+        # that hands them out, so a fresh member may wait about three session timeouts for them.
+        self.join_seconds = 3 * int(config.get("session.timeout.ms", 10_000)) / 1000
         self.joined = partition is not None
         if partition is None:
             self.consumer.subscribe(
@@ -106,10 +109,16 @@ class GroupMember:
             self.consumer.assign([TopicPartition(kafka_topic, partition)])
             self.parts[partition] = _Partition()
 
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka reports a lost broker here, not as a failed call: remember it, so the next
+        call fails with it (RetryableError, the bus's ``lost`` state) instead of idling."""
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):  # noqa: SLF001
+            self.outage = error
+
     # -- rebalances: run inside consume/poll ---------------------------------------------------
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.joined = True
+        self.joined = self.joined or bool(partitions)
         for tp in partitions:
             part = self.parts.setdefault(tp.partition, _Partition())
             part.owned = True
@@ -126,10 +135,10 @@ class GroupMember:
     # -- the port, synchronously ---------------------------------------------------------------
 
     def consume(self, max_messages: int, timeout_seconds: float) -> list[BusMessage]:
-        """Up to ``max_messages``: redeliveries due first, then new ones. The first call waits for
-        the group join too (a join takes up to half the session timeout): joining is set-up, not
-        idle time, so a worker started with ``--exit-when-idle`` does not stop before its
-        partitions are assigned."""
+        """Up to ``max_messages``: redeliveries due first, then new ones. The first call also
+        waits (at most ``join_seconds``) until the group assigns this member a partition: joining
+        is set-up, not idle time, so a worker started with ``--exit-when-idle`` right after
+        another was killed does not stop before it gets the dead one's partitions."""
         join_deadline = time.monotonic() + self.join_seconds
         while not self.joined and time.monotonic() < join_deadline:
             self._poll(max_messages, _POLL_SLICE)
@@ -191,6 +200,10 @@ class GroupMember:
     def _poll(self, limit: int, wait: float) -> int:
         """Fetch into the buffer (how many came); an error record (broker down) raises."""
         records = self.consumer.consume(num_messages=limit, timeout=wait)
+        if self.outage is not None and not records:
+            outage, self.outage = self.outage, None
+            raise KafkaException(outage)
+        self.outage = None
         for record in records:
             error = record.error()
             if error is None:

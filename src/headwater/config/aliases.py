@@ -118,7 +118,7 @@ ALIASES: Mapping[str, Alias] = MappingProxyType(
         "SOURCE_POLL_INTERVAL_SEC": Alias("poll_interval_seconds"),
         "NATS_URL": Alias("bus", _url_of("nats", "NATS_URL", "give nats://HOST:PORT")),
         "KAFKA_BROKERS": Alias("bus", _kafka_brokers),
-        "PULSAR_URL": Alias(None, _not_yet("a Pulsar bus", _BUSES)),
+        "PULSAR_URL": Alias(None, _not_yet("a Pulsar bus (no broker to test an adapter on)", _BUSES)),
         "TOPIC_DOCS": Alias("topic_docs"),
         "TOPIC_SIGNALS": Alias("topic_signals"),
         "TOPIC_DLQ": Alias(
