@@ -340,7 +340,7 @@ class TansuServer(ServerProcess):
 
     @property
     def url(self) -> str:
-        url = f"kafka://{self.hostport}?consumer.session.timeout.ms=3000&consumer.heartbeat.interval.ms=300"
+        url = f"kafka://{self.hostport}?consumer.session.timeout.ms=2000&consumer.heartbeat.interval.ms=200"
         if self.storage.startswith("memory"):  # on S3 storage it is always wrong, and this is slow
             url += "&producer.batch.num.messages=1&producer.max.in.flight.requests.per.connection=1"
         return url

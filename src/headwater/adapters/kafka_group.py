@@ -97,9 +97,7 @@ class GroupMember:
         self.buffer: list[Message] = []
         self.outage: KafkaError | None = None  # the client's last "brokers down" report
         self.consumer = Consumer({**config, "error_cb": self._on_error}, logger=_debug_log())
-        # A dead member holds its partitions until its session expires; only the rebalance after
-        # that hands them out, so a fresh member may wait about three session timeouts for them.
-        self.join_seconds = 3 * int(config.get("session.timeout.ms", 10_000)) / 1000
+        self.join_seconds = 2 * int(config.get("session.timeout.ms", 10_000)) / 1000
         self.joined = partition is not None
         if partition is None:
             self.consumer.subscribe(
@@ -118,7 +116,7 @@ class GroupMember:
     # -- rebalances: run inside consume/poll ---------------------------------------------------
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.joined = self.joined or bool(partitions)
+        self.joined = True
         for tp in partitions:
             part = self.parts.setdefault(tp.partition, _Partition())
             part.owned = True
@@ -136,9 +134,10 @@ class GroupMember:
 
     def consume(self, max_messages: int, timeout_seconds: float) -> list[BusMessage]:
         """Up to ``max_messages``: redeliveries due first, then new ones. The first call also
-        waits (at most ``join_seconds``) until the group assigns this member a partition: joining
-        is set-up, not idle time, so a worker started with ``--exit-when-idle`` right after
-        another was killed does not stop before it gets the dead one's partitions."""
+        waits (at most ``join_seconds``) for the group join to complete: joining is set-up, not
+        idle time, so a worker started with ``--exit-when-idle`` does not stop before it has its
+        partitions. (A killed member's partitions move only when its session expires: a worker
+        restarted sooner than that gets them one rebalance later.)"""
         join_deadline = time.monotonic() + self.join_seconds
         while not self.joined and time.monotonic() < join_deadline:
             self._poll(max_messages, _POLL_SLICE)
