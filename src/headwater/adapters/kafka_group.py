@@ -110,7 +110,7 @@ class GroupMember:
     def _on_error(self, error: KafkaError) -> None:
         """librdkafka reports a lost broker here, not as a failed call: remember it, so the next
         call fails with it (RetryableError, the bus's ``lost`` state) instead of idling."""
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):  # noqa: SLF001
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             self.outage = error
 
     # -- rebalances: run inside consume/poll ---------------------------------------------------
