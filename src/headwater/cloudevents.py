@@ -137,3 +137,33 @@ def _field_of(exc: msgspec.ValidationError) -> str | None:
     if "missing required field" in text:
         return text.rsplit("`", 2)[-2]
     return None
+
+
+def from_binary(headers: dict[str, bytes], value: bytes) -> bytes:
+    """A Kafka binary-mode CloudEvent (attributes in ``ce_*`` headers, ``content-type``, the
+    value as ``data``: the Kafka protocol binding) as the structured-mode JSON the workers read.
+    JSON data (or no content type) stays raw JSON; other data becomes a JSON string (UTF-8)."""
+    attributes = {k[3:]: v.decode("utf-8", "replace") for k, v in headers.items() if k.startswith("ce_")}
+    content_type = headers.get("content-type", b"").decode("utf-8", "replace")
+    if content_type:
+        attributes["datacontenttype"] = content_type
+    is_json = not content_type or "json" in content_type.lower()
+    data = value if is_json and value.strip() else _encoder.encode(value.decode("utf-8", "replace"))
+    head = _encoder.encode(attributes)
+    return head[:-1] + (b',"data":' if attributes else b'"data":') + data + b"}"
+
+
+def to_binary(body: bytes) -> tuple[list[tuple[str, bytes]], bytes] | None:
+    """A structured-mode event as (``ce_*`` headers + ``content-type``, data) for a Kafka
+    binary-mode record; None for what has no binary form (a batch, or not a CloudEvent)."""
+    if is_batch(body):
+        return None
+    try:
+        event = decode(body)
+    except InputError:
+        return None
+    attributes = msgspec.structs.asdict(event)
+    data = bytes(attributes.pop("data"))
+    content_type = attributes.pop("datacontenttype", None) or "application/json"
+    headers = [(f"ce_{k}", str(v).encode()) for k, v in attributes.items() if v is not None]
+    return [*headers, ("content-type", content_type.encode())], data

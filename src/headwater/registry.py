@@ -56,6 +56,7 @@ ADAPTERS: dict[str, dict[str, tuple[str, str | None]]] = {
         "memory": ("headwater.adapters.memory:MemoryBus", None),
         "nats": ("headwater.adapters.nats:NatsBus", "nats"),
         "redis": ("headwater.adapters.redis:RedisBus", "redis"),
+        "kafka": ("headwater.adapters.kafka:KafkaBus", "kafka"),
     },
     "offline_store": {
         "file": ("headwater.adapters.parquet:ParquetOfflineStore", None),

@@ -83,8 +83,8 @@ def test_the_headwater_name_wins_over_the_seed_name(tmp_path: Path) -> None:
 
 def test_an_adapter_not_supported_yet_is_exit_3_and_one_line(tmp_path: Path) -> None:
     line = config_error(
-        run(tmp_path, "ingest", "signals", str(EVENTS), "--home", "h", env={"KAFKA_BROKERS": "k:9092"}),
-        "KAFKA_BROKERS",
+        run(tmp_path, "ingest", "signals", str(EVENTS), "--home", "h", env={"PULSAR_URL": "pulsar://p:6650"}),
+        "PULSAR_URL",
         "not supported yet",
         "nats://",
     )

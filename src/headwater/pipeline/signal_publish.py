@@ -12,6 +12,9 @@ that the worker's CloudEvent dedup discards. Two knobs, both for scale:
 - ``partitions`` > 1 routes every event by a consistent hash of its ``entity_id`` (CRC-32, the
   same on every machine and run) to ``<topic>.p<i>``, one signal worker per partition topic: an
   entity's events stay on one partition, in order, so each worker holds whole entities.
+  A bus with partitions of its own (``KeyedPublisher``: Kafka) gets one topic of N partitions
+  instead, each message keyed by its (first) event's ``entity_id`` and placed by the bus's
+  partitioner (Kafka's default, murmur2); its partition i is still read as ``<topic>.p<i>``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ import msgspec
 from headwater import cloudevents
 from headwater.models import sha256_hex
 from headwater.pipeline.signal_inputs import InputFile, list_inputs
-from headwater.ports import BusPublisher
+from headwater.ports import BusPublisher, KeyedPublisher
 
 SIGNALS_TOPIC = "signals"
 MAX_MESSAGE_BYTES = 256 * 1024  # a batch message closes early at this size (NATS refuses > 1 MiB)
@@ -46,20 +49,41 @@ def partition_topic(topic: str, partition: int, partitions: int) -> str:
     return topic if partitions == 1 else f"{topic}.p{partition}"
 
 
+Partitioner = Callable[[str | None, int], int]
+Keyed = tuple[str | None, bytes]  # (the entity of the message's first event, the message)
+
+
 def partitioned_messages(
     path: Path, *, per_message: int = 1, partitions: int = 1, batch: int = 1000
 ) -> Iterator[tuple[int, list[bytes], int]]:
     """(partition, up to ``batch`` messages, the events in them) in file order per partition."""
+    for p, keyed, count in keyed_messages(path, per_message=per_message, partitions=partitions, batch=batch):
+        yield p, [body for _, body in keyed], count
+
+
+def keyed_messages(
+    path: Path,
+    *,
+    per_message: int = 1,
+    partitions: int = 1,
+    batch: int = 1000,
+    partitioner: Partitioner = partition_of,
+) -> Iterator[tuple[int, list[Keyed], int]]:
+    """``partitioned_messages`` with each message's key: the entity of its first event (every
+    event of a message has the same partition, so the key places the whole message)."""
     events: list[list[bytes]] = [[] for _ in range(partitions)]  # not yet in a message
+    keys: list[str | None] = [None] * partitions
     sizes = [0] * partitions
-    messages: list[list[bytes]] = [[] for _ in range(partitions)]  # not yet handed out
+    messages: list[list[Keyed]] = [[] for _ in range(partitions)]  # not yet handed out
     counts = [0] * partitions  # events in those messages
     for entity_id, event in _cloudevents(path):
-        p = partition_of(entity_id, partitions)
+        p = partitioner(entity_id, partitions)
+        if not events[p]:
+            keys[p] = entity_id
         events[p].append(event)
         sizes[p] += len(event) + 1
         if len(events[p]) == per_message or sizes[p] >= MAX_MESSAGE_BYTES:
-            messages[p].append(_pack(events[p], per_message))
+            messages[p].append((keys[p], _pack(events[p], per_message)))
             counts[p] += len(events[p])
             events[p], sizes[p] = [], 0
             if len(messages[p]) >= batch:
@@ -67,7 +91,7 @@ def partitioned_messages(
                 messages[p], counts[p] = [], 0
     for p in range(partitions):
         if events[p]:
-            messages[p].append(_pack(events[p], per_message))
+            messages[p].append((keys[p], _pack(events[p], per_message)))
             counts[p] += len(events[p])
         if messages[p]:
             yield p, messages[p], counts[p]
@@ -86,11 +110,18 @@ async def publish_signals(
     await bus.open()
     messages = events = 0
     try:
-        batches = partitioned_messages(
-            path, per_message=per_message, partitions=partitions, batch=max(1, 1000 // per_message)
+        batches = keyed_messages(
+            path,
+            per_message=per_message,
+            partitions=partitions,
+            batch=max(1, 1000 // per_message),
+            partitioner=bus.partition_of if isinstance(bus, KeyedPublisher) else partition_of,
         )
         for partition, bodies, count in batches:
-            await bus.publish(partition_topic(topic, partition, partitions), bodies)
+            if isinstance(bus, KeyedPublisher):
+                await bus.publish_keyed(topic, partitions, bodies)
+            else:
+                await bus.publish(partition_topic(topic, partition, partitions), [b for _, b in bodies])
             messages += len(bodies)
             events += count
     finally:

@@ -42,7 +42,14 @@ from headwater.ports.metadata import (
     SettingsStore,
 )
 from headwater.ports.sources import Countable, Source
-from headwater.ports.streaming import BusConsumer, BusDeadLetters, BusPublisher, ConsumerLag, StreamBus
+from headwater.ports.streaming import (
+    BusConsumer,
+    BusDeadLetters,
+    BusPublisher,
+    ConsumerLag,
+    KeyedPublisher,
+    StreamBus,
+)
 from headwater.ports.vectors import (
     Compactable,
     SearchesByPrefix,
@@ -73,6 +80,7 @@ __all__ = [
     "JobLeases",
     "JobQueue",
     "JobStore",
+    "KeyedPublisher",
     "Lifecycle",
     "LoadsModel",
     "MetadataStore",

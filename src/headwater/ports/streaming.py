@@ -24,6 +24,21 @@ class BusPublisher(Lifecycle, Protocol):
 
 
 @runtime_checkable
+class KeyedPublisher(Protocol):
+    """A bus whose topics have partitions of their own (Kafka): ``publish_keyed`` writes each
+    message with its key to the partition the bus's own partitioner gives that key
+    (``partition_of``), on a topic of exactly ``partitions`` partitions (created if missing), so
+    any producer keyed the same way lands in the same partition. Partition ``i`` is consumed as
+    topic ``<topic>.p<i>``."""
+
+    def partition_of(self, key: str | None, partitions: int) -> int: ...
+
+    async def publish_keyed(
+        self, topic: str, partitions: int, messages: Sequence[tuple[str | None, bytes]]
+    ) -> None: ...
+
+
+@runtime_checkable
 class BusConsumer(Lifecycle, Protocol):
     """Reads a topic in a consumer group: at-least-once, acked explicitly.
 
