@@ -102,7 +102,7 @@ def test_an_alias_beats_headwater_toml_and_a_preset(tmp_path: Path, monkeypatch:
             ["PULSAR_URL", "Pulsar", "not supported yet", "nats://", "kafka://"],
         ),
         ({"TOPIC_DLQ": "dead"}, ["TOPIC_DLQ", "not supported yet", ".dlq"]),
-        ({"OFFLINE_FORMAT": "delta"}, ["OFFLINE_FORMAT", "'delta'", "not supported yet", "Parquet"]),
+        ({"OFFLINE_FORMAT": "delta"}, ["OFFLINE_FORMAT", "'delta'", "not supported yet", "delta:///PATH"]),
         (
             {"VECTORSTORE_BACKEND": "faiss"},
             ["VECTORSTORE_BACKEND", "'faiss'", "not supported yet", "lancedb"],

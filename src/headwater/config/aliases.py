@@ -142,7 +142,12 @@ ALIASES: Mapping[str, Alias] = MappingProxyType(
         "OFFLINE_DATA_PATH": Alias("offline_store"),
         "OFFLINE_FORMAT": Alias(
             None,
-            _only("parquet", "the offline format {value}", "the offline store writes Parquet (parquet)"),
+            _only(
+                "parquet",
+                "the offline format {value}",
+                "OFFLINE_FORMAT takes parquet; Delta Lake is chosen by the store's URL: "
+                "HEADWATER_OFFLINE_STORE=delta:///PATH or delta+s3://BUCKET/PREFIX",
+            ),
         ),
         "METADATA_DB_URL": Alias(
             "metadata_store",
