@@ -120,7 +120,7 @@ def write_textfile(path: Path, summary: dict[str, Any]) -> None:
             outcome = key.removeprefix("documents_")
             lines.append(f'headwater_last_run_documents{{outcome="{outcome}"}} {summary[key]}')
     for name, value, what in (
-        ("headwater_last_run_chunks_embedded", summary["chunks_embedded"], "Chunks embedded by the last run."),
+        ("headwater_last_run_chunks_embedded", summary["chunks_embedded"], "Chunks embedded, last run."),
         ("headwater_index_documents", summary["documents"], "Documents in the index."),
         ("headwater_index_chunks", summary["chunks"], "Chunks in the index."),
         ("headwater_index_dlq_entries", summary["dlq"], "Open dead-letter entries."),
