@@ -8,6 +8,7 @@ outage, exit 5) must be retried."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -181,3 +182,73 @@ def test_prefect_flow_builds_clean_indexes_and_retries(cli: Cli, corpus: Path, t
     # Turns, not collisions: no ingest into the shared home found it busy (exit 4) and retried.
     assert [n for task, n in second["attempts"] if task == "ingest"] == [1, 1]
     assert len(report["limits"]) == 3  # one per home: two per-source homes and the shared one
+
+
+def crontab(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """examples/cron.md's crontab: its variables (with ``env`` put over them) and its commands by
+    the headwater subcommand they run, schedule removed."""
+    text = (ROOT / "examples" / "cron.md").read_text(encoding="utf-8")
+    block = text.split("```crontab\n", 1)[1].split("```", 1)[0]
+    variables: dict[str, str] = {}
+    commands: dict[str, str] = {}
+    for line in block.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if sep and name.isidentifier():
+            variables[name] = value
+            continue
+        command = line.split(maxsplit=5)[5]
+        commands[command.split(" headwater ", 1)[1].split()[0]] = command
+    assert set(commands) == {"ingest", "jobs", "verify"}
+    return {**variables, **env}, commands
+
+
+def run_cron(command: str, env: dict[str, str], cwd: Path) -> str:
+    """One crontab command as cron runs it (SHELL, the crontab's variables); what cron would mail."""
+    done = subprocess.run(
+        [env["SHELL"], "-c", command],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cron_lines_run_and_never_overlap(cli: Cli, corpus: Path, tmp_path: Path) -> None:
+    if shutil.which("flock") is None:
+        missing("flock not found (util-linux)", "cron example test")
+    bin_dir, logs, home = tmp_path / "bin", tmp_path / "logs", tmp_path / "home"
+    bin_dir.mkdir()
+    logs.mkdir()
+    shim = bin_dir / "headwater"  # this checkout's headwater, as the crontab's PATH would find it
+    shim.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT / "src"}" exec "{sys.executable}" -m headwater.cli "$@"\n')
+    shim.chmod(0o755)
+    overrides = {"HEADWATER_HOME": str(home), "DOCS": str(corpus), "LOGS": str(logs), "HOME": str(tmp_path)}
+    env, commands = crontab({**overrides, "HEADWATER_EMBEDDER": "hash://"})
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+
+    assert run_cron(commands["ingest"], env, tmp_path) == ""
+    last = json.loads((logs / "ingest.jsonl").read_text().splitlines()[-1])
+    assert (last["type"], last["documents_added"]) == ("RunCompleted", 6)
+    assert cli.status(home)["fingerprint"] == clean_fingerprint(cli, tmp_path / "clean", corpus)
+
+    # The previous cron run still holds the cron lock: this one is skipped at once (75).
+    with (tmp_path / "home.cron.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert "exited 75" in run_cron(commands["ingest"], env, tmp_path)
+    # Another writer (not cron) holds headwater's own lock: --no-wait exits 4 at once.
+    with (home / "locks" / "documents.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert "exited 4" in run_cron(commands["ingest"], env, tmp_path)
+
+    (corpus / "guides" / "new.md").write_text("# New\n\nA page the queued job indexes.\n")
+    job = cli("jobs", "submit", str(corpus), "--home", str(home)).stdout.strip()
+    assert run_cron(commands["jobs"], env, tmp_path) == ""
+    assert cli.json_lines("jobs", "status", job, "--home", str(home), "--json")[0]["status"] == "succeeded"
+    assert run_cron(commands["verify"], env, tmp_path) == ""
+    assert cli.status(home)["documents"] == 7
