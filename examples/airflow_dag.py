@@ -14,10 +14,10 @@ writer lock, which dies with its process. headwater can live in Airflow's own en
 first) or anywhere else: ``HEADWATER_BIN`` names the executable. Nothing from headwater is
 imported here, so parsing the DAG stays cheap.
 
-Configuration: the DAG's Params (``airflow dags trigger headwater_ingest --conf '{...}'``), with
-defaults from the environment: ``sources_root`` (each sub-folder is one source), or ``sources``
-(a list of folders or URLs, which wins when not empty), ``home`` (``HEADWATER_HOME``) and
-``metrics_file`` (a Prometheus textfile for node_exporter's textfile collector; empty: none).
+Configuration: the DAG's Params (``airflow dags trigger headwater_ingest --conf '{...}'``, or edit
+the defaults below): ``sources_root`` (each sub-folder is one source), or ``sources`` (a list of
+folders or URLs, which wins when not empty), ``home`` (default: the worker's ``HEADWATER_HOME``)
+and ``metrics_file`` (a Prometheus textfile for node_exporter's textfile collector; empty: none).
 Every other headwater setting comes from the worker's environment (``HEADWATER_EMBEDDER``,
 ``HEADWATER_VECTOR_STORE``, ...) or a ``headwater.toml``, exactly as for the CLI.
 
@@ -66,13 +66,10 @@ COUNTS = (
     "chunks_embedded",
     "chunks_deleted",
 )
-RETRIES = {
-    "retries": 4,
-    "retry_delay": timedelta(seconds=float(os.environ.get("HEADWATER_RETRY_DELAY_SECONDS", "30"))),
-    # Airflow 3.3 takes a multiplier here: 2.0 doubles the delay each try (True would mean 1.0: constant).
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=15),
-}
+# The first retry waits Airflow's [core] default_task_retry_delay (300 s unless configured), each
+# next one twice as long, up to max_retry_delay. Airflow 3.3 takes a multiplier for
+# retry_exponential_backoff: True would mean 1.0, a constant delay.
+RETRIES = {"retries": 4, "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=30)}
 
 
 def headwater_bin() -> str:
@@ -142,10 +139,10 @@ def write_textfile(path: Path, summary: dict[str, Any]) -> None:
     default_args=RETRIES,
     tags=["headwater"],
     params={
-        "sources_root": Param(os.environ.get("HEADWATER_SOURCES_ROOT", ""), type="string"),
+        "sources_root": Param("", type="string"),
         "sources": Param([], type="array", items={"type": "string"}),
         "home": Param(os.environ.get("HEADWATER_HOME", ".headwater"), type="string"),
-        "metrics_file": Param(os.environ.get("HEADWATER_METRICS_FILE", ""), type="string"),
+        "metrics_file": Param("", type="string"),
     },
 )
 def headwater_ingest() -> None:

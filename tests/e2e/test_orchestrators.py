@@ -103,7 +103,7 @@ def test_airflow_dag_builds_a_clean_index_and_retries(cli: Cli, corpus: Path, tm
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(airflow_home / "dags"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "HEADWATER_RETRY_DELAY_SECONDS": "1",
+        "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
     }
     airflow = str(python.with_name("airflow"))
     migrated = subprocess.run(
@@ -149,6 +149,8 @@ def test_prefect_flow_builds_clean_indexes_and_retries(cli: Cli, corpus: Path, t
         {"sources_root": str(corpus), "home": str(per_source), "home_per_source": True},
         # One home for both: the home's concurrency limit makes them take turns.
         {"sources": [str(corpus / "guides"), str(corpus / "reference")], "home": str(shared)},
+        # A source that does not exist: a configuration error (exit 3), which no retry can fix.
+        {"sources": [str(tmp_path / "absent")], "home": str(tmp_path / "absent-home")},
     ]
     for p in parameters:
         p["retry_backoff_seconds"] = 1
@@ -164,8 +166,9 @@ def test_prefect_flow_builds_clean_indexes_and_retries(cli: Cli, corpus: Path, t
     )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    first, second = report["runs"]
-    assert (first["state"], second["state"]) == ("COMPLETED", "COMPLETED"), done.stderr[-4000:]
+    first, second, third = report["runs"]
+    states = (first["state"], second["state"], third["state"])
+    assert states == ("COMPLETED", "COMPLETED", "FAILED"), done.stderr[-4000:]
 
     clean = {name: clean_fingerprint(cli, tmp_path / "clean" / name, corpus / name) for name in SOURCES}
     got = {Path(s["home"]).name: s["fingerprint"] for s in first["summaries"]}
@@ -181,7 +184,8 @@ def test_prefect_flow_builds_clean_indexes_and_retries(cli: Cli, corpus: Path, t
     assert cli.status(shared)["fingerprint"] == both
     # Turns, not collisions: no ingest into the shared home found it busy (exit 4) and retried.
     assert [n for task, n in second["attempts"] if task == "ingest"] == [1, 1]
-    assert len(report["limits"]) == 3  # one per home: two per-source homes and the shared one
+    assert [n for task, n in third["attempts"] if task == "ingest"] == [1]  # not retried
+    assert len(report["limits"]) == 4  # one per home: two per-source homes, the shared one, the absent one
 
 
 def crontab(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
