@@ -66,10 +66,17 @@ COUNTS = (
     "chunks_embedded",
     "chunks_deleted",
 )
-# The first retry waits Airflow's [core] default_task_retry_delay (300 s unless configured), each
-# next one twice as long, up to max_retry_delay. Airflow 3.3 takes a multiplier for
+# The first retry waits INGEST_RETRY_DELAY_SECONDS (at parse time; 300 by default), each next one
+# twice as long, up to max_retry_delay. Set retry_delay here rather than through Airflow's
+# [core] default_task_retry_delay: with 3.3.2 a task that leaves retry_delay at that default
+# waited 300 s in our tests whatever the setting said. And Airflow 3.3 takes a multiplier for
 # retry_exponential_backoff: True would mean 1.0, a constant delay.
-RETRIES = {"retries": 4, "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=30)}
+RETRIES = {
+    "retries": 4,
+    "retry_delay": timedelta(seconds=float(os.environ.get("INGEST_RETRY_DELAY_SECONDS", "300"))),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
 
 
 def headwater_bin() -> str:

@@ -103,7 +103,7 @@ def test_airflow_dag_builds_a_clean_index_and_retries(cli: Cli, corpus: Path, tm
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(airflow_home / "dags"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
+        "INGEST_RETRY_DELAY_SECONDS": "1",
     }
     airflow = str(python.with_name("airflow"))
     migrated = subprocess.run(
@@ -118,7 +118,7 @@ def test_airflow_dag_builds_a_clean_index_and_retries(cli: Cli, corpus: Path, tm
         capture_output=True,
         text=True,
         check=False,
-        timeout=400,
+        timeout=240,  # ~30 s here; a retry that waited Airflow's 300 s default would not fit
     )
     log = tested.stdout + tested.stderr
     assert tested.returncode == 0, log[-4000:]
