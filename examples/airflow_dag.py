@@ -27,8 +27,8 @@ One home has one writer at a time, so the mapped ingests of one run take turns
 once with exit 4 instead of holding a worker slot, and the retry comes back later, with
 exponential backoff. Sources are ingested into one home, each scoped to its own folder; two
 sources with the same relative file paths would share document ids, so give those separate
-homes (README, "Identity"). Usage and configuration errors (exit 2 and 3) fail without retrying:
-trying again cannot fix them.
+homes (README, "Identity"). Usage and configuration errors (exit 2 and 3), and a verify that finds
+disagreements (exit 1), fail without retrying: trying again cannot fix them.
 
 Only small dicts go through XCom: each ingest's ``RunCompleted`` counts, never the documents.
 """
@@ -89,7 +89,9 @@ def headwater_bin() -> str:
     return str(beside) if beside.exists() else shutil.which("headwater") or "headwater"
 
 
-def headwater(*args: str) -> subprocess.CompletedProcess[str]:
+def headwater(
+    *args: str, permanent: frozenset[int] = PERMANENT_EXIT_CODES
+) -> subprocess.CompletedProcess[str]:
     """Run one headwater command; raise what tells Airflow whether a retry can help."""
     command = [headwater_bin(), *args]
     log.info("running %s", " ".join(command))
@@ -99,7 +101,7 @@ def headwater(*args: str) -> subprocess.CompletedProcess[str]:
     if done.returncode == 0:
         return done
     msg = f"headwater {args[0]} exited {done.returncode}: {done.stderr.strip()[-500:]}"
-    if done.returncode in PERMANENT_EXIT_CODES:
+    if done.returncode in permanent:
         raise AirflowFailException(msg)
     raise AirflowException(msg)
 
@@ -182,7 +184,8 @@ def headwater_ingest() -> None:
     def verify(runs: list[dict[str, Any]]) -> dict[str, Any]:
         """Metadata and vector store agree (exit 1 otherwise); the index's counts and fingerprint."""
         home = get_current_context()["params"]["home"]
-        headwater("verify", "--home", home, "--json")
+        # Exit 1: metadata and vectors disagree, which waiting will not change (verify --repair will).
+        headwater("verify", "--home", home, "--json", permanent=PERMANENT_EXIT_CODES | {1})
         status = json.loads(headwater("status", "--home", home, "--json").stdout)
         runs = list(runs[:])  # a lazy XCom sequence: one read of all the mapped results
         totals = {k: sum(run[k] for run in runs) for k in COUNTS}

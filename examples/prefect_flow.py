@@ -23,7 +23,8 @@ overlapping flow runs, while sources in different homes (``home_per_source=True`
 source under ``home``) run at once. Ingests pass ``--no-wait``, so a writer outside Prefect (cron,
 ``headwater serve``) fails the attempt with exit 4 and the retry comes back later. Two sources
 with the same relative file paths share document ids in one home: give them a home each
-(README, "Identity"). Usage and configuration errors (exit 2 and 3) are not retried.
+(README, "Identity"). Usage and configuration errors (exit 2 and 3), and a verify that finds
+disagreements (exit 1), are not retried.
 """
 
 from __future__ import annotations
@@ -72,14 +73,16 @@ def headwater_bin() -> str:
     return str(beside) if beside.exists() else shutil.which("headwater") or "headwater"
 
 
-def headwater(*args: str) -> subprocess.CompletedProcess[str]:
+def headwater(
+    *args: str, permanent: frozenset[int] = PERMANENT_EXIT_CODES
+) -> subprocess.CompletedProcess[str]:
     command = [headwater_bin(), *args]
     get_run_logger().info("running %s", " ".join(command))
     done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode == 0:
         return done
     msg = f"headwater {args[0]} exited {done.returncode}: {done.stderr.strip()[-500:]}"
-    if done.returncode in PERMANENT_EXIT_CODES:
+    if done.returncode in permanent:
         raise HeadwaterRefused(msg)
     raise HeadwaterFailed(msg)
 
@@ -87,6 +90,12 @@ def headwater(*args: str) -> subprocess.CompletedProcess[str]:
 def home_limit(home: str) -> str:
     """The concurrency limit of one home (the partition key): its resolved path, hashed."""
     return f"headwater-home-{hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:12]}"
+
+
+def holding(home: str) -> Any:
+    """The home's slot, for the body. The limit must exist (the flow creates it: strict); a lost
+    lease renewal does not stop a run, since headwater's own lock still keeps one writer."""
+    return concurrency(home_limit(home), occupy=1, strict=True, raise_on_lease_renewal_failure=False)
 
 
 def retryable(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -108,7 +117,7 @@ def discover(sources: list[str] | None, sources_root: str | None) -> list[str]:
 @task(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_condition_fn=retryable)
 def ingest(source: str, home: str) -> dict[str, Any]:
     """One incremental ``ingest docs``, holding its home's slot: the RunCompleted counts."""
-    with concurrency(home_limit(home), occupy=1, strict=True):
+    with holding(home):
         done = headwater("ingest", "docs", source, "--home", home, "--json", "--no-wait")
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if not events or events[-1].get("type") != "RunCompleted":
@@ -120,8 +129,9 @@ def ingest(source: str, home: str) -> dict[str, Any]:
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_condition_fn=retryable)
 def verify(home: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Metadata and vector store agree (exit 1 otherwise); the home's counts and fingerprint."""
-    with concurrency(home_limit(home), occupy=1, strict=True):
-        headwater("verify", "--home", home, "--json")
+    with holding(home):
+        # Exit 1: metadata and vectors disagree, which waiting will not change (verify --repair will).
+        headwater("verify", "--home", home, "--json", permanent=PERMANENT_EXIT_CODES | {1})
     status = json.loads(headwater("status", "--home", home, "--json").stdout)
     totals = {k: sum(r[k] for r in runs) for k in COUNTS}
     keep = ("documents", "chunks", "vectors", "dlq", "fingerprint")
