@@ -61,11 +61,11 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
 from headwater import cloudevents
+from headwater.adapters._link import ReportsLink
 from headwater.adapters._thread import OwnThread
 from headwater.adapters.kafka_group import GroupMember, Journal
 from headwater.errors import ConfigError, HeadwaterError, PermanentError, RetryableError
 from headwater.models import BusMessage
-from headwater.ports import StateListener
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def structured_body(record: Message) -> bytes:
     return cloudevents.from_binary(headers, value) if "ce_specversion" in headers else value
 
 
-class KafkaBus:
+class KafkaBus(ReportsLink):
     """StreamBus on Kafka; see the module docstring for the mapping and the semantics."""
 
     def __init__(self, url: str, *, ack_wait_seconds: float | None = None) -> None:
@@ -189,8 +189,6 @@ class KafkaBus:
             "max.poll.interval.ms": max(session_ms, int(self.ack_wait * 3000)),
             **{k[9:]: v for k, v in query.items() if k.startswith("consumer.")},
         }  # fmt: skip
-        self._listener: StateListener | None = None
-        self._lost = False
         self._producer: Producer | None = None
         self._journal_producer: Producer | None = None
         self._admin: AdminClient | None = None
@@ -222,15 +220,6 @@ class KafkaBus:
             raise RetryableError(self._say(f"{action} failed: {exc!r}")) from exc
         else:
             self._link("regained", action)
-
-    def watch_state(self, listener: StateListener | None) -> None:
-        self._listener = listener
-
-    def _link(self, state: str, detail: str) -> None:
-        if self._lost != (state == "lost"):
-            self._lost = state == "lost"
-            if self._listener is not None:
-                self._listener(self._where, state, detail)
 
     def _say(self, what: str) -> str:
         return f"Kafka {self._where}: {what}"

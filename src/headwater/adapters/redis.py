@@ -51,9 +51,9 @@ from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from headwater.adapters._link import ReportsLink
 from headwater.errors import ConfigError, HeadwaterError, PermanentError, RetryableError
 from headwater.models import BusMessage
-from headwater.ports import StateListener
 
 _TOPIC = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _GROUP = re.compile(r"[A-Za-z0-9_-]+")
@@ -88,7 +88,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class RedisBus:
+class RedisBus(ReportsLink):
     """StreamBus on Redis Streams consumer groups; see the module docstring for the semantics."""
 
     def __init__(self, url: str, *, ack_wait_seconds: float | None = None) -> None:
@@ -98,8 +98,6 @@ class RedisBus:
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "ack_wait"])
         self._server = urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
         self._where = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-        self._listener: StateListener | None = None
-        self._lost = False
         self._redis: aioredis.Redis | None = None
         self._consumer = ""
         self._groups: set[tuple[str, str]] = set()
@@ -134,15 +132,6 @@ class RedisBus:
             raise PermanentError(self._say(f"{action} failed: {exc!r}")) from exc
         else:
             self._link("regained", action)
-
-    def watch_state(self, listener: StateListener | None) -> None:
-        self._listener = listener
-
-    def _link(self, state: str, detail: str) -> None:
-        if self._lost != (state == "lost"):
-            self._lost = state == "lost"
-            if self._listener is not None:
-                self._listener(self._where, state, detail)
 
     def _say(self, what: str) -> str:
         return f"Redis {self._where}: {what}"
