@@ -180,6 +180,18 @@ def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
+def _object_store(server: Any) -> Iterator[Any]:
+    """Start ``server``, point the session's environment at it (its SDK's variables), stop it."""
+    try:
+        server.start()
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in server.env().items():
+                patch.setenv(key, value)
+            yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """moto's S3 server on a free port, in memory: ``.endpoint`` (``http://127.0.0.1:P``),
@@ -192,16 +204,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if found is None:
         reason = "no S3 test server (pip install 'moto[server]')"
         missing(reason, "S3 tests")
-    server = S3Server(found, tmp_path_factory.mktemp("s3"))
-    try:
-        server.start()
+    for server in _object_store(S3Server(found, tmp_path_factory.mktemp("s3"))):
         server.create_bucket(server.bucket)
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in server.env().items():
-                patch.setenv(key, value)
-            yield server
-    finally:
-        server.stop()
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -215,18 +220,6 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     try:
         server.start()
         yield server
-    finally:
-        server.stop()
-
-
-def _object_store(server: Any) -> Iterator[Any]:
-    """Start ``server``, point the session's environment at it (its SDK's variables), stop it."""
-    try:
-        server.start()
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in server.env().items():
-                patch.setenv(key, value)
-            yield server
     finally:
         server.stop()
 
