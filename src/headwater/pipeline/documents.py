@@ -76,17 +76,12 @@ class DocumentPipeline:
         self.embedder_lent = embedder_lent
         self.lineage = lineage
 
-    async def stream_events(
-        self, *, only: Collection[str] | None = None
-    ) -> AsyncGenerator[DocumentEvent, None]:
+    def stream_events(self, *, only: Collection[str] | None = None) -> AsyncGenerator[DocumentEvent, None]:
         """One run's events. ``only`` runs over just these paths (see the class), as a run of its
         own (a new run id): a stream worker runs one pipeline per source for each of its batches,
         one at a time (a pipeline's runs share its adapters, so they must not overlap)."""
         stream = self._stream(only)
-        observed = self.lineage.observe(stream) if self.lineage is not None else stream
-        async with contextlib.aclosing(observed) as events:
-            async for event in events:
-                yield event
+        return self.lineage.observe(stream) if self.lineage is not None else stream
 
     async def _stream(self, only: Collection[str] | None) -> AsyncGenerator[DocumentEvent, None]:
         events: asyncio.Queue[Any] = asyncio.Queue(maxsize=1024)

@@ -136,12 +136,10 @@ class SignalPipeline:
         self.clock = clock
         self.scope = sha256_hex(f"{spec.name}\x00{spec.version}\x00{inputs.resolve()}")[:12]
 
-    async def stream_events(self) -> AsyncGenerator[SignalEvent, None]:
+    def stream_events(self) -> AsyncGenerator[SignalEvent, None]:
+        """The run's events, seen by its lineage when there is one (no extra hop otherwise)."""
         stream = self._locked_events()
-        observed = self.lineage.observe(stream) if self.lineage is not None else stream
-        async with contextlib.aclosing(observed) as events:
-            async for event in events:
-                yield event
+        return self.lineage.observe(stream) if self.lineage is not None else stream
 
     async def _locked_events(self) -> AsyncGenerator[SignalEvent, None]:
         """Two backfills of one feature set into one home would interleave their checkpoints:
