@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from headwater import registry
+from headwater.adapters.spark import spark_master
 from headwater.config import Settings
 from headwater.events import Event
 from headwater.pipeline.documents import DocumentPipeline
@@ -225,16 +226,23 @@ async def open_signal_pipeline(
             home=settings.home,
             wait_for_home=settings.wait_for_home,
         )
-        yield SignalPipeline(
-            inputs=inputs,
-            spec=spec,
-            online=online,
-            offline=make_offline_store(settings),
-            dead_letters=dead_letters,
-            options=options,
-            clock=clock or wall_clock_ms,
-            lineage=signal_lineage(settings, inputs, spec),
-        )
+        parts: dict[str, Any] = {
+            "inputs": inputs,
+            "spec": spec,
+            "online": online,
+            "offline": make_offline_store(settings),
+            "dead_letters": dead_letters,
+            "options": options,
+            "clock": clock or wall_clock_ms,
+            "lineage": signal_lineage(settings, inputs, spec),
+        }
+        master = spark_master(settings.compute)
+        if master is None:
+            yield SignalPipeline(**parts)
+        else:
+            from headwater.pipeline.signal_spark import SparkSignalPipeline
+
+            yield SparkSignalPipeline(master=master, **parts)
 
 
 # --- stream workers ----------------------------------------------------------------------------

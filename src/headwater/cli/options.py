@@ -113,6 +113,13 @@ VersionOpt = Annotated[
     int | None, typer.Option("--feature-version", min=0, max=MAX_VERSION, help="Feature set version")
 ]
 
+ComputeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compute",
+        help="Where a backfill computes: local (default) or Spark: spark, local[N], spark://HOST:PORT",
+    ),
+]
 PointsOpt = Annotated[bool | None, typer.Option("--points/--no-points", help="EWMA and z-score per event")]
 FeaturesOpt = Annotated[
     str | None,

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from headwater.cli.app import app, err, ingest_app, out
 from headwater.cli.guard import existing_home, run_async, run_guarded
 from headwater.cli.options import (
+    ComputeOpt,
     FeatureSetOpt,
     FeaturesOpt,
     HomeOpt,
@@ -66,6 +67,7 @@ def ingest_signals(
     batch_events: Annotated[
         int | None, typer.Option(min=1, max=100_000_000, help="Micro-batch size (events)")
     ] = None,
+    compute: ComputeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Backfill signals into a feature set: dedup, windows under a watermark, online + offline stores."""
@@ -78,6 +80,7 @@ def ingest_signals(
             feature_set=feature_set,
             micro_batch_events=batch_events,
             feature_set_version=feature_version,
+            compute=compute,
             index=False,  # signals never touch the document index
         )
         spec = feature_set_spec(

@@ -213,6 +213,9 @@ class Settings(BaseSettings):
     # than 100k (bench/signals.py) for ~90 MiB more peak memory.
     micro_batch_events: int = Field(250_000, ge=1, le=100_000_000)
     checkpoint_interval_seconds: float = Field(1.0, ge=0)
+    # Where a backfill computes: local (this process), or Spark — spark (local[*]), local[N],
+    # spark://HOST:PORT, yarn, k8s://URL (adapters/spark.py checks it; extra [spark]).
+    compute: str = "local"
     feature_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [feature_sets.NAME] tables
 
     # --- streaming (issue #4) ---------------------------------------------------------------------

@@ -160,9 +160,8 @@ def late_frame(
         declared = {name: value for name, value in zip(names, values, strict=True) if value is not None}
         payload = {**declared, **(json.loads(extra) if extra else {})}
         digests.append(signal_content_hash(entity, t, seq, payload))
-    prefix = input_ref(files, file_index, 0)[:-1]
     hashed = events.with_columns(pl.Series("content_hash", digests, dtype=pl.String))
-    return late.join(
+    return _with_refs(late, files, file_index).join(
         hashed,
         on=identity,
         how="left",
@@ -176,9 +175,22 @@ def late_frame(
         "watermark_ms",
         "policy",
         "reason",
-        (pl.lit(prefix) + pl.col("row").cast(pl.String)).alias("input_ref"),
+        (pl.col("_prefix") + pl.col("row").cast(pl.String)).alias("input_ref"),
         "content_hash",
     )
+
+
+def _with_refs(late: pl.DataFrame, files: list[InputFile], file_index: int) -> pl.DataFrame:
+    """Each late row's input reference prefix (``file:line ``): the batch's file, or the row's own
+    when the rows carry a ``file_index`` (a Spark bucket holds events of many files)."""
+    if "file_index" not in late.columns:
+        return late.with_columns(pl.lit(input_ref(files, file_index, 0)[:-1]).alias("_prefix"))
+    refs = [input_ref(files, i, 0)[:-1] for i, _ in enumerate(files)]
+    prefixes = pl.DataFrame(
+        {"file_index": range(len(files)), "_prefix": refs},
+        schema={"file_index": late.schema["file_index"], "_prefix": pl.String()},
+    )
+    return late.join(prefixes, on="file_index", how="left", maintain_order="left")
 
 
 def _event_columns(spec: FeatureSetSpec) -> list[str | pl.Expr]:

@@ -86,6 +86,27 @@ def read_chunks(
         yield from reader(files[index], index, skip, batch_events, limits)
 
 
+def read_slice(file: InputFile, index: int, start: int, count: int, limits: DecodeLimits) -> Chunk:
+    """Records ``[start, start + count)`` of one file, decoded: a parallel engine's unit of work.
+    ``start`` is a multiple of ``count`` (or the last slice), as ``read_chunks`` cuts a file."""
+    reader = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[file.kind]
+    empty = Chunk(file_index=index, start=start, consumed=0, frame=pl.DataFrame(), errors=[])
+    return next(reader(file, index, start, count, limits), empty)
+
+
+def count_lines(file: InputFile) -> int:
+    """How many records a file holds (a Parquet footer; a count of lines for text, header excluded)."""
+    if file.kind == "parquet":
+        return int(pq.ParquetFile(file.path).metadata.num_rows)
+    lines, last = 0, b"\n"
+    with file.path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    return lines - 1 if file.kind == "csv" and lines else lines
+
+
 def _jsonl(file: InputFile, index: int, skip: int, size: int, limits: DecodeLimits) -> Iterator[Chunk]:
     with file.path.open("rb") as handle:
         lines = itertools.islice(handle, skip, None)

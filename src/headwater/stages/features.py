@@ -206,9 +206,17 @@ def to_rows(frame: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
 
 
 def _prepare(state: EngineState, batch: pl.DataFrame, spec: FeatureSetSpec) -> pl.DataFrame:
+    """Add each event's ``W_{i-1}`` and dedup horizon. A batch that already carries ``wm_before``
+    keeps it: a parallel engine (Spark) computes the global prefix max over the whole arrival
+    order and hands each task the events of some entities, which no task could derive alone."""
     horizon = pl.lit(spec.dedup_horizon_ms, dtype=pl.Int64)
+    watermark = (
+        pl.col("wm_before")
+        if "wm_before" in batch.columns
+        else watermark_before_expr("event_time", spec.lateness_ms, state.max_event_time)
+    )
     return batch.with_columns(
-        watermark_before_expr("event_time", spec.lateness_ms, state.max_event_time).alias("wm_before"),
+        watermark.alias("wm_before"),
         (last_window_end_expr("event_time", spec.windows) + horizon).alias("evict_at"),
     )
 
