@@ -107,8 +107,9 @@ def offline_url(home: Path) -> str:
     return ARGS.offline_store.format(key=home.name.replace("-", "_"), home=home)
 
 
-def run_once(data: Path, events: int) -> dict[str, float]:
-    """One ingest in a child process; returns its wall time, events/s and peak RSS."""
+def run_once(data: Path, events: int, compute: str) -> dict[str, float]:
+    """One ingest in a child process; returns its wall time, events/s and peak RSS. On Spark the
+    session (JVM start-up) is opened first and timed apart; CPU and RSS are the driver's only."""
     home = Path(tempfile.mkdtemp(prefix="hw-bench-"))
     code = (
         "import sys, time, resource, json; from pathlib import Path;"
@@ -124,14 +125,23 @@ def run_once(data: Path, events: int) -> dict[str, float]:
         " else ParquetOfflineStore(sys.argv[2] + '/offline')\n"
         "    spec = build_feature_set('bench', windows='1s,5s,1m', lateness='2s',"
         " points=sys.argv[3] == '1', features=json.loads(sys.argv[5]))\n"
-        "    p = SignalPipeline(inputs=Path(sys.argv[1]), spec=spec, online=on, offline=off,"
+        "    kw = dict(inputs=Path(sys.argv[1]), spec=spec, online=on, offline=off,"
         " options=SignalOptions(batch_events=int(sys.argv[4])), clock=lambda: 1_800_000_000_000)\n"
+        "    jvm = 0.0\n"
+        "    if sys.argv[8] == 'local':\n"
+        "        p = SignalPipeline(**kw)\n"
+        "    else:\n"
+        "        from headwater.adapters.spark import open_session, spark_master\n"
+        "        from headwater.pipeline.signal_spark import SparkSignalPipeline\n"
+        "        t = time.perf_counter(); open_session(spark_master(sys.argv[8]))\n"
+        "        jvm = time.perf_counter() - t\n"
+        "        p = SparkSignalPipeline(master=spark_master(sys.argv[8]), **kw)\n"
         "    c = resource.getrusage(resource.RUSAGE_SELF); c0 = c.ru_utime + c.ru_stime\n"
         "    t = time.perf_counter(); r = await p.run_async(); dt = time.perf_counter() - t\n"
         "    c = resource.getrusage(resource.RUSAGE_SELF); cpu = c.ru_utime + c.ru_stime - c0\n"
         "    await on.close()\n"
         "    print(json.dumps({'seconds': dt, 'cpu_seconds': cpu, 'rows': r.feature_rows_written,"
-        " 'late': r.late_dropped,"
+        " 'late': r.late_dropped, 'jvm_seconds': jvm,"
         " 'dups': r.duplicates, 'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
         "asyncio.run(main())\n"
     )
@@ -139,7 +149,7 @@ def run_once(data: Path, events: int) -> dict[str, float]:
     features = json.dumps(CLIMATE if ARGS.input == "climate" else None)
     try:
         stores = [online_url(home), offline_url(home)]
-        argv = [str(data), str(home), ARGS.points, str(ARGS.batch), features, *stores]
+        argv = [str(data), str(home), ARGS.points, str(ARGS.batch), features, *stores, compute]
         proc = subprocess.run(
             [sys.executable, "-c", code, *argv],
             check=True,
@@ -173,28 +183,49 @@ def main() -> None:
                 climate_jsonl(data, jsonl)
                 (jsonl / "_done").write_text("ok")
             data = jsonl
-        runs = [run_once(data, size) for _ in range(ARGS.runs)]
-        results.append(
-            {
-                "events": size,
-                "runs": runs,
-                "median_events_per_s": statistics.median(r["events_per_s"] for r in runs),
-                "median_seconds": statistics.median(r["seconds"] for r in runs),
-                "median_peak_rss_mib": statistics.median(r["rss_mib"] for r in runs),
-                "median_cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs),
-                "feature_rows": runs[0]["rows"],
-                "late_dropped": runs[0]["late"],
-                "duplicates": runs[0]["dups"],
-            }
+        results.extend(
+            summary(size, compute, [run_once(data, size, compute) for _ in range(ARGS.runs)])
+            for compute in ARGS.compute.split(",")
         )
-    header = ("events", "runs", "seconds", "events/s", "CPU us/ev", "peak RSS MiB", "rows")
-    print("{:>12} {:>4} {:>8} {:>12} {:>9} {:>13} {:>10}".format(*header))
+    header = (
+        "events",
+        "compute",
+        "runs",
+        "seconds",
+        "JVM s",
+        "events/s",
+        "CPU us/ev",
+        "peak RSS MiB",
+        "rows",
+    )
+    print("{:>12} {:>9} {:>4} {:>8} {:>6} {:>12} {:>9} {:>13} {:>10}".format(*header))
     for r in results:
         print(
-            f"{r['events']:>12,} {len(r['runs']):>4} {r['median_seconds']:>8.2f} "
-            f"{r['median_events_per_s']:>12,.0f} {r['median_cpu_us_per_event']:>9.2f} "
-            f"{r['median_peak_rss_mib']:>13.0f} {r['feature_rows']:>10,}"
+            f"{r['events']:>12,} {r['compute']:>9} {len(r['runs']):>4} {r['median_seconds']:>8.2f} "
+            f"{r['median_jvm_seconds']:>6.1f} {r['median_events_per_s']:>12,.0f} "
+            f"{r['median_cpu_us_per_event']:>9.2f} {r['median_peak_rss_mib']:>13.0f} {r['feature_rows']:>10,}"
         )
+    write_results(results)
+
+
+def summary(size: int, compute: str, runs: list[dict[str, float]]) -> dict[str, object]:
+    """Medians of the runs of one size on one engine."""
+    return {
+        "events": size,
+        "compute": compute,
+        "median_jvm_seconds": statistics.median(r["jvm_seconds"] for r in runs),
+        "runs": runs,
+        "median_events_per_s": statistics.median(r["events_per_s"] for r in runs),
+        "median_seconds": statistics.median(r["seconds"] for r in runs),
+        "median_peak_rss_mib": statistics.median(r["rss_mib"] for r in runs),
+        "median_cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs),
+        "feature_rows": runs[0]["rows"],
+        "late_dropped": runs[0]["late"],
+        "duplicates": runs[0]["dups"],
+    }
+
+
+def write_results(results: list[dict[str, object]]) -> None:
     out = Path(ARGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -223,6 +254,11 @@ def parse_args() -> argparse.Namespace:
         "--batch", type=int, default=250_000, help="micro-batch size (events; the CLI's default)"
     )
     parser.add_argument("--points", default="1", choices=["0", "1"], help="also compute EWMA and z-score")
+    parser.add_argument(
+        "--compute",
+        default="local",
+        help="comma-separated engines, e.g. local,local[2] (Spark: extra [spark] and Java 17+)",
+    )
     parser.add_argument("--input", default="parquet", choices=["parquet", "climate"], help="see above")
     parser.add_argument(
         "--online-store",
