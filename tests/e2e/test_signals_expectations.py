@@ -113,7 +113,7 @@ def test_the_plain_output_shows_one_line_per_batch_and_the_summary_counts(tmp_pa
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ('temp = { max = 60, on_fail = "drop" }', "on_fail must be \"warn\" or \"dlq\", got 'drop'"),
+        ('temp = { max = 60, on_fail = "drop" }', 'on_fail must be "warn" or "dlq", got \'drop\''),
         ("pressure = { max = 1 }", "'pressure' is not a field of the feature set"),
         ("temp = { min = 10, max = 0 }", "min 10 > max 0"),
     ],

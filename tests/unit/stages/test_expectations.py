@@ -140,7 +140,7 @@ def test_expectations_are_part_of_the_fingerprint_and_absent_ones_change_nothing
         ({"temp": {"max": "60"}}, "max must be a finite number, got '60'"),
         ({"temp": {"max": True}}, "max must be a finite number, got True"),
         ({"temp": {"max": float("nan")}}, "max must be a finite number"),
-        ({"temp": {"max": 1, "on_fail": "drop"}}, "on_fail must be \"warn\" or \"dlq\", got 'drop'"),
+        ({"temp": {"max": 1, "on_fail": "drop"}}, 'on_fail must be "warn" or "dlq", got \'drop\''),
         ({"temp": {"on_fail": "dlq"}}, "temp: declares no check"),
         ({"temp": {"not_null": "yes"}}, "not_null must be true or false"),
         ({"status": {"allowed": []}}, "allowed must be a non-empty list"),
