@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -173,3 +175,13 @@ def test_flag_fields_that_drop_a_checked_field_are_refused() -> None:
     declared = {"features": FEATURES, "expectations": {"status": {"allowed": ["ok"]}}}
     with pytest.raises(ConfigError, match="'status' is not a field"):
         build_feature_set("climate", declared, features="temp:mean")
+
+
+def test_the_readme_declaration_parses() -> None:
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = text[text.index("**Data-quality expectations.**") :]
+    start = section.index("```toml\n") + len("```toml\n")
+    table = tomllib.loads(section[start : section.index("```\n", start)])
+    s = spec(table["feature_sets"]["climate"]["expectations"])
+    assert [f.field for f in s.expectations.fields] == ["temp", "humidity", "status"]
+    assert s.expectations.freshness_ms == 600_000 and s.expectations.fields[0].on_fail == "dlq"
