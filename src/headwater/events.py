@@ -174,6 +174,29 @@ class SignalProgress(Event, frozen=True, kw_only=True, tag="SignalProgress"):
     files_total: int
     eta_seconds: float | None
     elapsed_seconds: float
+    expectations_failed: int = 0
+
+
+class ExpectationCount(msgspec.Struct, frozen=True, kw_only=True):
+    """How many events of a micro-batch failed one expectation of one field (``freshness``: 1 when
+    the batch was stale, field ``event_time``)."""
+
+    field: str
+    expectation: str  # "min" | "max" | "not_null" | "allowed" | "freshness"
+    on_fail: str  # "warn" (kept, counted) | "dlq" (dead-lettered)
+    count: int
+
+
+class ExpectationsFailed(Event, frozen=True, kw_only=True, tag="ExpectationsFailed"):
+    """Events of a micro-batch failed the feature set's declared expectations: ``failures`` per
+    field and expectation, ``dead_lettered`` the events removed (``on_fail = "dlq"``), each also
+    reported as a ``SignalRejected`` (backfill) or a dead-lettered message (stream)."""
+
+    feature_set: str
+    batch: int
+    failures: list[ExpectationCount]
+    dead_lettered: int = 0
+    newest_event_age_ms: int | None = None  # when freshness failed: now minus the newest event time
 
 
 class SignalRunCompleted(Event, frozen=True, kw_only=True, tag="RunCompleted"):
@@ -187,13 +210,21 @@ class SignalRunCompleted(Event, frozen=True, kw_only=True, tag="RunCompleted"):
     feature_rows_written: int = 0
     points_written: int = 0
     points_late: int = 0
+    expectations_failed: int = 0  # (event, expectation) failures, warn and dlq, and stale batches
+    expectations_dead_lettered: int = 0  # events removed by an on_fail = "dlq" expectation
     batches: int = 0
     resumed_from_batch: int = 0
     elapsed_seconds: float = 0.0
 
 
 SignalEvent = (
-    RunStarted | WaitingForHome | SignalRejected | WindowsClosed | SignalProgress | SignalRunCompleted
+    RunStarted
+    | WaitingForHome
+    | SignalRejected
+    | ExpectationsFailed
+    | WindowsClosed
+    | SignalProgress
+    | SignalRunCompleted
 )
 
 

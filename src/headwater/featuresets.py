@@ -9,14 +9,17 @@ stage functions, so their FeatureRows cannot drift apart. Declarations come from
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any, Literal
 
 import msgspec
 
 from headwater.errors import ConfigError
+from headwater.models import canonical_json
 
 LatePolicy = Literal["drop", "hold", "correct"]
+OnFail = Literal["warn", "dlq"]
 NUMERIC_WINDOW_AGGREGATIONS = ("sum", "mean", "min", "max", "std")
 ANY_WINDOW_AGGREGATIONS = ("count", "last", "count_distinct")
 WINDOW_AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std", "last", "count_distinct")
@@ -107,6 +110,34 @@ class FieldSpec(msgspec.Struct, frozen=True, kw_only=True):
 DEFAULT_FEATURES = (FieldSpec(name="value", aggregations=DEFAULT_AGGREGATIONS),)
 
 
+class FieldExpectation(msgspec.Struct, frozen=True, kw_only=True):
+    """What one declared field's values must satisfy. ``min``/``max`` (inclusive) on a numeric
+    field, ``allowed`` on any other (values in their text form: a string as it is, any other JSON
+    value as compact JSON), ``not_null`` on either. A null passes ``min``, ``max`` and ``allowed``:
+    only ``not_null`` judges absence. ``on_fail = "warn"`` keeps and counts a failing event,
+    ``"dlq"`` removes it before dedup and windows and dead-letters it."""
+
+    field: str
+    min: float | None = None
+    max: float | None = None
+    not_null: bool = False
+    allowed: tuple[str, ...] | None = None
+    on_fail: OnFail = "warn"
+
+
+class Expectations(msgspec.Struct, frozen=True, kw_only=True):
+    """A feature set's data-quality expectations (``[feature_sets.NAME.expectations]``).
+
+    ``freshness_ms``: the newest event of a stream micro-batch must be no older than now minus
+    this (counted, never dead-lettered; backfills replay history and skip it)."""
+
+    fields: tuple[FieldExpectation, ...] = ()
+    freshness_ms: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.fields) or self.freshness_ms is not None
+
+
 class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One declared feature set. ``version`` is part of every row's key: bump it when semantics change.
 
@@ -130,6 +161,7 @@ class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
     ewma_alpha: float = 0.1
     zscore_window_ms: int = 60_000
     points: bool = True
+    expectations: Expectations = Expectations()
 
     @property
     def point_fields(self) -> tuple[FieldSpec, ...]:
@@ -147,8 +179,14 @@ class FeatureSetSpec(msgspec.Struct, frozen=True, kw_only=True):
         return [c for f in self.point_fields for c in [f.name, *f.columns(f.point_aggregations)]]
 
     def fingerprint(self) -> bytes:
-        """Canonical bytes of the declaration (checkpoints refuse to resume across a change)."""
-        return msgspec.json.encode(self, order="sorted")
+        """Canonical bytes of the declaration (checkpoints refuse to resume across a change).
+        Without expectations they are the bytes of a spec from before expectations existed, so
+        upgrading resumes the checkpoints of unchanged declarations."""
+        if self.expectations:
+            return msgspec.json.encode(self, order="sorted")
+        declared: dict[str, Any] = msgspec.to_builtins(self)
+        del declared["expectations"]
+        return msgspec.json.encode(declared, order="sorted")
 
     @property
     def dedup_horizon_ms(self) -> int:
@@ -190,11 +228,16 @@ def build_feature_set(name: str, declared: dict[str, Any] | None = None, **overr
     try:
         base = _canonical(name, dict(declared or {}))
         given = _canonical(name, {key: value for key, value in overrides.items() if value is not None})
-        spec = msgspec.convert({**base, **given, "name": name}, FeatureSetSpec)
+        merged = {**base, **given, "name": name}
+        expectations = merged.pop("expectations", None)
+        spec = msgspec.convert(merged, FeatureSetSpec)
     except (msgspec.ValidationError, TypeError) as exc:
         msg = f"invalid feature set {name!r}: {exc}"
         raise ConfigError(msg) from exc
     _check(spec)
+    if expectations is not None:
+        parsed = parse_expectations(name, expectations, spec.features)
+        spec = msgspec.structs.replace(spec, expectations=parsed)
     return spec
 
 
@@ -308,3 +351,101 @@ def _check(spec: FeatureSetSpec) -> None:
     if problems:
         msg = f"invalid feature set {spec.name!r}: {'; '.join(problems)}"
         raise ConfigError(msg)
+
+
+EXPECTATION_KEYS = ("min", "max", "not_null", "allowed", "on_fail")
+FRESHNESS = "freshness"
+
+
+def parse_expectations(name: str, declared: Any, features: tuple[FieldSpec, ...]) -> Expectations:
+    """``[feature_sets.NAME.expectations]``: ``FIELD = { min = .., max = .., not_null = true,
+    allowed = [..], on_fail = "warn" | "dlq" }`` per declared field, and ``freshness = "10m"``.
+    Only declared fields can be checked (the others are carried as JSON in ``extra``, unparsed);
+    a field declared ``freshness`` takes its table, the batch freshness a duration."""
+    where = f"[feature_sets.{name}.expectations]"
+    if not isinstance(declared, dict):
+        msg = f'{where} must be a table of FIELD = {{ min = .., max = .., ... }} and freshness = "10m"'
+        raise ConfigError(msg)
+    by_name = {f.name: f for f in features}
+    fields: list[FieldExpectation] = []
+    freshness_ms = None
+    for key, value in declared.items():
+        if key == FRESHNESS and not isinstance(value, dict):
+            freshness_ms = _freshness(where, value)
+            continue
+        field = by_name.get(str(key))
+        if field is None:
+            known = ", ".join(by_name)
+            msg = f"{where}: {key!r} is not a field of the feature set (declared: {known}; or freshness)"
+            raise ConfigError(msg)
+        fields.append(_field_expectation(f"{where} {key}", field, value))
+    return Expectations(fields=tuple(fields), freshness_ms=freshness_ms)
+
+
+def _freshness(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        msg = f'{where}: freshness must be a duration such as "10m", got {value!r}'
+        raise ConfigError(msg)
+    ms = parse_duration_ms(value)
+    if ms <= 0:
+        msg = f"{where}: freshness must be more than 0, got {value!r}"
+        raise ConfigError(msg)
+    return ms
+
+
+def _field_expectation(where: str, field: FieldSpec, declared: Any) -> FieldExpectation:
+    if not isinstance(declared, dict):
+        msg = f'{where} must be a table such as {{ min = 0, max = 100, on_fail = "dlq" }}, got {declared!r}'
+        raise ConfigError(msg)
+    for key in declared:
+        if key not in EXPECTATION_KEYS:
+            close = difflib.get_close_matches(str(key), EXPECTATION_KEYS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(EXPECTATION_KEYS)}"
+            msg = f"{where}: unknown key {key!r} ({hint})"
+            raise ConfigError(msg)
+    bounds = {key: _bound(where, key, declared[key]) for key in ("min", "max") if key in declared}
+    low, high = bounds.get("min"), bounds.get("max")
+    not_null, on_fail = declared.get("not_null", False), declared.get("on_fail", "warn")
+    allowed = _allowed(where, declared["allowed"]) if "allowed" in declared else None
+    problem = None
+    if bounds and not field.numeric:
+        problem = "min/max need a numeric field (one with a numeric aggregation); use allowed for text"
+    elif allowed is not None and field.numeric:
+        problem = "allowed is for non-numeric fields (a numeric field takes min/max)"
+    elif low is not None and high is not None and low > high:
+        problem = f"min {number_text(low)} > max {number_text(high)}"
+    elif not isinstance(not_null, bool):
+        problem = f"not_null must be true or false, got {not_null!r}"
+    elif on_fail not in ("warn", "dlq"):
+        problem = f'on_fail must be "warn" or "dlq", got {on_fail!r}'
+    elif not bounds and allowed is None and not not_null:
+        problem = "declares no check (min, max, not_null = true or allowed)"
+    if problem:
+        msg = f"{where}: {problem}"
+        raise ConfigError(msg)
+    return FieldExpectation(
+        field=field.name, min=low, max=high, not_null=not_null, allowed=allowed, on_fail=on_fail
+    )
+
+
+def _bound(where: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        msg = f"{where}: {key} must be a finite number, got {value!r}"
+        raise ConfigError(msg)
+    return float(value)
+
+
+def _allowed(where: str, values: Any) -> tuple[str, ...]:
+    """The allowed values in the form the batch frame holds a non-numeric field in."""
+    if not isinstance(values, list) or not values:
+        msg = f'{where}: allowed must be a non-empty list such as ["ok", "warn"], got {values!r}'
+        raise ConfigError(msg)
+    if any(v is None for v in values):
+        msg = f"{where}: allowed cannot hold null (a null passes allowed; use not_null)"
+        raise ConfigError(msg)
+    return tuple(dict.fromkeys(v if isinstance(v, str) else canonical_json(v).decode() for v in values))
+
+
+def number_text(value: float) -> str:
+    """``60.0`` → ``"60"``, ``75.2`` → ``"75.2"``: thresholds and values as a user wrote them."""
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)

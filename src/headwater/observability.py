@@ -42,12 +42,14 @@ _EVENT_TYPES = frozenset(
         "RunStarted", "DocumentCompleted", "DocumentSkipped", "DocumentFailed", "DocumentDeleted",
         "BatchProgress", "RunCompleted", "SignalRejected", "WindowsClosed", "SignalProgress",
         "ChangesPublished", "MessagesPublished", "MessageDeadLettered", "WorkerBatch", "WorkerStopped",
+        "ExpectationsFailed",
     }
 )  # fmt: skip
 _STAGES = frozenset(
     {
         "discover", "read", "extract", "prepare", "embed", "commit", "diff", "watch", "publish",
         "deliver", "sink", "decode", "windows", "features", "worker", "run_documents", "run_signals",
+        "expectations",
     }
 )  # fmt: skip
 _SKIP_REASONS = frozenset({"unchanged", "previously_failed", "unsupported"})
@@ -60,6 +62,8 @@ _ERROR_NAMES = frozenset(
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _FEATURE_SET = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # declared in configuration: a bounded set
 _WINDOW = re.compile(r"^\d{1,6}(ms|s|m|h|d)$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # a declared field: bounded by configuration
+_EXPECTATIONS = frozenset({"min", "max", "not_null", "allowed", "freshness"})
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
@@ -118,6 +122,10 @@ class Metrics:
         self.held_oldest = Gauge("headwater_signal_held_oldest_event_timestamp_seconds", "Event time "
                                  "of the oldest held event (0: none held).", ["feature_set"],
                                  registry=r)  # fmt: skip
+        self.expectation_failures = Counter("headwater_expectation_failures_total", "Events failing a "
+                                            "declared expectation (freshness: stale micro-batches).",
+                                            ["feature_set", "field", "expectation"],
+                                            registry=r)  # fmt: skip
         self._job_statuses: set[str] = set()
 
     # -- events ------------------------------------------------------------------------------------
@@ -161,8 +169,20 @@ class Metrics:
         self.stage_duration.labels("run_documents").observe(_count(d, "elapsed_seconds"))
 
     def _signal_rejected(self, d: Mapping[str, Any]) -> None:
-        self.signals.labels("decode", "rejected").inc()
-        self.errors.labels("decode", "InputError").inc()
+        stage = "expectations" if str(d.get("reason", "")).startswith("expectation ") else "decode"
+        self.signals.labels(stage, "rejected").inc()
+        self.errors.labels(stage, "InputError").inc()
+
+    def _expectations_failed(self, d: Mapping[str, Any]) -> None:
+        name = str(d.get("feature_set"))
+        feature_set = name if _FEATURE_SET.match(name) else OTHER
+        for failure in d.get("failures") or []:
+            field = str(failure.get("field"))
+            self.expectation_failures.labels(
+                feature_set,
+                field if _FIELD.match(field) else OTHER,
+                _pick(failure.get("expectation"), _EXPECTATIONS),
+            ).inc(_count(failure, "count"))
 
     def _windows_closed(self, d: Mapping[str, Any]) -> None:
         self.signals.labels("windows", "accepted").inc(_count(d, "points"))
@@ -249,6 +269,7 @@ _HANDLERS: dict[str, Callable[[Metrics, Mapping[str, Any]], None]] = {
     "BatchProgress": Metrics._batch_progress,
     "RunCompleted": Metrics._run_completed,
     "SignalRejected": Metrics._signal_rejected,
+    "ExpectationsFailed": Metrics._expectations_failed,
     "WindowsClosed": Metrics._windows_closed,
     "SignalRunCompleted": Metrics._signal_run_completed,
     "ChangesPublished": Metrics._changes_published,

@@ -20,7 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from headwater.events import AdapterStateChange, Event, to_json
+from headwater.events import AdapterStateChange, Event, ExpectationsFailed, to_json
 
 PLAIN_INTERVAL_SECONDS = 10.0
 JSON_FLUSH_SECONDS = 0.05
@@ -178,6 +178,18 @@ async def _render_plain(events: AsyncIterator[Any], console: Console, label: str
                 + f" ({_rates(event)})"
             )
     return last
+
+
+def expectations_line(event: ExpectationsFailed) -> str:
+    """One line per batch: ``expectations failed (batch 0): temp max 2 dlq, humidity not_null 1 warn;
+    2 dead-lettered`` (and how old a stale batch's newest event was)."""
+    parts = [f"{f.field} {f.expectation} {f.count} {f.on_fail}" for f in event.failures]
+    line = f"expectations failed (batch {event.batch}): {', '.join(parts)}"
+    if event.dead_lettered:
+        line += f"; {event.dead_lettered} dead-lettered"
+    if event.newest_event_age_ms is not None:
+        line += f"; newest event {event.newest_event_age_ms / 1000:.1f}s old"
+    return line
 
 
 def _done_count(event: Any) -> tuple[int, int | None] | None:

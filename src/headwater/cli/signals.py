@@ -35,9 +35,17 @@ from headwater.cli.options import (
     WindowsOpt,
     feature_set_spec,
 )
+from headwater.cli.render import expectations_line
 from headwater.config import Settings
 from headwater.errors import ConfigError, HeadwaterError
-from headwater.events import SignalEvent, SignalProgress, SignalRejected, SignalRunCompleted, to_json
+from headwater.events import (
+    ExpectationsFailed,
+    SignalEvent,
+    SignalProgress,
+    SignalRejected,
+    SignalRunCompleted,
+    to_json,
+)
 from headwater.models import Dataset
 
 if TYPE_CHECKING:
@@ -142,6 +150,8 @@ async def render(events: AsyncIterator[SignalEvent], *, json_lines: bool) -> Sig
 def _show(event: SignalEvent, final: SignalRunCompleted | None, *, bar: Any = None, task: Any = None) -> Any:
     if isinstance(event, SignalRejected):
         err.print(f"[red]rejected[/] {event.input_ref} {event.field}: {event.reason}", markup=True)
+    elif isinstance(event, ExpectationsFailed):
+        err.print(expectations_line(event), markup=False)
     elif isinstance(event, SignalProgress) and bar is not None:
         bar.update(task, completed=event.events_seen, total=event.events_total)
     elif isinstance(event, SignalRunCompleted):

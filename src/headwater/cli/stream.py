@@ -35,7 +35,7 @@ from headwater.cli.options import (
     duration,
     feature_set_spec,
 )
-from headwater.cli.render import adapter_state_line
+from headwater.cli.render import adapter_state_line, expectations_line
 from headwater.config import Settings
 from headwater.errors import ConfigError
 from headwater.events import (
@@ -43,6 +43,7 @@ from headwater.events import (
     ChangesPublished,
     DocumentFailed,
     Event,
+    ExpectationsFailed,
     MessageDeadLettered,
     MessagesPublished,
     WorkerBatch,
@@ -162,6 +163,8 @@ async def _show(
             err.print(f"[red]failed[/] {event.uri} ({event.stage}): {event.message}")
         elif isinstance(event, AdapterStateChange):
             err.print(adapter_state_line(event))
+        elif isinstance(event, ExpectationsFailed):
+            err.print(expectations_line(event), markup=False)
         elif isinstance(event, ChangesPublished) and (event.added or event.updated or event.deleted):
             err.print(f"published: {event.added} added, {event.updated} updated, {event.deleted} deleted")
         if isinstance(event, WorkerBatch):

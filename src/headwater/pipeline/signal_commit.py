@@ -19,6 +19,7 @@ from headwater.featuresets import FeatureSetSpec
 from headwater.models import BatchCommit, Dataset, SignalCheckpoint, signal_content_hash
 from headwater.pipeline.signal_inputs import Chunk, InputFile
 from headwater.ports import FeatureRows, OfflineFeatureStore
+from headwater.stages.expectations import Checked
 from headwater.stages.features import FEATURE_ROW_KEY, BatchResult, event_columns
 
 
@@ -131,10 +132,16 @@ def offline_datasets(
     }
 
 
-def count_batch(counters: dict[str, int], result: BatchResult, *, invalid: int = 0) -> None:
-    """Add one batch to the run's RunCompleted counters."""
-    counters["events_seen"] += result.events_in + invalid
+def count_batch(
+    counters: dict[str, int], result: BatchResult, *, invalid: int = 0, checked: Checked | None = None
+) -> None:
+    """Add one batch to the run's RunCompleted counters (``invalid``: records that failed decoding;
+    ``checked``: the batch's expectations, whose dead-lettered events were never in ``result``)."""
+    removed = len(checked.rejected) if checked is not None else 0
+    counters["events_seen"] += result.events_in + invalid + removed
     counters["events_invalid"] += invalid
+    counters["expectations_failed"] += checked.failed if checked is not None else 0
+    counters["expectations_dead_lettered"] += removed
     counters["duplicates"] += result.duplicates
     counters["late_dropped"] += result.late_dropped
     counters["late_corrected"] += result.late_corrected

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgspec
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from headwater.errors import ConfigError
+from headwater.featuresets import Expectations
 from headwater.models import sha256_hex
 from headwater.stages.decode import (
     DecodeLimits,
@@ -26,6 +27,7 @@ from headwater.stages.decode import (
     decode_csv_lines,
     decode_json_lines,
 )
+from headwater.stages.expectations import Checked, check_expectations
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
@@ -51,6 +53,26 @@ class Chunk:
     consumed: int
     frame: pl.DataFrame
     errors: list[InvalidRecord]
+    checked: Checked | None = None  # expectations that failed (their dlq records are in errors)
+
+    @property
+    def expectations_dead_lettered(self) -> int:
+        return len(self.checked.rejected) if self.checked is not None else 0
+
+    @property
+    def invalid(self) -> int:
+        """Records that failed decoding (``errors`` also holds those dead-lettered by expectations)."""
+        return len(self.errors) - self.expectations_dead_lettered
+
+
+def check_chunk(chunk: Chunk, expectations: Expectations, now_ms: int | None) -> Chunk:
+    """The chunk after its feature set's expectations: ``dlq`` failures leave the frame and join
+    ``errors`` (in row order, so the DLQ outbox and the events list them as the input has them)."""
+    checked = check_expectations(chunk.frame, expectations, now_ms)
+    if not checked.failures:
+        return chunk
+    errors = sorted([*chunk.errors, *checked.rejected], key=lambda e: e.row)
+    return replace(chunk, frame=checked.frame, errors=errors, checked=checked)
 
 
 def list_inputs(root: Path) -> list[InputFile]:
@@ -77,13 +99,22 @@ def fingerprint(files: list[InputFile], declaration: bytes, batch_events: int) -
 
 
 def read_chunks(
-    files: list[InputFile], file_index: int, row_offset: int, batch_events: int, limits: DecodeLimits
+    files: list[InputFile],
+    file_index: int,
+    row_offset: int,
+    batch_events: int,
+    limits: DecodeLimits,
+    expectations: Expectations | None = None,
 ) -> Iterator[Chunk]:
-    """Decoded micro-batches from ``(file_index, row_offset)`` on."""
+    """Decoded micro-batches from ``(file_index, row_offset)`` on, checked against the feature
+    set's ``expectations`` (freshness excepted: a backfill replays history)."""
     for index in range(file_index, len(files)):
         skip = row_offset if index == file_index else 0
         reader = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[files[index].kind]
-        yield from reader(files[index], index, skip, batch_events, limits)
+        chunks = reader(files[index], index, skip, batch_events, limits)
+        if expectations:
+            chunks = (check_chunk(chunk, expectations, None) for chunk in chunks)
+        yield from chunks
 
 
 def read_slice(file: InputFile, index: int, start: int, count: int, limits: DecodeLimits) -> Chunk:

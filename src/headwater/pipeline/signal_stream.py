@@ -21,6 +21,7 @@ windows stay in the checkpoint, so a restarted worker (a deploy) turns no on-tim
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from pathlib import Path
 
@@ -29,8 +30,8 @@ import polars as pl
 
 from headwater import cloudevents
 from headwater.errors import InputError
-from headwater.events import Event, WindowsClosed
-from headwater.featuresets import FeatureSetSpec, duration_label
+from headwater.events import Event, ExpectationsFailed, WindowsClosed
+from headwater.featuresets import Expectations, FeatureSetSpec, duration_label
 from headwater.models import BatchCommit, SignalCheckpoint, sha256_hex, signal_checkpoint
 from headwater.pipeline.faults import crash_point
 from headwater.pipeline.signal_commit import commit_batch, count_batch
@@ -40,11 +41,13 @@ from headwater.pipeline.stream import Delivery, RejectedEvent
 from headwater.ports import FeatureStore, OfflineFeatureStore
 from headwater.stages.decode import (
     DecodeLimits,
+    InvalidRecord,
     Record,
     decode_cloudevent_batch,
     decode_records,
     records_frame,
 )
+from headwater.stages.expectations import Checked, check_expectations
 from headwater.stages.features import BatchResult, EngineState, flush, process_batch
 
 
@@ -124,21 +127,34 @@ class SignalSink:
                 delivery.error = InputError("empty message body", field="$")
         redelivered = [d for d in batch if d.done and d.error is None and d.message.deliveries > 1]
         if redelivered:  # committed, ack lost: dead-letter its bad events again (at least once)
-            await asyncio.to_thread(_decode_deliveries, redelivered, limits)
+            await asyncio.to_thread(_decode_deliveries, redelivered, limits, self.spec.expectations)
         fresh = self._in_order([d for d in batch if not d.done and d.error is None])
         if not fresh:
             return []
         await self._save_intent([d.message.position for d in fresh])
         crash_point("stream_after_intent")
-        frame, invalid = await asyncio.to_thread(_decode_deliveries, fresh, limits)
+        frame, invalid, checked = await asyncio.to_thread(
+            _decode_deliveries, fresh, limits, self.spec.expectations, limits.now_ms
+        )
         # ``row`` keys the engine's joins: it must be unique and follow arrival order, so it is
         # the event's arrival number in this stream (late rows point at it as "topic:line N").
         frame = frame.with_columns(pl.col("row") + (self.counters["events_seen"] + 1))
         state, result = await asyncio.to_thread(process_batch, self.state, frame, self.spec)
         done = [d.message.position for d in fresh]
-        event = await self._commit(state, result, done, status="running", invalid=invalid)
+        batch_no = self.next_batch
+        event = await self._commit(state, result, done, status="running", invalid=invalid, checked=checked)
         self.dirty = True
-        return [event]
+        if checked is None:
+            return [event]
+        failed = ExpectationsFailed(
+            run_id=self.scope,
+            feature_set=self.spec.name,
+            batch=batch_no,
+            failures=list(checked.failures),
+            dead_lettered=len(checked.rejected),
+            newest_event_age_ms=checked.newest_event_age_ms,
+        )
+        return [failed, event]
 
     def _in_order(self, fresh: list[Delivery]) -> list[Delivery]:
         """After a crash, the uncommitted batch goes first and whole: newer messages wait."""
@@ -195,11 +211,12 @@ class SignalSink:
         *,
         status: str,
         invalid: int = 0,
+        checked: Checked | None = None,
     ) -> WindowsClosed:
         """Offline parts (durable, deterministic names), then rows + checkpoint in one transaction."""
         batch_no = self.next_batch
         counters = dict(self.counters)
-        count_batch(counters, result, invalid=invalid)
+        count_batch(counters, result, invalid=invalid, checked=checked)
         upto = max([*positions, *([self.committed_upto] if self.committed_upto else [])], default=None)
 
         def checkpoint() -> SignalCheckpoint:
@@ -238,16 +255,24 @@ class SignalSink:
         )
 
 
-def _decode_deliveries(deliveries: list[Delivery], limits: DecodeLimits) -> tuple[pl.DataFrame, int]:
+def _decode_deliveries(
+    deliveries: list[Delivery],
+    limits: DecodeLimits,
+    expectations: Expectations | None = None,
+    now_ms: int | None = None,
+) -> tuple[pl.DataFrame, int, Checked | None]:
     """One frame of the events of every delivery, in delivery order; a batch message (CloudEvents
     JSON batch format) adds each of its events. A bad single event marks its message ``error``
-    (the message is dead-lettered), a bad event inside a batch goes to its ``rejected`` list.
-    Returns the frame (``row``: the event's number in this batch, bad ones counted) and the
-    number of bad events."""
+    (the message is dead-lettered), a bad event inside a batch goes to its ``rejected`` list;
+    so does an event failing a ``dlq`` expectation (checked here, ``freshness`` against
+    ``now_ms``). Returns the frame (``row``: the event's number in this batch, bad ones counted),
+    the number of events that failed decoding and the expectations' outcome when any failed."""
     records: list[Record] = []
     rows: list[int] = []
+    starts: list[int] = []  # the row of each delivery's first event
     seen = bad = 0
     for delivery in deliveries:
+        starts.append(seen)
         body = delivery.message.body
         batched = cloudevents.is_batch(body)
         fast = decode_cloudevent_batch(body, limits) if batched else None
@@ -272,7 +297,30 @@ def _decode_deliveries(deliveries: list[Delivery], limits: DecodeLimits) -> tupl
                 delivery.error = problem
             else:
                 delivery.rejected.append(RejectedEvent(error.row, events[error.row], problem))
-    return records_frame(records, rows, limits.fields), bad
+    frame = records_frame(records, rows, limits.fields)
+    if not expectations:
+        return frame, bad, None
+    checked = check_expectations(frame, expectations, now_ms)
+    _reject(checked.rejected, deliveries, starts)
+    return checked.frame, bad, checked if checked.failures else None
+
+
+def _reject(rejected: tuple[InvalidRecord, ...], deliveries: list[Delivery], starts: list[int]) -> None:
+    """Events that failed a ``dlq`` expectation, dead-lettered as bad input is: a single-event
+    message whole, an event of a batch message alone (with its own body)."""
+    split: dict[int, list[bytes]] = {}
+    for record in rejected:
+        at = bisect.bisect_right(starts, record.row) - 1
+        delivery = deliveries[at]
+        problem = InputError(f"{record.field}: {record.reason}", field=record.field)
+        body = delivery.message.body
+        if not cloudevents.is_batch(body):
+            delivery.error = problem
+            continue
+        events = split.setdefault(at, cloudevents.split_batch(body))
+        index = record.row - starts[at]
+        delivery.rejected.append(RejectedEvent(index, events[index], problem))
+        delivery.rejected.sort(key=lambda r: r.index)
 
 
 def _freshness(rows: pl.DataFrame, now_ms: int) -> dict[str, float] | None:

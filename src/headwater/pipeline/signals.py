@@ -23,6 +23,7 @@ import polars as pl
 
 from headwater.errors import HomeBusy
 from headwater.events import (
+    ExpectationsFailed,
     RunStarted,
     SignalEvent,
     SignalProgress,
@@ -48,6 +49,7 @@ from headwater.pipeline.signal_inputs import (
 )
 from headwater.ports import DeadLetterSink, FeatureStore, OfflineFeatureStore
 from headwater.stages.decode import DecodeLimits
+from headwater.stages.expectations import REASON_PREFIX
 from headwater.stages.features import BatchResult, EngineState, flush, process_batch
 
 Clock = Callable[[], int]
@@ -60,6 +62,8 @@ COUNTERS = (
     "feature_rows_written",
     "points_written",
     "points_late",
+    "expectations_failed",
+    "expectations_dead_lettered",
 )
 
 
@@ -190,7 +194,14 @@ class SignalPipeline:
         )
 
     async def _batches(self, run: _Run, files: list[InputFile], started: float) -> AsyncIterator[SignalEvent]:
-        chunks = read_chunks(files, run.file_index, run.row_offset, self.options.batch_events, run.limits)
+        chunks = read_chunks(
+            files,
+            run.file_index,
+            run.row_offset,
+            self.options.batch_events,
+            run.limits,
+            self.spec.expectations,
+        )
         writer: asyncio.Task[list[SignalEvent]] | None = None
         # Batch k + 1 is read and decoded while batch k is computed: three stages in flight
         # (read, engine, write), each bounded to one batch, so memory stays O(batch).
@@ -251,10 +262,11 @@ class SignalPipeline:
                 current.set_attributes(
                     {"events": result.events_in, "duplicates": result.duplicates, "rows": result.rows.height}
                 )
-        count_batch(run.counters, result, invalid=len(chunk.errors) if chunk else 0)
+        checked = chunk.checked if chunk is not None else None
+        count_batch(run.counters, result, invalid=chunk.invalid if chunk else 0, checked=checked)
         batch_no = run.batch_no
         run.batch_no += 1
-        events = _batch_events(run, batch_no, chunk, result)
+        events = _batch_events(run, self.spec.name, batch_no, chunk, result)
         due = (
             chunk is None
             or time.monotonic() - run.last_checkpoint >= self.options.checkpoint_interval_seconds
@@ -353,7 +365,7 @@ class SignalPipeline:
                 kind="signal",
                 input_ref=item["input_ref"],
                 source=letter_source(self.inputs, self.spec.name),
-                stage="decode",
+                stage="expectations" if str(item["reason"]).startswith(REASON_PREFIX) else "decode",
                 error_type="InputError",
                 message=f"{item['field']}: {item['reason']}",
                 traceback="",
@@ -382,8 +394,11 @@ def parse_letter_source(source: str) -> tuple[Path, str | None]:
     return (Path(path), name) if mark else (Path(source), None)
 
 
-def _batch_events(run: _Run, batch_no: int, chunk: Chunk | None, result: BatchResult) -> list[SignalEvent]:
-    """What a batch reports once committed: each rejected record, then the batch summary."""
+def _batch_events(
+    run: _Run, feature_set: str, batch_no: int, chunk: Chunk | None, result: BatchResult
+) -> list[SignalEvent]:
+    """What a batch reports once committed: each rejected record (decoding or a ``dlq``
+    expectation), the expectations that failed, then the batch summary."""
     errors = chunk.errors if chunk is not None else []
     file_index = chunk.file_index if chunk is not None else 0
     events: list[SignalEvent] = [
@@ -395,6 +410,18 @@ def _batch_events(run: _Run, batch_no: int, chunk: Chunk | None, result: BatchRe
         )
         for e in errors
     ]
+    checked = chunk.checked if chunk is not None else None
+    if checked is not None:
+        events.append(
+            ExpectationsFailed(
+                run_id=run.run_id,
+                feature_set=feature_set,
+                batch=batch_no,
+                failures=list(checked.failures),
+                dead_lettered=len(checked.rejected),
+                newest_event_age_ms=checked.newest_event_age_ms,
+            )
+        )
     events.append(
         WindowsClosed(
             run_id=run.run_id,
@@ -415,6 +442,7 @@ def _progress(run: _Run, files: tuple[int, int], started: float) -> SignalProgre
     return SignalProgress(
         run_id=run.run_id,
         events_seen=seen,
+        expectations_failed=run.counters["expectations_failed"],
         events_total=run.total,
         files_done=files[0],
         files_total=files[1],
