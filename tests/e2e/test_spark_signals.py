@@ -41,6 +41,10 @@ CLIMATE: dict[str, Any] = {
         "humidity": ["count", "mean", "max"],
         "status": ["last", "count_distinct"],
     },
+    "expectations": {
+        "temp": {"min": 0, "max": 30, "on_fail": "dlq"},  # about 2% above: dead-lettered
+        "status": {"allowed": ["ok", "warn"]},  # a third "fail": counted, kept
+    },
 }
 
 
@@ -71,7 +75,10 @@ def write_inputs(folder: Path, events: int = 24_000, entities: int = 30, seed: i
     for seq in range(events):
         clock += rng.randint(0, 3)
         delay = rng.choice([0, 5, 40]) if rng.random() < 0.97 else rng.randint(1_500, 40_000)
-        payload: dict[str, Any] = {"temp": round(rng.gauss(20, 5), 3), "status": rng.choice(["ok", "warn", "fail"])}
+        payload: dict[str, Any] = {
+            "temp": round(rng.gauss(20, 5), 3),
+            "status": rng.choice(["ok", "warn", "fail"]),
+        }
         if seq % 4:
             payload["humidity"] = round(rng.uniform(30, 60), 2)
         payload["note"] = {"unit": "C", "raw": seq}  # unused by the feature set: never invalidates
@@ -82,7 +89,9 @@ def write_inputs(folder: Path, events: int = 24_000, entities: int = 30, seed: i
     n = len(lines)
     lines[n // 40] = '{"entity_id": "e01", "event_time": "yesterday", "sequence": 1}'
     lines[n // 3] = "not json at all"
-    lines[n * 2 // 3] = json.dumps({"entity_id": "e02", "event_time": clock, "sequence": 9, "payload": {"temp": "x"}})
+    lines[n * 2 // 3] = json.dumps(
+        {"entity_id": "e02", "event_time": clock, "sequence": 9, "payload": {"temp": "x"}}
+    )
     half = len(lines) // 2
     (folder / "a.jsonl").write_text("\n".join(lines[:half]) + "\n")
     (folder / "b.jsonl").write_text("\n".join(lines[half:]))  # no final newline
@@ -134,9 +143,19 @@ def test_spark_backfill_equals_local(spark_ready: None, tmp_path: Path, policy: 
         final = asyncio.run(backfill(settings, inputs))
         runs[compute] = (final, stored(settings))
     (local, local_rows), (spark, spark_rows) = runs["local"], runs["local[2]"]
-    for counter in ("events_seen", "events_invalid", "duplicates", "late_dropped", "late_corrected", "points_late"):
+    for counter in (
+        "events_seen",
+        "events_invalid",
+        "expectations_failed",
+        "expectations_dead_lettered",
+        "duplicates",
+        "late_dropped",
+        "late_corrected",
+        "points_late",
+    ):
         assert getattr(local, counter) == getattr(spark, counter), counter
     assert spark.events_invalid == 3 and spark.duplicates > 100 and spark.batches > 1
+    assert spark.expectations_dead_lettered > 100 and spark.expectations_failed > 5_000
     assert (spark.late_corrected if policy == "correct" else spark.late_dropped) > 100
     # The windows' key order of the sort is the same in both: rows align one to one.
     for name in ("windows", "points", "late"):
@@ -162,7 +181,7 @@ def test_hold_then_release_on_spark_equals_local(spark_ready: None, tmp_path: Pa
 def test_dead_letters_keep_the_original_records(spark_ready: None, tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path / "in", events=6_000)
     settings = settings_for(tmp_path / "home", "drop", "local[2]")
-    asyncio.run(backfill(settings, inputs))
+    final = asyncio.run(backfill(settings, inputs))
     proc = hw("dlq", "list", "--home", str(tmp_path / "home"), "--json")
     letters = json.loads(proc.stdout)
     bad = ("yesterday", "not json", '"temp": "x"')
@@ -173,14 +192,22 @@ def test_dead_letters_keep_the_original_records(spark_ready: None, tmp_path: Pat
         if any(mark in line for mark in bad)
     }
     assert len(expected) == 3
-    assert {letter["input_ref"] for letter in letters} == set(expected)
+    refs = {letter["input_ref"] for letter in letters}
+    assert set(expected) <= refs
+    assert len(refs) == len(letters) == final.events_invalid + final.expectations_dead_lettered
+    assert all("expectation max=30 failed" in x["message"] for x in letters if x["input_ref"] not in expected)
 
 
 def hw(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("HEADWATER_HOME", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "headwater.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "headwater.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -190,11 +217,15 @@ def hw(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def test_cli_compute_spark_and_a_wrong_value(spark_ready: None, tmp_path: Path) -> None:
     samples = ROOT / "samples" / "signals"
     local = hw("ingest", "signals", str(samples), "--home", str(tmp_path / "a"), "--json")
-    spark = hw("ingest", "signals", str(samples), "--home", str(tmp_path / "b"), "--json", "--compute", "local[2]")
+    spark = hw(
+        "ingest", "signals", str(samples), "--home", str(tmp_path / "b"), "--json", "--compute", "local[2]"
+    )
     finals = [json.loads(p.stdout.splitlines()[-1]) for p in (local, spark)]
     for name in ("events_seen", "duplicates", "late_dropped", "feature_rows_written", "points_written"):
         assert finals[0][name] == finals[1][name], name
     assert spark.stderr.count("\n") < 10, spark.stderr  # Spark's own logging stays quiet
-    wrong = hw("ingest", "signals", str(samples), "--home", str(tmp_path / "c"), "--compute", "sparks", check=False)
+    wrong = hw(
+        "ingest", "signals", str(samples), "--home", str(tmp_path / "c"), "--compute", "sparks", check=False
+    )
     assert wrong.returncode == 3
     assert "compute 'sparks' is not an engine" in wrong.stderr and "Traceback" not in wrong.stderr

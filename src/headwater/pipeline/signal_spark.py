@@ -43,14 +43,30 @@ from headwater.adapters.spark import (
     open_session,
     to_batches,
 )
-from headwater.events import RunStarted, SignalEvent, SignalProgress, SignalRunCompleted, WindowsClosed
+from headwater.events import (
+    ExpectationCount,
+    ExpectationsFailed,
+    RunStarted,
+    SignalEvent,
+    SignalProgress,
+    SignalRunCompleted,
+    WindowsClosed,
+)
 from headwater.featuresets import FeatureSetSpec
 from headwater.models import BatchCommit, Dataset, sha256_hex, signal_checkpoint
 from headwater.observability import open_span
 from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref
-from headwater.pipeline.signal_inputs import InputFile, count_lines, fingerprint, list_inputs, read_slice
+from headwater.pipeline.signal_inputs import (
+    InputFile,
+    check_chunk,
+    count_lines,
+    fingerprint,
+    list_inputs,
+    read_slice,
+)
 from headwater.pipeline.signals import COUNTERS, SignalPipeline
 from headwater.stages.decode import DecodeLimits, InvalidRecord
+from headwater.stages.expectations import REASON_PREFIX
 from headwater.stages.features import BatchResult, EngineState, batch_schema, flush, process_batch
 from headwater.stages.windows import watermark_before_expr
 
@@ -61,6 +77,8 @@ _SLICE = 2**40
 """A Spark run numbers each event ``slice * 2**40 + row``: arrival order in one integer (a file
 holds fewer than 2**40 records), which the late table turns back into file and row."""
 _RESULT = pa.schema([("bucket", pa.int64()), ("kind", pa.string()), ("payload", pa.binary())])
+CHECKED = "__expectations__"
+"""The field of the row a decode task adds for its slice's expectation failures."""
 _RESULT_COUNTS = ("events_in", "duplicates", "late_dropped", "late_corrected", "points_late")
 
 
@@ -101,12 +119,18 @@ def decode_task(
             *(batch.column(i).to_pylist() for i in range(4)), strict=True
         ):
             chunk = read_slice(files[file_index], file_index, start, count, limits)
+            if spec.expectations:  # freshness excepted, as in a local backfill
+                chunk = check_chunk(chunk, spec.expectations, None)
             events = chunk.frame.with_columns(
                 pl.lit(number, dtype=pl.Int64).alias("slice"), pl.lit(None, dtype=pl.String).alias("error")
             )
             yield from to_batches(events, schema)
             if chunk.errors:
                 yield from to_batches(_error_rows(chunk.errors, number, events.schema), schema)
+            if chunk.checked is not None:  # the counts travel as one marked row (row -1)
+                counts = msgspec.json.encode({CHECKED: chunk.checked.failures}).decode()
+                failures = [InvalidRecord(row=-1, field=CHECKED, reason=counts)]
+                yield from to_batches(_error_rows(failures, number, events.schema), schema)
 
 
 def _error_rows(errors: list[InvalidRecord], number: int, schema: pl.Schema) -> pl.DataFrame:
@@ -219,7 +243,9 @@ class SparkSignalPipeline(SignalPipeline):
             )
             events, errors = await asyncio.to_thread(self._decode, session, files, slices, limits)
             await self._commit_invalid(files, slices, errors, counters)
-            total = counters["events_invalid"]
+            if (checked := self._expectations(run_id, errors, counters)) is not None:
+                yield checked
+            total = counters["events_seen"]
             buckets = 0
             async for number, result in self._buckets(session, events):
                 total += result.events_in
@@ -338,12 +364,14 @@ class SparkSignalPipeline(SignalPipeline):
         errors: list[tuple[int, int, str, str]],
         counters: dict[str, int],
     ) -> None:
-        """Invalid records enter the DLQ outbox first (batch number -1: before every bucket)."""
-        if not errors:
+        """Invalid records (and those a ``dlq`` expectation removed) enter the DLQ outbox first
+        (batch number -1: before every bucket), in input order."""
+        rejected = sorted(e for e in errors if e[2] != CHECKED)
+        if not rejected:
             return
         invalid = [
             (self.scope, -1, i, input_ref(files, slices[s].file_index, row), field, reason)
-            for i, (s, row, field, reason) in enumerate(errors)
+            for i, (s, row, field, reason) in enumerate(rejected)
         ]
         await self.online.commit(
             BatchCommit(
@@ -355,8 +383,34 @@ class SparkSignalPipeline(SignalPipeline):
                 checkpoint=None,
             )
         )
-        counters["events_seen"] += len(errors)
-        counters["events_invalid"] += len(errors)
+        removed = sum(1 for e in rejected if e[3].startswith(REASON_PREFIX))
+        counters["events_seen"] += len(rejected)
+        counters["events_invalid"] += len(rejected) - removed
+        counters["expectations_dead_lettered"] += removed
+
+    def _expectations(
+        self, run_id: str, errors: list[tuple[int, int, str, str]], counters: dict[str, int]
+    ) -> ExpectationsFailed | None:
+        """The whole run's expectation failures, summed over the slices (one event, batch 0)."""
+        totals: dict[tuple[str, str, str], int] = {}
+        for _, _, field, reason in errors:
+            if field == CHECKED:
+                for item in msgspec.json.decode(reason, type=dict[str, list[ExpectationCount]])[CHECKED]:
+                    key = (item.field, item.expectation, item.on_fail)
+                    totals[key] = totals.get(key, 0) + item.count
+        if not totals:
+            return None
+        failures = [
+            ExpectationCount(field=f, expectation=e, on_fail=o, count=n) for (f, e, o), n in totals.items()
+        ]
+        counters["expectations_failed"] += sum(totals.values())
+        return ExpectationsFailed(
+            run_id=run_id,
+            feature_set=self.spec.name,
+            batch=0,
+            failures=failures,
+            dead_lettered=counters["expectations_dead_lettered"],
+        )
 
     async def _finish(self, files: list[InputFile], buckets: int, counters: dict[str, int]) -> None:
         """The run is complete: parts of an earlier run beyond the last bucket go, the checkpoint says so."""

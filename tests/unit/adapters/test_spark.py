@@ -1,7 +1,8 @@
-"""The Spark compute setting and the slicing of signal inputs (no JVM: see tests/e2e/test_spark_signals.py)."""
+"""The Spark compute setting and the slicing of signal inputs (no JVM here: see test_spark_signals)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,7 +45,8 @@ def _limits() -> DecodeLimits:
 
 
 def _line(i: int) -> str:
-    return f'{{"entity_id": "e", "event_time": {1_700_000_000_000 + i}, "sequence": {i}, "payload": {{"value": {i}}}}}'
+    event = {"entity_id": "e", "event_time": 1_700_000_000_000 + i, "sequence": i, "payload": {"value": i}}
+    return json.dumps(event)
 
 
 def test_slices_cover_every_record_once_in_arrival_order(tmp_path: Path) -> None:
@@ -57,9 +59,18 @@ def test_slices_cover_every_record_once_in_arrival_order(tmp_path: Path) -> None
     files = list_inputs(tmp_path)
     assert [count_lines(f) for f in files] == [23, 7, 4, 12, 0]
     slices = plan_slices(files, 5)
-    assert [(s.file_index, s.start) for s in slices][:6] == [(0, 0), (0, 5), (0, 10), (0, 15), (0, 20), (1, 0)]
+    assert [(s.file_index, s.start) for s in slices][:6] == [
+        (0, 0),
+        (0, 5),
+        (0, 10),
+        (0, 15),
+        (0, 20),
+        (1, 0),
+    ]
     assert [s.number for s in slices] == list(range(len(slices)))
     sliced = [read_slice(files[s.file_index], s.file_index, s.start, s.count, _limits()) for s in slices]
     whole = list(read_chunks(files, 0, 0, 5, _limits()))
-    assert [(c.file_index, c.start, c.consumed) for c in sliced] == [(c.file_index, c.start, c.consumed) for c in whole]
+    assert [(c.file_index, c.start, c.consumed) for c in sliced] == [
+        (c.file_index, c.start, c.consumed) for c in whole
+    ]
     assert all(a.frame.equals(b.frame) for a, b in zip(sliced, whole, strict=True))
