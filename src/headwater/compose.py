@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the signal engine (polars) and the job service load only wh
     from headwater.jobs.service import JobService
     from headwater.lineage import Lineage
     from headwater.pipeline.doc_stream import RunPaths, Watcher
+    from headwater.pipeline.document_spark import SparkDocumentPipeline
     from headwater.pipeline.signals import Clock, SignalPipeline
     from headwater.pipeline.stream import StreamWorker, WorkerOptions
     from headwater.ports import FeatureStore, JobStore, OfflineFeatureStore
@@ -180,6 +181,18 @@ def build_document_pipeline(
             outputs=[settings.vector_store_url, settings.metadata_store_url],
         ),
     )
+
+
+def build_document_backfill(settings: Settings, source_url: str) -> DocumentPipeline | SparkDocumentPipeline:
+    """A whole-source run on the configured compute: the local pipeline, or Spark tasks running it
+    over partitions of the listing, closed by one local pass (``pipeline.document_spark``)."""
+    master = spark_master(settings.compute)
+    local = build_document_pipeline(settings, source_url)
+    if master is None:
+        return local
+    from headwater.pipeline.document_spark import SparkDocumentPipeline
+
+    return SparkDocumentPipeline(settings, source_url, local, master)
 
 
 # --- signals -----------------------------------------------------------------------------------

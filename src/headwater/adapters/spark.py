@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -27,6 +27,7 @@ from headwater.errors import ConfigError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+T = TypeVar("T")
 _MASTER = re.compile(r"^(local(\[(\*|\d+)\])?|spark://[\w.\-]+(:\d+)?(,[\w.\-]+(:\d+)?)*|yarn|k8s://\S+)$")
 
 
@@ -80,6 +81,28 @@ def open_session(master: str, app_name: str = "headwater") -> SparkSession:
             "spark.driver.bindAddress", "127.0.0.1"
         )
     return builder.getOrCreate()
+
+
+def run_spark(action: Callable[[], T]) -> T:
+    """Run a Spark action; a failed task becomes the headwater error it raised, in one line (Spark
+    wraps it in a Java exception holding the Python traceback)."""
+    from headwater.errors import HeadwaterError, StoreUnavailable
+
+    try:
+        return action()
+    except HeadwaterError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        raised = [line.strip() for line in text.splitlines() if line.strip().startswith("headwater.errors.")]
+        if raised:
+            kind, _, message = raised[-1].removeprefix("headwater.errors.").partition(": ")
+            cls = {"ConfigError": ConfigError, "StoreUnavailable": StoreUnavailable}.get(kind, HeadwaterError)
+            msg = f"a Spark task failed: {message}"
+            raise cls(msg) from exc
+        last = next((line for line in reversed(text.splitlines()) if line.strip()), type(exc).__name__)
+        msg = f"Spark failed: {last.strip()[:300]}"
+        raise HeadwaterError(msg) from exc
 
 
 def default_parallelism(session: SparkSession) -> int:

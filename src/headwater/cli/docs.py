@@ -8,13 +8,14 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from headwater.cli.app import app, err, ingest_app, out
 from headwater.cli.guard import Interrupted, run_async, run_guarded
 from headwater.cli.options import (
+    ComputeOpt,
     EmbedderOpt,
     HomeOpt,
     JsonOpt,
@@ -25,6 +26,10 @@ from headwater.cli.options import (
     settings_from,
 )
 from headwater.config import Settings
+
+if TYPE_CHECKING:
+    from headwater.pipeline.document_spark import SparkDocumentPipeline
+    from headwater.pipeline.documents import DocumentPipeline
 
 
 @ingest_app.command("docs")
@@ -53,6 +58,7 @@ def ingest_docs(
         str | None,
         typer.Option(help="Sizing profile: local | standard | high-throughput \\[env HEADWATER_PRESET]"),
     ] = None,
+    compute: ComputeOpt = None,
     json_out: JsonOpt = False,
     fail_on_error: Annotated[
         bool, typer.Option("--fail-on-error", help="Exit 1 if any document failed")
@@ -69,7 +75,7 @@ def ingest_docs(
 ) -> None:
     """Index a folder, bucket or site incrementally: unchanged documents are skipped, deleted ones removed."""
     from headwater.cli.render import Tally, render_events, summary_lines
-    from headwater.compose import build_document_pipeline
+    from headwater.compose import build_document_backfill, build_document_pipeline
 
     tally = Tally()
 
@@ -88,12 +94,14 @@ def ingest_docs(
             preset=preset,
             wait_for_home=False if no_wait else None,
             rebuild=rebuild,
+            compute=compute,
         )
         file = Path(path)
+        pipeline: DocumentPipeline | SparkDocumentPipeline
         if file.is_file():  # one file: indexed (or updated) as part of its folder, nothing else touched
             pipeline = build_document_pipeline(settings, str(file.parent), only=[file.name])
         else:
-            pipeline = build_document_pipeline(settings, path)
+            pipeline = build_document_backfill(settings, path)
         events = render_events(pipeline.stream_events(), json_lines=json_out, console=err, tally=tally)
         try:
             return run_async(events)

@@ -41,6 +41,7 @@ from headwater.adapters.spark import (
     default_parallelism,
     from_arrow,
     open_session,
+    run_spark,
     to_batches,
 )
 from headwater.events import (
@@ -299,7 +300,7 @@ class SparkSignalPipeline(SignalPipeline):
             functools.partial(decode_task, files, limits, self.spec), ddl(schema)
         ).cache()
         stats = decoded.where(F.col("error").isNull()).groupBy("slice").agg(F.max("event_time").alias("top"))
-        tops = {int(row["slice"]): int(row["top"]) for row in stats.collect()}
+        tops = {int(row["slice"]): int(row["top"]) for row in run_spark(stats.collect)}
         offsets: dict[int, int | None] = {}
         running: int | None = None
         for s in slices:
@@ -308,7 +309,9 @@ class SparkSignalPipeline(SignalPipeline):
                 running = tops[s.number] if running is None else max(running, tops[s.number])
         invalid = [
             (int(r["slice"]), int(r["row"]), *msgspec.json.decode(r["error"]))
-            for r in decoded.where(F.col("error").isNotNull()).select("slice", "row", "error").collect()
+            for r in run_spark(
+                decoded.where(F.col("error").isNotNull()).select("slice", "row", "error").collect
+            )
         ]
         valid = decoded.where(F.col("error").isNull()).drop("error")
         watermarked = valid.mapInArrow(
@@ -323,7 +326,7 @@ class SparkSignalPipeline(SignalPipeline):
         from pyspark.sql import functions as F
 
         # Buckets: enough tasks for every core, each about a micro-batch or less.
-        total = await asyncio.to_thread(events.count)
+        total = await asyncio.to_thread(run_spark, events.count)
         count = max(2 * default_parallelism(session), -(-total // self.options.batch_events))
         grouped = events.withColumn("bucket", F.pmod(F.hash("entity_id"), F.lit(count))).groupBy("bucket")
         results = grouped.applyInArrow(_engine(self.spec), ddl(_RESULT))
@@ -331,7 +334,7 @@ class SparkSignalPipeline(SignalPipeline):
         numbering: dict[int, int] = {}
         pending: dict[str, bytes] = {}
         current: int | None = None
-        while (row := await asyncio.to_thread(next, rows, None)) is not None:
+        while (row := await asyncio.to_thread(run_spark, lambda: next(rows, None))) is not None:
             bucket = int(row["bucket"])
             if current is not None and bucket != current:
                 yield numbering.setdefault(current, len(numbering)), _result(pending)
