@@ -110,21 +110,29 @@ class Headwater:
 
     name = "headwater"
 
-    def __init__(self, embedder: str, timeout: float, vector_store: str | None = None) -> None:
-        self.base_env = child_env(embedder)
+    def __init__(
+        self,
+        embedder: str,
+        timeout: float,
+        vector_store: str | None = None,
+        metadata_store: str | None = None,
+        compute: str = "local",
+    ) -> None:
+        self.base_env = {**child_env(embedder), "HEADWATER_COMPUTE": compute}
         self.timeout = timeout
         self.vector_store = vector_store
+        self.metadata_store = metadata_store
         self.env = self.base_env
         self.token = os.urandom(3).hex()  # a fresh table per sequence on a shared database
 
     def use_home(self, home: Path) -> None:
         """``--vector-store`` for this home: ``{home}`` is its path, ``{key}`` a name unique to the
         sequence that is also a valid table name (a store outside the home is not removed with it)."""
-        if self.vector_store is None:
-            return
         key = re.sub(r"[^a-z0-9]+", "_", f"hw_{home.name}_{self.token}".lower())
-        url = self.vector_store.format(home=home.resolve(), key=key)
-        self.env = {**self.base_env, "HEADWATER_VECTOR_STORE": url}
+        self.env = dict(self.base_env)
+        for template, name in ((self.vector_store, "VECTOR"), (self.metadata_store, "METADATA")):
+            if template is not None:
+                self.env[f"HEADWATER_{name}_STORE"] = template.format(home=home.resolve(), key=key)
 
     def run(self, rec: Record, corpus: corpus_mod.Corpus, home: Path, logs: Path) -> None:
         stem = logs / f"{rec.workload}"
@@ -526,6 +534,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "per sequence, e.g. 'faiss://{home}/faiss' or 'pgvector://USER@HOST:PORT/DB?table={key}' "
         "(default: LanceDB in the home)",
     )
+    parser.add_argument(
+        "--metadata-store",
+        help="headwater's metadata store as a URL template like --vector-store, e.g. "
+        "'postgresql://USER@HOST:PORT/DB?schema={key}' (default: SQLite in the home)",
+    )
+    parser.add_argument(
+        "--compute",
+        default="local",
+        help="where headwater computes: local (default) or Spark, e.g. local[2] (needs shared stores: "
+        "--metadata-store postgresql://… --vector-store pgvector://…; JVM start-up counts in W1-W4)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", type=Path, default=Path("/tmp/hwbench"), help="corpora, homes and logs")
     parser.add_argument(
@@ -606,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(ready in {time.perf_counter() - start:.1f} s)"
         )
         hw_embedder = "minilm://" if args.embed == "minilm" else "hash://"
-        tools: list[Headwater | LangChain] = [Headwater(hw_embedder, args.timeout, args.vector_store)]
+        tools: list[Headwater | LangChain] = [
+            Headwater(hw_embedder, args.timeout, args.vector_store, args.metadata_store, args.compute)
+        ]
         if args.compare == "langchain" and size <= args.compare_max_size:
             tools.append(LangChain(args.timeout, args.lc_store, args.embed, args.lc_batch))
         for run in range(args.runs):
