@@ -207,3 +207,15 @@ def test_events_held_by_a_stream_worker_are_released_too(
     assert held == runs["held_events"] > 0
     assert json.loads(release(home).stdout)["events_released"] == held
     assert_aggregates_equal(export(home, tmp_path), export(runs["tmp"] / "ontime", tmp_path))
+
+
+def test_a_release_under_another_declaration_is_one_clear_line(tmp_path: Path) -> None:
+    """Held under flags (``--features``), released with no declaration: refused, never a traceback."""
+    home = tmp_path / "hw"
+    samples = ROOT / "samples" / "signals"
+    flags = ("--late-policy", "hold", "--features", "rpm:mean,max")
+    hw("ingest", "signals", str(samples), "--home", str(home), *flags)
+    proc = hw("features", "release", "--home", str(home), check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "computed for the fields rpm" in proc.stderr and "[feature_sets.default]" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -30,6 +30,7 @@ import polars as pl
 
 from headwater.compose import make_offline_store, open_online_store, resolve_feature_set
 from headwater.config import Settings
+from headwater.errors import ConfigError
 from headwater.featuresets import FeatureSetSpec
 from headwater.homelock import feature_set_lock, home_lock
 from headwater.models import BatchCommit, Dataset
@@ -108,6 +109,31 @@ async def release(settings: Settings, feature_set: str | None = None) -> Release
         return await _release(settings, spec.name, spec)
 
 
+_EVENT_COLUMNS = frozenset(
+    {
+        "entity_id", "feature_set", "version", "event_time", "sequence", "extra", "row", "window_ms",
+        "window_start_ms", "watermark_ms", "policy", "reason", "input_ref", "content_hash", "date", "_part",
+    }
+)  # fmt: skip
+
+
+def _check_declaration(name: str, spec: FeatureSetSpec, held: pl.DataFrame, windows: pl.DataFrame) -> None:
+    """A release merges into rows computed under some declaration: the one it resolves now must
+    be that one (a feature set declared with flags on ``ingest signals`` is not remembered)."""
+    missing = [c for c in spec.window_columns if windows.height and c not in windows.columns]
+    missing += [f.name for f in spec.features if f.name not in held.columns]
+    if not missing:
+        return
+    found = ", ".join(c for c in held.columns if c not in _EVENT_COLUMNS) or "unknown"
+    reads = ", ".join(f.name for f in spec.features)
+    msg = (
+        f"feature set {name!r}: its held events and rows were computed for the fields {found}, and this "
+        f"declaration reads {reads}: declare it in headwater.toml ([feature_sets.{name}], as the ingest "
+        "had it) and release again"
+    )
+    raise ConfigError(msg)
+
+
 async def _release(settings: Settings, name: str, spec: FeatureSetSpec) -> Released:
     offline = make_offline_store(settings)
     held, markers = await _held(offline, name)
@@ -118,6 +144,7 @@ async def _release(settings: Settings, name: str, spec: FeatureSetSpec) -> Relea
     windows = await offline.read(Dataset.windows, name)
     if windows.height:
         windows = windows.filter(pl.col("_part") != f"{part}.parquet")
+    _check_declaration(name, spec, held, windows)
     revised = stage.release_rows(held, stage.latest_rows(windows), spec)
     await offline.write(Dataset.windows, name, part, with_date(revised, "window_start_ms"))
     crash_point("release_after_windows")
