@@ -12,6 +12,7 @@ or ``yarn``/``k8s://…``; ``local`` (the default) means no Spark at all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -103,6 +104,17 @@ def run_spark(action: Callable[[], T]) -> T:
         last = next((line for line in reversed(text.splitlines()) if line.strip()), type(exc).__name__)
         msg = f"Spark failed: {last.strip()[:300]}"
         raise HeadwaterError(msg) from exc
+
+
+def cancel_all_jobs() -> None:
+    """Stop what Spark is running for this process (a stop request, or the run failed): the
+    driver's thread waiting on an action then returns at once instead of finishing the job."""
+    with contextlib.suppress(Exception):
+        from pyspark import SparkContext
+
+        context = SparkContext._active_spark_context
+        if context is not None:
+            context.cancelAllJobs()
 
 
 def default_parallelism(session: SparkSession) -> int:

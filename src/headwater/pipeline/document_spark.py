@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import msgspec
 import pyarrow as pa
 
-from headwater.adapters.spark import default_parallelism, open_session, run_spark
+from headwater.adapters.spark import cancel_all_jobs, default_parallelism, open_session, run_spark
 from headwater.config import Settings
 from headwater.errors import ConfigError
 from headwater.events import DocumentEvent, RunCompleted, RunStarted
@@ -94,7 +94,11 @@ class SparkDocumentPipeline:
         started = time.monotonic()
         yield RunStarted(run_id=self.closing.run_id, kind="documents", source=self.closing.source.uri)
         paths = await self._listing()
-        spark = await asyncio.to_thread(self._index, paths)
+        try:
+            spark = await asyncio.to_thread(self._index, paths)
+        except BaseException:  # a stop request or an error: nothing goes on running in Spark
+            cancel_all_jobs()
+            raise
         async with contextlib.aclosing(self.closing.stream_events()) as events:
             async for event in events:
                 if isinstance(event, RunCompleted):

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from headwater.adapters.spark import (
     arrow_schema,
+    cancel_all_jobs,
     ddl,
     default_parallelism,
     from_arrow,
@@ -271,6 +272,9 @@ class SparkSignalPipeline(SignalPipeline):
                 )
             events.unpersist()
             await self._finish(files, buckets, counters)
+        except BaseException:  # a stop request or an error: nothing goes on running in Spark
+            cancel_all_jobs()
+            raise
         finally:
             if trace is not None:
                 trace.set_attributes({f"signals.{k}": v for k, v in counters.items()})
