@@ -56,14 +56,18 @@ def test_spark_backfill_has_a_local_runs_fingerprint_and_stays_incremental(
     corpus = tmp_path / "corpus"
     make_corpus(corpus, 120, seed=5)
     stores = shared_stores(pgvector_server)
-    first = ingest(cli, corpus, tmp_path / "spark", stores)
+    started = cli("ingest", "docs", str(corpus), "--home", str(tmp_path / "spark"), "--json", env=stores)
+    assert "log level" in started.stderr  # Spark's JVM announces itself (the rerun below must not)
+    first = json.loads(started.stdout.splitlines()[-1])
     assert first["type"] == "RunCompleted"
     assert first["documents_added"] == 120 and first["documents_unchanged"] == 0, first
     ingest(cli, corpus, tmp_path / "local")
     assert fingerprint(cli, tmp_path / "spark", stores) == fingerprint(cli, tmp_path / "local")
 
-    again = ingest(cli, corpus, tmp_path / "spark", stores)
+    rerun = cli("ingest", "docs", str(corpus), "--home", str(tmp_path / "spark"), "--json", env=stores)
+    again = json.loads(rerun.stdout.splitlines()[-1])
     assert (again["documents_added"], again["chunks_embedded"], again["documents_unchanged"]) == (0, 0, 120)
+    assert "log level" not in rerun.stderr  # nothing to do: no Spark session was started
 
     mutate(corpus)  # two edited, one deleted, one added
     changed = ingest(cli, corpus, tmp_path / "spark", stores)

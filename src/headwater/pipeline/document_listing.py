@@ -26,6 +26,17 @@ PREPARE_BATCH_BYTES = 4 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 
+def fast_skip(entry: SourceEntry, version: Version | None, *, force: bool) -> str | None:
+    """Unchanged size and mtime: not even read (the no-change re-run never opens a file).
+    A new chunker re-keys every chunk (``force``) but cannot mend an input that failed: an
+    unchanged bad file is dead-lettered once, not once per settings change."""
+    if version is None or version.size != entry.size or version.mtime_ns != entry.mtime_ns:
+        return None
+    if force and version.status != "failed":
+        return None
+    return SKIP_REASONS.get(version.status)
+
+
 async def _pages(entries: list[SourceEntry]) -> AsyncIterator[list[SourceEntry]]:
     for start in range(0, len(entries), SCAN_BATCH):
         yield entries[start : start + SCAN_BATCH]
@@ -122,14 +133,7 @@ class ListingSteps(RunState):
             await self.work.put(batch_works)
 
     def _fast_skip(self, entry: SourceEntry, version: Version | None) -> str | None:
-        """Unchanged size and mtime: not even read (the no-change re-run never opens a file).
-        A new chunker re-keys every chunk (``force``) but cannot mend an input that failed: an
-        unchanged bad file is dead-lettered once, not once per settings change."""
-        if version is None or version.size != entry.size or version.mtime_ns != entry.mtime_ns:
-            return None
-        if self.force and version.status != "failed":
-            return None
-        return SKIP_REASONS.get(version.status)
+        return fast_skip(entry, version, force=self.force)
 
     def _skipped(self, doc_id: str, uri: str, reason: str) -> DocumentSkipped:
         """Count one skip and make its event."""

@@ -29,6 +29,10 @@ from headwater.adapters.spark import cancel_all_jobs, default_parallelism, open_
 from headwater.config import Settings
 from headwater.errors import ConfigError
 from headwater.events import DocumentEvent, RunCompleted, RunStarted
+from headwater.pipeline.document_listing import fast_skip
+from headwater.pipeline.documents import SOURCE_SPANS
+from headwater.ports import MetadataStore
+from headwater.stages.chunk import chunker_key
 
 if TYPE_CHECKING:
     from headwater.pipeline.documents import DocumentPipeline
@@ -107,11 +111,39 @@ class SparkDocumentPipeline:
                     yield event
 
     async def _listing(self) -> list[str]:
-        """Every path of the source, as the local run lists it (include and exclude applied)."""
-        paths: list[str] = []
-        async for page in self.closing.source.scan():
-            paths.extend(entry.relpath for entry in page)
-        return paths
+        """The paths the tasks have work for: the source's listing (include and exclude applied)
+        less what a local run skips unread (same size and mtime, already done). A no-change
+        re-run so starts no JVM at all."""
+        from headwater.compose import make_metadata_store
+
+        metadata = make_metadata_store(self.settings)
+        await metadata.open()
+        try:
+            force = await self._forced(metadata)
+            source, paths = self.closing.source, list[str]()
+            async for page in source.scan():
+                versions = {} if force else await metadata.versions(source.uri, [e.relpath for e in page])
+                paths.extend(
+                    e.relpath
+                    for e in page
+                    if e.problem is None and fast_skip(e, versions.get(e.relpath), force=force) is None
+                )
+            return paths
+        finally:
+            await metadata.close()
+
+    async def _forced(self, metadata: MetadataStore) -> bool:
+        """Will the run re-key every chunk (a new chunker, or spans not yet recorded)? Then every
+        document is work (``DocumentPipeline._check_settings`` decides the same from the same keys)."""
+        s = self.settings
+        was = await metadata.get_setting("chunker_key")
+        if was is None:
+            return False
+        spans = await metadata.get_setting(f"source_spans:{self.closing.source.uri}")
+        return (
+            was != chunker_key(s.chunk_size_chars, s.chunk_overlap_chars, s.pii_scrub)
+            or spans != SOURCE_SPANS
+        )
 
     def _index(self, paths: list[str]) -> dict[str, int]:
         """The tasks: the listing cut into contiguous partitions, each indexed by ``index_task``."""
