@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from headwater.adapters.spark import spark_master
+from headwater.adapters.spark import open_session, spark_master
 from headwater.errors import ConfigError
 from headwater.pipeline.signal_inputs import count_lines, list_inputs, read_chunks, read_slice
 from headwater.pipeline.signal_spark import plan_slices
@@ -74,3 +76,18 @@ def test_slices_cover_every_record_once_in_arrival_order(tmp_path: Path) -> None
         (c.file_index, c.start, c.consumed) for c in whole
     ]
     assert all(a.frame.equals(b.frame) for a, b in zip(sliced, whole, strict=True))
+
+
+def test_spark_without_pyspark_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # import pyspark now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyspark.sql", None)
+    with pytest.raises(ConfigError, match=r"pip install 'headwater\[spark\]'"):
+        open_session("local[1]")
+
+
+def test_spark_without_java_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyspark")
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="no Java runtime was found: install Java 17"):
+        open_session("local[1]")
