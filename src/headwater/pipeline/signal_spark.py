@@ -159,18 +159,18 @@ def watermark_task(
     schema = _watermarked_schema(spec)
     running: dict[int, int | None] = {}
     for batch in batches:
-        frame = from_arrow(batch)
-        if frame.height == 0:
-            continue
-        number = int(frame["slice"][0])
-        before = running.get(number, offsets[number])
-        frame = frame.with_columns(
-            watermark_before_expr("event_time", spec.lateness_ms, before).alias("wm_before"),
-            (pl.col("slice") * _SLICE + pl.col("row")).alias("row"),
-        )
-        batch_max = int(frame["event_time"].max())  # type: ignore[arg-type]
-        running[number] = batch_max if before is None else max(before, batch_max)
-        yield from to_batches(frame, schema)
+        # A batch may hold the end of one slice and the start of the next: each part continues
+        # its own slice's prefix max.
+        for part in from_arrow(batch).partition_by("slice", maintain_order=True):
+            number = int(part["slice"][0])
+            before = running.get(number, offsets[number])
+            frame = part.with_columns(
+                watermark_before_expr("event_time", spec.lateness_ms, before).alias("wm_before"),
+                (pl.col("slice") * _SLICE + pl.col("row")).alias("row"),
+            )
+            batch_max = int(frame["event_time"].max())  # type: ignore[arg-type]
+            running[number] = batch_max if before is None else max(before, batch_max)
+            yield from to_batches(frame, schema)
 
 
 def _watermarked_schema(spec: FeatureSetSpec) -> pa.Schema:
