@@ -136,3 +136,21 @@ def test_spark_refuses_the_homes_own_stores(spark_ready: None, cli: Cli, tmp_pat
     assert result.returncode == 3, result.stderr
     assert "needs a metadata store every executor reaches" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_spark_backfill_into_a_chroma_server(
+    spark_ready: None,  # noqa: F811
+    cli: Cli,
+    tmp_path: Path,
+    pgvector_server: ServerProcess,
+    chroma_server: ServerProcess,
+) -> None:
+    """The other shared vector store: Spark tasks upsert into one Chroma server collection."""
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, 40, seed=3)
+    stores = shared_stores(pgvector_server)
+    stores["HEADWATER_VECTOR_STORE"] = f"chroma://{chroma_server.hostport}/c{uuid.uuid4().hex[:10]}"  # type: ignore[attr-defined]
+    first = ingest(cli, corpus, tmp_path / "spark", stores)
+    assert first["documents_added"] == 40, first
+    ingest(cli, corpus, tmp_path / "local")
+    assert fingerprint(cli, tmp_path / "spark", stores) == fingerprint(cli, tmp_path / "local")
