@@ -6,10 +6,12 @@ lateness (``end <= W_{i-1}``), corrections, window partials and points — is pe
 event carries its ``W_{i-1}``. So the backfill runs in three Spark steps, each calling the same
 stage functions as a local run:
 
-1. **decode**: the input is cut into slices (file, first record, count) in arrival order; a task
-   decodes its slice with the local readers (``signal_inputs.read_slice``).
+1. **scan**: the input is cut into slices (file, first record, count) in arrival order; a task
+   decodes its slice with the local readers (``signal_inputs.read_slice``) and returns only its
+   maximum event time, its count and the records for the DLQ.
 2. **watermarks**: the driver combines the slices' maxima into the max before each slice; a task
-   then computes ``W_{i-1}`` for its slice with ``watermark_before_expr`` from that offset.
+   decodes its slice again and computes ``W_{i-1}`` for each event with ``watermark_before_expr``
+   from that offset (decoding twice costs less than Spark caching every event).
 3. **engine**: events are grouped by a hash of their entity into buckets; a task sorts its bucket
    by arrival and runs ``process_batch`` then ``flush`` — one micro-batch holding the bucket's
    whole history, which the engine computes exactly as event-at-a-time.
@@ -59,6 +61,7 @@ from headwater.models import BatchCommit, Dataset, sha256_hex, signal_checkpoint
 from headwater.observability import open_span
 from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref
 from headwater.pipeline.signal_inputs import (
+    Chunk,
     InputFile,
     check_chunk,
     count_lines,
@@ -67,7 +70,7 @@ from headwater.pipeline.signal_inputs import (
     read_slice,
 )
 from headwater.pipeline.signals import COUNTERS, SignalPipeline
-from headwater.stages.decode import DecodeLimits, InvalidRecord
+from headwater.stages.decode import DecodeLimits
 from headwater.stages.expectations import REASON_PREFIX
 from headwater.stages.features import BatchResult, EngineState, batch_schema, flush, process_batch
 from headwater.stages.windows import watermark_before_expr
@@ -107,70 +110,75 @@ def plan_slices(files: list[InputFile], size: int) -> list[Slice]:
 # --- tasks (run in Spark's Python workers: module-level, so they pickle by reference) ----------
 
 
-def _event_schema(spec: FeatureSetSpec) -> pa.Schema:
-    return arrow_schema({**batch_schema(spec.features), "slice": pl.Int64(), "error": pl.String()})
+_SCAN = pa.schema(
+    [
+        ("slice", pa.int64()),
+        ("top", pa.int64()),
+        ("n", pa.int64()),
+        ("row", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+"""What the scan pass returns per slice: one summary row (its events' maximum time and count,
+``error`` null), then one row per record that goes to the DLQ, then the expectation counts."""
 
 
-def decode_task(
+def _decoded(files: list[InputFile], limits: DecodeLimits, spec: FeatureSetSpec, plan: Slice) -> Chunk:
+    """One slice read and decoded by the local readers, checked against the expectations
+    (freshness excepted, as in a local backfill)."""
+    chunk = read_slice(files[plan.file_index], plan.file_index, plan.start, plan.count, limits)
+    return check_chunk(chunk, spec.expectations, None) if spec.expectations else chunk
+
+
+def _slices(batches: Iterator[pa.RecordBatch]) -> Iterator[Slice]:
+    for batch in batches:
+        yield from (Slice(*values) for values in zip(*(c.to_pylist() for c in batch.columns), strict=True))
+
+
+def scan_task(
     files: list[InputFile], limits: DecodeLimits, spec: FeatureSetSpec, batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """Step 1: decode the slices this task was given; invalid records travel as rows with ``error``."""
-    schema = _event_schema(spec)
-    for batch in batches:
-        for number, file_index, start, count in zip(
-            *(batch.column(i).to_pylist() for i in range(4)), strict=True
-        ):
-            chunk = read_slice(files[file_index], file_index, start, count, limits)
-            if spec.expectations:  # freshness excepted, as in a local backfill
-                chunk = check_chunk(chunk, spec.expectations, None)
-            events = chunk.frame.with_columns(
-                pl.lit(number, dtype=pl.Int64).alias("slice"), pl.lit(None, dtype=pl.String).alias("error")
-            )
-            yield from to_batches(events, schema)
-            if chunk.errors:
-                yield from to_batches(_error_rows(chunk.errors, number, events.schema), schema)
-            if chunk.checked is not None:  # the counts travel as one marked row (row -1)
-                counts = msgspec.json.encode({CHECKED: chunk.checked.failures}).decode()
-                failures = [InvalidRecord(row=-1, field=CHECKED, reason=counts)]
-                yield from to_batches(_error_rows(failures, number, events.schema), schema)
+    """Step 1: decode each slice for what the driver needs to place the watermark: its maximum
+    event time and its count, and the records the DLQ gets. Only these small rows leave the task
+    (the events pass decodes again: cheaper than Spark caching every event)."""
+    for plan in _slices(batches):
+        chunk = _decoded(files, limits, spec, plan)
+        top = chunk.frame["event_time"].max() if chunk.frame.height else None
+        rows: list[tuple[int, int | None, int, int | None, str | None]] = [
+            (plan.number, top, chunk.frame.height, None, None)  # type: ignore[list-item]
+        ]
+        rows += [
+            (plan.number, None, 0, e.row, msgspec.json.encode([e.field, e.reason]).decode())
+            for e in chunk.errors
+        ]
+        if chunk.checked is not None:
+            counts = msgspec.json.encode({CHECKED: chunk.checked.failures}).decode()
+            rows.append((plan.number, None, 0, -1, msgspec.json.encode([CHECKED, counts]).decode()))
+        yield pa.RecordBatch.from_pylist([dict(zip(_SCAN.names, r, strict=True)) for r in rows], schema=_SCAN)
 
 
-def _error_rows(errors: list[InvalidRecord], number: int, schema: pl.Schema) -> pl.DataFrame:
-    """Invalid records as event rows: their slice and row, why (``error``), nulls elsewhere."""
-    found = pl.DataFrame(
-        {
-            "row": [e.row for e in errors],
-            "error": [msgspec.json.encode([e.field, e.reason]).decode() for e in errors],
-            "slice": [number] * len(errors),
-        },
-        schema={"row": pl.Int64(), "error": pl.String(), "slice": pl.Int64()},
-    )
-    return found.select(
-        pl.col(name) if name in found.columns else pl.lit(None, dtype=dtype).alias(name)
-        for name, dtype in schema.items()
-    )
-
-
-def watermark_task(
-    offsets: dict[int, int | None], spec: FeatureSetSpec, batches: Iterator[pa.RecordBatch]
+def events_task(
+    files: list[InputFile],
+    limits: DecodeLimits,
+    spec: FeatureSetSpec,
+    offsets: dict[int, int | None],
+    batches: Iterator[pa.RecordBatch],
 ) -> Iterator[pa.RecordBatch]:
-    """Step 2: each event's ``W_{i-1}``, continuing the prefix max from the slices before its own.
-    A partition holds one slice in arrival order, possibly cut into several Arrow batches."""
+    """Step 2: each slice decoded again, every event with its ``W_{i-1}``: the prefix max within
+    the slice, continued from the maximum of the slices before it (``offsets``)."""
     schema = _watermarked_schema(spec)
-    running: dict[int, int | None] = {}
-    for batch in batches:
-        # A batch may hold the end of one slice and the start of the next: each part continues
-        # its own slice's prefix max.
-        for part in from_arrow(batch).partition_by("slice", maintain_order=True):
-            number = int(part["slice"][0])
-            before = running.get(number, offsets[number])
-            frame = part.with_columns(
-                watermark_before_expr("event_time", spec.lateness_ms, before).alias("wm_before"),
-                (pl.col("slice") * _SLICE + pl.col("row")).alias("row"),
+    for plan in _slices(batches):
+        frame = _decoded(files, limits, spec, plan).frame
+        if frame.height:
+            yield from to_batches(
+                frame.with_columns(
+                    watermark_before_expr("event_time", spec.lateness_ms, offsets[plan.number]).alias(
+                        "wm_before"
+                    ),
+                    (pl.lit(plan.number * _SLICE, dtype=pl.Int64) + pl.col("row")).alias("row"),
+                ),
+                schema,
             )
-            batch_max = int(frame["event_time"].max())  # type: ignore[arg-type]
-            running[number] = batch_max if before is None else max(before, batch_max)
-            yield from to_batches(frame, schema)
 
 
 def _watermarked_schema(spec: FeatureSetSpec) -> pa.Schema:
@@ -243,13 +251,13 @@ class SparkSignalPipeline(SignalPipeline):
                 max_record_bytes=self.options.max_record_bytes,
                 fields=self.spec.features,
             )
-            events, errors = await asyncio.to_thread(self._decode, session, files, slices, limits)
+            events, errors, valid = await asyncio.to_thread(self._decode, session, files, slices, limits)
             await self._commit_invalid(files, slices, errors, counters)
             if (checked := self._expectations(run_id, errors, counters)) is not None:
                 yield checked
             total = counters["events_seen"]
             buckets = 0
-            async for number, result in self._buckets(session, events):
+            async for number, result in self._buckets(session, events, valid):
                 total += result.events_in
                 await self._store_bucket(files, slices, number, result, counters)
                 buckets = number + 1
@@ -292,19 +300,15 @@ class SparkSignalPipeline(SignalPipeline):
 
     def _decode(
         self, session: SparkSession, files: list[InputFile], slices: list[Slice], limits: DecodeLimits
-    ) -> tuple[DataFrame, list[tuple[int, int, str, str]]]:
-        """Steps 1 and 2: (events with ``W_{i-1}``; invalid records as (slice, row, field, reason))."""
-        from pyspark.sql import functions as F
-
+    ) -> tuple[DataFrame, list[tuple[int, int, str, str]], int]:
+        """Steps 1 and 2: (events with ``W_{i-1}``, to be computed; invalid records as (slice,
+        row, field, reason); how many events are valid)."""
         plan = session.sparkContext.parallelize(
             [(s.number, s.file_index, s.start, s.count) for s in slices], max(1, len(slices))
-        ).toDF("slice long, file_index long, start long, count long")
-        schema = _event_schema(self.spec)
-        decoded = plan.mapInArrow(
-            functools.partial(decode_task, files, limits, self.spec), ddl(schema)
-        ).cache()
-        stats = decoded.where(F.col("error").isNull()).groupBy("slice").agg(F.max("event_time").alias("top"))
-        tops = {int(row["slice"]): int(row["top"]) for row in run_spark(stats.collect)}
+        ).toDF("number long, file_index long, start long, count long")
+        scan = functools.partial(scan_task, files, limits, self.spec)
+        found = run_spark(plan.mapInArrow(scan, ddl(_SCAN)).collect)
+        tops = {int(r["slice"]): int(r["top"]) for r in found if r["error"] is None and r["top"] is not None}
         offsets: dict[int, int | None] = {}
         running: int | None = None
         for s in slices:
@@ -313,24 +317,20 @@ class SparkSignalPipeline(SignalPipeline):
                 running = tops[s.number] if running is None else max(running, tops[s.number])
         invalid = [
             (int(r["slice"]), int(r["row"]), *msgspec.json.decode(r["error"]))
-            for r in run_spark(
-                decoded.where(F.col("error").isNotNull()).select("slice", "row", "error").collect
-            )
+            for r in found
+            if r["error"] is not None
         ]
-        valid = decoded.where(F.col("error").isNull()).drop("error")
-        watermarked = valid.mapInArrow(
-            functools.partial(watermark_task, offsets, self.spec), ddl(_watermarked_schema(self.spec))
-        )
-        return watermarked, invalid
+        events = functools.partial(events_task, files, limits, self.spec, offsets)
+        watermarked = plan.mapInArrow(events, ddl(_watermarked_schema(self.spec)))
+        return watermarked, invalid, sum(int(r["n"]) for r in found if r["error"] is None)
 
     async def _buckets(
-        self, session: SparkSession, events: DataFrame
+        self, session: SparkSession, events: DataFrame, total: int
     ) -> AsyncIterator[tuple[int, BatchResult]]:
         """Step 3, streamed back to the driver one bucket at a time."""
         from pyspark.sql import functions as F
 
         # Buckets: enough tasks for every core, each about a micro-batch or less.
-        total = await asyncio.to_thread(run_spark, events.count)
         count = max(2 * default_parallelism(session), -(-total // self.options.batch_events))
         grouped = events.withColumn("bucket", F.pmod(F.hash("entity_id"), F.lit(count))).groupBy("bucket")
         results = grouped.applyInArrow(_engine(self.spec), ddl(_RESULT))
