@@ -23,19 +23,15 @@ import pytest
 from tests.conftest import Cli
 from tests.e2e.test_spark_signals import spark_ready  # noqa: F401 - the module's skip/fail rule
 from tests.reliability.test_docs_crash import make_corpus, mutate
+from tests.reliability.test_shared_state_workers import shared_stores as worker_stores
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.spark
 
 
 def shared_stores(server: ServerProcess) -> dict[str, str]:
-    name = uuid.uuid4().hex[:10]
-    netloc = server.netloc  # type: ignore[attr-defined]
-    return {
-        "HEADWATER_METADATA_STORE": f"postgresql://{netloc}/postgres?schema=s{name}",
-        "HEADWATER_VECTOR_STORE": f"pgvector://{netloc}/postgres?table=v{name}",
-        "HEADWATER_COMPUTE": "local[2]",
-    }
+    """One PostgreSQL schema and pgvector table of their own, as the shared-state workers use, on Spark."""
+    return {**worker_stores(server), "HEADWATER_COMPUTE": "local[2]"}
 
 
 def ingest(cli: Cli, corpus: Path, home: Path, env: dict[str, str] | None = None) -> dict[str, Any]:

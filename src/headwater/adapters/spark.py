@@ -18,7 +18,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -156,13 +156,3 @@ def to_batches(frame: pl.DataFrame, schema: pa.Schema) -> Iterator[pa.RecordBatc
     """A Polars frame as Arrow batches of exactly ``schema`` (what Spark was promised)."""
     table = frame.select(schema.names).to_arrow().cast(schema)
     yield from table.to_batches()
-
-
-def from_arrow(data: pa.Table | pa.RecordBatch | list[pa.RecordBatch], schema: Any = None) -> pl.DataFrame:
-    """Arrow from Spark as a Polars frame."""
-    table = pa.Table.from_batches(data) if isinstance(data, list) else data
-    if isinstance(table, pa.RecordBatch):
-        table = pa.Table.from_batches([table])
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame

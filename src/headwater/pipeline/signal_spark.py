@@ -42,7 +42,6 @@ from headwater.adapters.spark import (
     cancel_all_jobs,
     ddl,
     default_parallelism,
-    from_arrow,
     open_session,
     run_spark,
     to_batches,
@@ -188,7 +187,7 @@ def _watermarked_schema(spec: FeatureSetSpec) -> pa.Schema:
 def engine_task(spec: FeatureSetSpec, key: tuple[Any, ...], table: pa.Table) -> pa.Table:
     """Step 3: one bucket of entities, its whole history as one micro-batch, then the end of input."""
     bucket = int(key[0].as_py())
-    events = from_arrow(table).sort("row")
+    events = pl.DataFrame(pl.from_arrow(table)).sort("row")
     state, result = process_batch(EngineState(), events.drop("bucket", strict=False), spec)
     _, tail = flush(state, spec)
     frames = {
@@ -359,7 +358,7 @@ class SparkSignalPipeline(SignalPipeline):
         late = _late_in_files(result.late, slices)
         await commit_batch(
             online=self.online, offline=self.offline, spec=self.spec, scope=self.scope, files=files,
-            batch_no=number, result=result if late is None else _with_late(result, late),
+            batch_no=number, result=result if late is None else replace(result, late=late),
             chunk=None, checkpoint=lambda: None,
         )  # fmt: skip
         count_batch(counters, result)
@@ -463,7 +462,3 @@ def _late_in_files(late: pl.DataFrame, slices: list[Slice]) -> pl.DataFrame | No
         .join(files, on="_slice", how="left", maintain_order="left")
         .drop("_slice")
     )
-
-
-def _with_late(result: BatchResult, late: pl.DataFrame) -> BatchResult:
-    return replace(result, late=late)
