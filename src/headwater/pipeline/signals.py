@@ -50,7 +50,7 @@ from headwater.pipeline.signal_inputs import (
 from headwater.ports import DeadLetterSink, FeatureStore, OfflineFeatureStore
 from headwater.stages.decode import DecodeLimits
 from headwater.stages.expectations import REASON_PREFIX
-from headwater.stages.features import BatchResult, EngineState, flush, process_batch
+from headwater.stages.features import BatchResult, EngineState, combined, flush, process_batch
 
 Clock = Callable[[], int]
 COUNTERS = (
@@ -84,7 +84,7 @@ class SignalOptions:
 
 @dataclass
 class _Run:
-    """Mutable progress of one run: touched only by ``_compute``, one batch at a time."""
+    """Mutable progress of one run: touched only by the engine thread, one batch at a time."""
 
     run_id: str
     files: list[InputFile]
@@ -204,13 +204,19 @@ class SignalPipeline:
         )
         writer: asyncio.Task[list[SignalEvent]] | None = None
         # Batch k + 1 is read and decoded while batch k is computed: three stages in flight
-        # (read, engine, write), each bounded to one batch, so memory stays O(batch).
+        # (read, engine, write), each bounded to one batch, so memory stays O(batch). The last
+        # batch also carries the end of input (the flush), so a run ends with one write, not two.
         reader = asyncio.ensure_future(asyncio.to_thread(_decoded, chunks, run.trace))
         last_progress = 0.0
         try:
-            while (chunk := await reader) is not None:
+            chunk = await reader
+            while chunk is not None:
                 reader = asyncio.ensure_future(asyncio.to_thread(_decoded, chunks, run.trace))
-                staged = await asyncio.to_thread(self._compute, run, chunk)
+                result = await asyncio.to_thread(self._engine, run, chunk)
+                following = await reader
+                if following is None:
+                    result = await asyncio.to_thread(self._engine_end, run, result)
+                staged = self._stage(run, chunk, result, ended=following is None)
                 if writer is not None:  # batch k is durable before batch k + 1 starts writing
                     for event in await writer:
                         yield event
@@ -218,12 +224,15 @@ class SignalPipeline:
                 if time.monotonic() - last_progress >= self.options.progress_interval_seconds:
                     last_progress = time.monotonic()
                     yield _progress(run, (chunk.file_index, len(files)), started)
+                chunk = following
             if writer is not None:
                 for event in await writer:
                     yield event
                 writer = None
-            for event in await self._write(await asyncio.to_thread(self._compute, run, None)):
-                yield event
+            else:  # nothing to read (an empty input, or a resume at its end): the flush alone
+                empty = await asyncio.to_thread(self._engine_end, run, None)
+                for event in await self._write(self._stage(run, None, empty, ended=True)):
+                    yield event
         finally:
             await asyncio.gather(reader, *([writer] if writer is not None else []), return_exceptions=True)
 
@@ -249,28 +258,34 @@ class SignalPipeline:
             total=await asyncio.to_thread(count_records, files),
         )
 
-    def _compute(self, run: _Run, chunk: Chunk | None) -> _Staged:
+    def _engine(self, run: _Run, chunk: Chunk) -> BatchResult:
         """CPU half of a batch (a worker thread): the engine step only; the writer does the rest."""
         with span("headwater.signals.batch", parent=run.trace, batch=run.batch_no) as current:
-            if chunk is None:
-                run.state, result = flush(run.state, self.spec)
-                position, status = (len(run.files), 0), "completed"
-            else:
-                run.state, result = process_batch(run.state, chunk.frame, self.spec, traced=span)
-                position, status = (chunk.file_index, chunk.start + chunk.consumed), "running"
+            run.state, result = process_batch(run.state, chunk.frame, self.spec, traced=span)
             if current is not None:
                 current.set_attributes(
                     {"events": result.events_in, "duplicates": result.duplicates, "rows": result.rows.height}
                 )
+        return result
+
+    def _engine_end(self, run: _Run, result: BatchResult | None) -> BatchResult:
+        """The end of input (the watermark to +inf), added to the last batch's result."""
+        run.state, tail = flush(run.state, self.spec)
+        return tail if result is None else combined(result, tail)
+
+    def _stage(self, run: _Run, chunk: Chunk | None, result: BatchResult, *, ended: bool) -> _Staged:
+        """Count a computed batch and say what its write carries (a checkpoint when one is due)."""
+        if ended:
+            position, status = (len(run.files), 0), "completed"
+        else:
+            assert chunk is not None  # only the end of input comes without a chunk
+            position, status = (chunk.file_index, chunk.start + chunk.consumed), "running"
         checked = chunk.checked if chunk is not None else None
         count_batch(run.counters, result, invalid=chunk.invalid if chunk else 0, checked=checked)
         batch_no = run.batch_no
         run.batch_no += 1
         events = _batch_events(run, self.spec.name, batch_no, chunk, result)
-        due = (
-            chunk is None
-            or time.monotonic() - run.last_checkpoint >= self.options.checkpoint_interval_seconds
-        )
+        due = ended or time.monotonic() - run.last_checkpoint >= self.options.checkpoint_interval_seconds
         if due:
             run.last_checkpoint = time.monotonic()
         return _Staged(

@@ -449,6 +449,22 @@ def flush(
     return state, replace(_nothing(spec), rows=to_rows(emitted, spec), points=released)
 
 
+def combined(first: BatchResult, then: BatchResult) -> BatchResult:
+    """Two consecutive results as one (a batch and the flush after it): their rows have distinct
+    keys (a window is emitted when it closes, and a closed window only changes by correction,
+    which a flush never makes), so the concatenation is what the two upserts would leave."""
+    return BatchResult(
+        rows=pl.concat([first.rows, then.rows], how="vertical_relaxed"),
+        late=pl.concat([first.late, then.late], how="vertical_relaxed"),
+        points=pl.concat([first.points, then.points], how="vertical_relaxed"),
+        events_in=first.events_in + then.events_in,
+        duplicates=first.duplicates + then.duplicates,
+        late_dropped=first.late_dropped + then.late_dropped,
+        late_corrected=first.late_corrected + then.late_corrected,
+        points_late=first.points_late + then.points_late,
+    )
+
+
 def latest_rows(windows: pl.DataFrame) -> pl.DataFrame:
     """The offline ``windows`` history collapsed to one row per key: the highest revision, then the
     latest part (what ``features export`` and a release read; ``_part`` is the stored file's name)."""

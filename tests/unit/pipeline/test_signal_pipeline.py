@@ -166,6 +166,34 @@ def test_resume_after_failure_equals_clean_run(tmp_path: Path, events_file: Any)
     assert resumed.feature_rows_written == clean.feature_rows_written
 
 
+def test_the_last_batch_carries_the_end_of_input(tmp_path: Path, events_file: Any) -> None:
+    """702 lines in batches of 97 are 8 batches: the flush rides on the last one (one write fewer),
+    and a failure of that last write resumes there and gives the clean run's rows."""
+    inputs, _ = events_file
+    clean = asyncio.run(run(tmp_path / "clean", inputs))
+    assert clean.batches == 8
+    home = tmp_path / "crashed"
+    with pytest.raises(Exception, match="disk went away"):
+        asyncio.run(run(home, inputs, offline=FlakyOffline(str(home / "offline"), fail_part="-000007")))
+    resumed = asyncio.run(run(home, inputs))
+    assert (resumed.resumed_from_batch, resumed.batches) == (7, 8)
+    (offline, online), (offline_clean, online_clean) = (
+        asyncio.run(snapshot(h)) for h in (home, tmp_path / "clean")
+    )
+    assert offline.equals(offline_clean) and online == online_clean
+    assert resumed.feature_rows_written == clean.feature_rows_written
+
+
+def test_an_empty_input_completes_with_one_empty_batch(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "none.jsonl").write_text("")
+    final = asyncio.run(run(tmp_path / "home", inputs))
+    assert (final.batches, final.events_seen, final.feature_rows_written) == (1, 0, 0)
+    again = asyncio.run(run(tmp_path / "home", inputs))  # completed: a re-run starts over, the same
+    assert (again.resumed_from_batch, again.batches) == (0, 1)
+
+
 def test_parquet_input_and_correct_policy(tmp_path: Path) -> None:
     events = generate(seed=5, n=500)
     inputs = tmp_path / "in"
