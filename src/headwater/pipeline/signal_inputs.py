@@ -64,6 +64,12 @@ class Chunk:
         """Records that failed decoding (``errors`` also holds those dead-lettered by expectations)."""
         return len(self.errors) - self.expectations_dead_lettered
 
+    def computed(self) -> Chunk:
+        """The chunk once the engine has read its events: where it was and what it rejected, which
+        its write still needs, without the events themselves (a batch's worth of memory)."""
+        checked = replace(self.checked, frame=self.checked.frame.clear()) if self.checked else None
+        return replace(self, frame=self.frame.clear(), checked=checked)
+
 
 def check_chunk(chunk: Chunk, expectations: Expectations, now_ms: int | None) -> Chunk:
     """The chunk after its feature set's expectations: ``dlq`` failures leave the frame and join
@@ -160,15 +166,19 @@ def _csv(file: InputFile, index: int, skip: int, size: int, limits: DecodeLimits
 
 
 def _parquet(file: InputFile, index: int, skip: int, size: int, limits: DecodeLimits) -> Iterator[Chunk]:
-    parquet = pq.ParquetFile(file.path)
     start = 0
-    for record_batch in parquet.iter_batches(batch_size=size):
-        if start >= skip:
-            frame, errors = decode_arrow(record_batch, start, limits)
-            yield Chunk(
-                file_index=index, start=start, consumed=record_batch.num_rows, frame=frame, errors=errors
-            )
-        start += record_batch.num_rows
+    with pq.ParquetFile(file.path) as parquet:
+        for record_batch in parquet.iter_batches(batch_size=size):
+            if start >= skip:
+                frame, errors = decode_arrow(record_batch, start, limits)
+                # Arrow's allocator (mimalloc) keeps what the row groups read so far freed: handed
+                # back each batch, peak memory stays flat however many files or row groups are read
+                # (10M events in 10 files: +57 MiB otherwise, a little more with each file).
+                pa.default_memory_pool().release_unused()
+                yield Chunk(
+                    file_index=index, start=start, consumed=record_batch.num_rows, frame=frame, errors=errors
+                )
+            start += record_batch.num_rows
 
 
 def count_records(files: list[InputFile]) -> int | None:

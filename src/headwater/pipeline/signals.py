@@ -292,7 +292,7 @@ class SignalPipeline:
             batch_no=batch_no,
             result=result,
             state=run.state,
-            chunk=chunk,
+            chunk=chunk.computed() if chunk is not None else None,
             files=run.files,
             events=events,
             checkpoint=(run.fingerprint, position, dict(run.counters), status) if due else None,
