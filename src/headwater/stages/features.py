@@ -450,9 +450,10 @@ def flush(
 
 
 def combined(first: BatchResult, then: BatchResult) -> BatchResult:
-    """Two consecutive results as one (a batch and the flush after it): their rows have distinct
+    """Two consecutive results as one (a batch and the flush after it). Their rows have distinct
     keys (a window is emitted when it closes, and a closed window only changes by correction,
-    which a flush never makes), so the concatenation is what the two upserts would leave."""
+    which a flush never makes) and their points distinct events, so nothing is counted twice;
+    the online serving view then picks each entity's newest window from both at once."""
     return BatchResult(
         rows=pl.concat([first.rows, then.rows], how="vertical_relaxed"),
         late=pl.concat([first.late, then.late], how="vertical_relaxed"),
