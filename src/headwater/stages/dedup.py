@@ -65,7 +65,10 @@ def _repeated(hashes: pl.Series) -> pl.Series:
     """``hashes.is_duplicated()`` by one NumPy sort (cheaper than a hash table): the values that
     occur twice or more, then a membership test against those few."""
     ordered = np.sort(hashes.to_numpy())
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    first = np.ones(repeated.size, dtype=bool)  # sorted: each distinct value starts a run
+    first[1:] = repeated[1:] != repeated[:-1]
+    repeated = repeated[first]
     return hashes.is_in(pl.Series(repeated, dtype=hashes.dtype).implode())
 
 

@@ -361,8 +361,12 @@ def _segment_values(
         keys, first = np.unique(segments.of_row[where] * width + codes[where], return_index=True)
         values = column.gather(where[first]).to_arrow()
         offsets = np.searchsorted(keys // width, np.arange(segments.bounds.size + 1))
-        lists = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
-        out[f.col("distinct")] = pl.Series(f.col("distinct"), lists)
+        # Arrow in and out by the ways that import nothing more: pa.array on a NumPy array imports
+        # pandas (when installed) and pl.Series on an Arrow array pyarrow.compute, on first use,
+        # 0.3 s and 0.06 s of a run.
+        lists = pa.LargeListArray.from_arrays(pl.Series(offsets, dtype=pl.Int64).to_arrow(), values)
+        batch = pa.RecordBatch.from_arrays([lists], names=[f.col("distinct")])
+        out[f.col("distinct")] = pl.DataFrame(pl.from_arrow(batch)).to_series()
     return out
 
 
