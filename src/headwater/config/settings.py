@@ -210,7 +210,8 @@ class Settings(BaseSettings):
     max_future_ms: int = Field(86_400_000, ge=0)
     # Per-batch costs (the online serving view: one row per entity and window size; three Parquet
     # parts; two fsyncs) are fixed, so larger batches amortize them: 250k events ran ~15% faster
-    # than 100k (bench/signals.py) for ~90 MiB more peak memory.
+    # than 100k (bench/signals.py) for ~90 MiB more peak memory. A file's last batch may be up to
+    # an eighth larger (pipeline/signal_inputs.py: tail_allowance).
     micro_batch_events: int = Field(250_000, ge=1, le=100_000_000)
     checkpoint_interval_seconds: float = Field(1.0, ge=0)
     # Where a backfill computes: local (this process), or Spark — spark (local[*]), local[N],
