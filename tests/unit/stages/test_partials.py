@@ -7,12 +7,20 @@ import math
 import random
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
 from headwater.featuresets import build_feature_set
 from headwater.stages.features import batch_schema
-from headwater.stages.partials import KEY, merge_partials, partials, tumbling_partials
+from headwater.stages.partials import (
+    KEY,
+    _distinct_cells,
+    _Segments,
+    merge_partials,
+    partials,
+    tumbling_partials,
+)
 from headwater.stages.windows import NO_WATERMARK
 
 SPEC = build_feature_set(
@@ -119,3 +127,24 @@ def test_last_is_the_greatest_time_then_sequence_then_value_whatever_the_arrival
             "c",
             ["a", "b", "c", "z"],
         )
+
+
+@pytest.mark.parametrize(("segments", "distinct"), [(50, 5), (400, 3000)])  # a table of cells; a sort
+def test_distinct_cells_are_each_segments_values_with_their_first_row(segments: int, distinct: int) -> None:
+    rng = np.random.default_rng(segments)
+    n = 4000
+    of_row = np.sort(rng.integers(0, segments, n))
+    of_row[:segments] = np.arange(segments)  # (every segment has a row)
+    of_row.sort()
+    bounds = np.flatnonzero(np.concatenate(([True], of_row[1:] != of_row[:-1])))
+    counts = np.diff(np.append(bounds, n))
+    codes = rng.integers(0, distinct, n)
+    present = rng.random(n) < 0.8
+    assert (segments * (int(codes.max()) + 1) > 4 * int(present.sum()) + 65_536) == (distinct > 1000)
+    cells, width, rows = _distinct_cells(_Segments(bounds, counts, of_row), codes, present)
+    first: dict[tuple[int, int], int] = {}
+    for row in np.flatnonzero(present):
+        first.setdefault((int(of_row[row]), int(codes[row])), int(row))
+    expected = sorted(first)
+    assert [(int(c) // width, int(c) % width) for c in cells] == expected
+    assert rows.tolist() == [first[cell] for cell in expected]
