@@ -226,7 +226,8 @@ def summary(size: int, compute: str, runs: list[dict[str, float]]) -> dict[str, 
 
 
 def write_results(results: list[dict[str, object]]) -> None:
-    out = Path(ARGS.out)
+    name = "signals-climate.json" if ARGS.input == "climate" else "signals.json"
+    out = Path(ARGS.out) if ARGS.out else ROOT / "bench" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "cpus": os.cpu_count(),
@@ -271,7 +272,7 @@ def parse_args() -> argparse.Namespace:
         "'delta://{home}/offline' (default: Parquet in the home)",
     )
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "headwater-bench"))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "signals.json"))
+    parser.add_argument("--out", help="default bench/results/signals.json (signals-climate.json for climate)")
     return parser.parse_args()
 
 

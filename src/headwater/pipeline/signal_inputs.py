@@ -10,8 +10,10 @@ paid in full. Positions count records: lines for JSONL/CSV (header excluded), ro
 
 from __future__ import annotations
 
+import ctypes
 import itertools
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -210,12 +212,32 @@ def _parquet(
             rows = table.num_rows
             if start >= skip:
                 frame, errors = decode_arrow(table, start, limits)
-                # Arrow's allocator (mimalloc) keeps what the row groups read so far freed: handed
-                # back each batch, peak memory stays flat however many files or row groups are read
-                # (10M events in 10 files: +57 MiB otherwise, a little more with each file).
-                pa.default_memory_pool().release_unused()
                 yield Chunk(file_index=index, start=start, consumed=rows, frame=frame, errors=errors)
             start += rows
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc; musl has none
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the last batch freed back to the system, once per batch. The allocators
+    keep it otherwise, and not for reuse alone: glibc's heap fragments as batch-sized arrays come
+    and go (its mmap threshold rises after the first large free, so later ones land in the heap),
+    and Arrow's mimalloc keeps the row groups read so far. Peak memory then crept up with every
+    batch: 10M events peaked ~1.3x the 1M run, ~1.0x with this (bench/signals.py)."""
+    pa.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def count_records(files: list[InputFile]) -> int | None:

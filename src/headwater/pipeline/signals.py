@@ -46,6 +46,7 @@ from headwater.pipeline.signal_inputs import (
     list_inputs,
     original_records,
     read_chunks,
+    release_freed_memory,
 )
 from headwater.ports import DeadLetterSink, FeatureStore, OfflineFeatureStore
 from headwater.stages.decode import DecodeLimits
@@ -471,6 +472,7 @@ def _progress(run: _Run, files: tuple[int, int], started: float) -> SignalProgre
 
 def _decoded(chunks: Iterator[Chunk], trace: Any) -> Chunk | None:
     """The next chunk, read and decoded (a worker thread), in a span of the run's."""
+    release_freed_memory()  # (the batch before the one read now is computed and written)
     with span("headwater.signals.decode", parent=trace) as current:
         chunk = next(chunks, None)
         if current is not None and chunk is not None:
