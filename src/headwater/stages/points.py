@@ -188,8 +188,10 @@ def _release_field(
     seen: pl.DataFrame,
     window_ms: int,
     alpha: float,
+    since: int,
 ) -> tuple[Floats, Floats, pl.DataFrame, pl.DataFrame]:
-    """One field's (EWMA, z-score) of its released values, and its new history and entity rows."""
+    """One field's (EWMA, z-score) of its released values, and its new history (the values at or
+    after ``since``, which later z-score windows can still reach) and entity rows."""
     shift, known = _previous_ewma(names, seen, released)
     present = released.codes[released.starts]
     ewma = _ewma(released, shift[present], alpha)
@@ -197,7 +199,10 @@ def _release_field(
     z, codes, times, values = _zscores(released, history, shift, window_ms)
     latest = shift.copy()
     latest[present] = ewma[released.ends - 1]
-    kept = pl.DataFrame({"entity_id": names.gather(codes), "event_time": times, "value": values})
+    keep = np.flatnonzero(times >= since)  # (before the names are gathered: most rows go)
+    kept = pl.DataFrame(
+        {"entity_id": names.gather(codes[keep]), "event_time": times[keep], "value": values[keep]}
+    )
     return ewma, z, kept, pl.DataFrame({"entity_id": names.filter(pl.Series(known)), "ewma": latest[known]})
 
 
@@ -241,8 +246,10 @@ def release_points(
         if rows.size:
             picked = (codes, times, values) if whole else (codes[rows], times[rows], values[rows])
             released = _Released.of(*picked)
-            ewma[rows], z[rows], past, seen = _release_field(names, released, past, seen, window_ms, alpha)
-            past = past.filter(pl.col("event_time") >= watermark_ms - window_ms)
+            since = watermark_ms - window_ms
+            ewma[rows], z[rows], past, seen = _release_field(
+                names, released, past, seen, window_ms, alpha, since
+            )
             past = past.with_columns(pl.lit(f).alias("field"))
             seen = seen.with_columns(pl.lit(f).alias("field"))
         histories.append(past.select(list(HISTORY_SCHEMA)))
