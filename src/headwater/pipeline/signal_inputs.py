@@ -10,7 +10,7 @@ paid in full. Positions count records: lines for JSONL/CSV (header excluded), ro
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import itertools
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -216,17 +216,18 @@ def _parquet(
             start += rows
 
 
-def _libc_malloc_trim() -> Callable[[int], int] | None:
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up on the first batch (not at every command's start-up)."""
     if sys.platform != "linux":
         return None
+    import ctypes
+
     try:
         trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc; musl has none
     except (OSError, AttributeError):
         return None
     return trim
-
-
-_malloc_trim = _libc_malloc_trim()
 
 
 def release_freed_memory() -> None:
@@ -236,8 +237,9 @@ def release_freed_memory() -> None:
     and Arrow's mimalloc keeps the row groups read so far. Peak memory then crept up with every
     batch: 10M events peaked ~1.3x the 1M run, ~1.0x with this (bench/signals.py)."""
     pa.default_memory_pool().release_unused()
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def count_records(files: list[InputFile]) -> int | None:
