@@ -24,7 +24,8 @@ import polars as pl
 
 from headwater.featuresets import FeatureSetSpec, FieldSpec
 from headwater.stages import dedup, points
-from headwater.stages.partials import KEY, layout, merge_into, merge_partials, partials, tumbling_partials
+from headwater.stages.partials import KEY, layout, merge_into, merge_partials, partials
+from headwater.stages.tumbling import tumbling_partials
 from headwater.stages.windows import END_OF_INPUT, assign_windows, last_window_end_expr, watermark_before_expr
 
 

@@ -15,12 +15,10 @@ from headwater.featuresets import build_feature_set
 from headwater.stages.features import batch_schema
 from headwater.stages.partials import (
     KEY,
-    _distinct_cells,
-    _Segments,
     merge_partials,
     partials,
-    tumbling_partials,
 )
+from headwater.stages.tumbling import _distinct_cells, tumbling_partials
 from headwater.stages.windows import NO_WATERMARK
 
 SPEC = build_feature_set(
@@ -87,6 +85,34 @@ def test_segment_path_equals_group_by_path(seed: int) -> None:
             assert same(got, want), (key, name, got, want)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_coarser_sizes_merged_from_finer_ones_equal_the_group_by_path(seed: int) -> None:
+    """250 ms → 1 s → 3 s windows are each built from the finer size's windows, plus the rows late
+    for it alone; 700 ms (no finer size divides it) from the rows. Watermarks that vary per row
+    make every size keep another set of rows."""
+    rng = random.Random(seed)
+    data = events(seed).with_columns(
+        pl.Series("wm_before", [1_000_000 + rng.randrange(-500, 3000) for _ in range(400)], dtype=pl.Int64)
+    )
+    sizes = [3000, 250, 700, 1000]
+    fast = by_key(tumbling_partials(data, sizes, SPEC))
+    general: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for size in sizes:
+        assigned = data.with_columns(
+            (pl.col("event_time") // size * size).alias("window_start"),
+            pl.lit(size, dtype=pl.Int64).alias("window_ms"),
+        ).filter(pl.col("window_start") + size > pl.col("wm_before"))
+        general |= by_key(partials(assigned, SPEC))
+    assert {key[1] for key in general} == set(sizes)  # (every size has windows, some rows are late)
+    assert set(fast) == set(general)
+    for key, row in general.items():
+        for name, value in row.items():
+            got, want = fast[key][name], value
+            if name.endswith("|distinct"):
+                got, want = got or [], want or []
+            assert same(got, want), (key, name, got, want)
+
+
 def test_last_is_the_greatest_time_then_sequence_then_value_whatever_the_arrival_order() -> None:
     rows = [
         ("a", 1500, 3, 1.0, "b"),
@@ -136,15 +162,16 @@ def test_distinct_cells_are_each_segments_values_with_their_first_row(segments: 
     of_row = np.sort(rng.integers(0, segments, n))
     of_row[:segments] = np.arange(segments)  # (every segment has a row)
     of_row.sort()
-    bounds = np.flatnonzero(np.concatenate(([True], of_row[1:] != of_row[:-1])))
-    counts = np.diff(np.append(bounds, n))
     codes = rng.integers(0, distinct, n)
     present = rng.random(n) < 0.8
     assert (segments * (int(codes.max()) + 1) > 4 * int(present.sum()) + 65_536) == (distinct > 1000)
-    cells, width, rows = _distinct_cells(_Segments(bounds, counts, of_row), codes, present)
+    rows = rng.permutation(n)  # (a merge's cells come in any row order)
+    where = np.flatnonzero(present)
+    cells = _distinct_cells(of_row[where], codes[where], rows[where], segments)
     first: dict[tuple[int, int], int] = {}
-    for row in np.flatnonzero(present):
-        first.setdefault((int(of_row[row]), int(codes[row])), int(row))
+    for i in where:
+        cell = (int(of_row[i]), int(codes[i]))
+        first[cell] = min(first.get(cell, n), int(rows[i]))
     expected = sorted(first)
-    assert [(int(c) // width, int(c) % width) for c in cells] == expected
-    assert rows.tolist() == [first[cell] for cell in expected]
+    assert list(zip(cells.segment.tolist(), cells.code.tolist(), strict=True)) == expected
+    assert cells.first.tolist() == [first[cell] for cell in expected]
