@@ -37,6 +37,7 @@ from headwater.homelock import describe_holder, feature_set_lock, home_lock, loc
 from headwater.lineage import Lineage
 from headwater.models import Dataset, DeadLetter, SignalCheckpoint, sha256_hex, signal_checkpoint
 from headwater.observability import open_span, span
+from headwater.pipeline.gil import quick_gil_handover
 from headwater.pipeline.signal_commit import commit_batch, count_batch, input_ref
 from headwater.pipeline.signal_inputs import (
     Chunk,
@@ -171,8 +172,9 @@ class SignalPipeline:
         run = await self._begin(files, run_id)
         run.trace = open_span("headwater.signals.run", run_id=run_id, feature_set=self.spec.name)
         try:
-            async for event in self._batches(run, files, started):
-                yield event
+            with quick_gil_handover():  # (decoding and the engine step overlap: see gil.py)
+                async for event in self._batches(run, files, started):
+                    yield event
         except BaseException as exc:
             if run.trace is not None:
                 run.trace.record_exception(exc)
