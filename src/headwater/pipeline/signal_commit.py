@@ -168,22 +168,26 @@ def late_frame(
         payload = {**declared, **(json.loads(extra) if extra else {})}
         digests.append(signal_content_hash(entity, t, seq, payload))
     hashed = events.with_columns(pl.Series("content_hash", digests, dtype=pl.String))
-    return _with_refs(late, files, file_index).join(
-        hashed,
-        on=identity,
-        how="left",
-        maintain_order="left",
-        nulls_equal=True,
-    ).select(
-        *_event_columns(spec),
-        "extra",
-        "window_ms",
-        "window_start_ms",
-        "watermark_ms",
-        "policy",
-        "reason",
-        (pl.col("_prefix") + pl.col("row").cast(pl.String)).alias("input_ref"),
-        "content_hash",
+    return (
+        _with_refs(late, files, file_index)
+        .join(
+            hashed,
+            on=identity,
+            how="left",
+            maintain_order="left",
+            nulls_equal=True,
+        )
+        .select(
+            *_event_columns(spec),
+            "extra",
+            "window_ms",
+            "window_start_ms",
+            "watermark_ms",
+            "policy",
+            "reason",
+            (pl.col("_prefix") + pl.col("row").cast(pl.String)).alias("input_ref"),
+            "content_hash",
+        )
     )
 
 
