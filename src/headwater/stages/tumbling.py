@@ -140,7 +140,7 @@ def _level(events: _Sorted, lay: Layout, size: int, finer: dict[int, _Level]) ->
 
     A row on time for a finer window is on time for the coarser window holding it (that window
     ends no earlier), so the coarser windows are the finer ones merged, plus the rows late for
-    the finer size alone (the start of a batch's late tail: few)."""
+    the finer size alone (their finer window had closed, their coarser one had not: few)."""
     kept = (events.times // size) * size + size > events.watermarks
     base = next((finer[s] for s in sorted(finer, reverse=True) if size % s == 0), None)
     if base is None:
