@@ -183,7 +183,6 @@ def _row_level(events: _Sorted, lay: Layout, size: int, rows: Ints, kept: Mask) 
         return _empty_level(lay, size, kept)
     runs, starts = events.runs[rows], (events.times[rows] // size) * size
     bounds, n = _segments(runs, starts)
-    of_row = _of_item(n) if any(f.last or f.distinct for f in lay.fields) else n  # (else unused)
     stats, counts, winners, cells = {}, {}, {}, {}
     for f in lay.fields:
         if f.stats:
@@ -192,7 +191,10 @@ def _row_level(events: _Sorted, lay: Layout, size: int, rows: Ints, kept: Mask) 
             counts[f.name] = np.add.reduceat(events.values[f.name][rows], bounds).astype(np.int64)
         else:
             counts[f.name] = n
-        if f.last or f.distinct:
+    value_fields = [f for f in lay.fields if f.last or f.distinct]
+    if value_fields:
+        of_row = _of_item(n)
+        for f in value_fields:
             codes, present = events.codes[f.name]
             here = present[rows]
             if f.last:
@@ -249,15 +251,19 @@ def _merged_level(events: _Sorted, lay: Layout, size: int, kept: Mask, parts: li
         if f.last:
             winners[f.name] = _greatest(events, f, units([p.winners[f.name] for p in parts]), bounds, of_unit)
     if any(f.distinct for f in lay.fields):
-        # a part's segment i is unit offset + i, found at place[offset + i] after ``order``
+        # a part's segment i is unit offset + i, at place[offset + i] once ``order`` is applied
         offsets = np.cumsum([0] + [p.runs.size for p in parts[:-1]])
-        place = np.arange(runs.size) if order is None else np.argsort(order)
+        place = None
+        if order is not None:
+            place = np.empty_like(order)
+            place[order] = np.arange(order.size)
         for f in lay.fields:
             if f.distinct:
                 held = [p.cells[f.name] for p in parts]
                 unit = np.concatenate([c.segment + o for c, o in zip(held, offsets, strict=True)])
                 code, first = (np.concatenate([c[i] for c in held]) for i in (1, 2))
-                cells[f.name] = _distinct_cells(of_unit[place[unit]], code, first, bounds.size)
+                at = unit if place is None else place[unit]
+                cells[f.name] = _distinct_cells(of_unit[at], code, first, bounds.size)
     n = np.add.reduceat(units([p.n for p in parts]), bounds)
     return _Level(size, kept, runs[bounds], starts[bounds], n, stats, counts, winners, cells)
 
