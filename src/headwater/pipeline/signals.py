@@ -46,6 +46,7 @@ from headwater.pipeline.signal_inputs import (
     fingerprint,
     list_inputs,
     original_records,
+    prefer_jemalloc,
     read_chunks,
     release_freed_memory,
 )
@@ -167,6 +168,7 @@ class SignalPipeline:
     async def _events(self) -> AsyncIterator[SignalEvent]:
         started = time.monotonic()
         run_id = sha256_hex(f"{self.scope}{self.clock()}")[:16]
+        prefer_jemalloc()
         files = await asyncio.to_thread(list_inputs, self.inputs)
         yield RunStarted(run_id=run_id, kind="signals", source=str(self.inputs))
         run = await self._begin(files, run_id)
