@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from headwater.stages.order import entity_time_order
+
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "entity_id": pl.String(),
     "field": pl.String(),
@@ -86,16 +88,10 @@ def _encode(names: pl.Series, column: pl.Series) -> Ints:
 
 
 def _order(ready: pl.DataFrame, codes: Ints, fields: tuple[str, ...]) -> npt.NDArray[np.intp]:
-    """A stable sort on (code, time); only rows tied on both are re-sorted by (sequence, values).
-
-    Two stable passes, time (nearly sorted already: cheap) then code (small integers: a radix
-    sort), give the same order as one stable sort on the combined key, faster.
-    """
+    """A stable sort on (code, time); only rows tied on both are re-sorted by (sequence, values)."""
     times = ready["event_time"].to_numpy()
     key = (codes << _CODE_SHIFT) | (times - times.min())
-    by_time = np.argsort(times, kind="stable")
-    narrow = codes[by_time].astype(np.uint16 if codes.max() < 2**16 else np.int64)
-    order = by_time[np.argsort(narrow, kind="stable")]
+    order = entity_time_order(codes, times)
     sorted_key = key[order]
     tied = sorted_key[1:] == sorted_key[:-1]
     if tied.any():

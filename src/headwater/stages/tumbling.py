@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from headwater.featuresets import FeatureSetSpec
+from headwater.stages.order import entity_time_order
 from headwater.stages.partials import FieldPartial, Layout, layout
 
 Floats = npt.NDArray[np.float64]
@@ -99,7 +100,7 @@ def _sort(events: pl.DataFrame, lay: Layout) -> tuple[_Sorted, pl.Series]:
     event), then per window from that short list."""
     codes = events["entity_id"].cast(pl.Categorical).to_physical().to_numpy()
     times = events["event_time"].to_numpy()
-    order = _entity_time_order(codes, times)
+    order = entity_time_order(codes, times)
     codes, times = codes[order], times[order]
     firsts = np.concatenate(([0], np.flatnonzero(codes[1:] != codes[:-1]) + 1))
     runs = np.repeat(np.arange(firsts.size, dtype=np.int64), np.diff(np.append(firsts, codes.size)))
@@ -117,14 +118,6 @@ def _sort(events: pl.DataFrame, lay: Layout) -> tuple[_Sorted, pl.Series]:
     value_codes = {name: (_value_codes(frame[name]), frame[name].is_not_null().to_numpy()) for name in names}
     watermarks = events["wm_before"].to_numpy()[order]
     return _Sorted(runs, times, watermarks, values, frame, sequences, value_codes), entities
-
-
-def _entity_time_order(codes: npt.NDArray[np.integer], times: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
-    """``np.lexsort((times, codes))`` in two stable passes: time (arrivals are nearly in time
-    order, so it is cheap), then the entity code (small integers: a radix sort)."""
-    by_time = np.argsort(times, kind="stable")
-    narrow = codes[by_time].astype(np.uint16 if codes.max() < 2**16 else np.int64)
-    return by_time[np.argsort(narrow, kind="stable")]
 
 
 def _value_codes(column: pl.Series) -> Ints:
